@@ -1,0 +1,11 @@
+//! dts: gets software onto Duckiebots.
+//!
+//! `dts` (the laptop side) builds images without a Docker daemon, keeps them in an OCI image
+//! layout, moves them to and from registries and archives, and ships only what a robot lacks;
+//! `dt-agent` (the robot side) stores, unpacks and runs them. Binaries are thin: this library
+//! returns values and emits progress events, and never prints.
+//!
+//! Direction of dependencies: `cli → ops → {registry, archive} → {store, oci, util}`.
+#![deny(missing_docs)]
+
+pub mod oci;
