@@ -9,3 +9,5 @@
 #![deny(missing_docs)]
 
 pub mod oci;
+pub mod store;
+pub mod util;

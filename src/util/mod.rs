@@ -1,0 +1,3 @@
+//! Small helpers shared by every module: file operations whose errors name their path.
+
+pub mod fs;
