@@ -9,5 +9,6 @@
 #![deny(missing_docs)]
 
 pub mod oci;
+pub mod progress;
 pub mod store;
 pub mod util;
