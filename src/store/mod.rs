@@ -587,34 +587,90 @@ impl BlobWriter {
     /// Publishes the blob: fsync, verify against `expected` (digest and size) if given, rename
     /// to its final name, fsync the directory. Returns the digest and size. If the store already
     /// has the blob, the temp file is discarded.
-    pub fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64), StoreError> {
-        let out = self.out.take().expect("commit consumes the writer");
+    pub fn commit(self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64), StoreError> {
+        let staged = self.finish()?;
+        if let Some((want, want_size)) = expected {
+            staged.verify(want, want_size)?;
+        }
+        staged.commit()
+    }
+
+    /// Ends writing without publishing: the content is synced and hashed, and can be inspected
+    /// (read back, checked against other documents) before [`StagedBlob::commit`].
+    pub fn finish(mut self) -> Result<StagedBlob, StoreError> {
+        let out = self.out.take().expect("finish consumes the writer");
         let (file, digest, size) = out.finish();
         file.sync_all().at("sync", &self.tmp)?;
         drop(file);
-        if let Some((want, want_size)) = expected {
-            if &digest != want {
-                return Err(StoreError::DigestMismatch {
-                    expected: want.clone(),
-                    actual: digest,
-                });
-            }
-            if size != want_size {
-                return Err(StoreError::SizeMismatch {
-                    digest,
-                    expected: want_size,
-                    actual: size,
-                });
-            }
+        Ok(StagedBlob {
+            blobs: self.blobs.clone(),
+            tmp: std::mem::take(&mut self.tmp),
+            digest,
+            size,
+        })
+    }
+}
+
+/// A fully written, hashed blob that is not yet visible under its name. Dropped without
+/// `commit`, it leaves nothing behind.
+pub struct StagedBlob {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+impl StagedBlob {
+    /// What the content hashes to.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Its length.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The temp file holding it, for reading it back before commit.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Fails unless the content is `want` with `want_size` bytes.
+    pub fn verify(&self, want: &Digest, want_size: u64) -> Result<(), StoreError> {
+        if &self.digest != want {
+            return Err(StoreError::DigestMismatch {
+                expected: want.clone(),
+                actual: self.digest.clone(),
+            });
         }
-        let dest = self.blobs.join(digest.hex());
-        if dest.exists() {
-            return Ok((digest, size));
+        if self.size != want_size {
+            return Err(StoreError::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: want_size,
+                actual: self.size,
+            });
         }
-        fs::set_permissions(&self.tmp, fs::Permissions::from_mode(0o444)).at("chmod", &self.tmp)?;
-        fs::rename(&self.tmp, &dest).at("rename into place", &dest)?;
-        sync_dir(&self.blobs)?;
-        Ok((digest, size))
+        Ok(())
+    }
+
+    /// Publishes it under its digest (a no-op if the store already has that blob).
+    pub fn commit(self) -> Result<(Digest, u64), StoreError> {
+        let dest = self.blobs.join(self.digest.hex());
+        if !dest.exists() {
+            fs::set_permissions(&self.tmp, fs::Permissions::from_mode(0o444))
+                .at("chmod", &self.tmp)?;
+            fs::rename(&self.tmp, &dest).at("rename into place", &dest)?;
+            sync_dir(&self.blobs)?;
+        }
+        Ok((self.digest.clone(), self.size))
+    }
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        // After a commit the temp path is gone (renamed); otherwise this discards it.
+        let _ = fs::remove_file(&self.tmp);
     }
 }
 
@@ -632,8 +688,10 @@ impl Write for BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        // After a successful commit the temp path no longer exists; otherwise discard it.
-        let _ = fs::remove_file(&self.tmp);
+        // `finish` moves the temp file to a StagedBlob and leaves an empty path here.
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -1,0 +1,683 @@
+//! `dts image load`: docker-archive, OCI archive (plain, gzip or zstd compressed) or OCI layout
+//! directory → the store. Nothing is published until the whole archive has been checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Component, Path};
+
+use serde::Deserialize;
+
+use super::ArchiveError;
+use crate::oci::digest::digest_reader;
+use crate::oci::json::{canonical, parse_strict};
+use crate::oci::manifest::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+use crate::oci::{Compression, Descriptor, Digest, Document, ImageConfig, Manifest, Reference, media};
+use crate::progress::{Event, Reporter};
+use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, StagedBlob, Store};
+use crate::util::fs::{PathContext, read_limited};
+
+/// What a load did.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// `docker-archive`, `oci-archive` or `oci-layout`.
+    pub format: &'static str,
+    /// The names given and what they point at.
+    pub images: Vec<(Reference, Descriptor)>,
+    /// Blobs that were new to the store.
+    pub blobs_added: usize,
+    /// Blobs the store already had.
+    pub blobs_present: usize,
+}
+
+/// Loads the archive or layout directory at `input`. `tag` names the image when the archive
+/// does not (and is added to its names when it does); it requires a single-image archive.
+pub fn load(
+    store: &Store,
+    input: &Path,
+    tag: Option<&Reference>,
+    reporter: &dyn Reporter,
+) -> Result<LoadReport, ArchiveError> {
+    let meta = std::fs::metadata(input).at("read", input)?;
+    let (files, is_dir) = if meta.is_dir() {
+        (stage_dir(store, input, input)?, true)
+    } else {
+        let mut f = File::open(input).at("open", input)?;
+        let mut head = [0u8; 4];
+        let n = read_full(&mut f, &mut head).at("read", input)?;
+        drop(f);
+        let reader = Progress::new(
+            BufReader::new(File::open(input).at("open", input)?),
+            reporter,
+            meta.len(),
+        );
+        let reader = Compression::sniff(&head[..n])
+            .decoder(reader)
+            .map_err(|e| ArchiveError::invalid(input, format!("cannot decompress: {e}")))?;
+        let files = stage_tar(store, input, reader)?;
+        reporter.event(Event::finish("read", "done"));
+        (files, false)
+    };
+
+    let (format, planned) = if files.contains("oci-layout") && files.contains("index.json") {
+        let f = if is_dir { "oci-layout" } else { "oci-archive" };
+        (f, plan_oci(&files, input)?)
+    } else if files.contains("manifest.json") {
+        ("docker-archive", plan_docker(&files, input)?)
+    } else {
+        return Err(ArchiveError::invalid(
+            input,
+            "neither an OCI layout (oci-layout + index.json) nor a docker archive (manifest.json); \
+             is the archive complete?",
+        ));
+    };
+    let planned = apply_tag(planned, tag, input)?;
+    commit(store, files, planned, format)
+}
+
+/// An image found in the archive, checked, waiting to be published.
+struct Planned {
+    names: Vec<Reference>,
+    top: Descriptor,
+    /// Archive paths of the blobs it needs, by digest.
+    blobs: BTreeMap<Digest, String>,
+    /// Documents we generated (docker-archive manifests).
+    generated: Vec<Vec<u8>>,
+}
+
+fn apply_tag(
+    mut planned: Vec<Planned>,
+    tag: Option<&Reference>,
+    input: &Path,
+) -> Result<Vec<Planned>, ArchiveError> {
+    if let Some(t) = tag {
+        if planned.len() != 1 {
+            return Err(ArchiveError::invalid(
+                input,
+                format!(
+                    "`-t` names one image but the archive holds {}; load it without `-t`",
+                    planned.len()
+                ),
+            ));
+        }
+        if !planned[0].names.contains(t) {
+            planned[0].names.push(t.clone());
+        }
+    }
+    if planned.iter().any(|p| p.names.is_empty()) {
+        return Err(ArchiveError::Unnamed {
+            path: input.display().to_string(),
+        });
+    }
+    Ok(planned)
+}
+
+fn commit(
+    store: &Store,
+    mut files: Files,
+    planned: Vec<Planned>,
+    format: &'static str,
+) -> Result<LoadReport, ArchiveError> {
+    let mut added = 0;
+    let mut present = 0;
+    let mut names = Vec::new();
+    let mut done = BTreeSet::new();
+    for p in planned {
+        for (digest, path) in &p.blobs {
+            if !done.insert(digest.clone()) {
+                continue;
+            }
+            if store.has_blob(digest) {
+                present += 1;
+                continue;
+            }
+            let staged = files.take(path).expect("planned blobs were found while planning");
+            staged.commit()?;
+            added += 1;
+        }
+        for doc in &p.generated {
+            if !store.has_blob(&Digest::of(doc)) {
+                added += 1;
+            }
+            store.put_blob(doc)?;
+        }
+        for n in p.names {
+            names.push((n, p.top.clone()));
+        }
+    }
+    store.set_names(&names)?;
+    Ok(LoadReport {
+        format,
+        images: names,
+        blobs_added: added,
+        blobs_present: present,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staging: every regular file of the archive lands in the ingest area, hashed.
+
+enum Staged {
+    File(StagedBlob),
+    Link(String),
+}
+
+struct Files {
+    entries: BTreeMap<String, Staged>,
+}
+
+impl Files {
+    fn contains(&self, path: &str) -> bool {
+        self.resolve(path).is_some()
+    }
+
+    /// Follows links (old `docker save` links repeated layers to the first copy).
+    fn resolve(&self, path: &str) -> Option<String> {
+        let mut p = normalize(path)?;
+        for _ in 0..16 {
+            match self.entries.get(&p)? {
+                Staged::File(_) => return Some(p),
+                Staged::Link(target) => p = target.clone(),
+            }
+        }
+        None
+    }
+
+    fn get(&self, path: &str) -> Option<&StagedBlob> {
+        match self.entries.get(&self.resolve(path)?)? {
+            Staged::File(b) => Some(b),
+            Staged::Link(_) => None,
+        }
+    }
+
+    fn take(&mut self, path: &str) -> Option<StagedBlob> {
+        let p = self.resolve(path)?;
+        match self.entries.remove(&p)? {
+            Staged::File(b) => Some(b),
+            Staged::Link(_) => None,
+        }
+    }
+
+    fn read_json(&self, path: &str, limit: u64) -> Option<Result<Vec<u8>, ArchiveError>> {
+        let b = self.get(path)?;
+        Some(read_limited(b.path(), limit).map_err(ArchiveError::from))
+    }
+}
+
+/// `./a/b` → `a/b`; `..` that escapes the root → None.
+fn normalize(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::CurDir | Component::RootDir => {}
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn stage_tar(store: &Store, input: &Path, reader: impl Read) -> Result<Files, ArchiveError> {
+    let bad = |reason: String| ArchiveError::invalid(input, reason);
+    let mut entries = BTreeMap::new();
+    let mut ar = tar::Archive::new(reader);
+    let iter = ar
+        .entries()
+        .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+    for entry in iter {
+        let mut entry = entry.map_err(|e| bad(format!("not a valid tar archive: {e}")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| bad(format!("entry with an unreadable name: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let Some(path) = normalize(&raw) else {
+            return Err(bad(format!("entry `{raw}` points outside the archive")));
+        };
+        let kind = entry.header().entry_type();
+        let staged = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                let mut w = store.writer()?;
+                let dest = w.temp_path().to_path_buf();
+                let n = copy_checked(&mut entry, &mut w, dest)
+                    .map_err(|e| match e {
+                        CopyError::Read(e) => bad(format!("entry `{path}` cannot be read: {e}")),
+                        CopyError::Write(e) => ArchiveError::Io(e),
+                    })?;
+                if n != size {
+                    return Err(bad(format!(
+                        "entry `{path}` is truncated ({n} of {size} bytes): the archive is incomplete"
+                    )));
+                }
+                Staged::File(w.finish()?)
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(format!("entry `{path}` has an unreadable link: {e}")))?
+                    .ok_or_else(|| bad(format!("link `{path}` has no target")))?
+                    .to_string_lossy()
+                    .into_owned();
+                let joined = if kind == tar::EntryType::Symlink {
+                    let parent = Path::new(&path).parent().unwrap_or(Path::new(""));
+                    parent.join(&target).to_string_lossy().into_owned()
+                } else {
+                    target.clone()
+                };
+                let resolved = normalize(&joined)
+                    .ok_or_else(|| bad(format!("link `{path}` points outside the archive")))?;
+                Staged::Link(resolved)
+            }
+            _ => continue,
+        };
+        if entries.insert(path.clone(), staged).is_some() {
+            return Err(bad(format!("entry `{path}` appears twice")));
+        }
+    }
+    Ok(Files { entries })
+}
+
+fn stage_dir(store: &Store, root: &Path, dir: &Path) -> Result<Files, ArchiveError> {
+    let mut files = Files {
+        entries: BTreeMap::new(),
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).at("list", &d)? {
+            let entry = entry.at("list", &d)?;
+            let p = entry.path();
+            let ft = entry.file_type().at("stat", &p)?;
+            let rel = p
+                .strip_prefix(root)
+                .expect("walked below root")
+                .to_string_lossy()
+                .into_owned();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let mut w = store.writer()?;
+                let dest = w.temp_path().to_path_buf();
+                let mut f = File::open(&p).at("open", &p)?;
+                copy_checked(&mut f, &mut w, dest).map_err(|e| match e {
+                    CopyError::Read(e) => ArchiveError::Io(crate::util::fs::PathError {
+                        action: "read",
+                        path: p.clone(),
+                        source: e,
+                    }),
+                    CopyError::Write(e) => ArchiveError::Io(e),
+                })?;
+                files.entries.insert(rel, Staged::File(w.finish()?));
+            }
+        }
+    }
+    Ok(files)
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(crate::util::fs::PathError),
+}
+
+/// Copies to the end, telling read failures (bad input) from write failures (our disk).
+fn copy_checked(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    dest: std::path::PathBuf,
+) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        w.write_all(&buf[..n])
+            .at("write", &dest)
+            .map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Reports bytes read from the archive file.
+struct Progress<'a, R> {
+    inner: R,
+    reporter: &'a dyn Reporter,
+    done: u64,
+    last: u64,
+}
+
+impl<'a, R> Progress<'a, R> {
+    fn new(inner: R, reporter: &'a dyn Reporter, total: u64) -> Self {
+        reporter.event(Event::start("read", "read archive", Some(total)));
+        Progress {
+            inner,
+            reporter,
+            done: 0,
+            last: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.done - self.last >= 4 << 20 || n == 0 {
+            self.last = self.done;
+            self.reporter.event(Event::advance("read", self.done));
+        }
+        Ok(n)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking the image graph.
+
+fn blob_path(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// Checks one blob against its descriptor and returns its archive path.
+fn check_blob(files: &Files, input: &Path, desc: &Descriptor) -> Result<String, ArchiveError> {
+    let path = blob_path(&desc.digest);
+    let blob = files.get(&path).ok_or_else(|| {
+        ArchiveError::invalid(
+            input,
+            format!("blob {} is missing (expected at `{path}`)", desc.digest),
+        )
+    })?;
+    blob.verify(&desc.digest, desc.size)
+        .map_err(|e| ArchiveError::invalid(input, format!("`{path}`: {e}")))?;
+    Ok(path)
+}
+
+/// The uncompressed digest of a layer, which must be `expected`.
+fn check_diff_id(
+    blob: &StagedBlob,
+    input: &Path,
+    entry: &str,
+    expected: &Digest,
+) -> Result<(), ArchiveError> {
+    let actual = diff_id(blob, input, entry)?;
+    if &actual != expected {
+        return Err(ArchiveError::invalid(
+            input,
+            format!(
+                "layer `{entry}` does not match its image config: its content has diff_id {actual}, \
+                 the config lists {expected}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn diff_id(blob: &StagedBlob, input: &Path, entry: &str) -> Result<Digest, ArchiveError> {
+    let mut f = File::open(blob.path()).at("open", blob.path())?;
+    let mut head = [0u8; 4];
+    let n = read_full(&mut f, &mut head).at("read", blob.path())?;
+    let compression = Compression::sniff(&head[..n]);
+    if compression == Compression::None {
+        return Ok(blob.digest().clone());
+    }
+    let f = File::open(blob.path()).at("open", blob.path())?;
+    let dec = compression
+        .decoder(BufReader::new(f))
+        .and_then(|r| digest_reader(r).map(|(d, _)| d))
+        .map_err(|e| {
+            ArchiveError::invalid(input, format!("layer `{entry}` does not decompress: {e}"))
+        })?;
+    Ok(dec)
+}
+
+fn plan_oci(files: &Files, input: &Path) -> Result<Vec<Planned>, ArchiveError> {
+    let layout = files
+        .read_json("oci-layout", 4096)
+        .expect("checked by the caller")?;
+    let v: serde_json::Value =
+        parse_strict("oci-layout", &layout).map_err(|e| ArchiveError::json(input, e))?;
+    if v["imageLayoutVersion"] != "1.0.0" {
+        return Err(ArchiveError::invalid(
+            input,
+            format!("unsupported imageLayoutVersion {}", v["imageLayoutVersion"]),
+        ));
+    }
+    let index_bytes = files
+        .read_json("index.json", MAX_MANIFEST_BYTES)
+        .expect("checked by the caller")?;
+    let index = match Document::parse("index.json", None, &index_bytes)
+        .map_err(|e| ArchiveError::json(input, e))?
+    {
+        Document::Index(i) => i,
+        Document::Manifest(_) => {
+            return Err(ArchiveError::invalid(input, "index.json is a manifest, not an index"));
+        }
+    };
+    let mut planned = Vec::new();
+    for top in index.manifests {
+        let mut blobs = BTreeMap::new();
+        check_document(files, input, &top, &mut blobs, 0)?;
+        let names = oci_names(&top, input)?;
+        let mut desc = top.clone();
+        desc.annotations.clear();
+        planned.push(Planned {
+            names,
+            top: desc,
+            blobs,
+            generated: Vec::new(),
+        });
+    }
+    if planned.is_empty() {
+        return Err(ArchiveError::invalid(input, "index.json lists no images"));
+    }
+    Ok(planned)
+}
+
+fn oci_names(desc: &Descriptor, input: &Path) -> Result<Vec<Reference>, ArchiveError> {
+    let parse = |key: &str, v: &str| {
+        Reference::parse(v)
+            .map_err(|e| ArchiveError::invalid(input, format!("index.json annotation {key}: {e}")))
+    };
+    if let Some(full) = desc.annotations.get(ANNOTATION_IMAGE_NAME) {
+        return Ok(vec![parse(ANNOTATION_IMAGE_NAME, full)?]);
+    }
+    match desc.annotations.get(ANNOTATION_REF_NAME) {
+        // A bare tag (`latest`) names no repository: the user must say which with -t.
+        Some(r) if r.contains(['/', ':', '@']) => Ok(vec![parse(ANNOTATION_REF_NAME, r)?]),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn check_document(
+    files: &Files,
+    input: &Path,
+    desc: &Descriptor,
+    blobs: &mut BTreeMap<Digest, String>,
+    depth: usize,
+) -> Result<(), ArchiveError> {
+    if depth > 4 {
+        return Err(ArchiveError::invalid(input, "indexes nested too deeply"));
+    }
+    if !media::is_index(&desc.media_type) && !media::is_manifest(&desc.media_type) {
+        return Err(ArchiveError::invalid(
+            input,
+            format!(
+                "descriptor {} has media type `{}`, which is not an image",
+                desc.digest, desc.media_type
+            ),
+        ));
+    }
+    let path = check_blob(files, input, desc)?;
+    let bytes = files
+        .read_json(&path, MAX_MANIFEST_BYTES)
+        .expect("check_blob found it")?;
+    blobs.insert(desc.digest.clone(), path.clone());
+    let doc = Document::parse(&format!("`{path}`"), Some(&desc.media_type), &bytes)
+        .map_err(|e| ArchiveError::json(input, e))?;
+    match doc {
+        Document::Index(i) => {
+            for m in &i.manifests {
+                check_document(files, input, m, blobs, depth + 1)?;
+            }
+        }
+        Document::Manifest(m) => check_manifest(files, input, &m, blobs)?,
+    }
+    Ok(())
+}
+
+fn check_manifest(
+    files: &Files,
+    input: &Path,
+    m: &Manifest,
+    blobs: &mut BTreeMap<Digest, String>,
+) -> Result<(), ArchiveError> {
+    let cpath = check_blob(files, input, &m.config)?;
+    let config = read_config(files, input, &cpath)?;
+    blobs.insert(m.config.digest.clone(), cpath);
+    if config.rootfs.diff_ids.len() != m.layers.len() {
+        return Err(ArchiveError::invalid(
+            input,
+            format!(
+                "manifest lists {} layers but its config lists {} diff_ids",
+                m.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+    for (layer, diff) in m.layers.iter().zip(&config.rootfs.diff_ids) {
+        if Compression::of_media_type(&layer.media_type).is_none() {
+            return Err(ArchiveError::invalid(
+                input,
+                format!("layer {} has unsupported media type `{}`", layer.digest, layer.media_type),
+            ));
+        }
+        let lpath = check_blob(files, input, layer)?;
+        let blob = files.get(&lpath).expect("check_blob found it");
+        check_diff_id(blob, input, &lpath, diff)?;
+        blobs.insert(layer.digest.clone(), lpath);
+    }
+    Ok(())
+}
+
+fn read_config(files: &Files, input: &Path, path: &str) -> Result<ImageConfig, ArchiveError> {
+    let bytes = files
+        .read_json(path, MAX_CONFIG_BYTES)
+        .ok_or_else(|| {
+            ArchiveError::invalid(input, format!("config `{path}` is missing from the archive"))
+        })??;
+    ImageConfig::parse(&format!("config `{path}`"), &bytes).map_err(|e| ArchiveError::json(input, e))
+}
+
+/// One entry of a docker-archive `manifest.json`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+fn plan_docker(files: &Files, input: &Path) -> Result<Vec<Planned>, ArchiveError> {
+    let bytes = files
+        .read_json("manifest.json", MAX_MANIFEST_BYTES)
+        .expect("checked by the caller")?;
+    let entries: Vec<DockerEntry> =
+        parse_strict("manifest.json", &bytes).map_err(|e| ArchiveError::json(input, e))?;
+    if entries.is_empty() {
+        return Err(ArchiveError::invalid(input, "manifest.json lists no images"));
+    }
+    let mut planned = Vec::new();
+    for e in entries {
+        let cblob = files.get(&e.config).ok_or_else(|| {
+            ArchiveError::invalid(
+                input,
+                format!("manifest.json names config `{}`, which the archive does not contain", e.config),
+            )
+        })?;
+        let config = read_config(files, input, &e.config)?;
+        if config.rootfs.diff_ids.len() != e.layers.len() {
+            return Err(ArchiveError::invalid(
+                input,
+                format!(
+                    "manifest.json lists {} layers for `{}` but its config lists {} diff_ids",
+                    e.layers.len(),
+                    e.config,
+                    config.rootfs.diff_ids.len()
+                ),
+            ));
+        }
+        let mut blobs = BTreeMap::new();
+        blobs.insert(cblob.digest().clone(), e.config.clone());
+        let mut layers = Vec::new();
+        for (path, diff) in e.layers.iter().zip(&config.rootfs.diff_ids) {
+            let blob = files.get(path).ok_or_else(|| {
+                ArchiveError::invalid(
+                    input,
+                    format!("manifest.json names layer `{path}`, which the archive does not contain"),
+                )
+            })?;
+            check_diff_id(blob, input, path, diff)?;
+            let mut head = [0u8; 4];
+            let mut f = File::open(blob.path()).at("open", blob.path())?;
+            let n = read_full(&mut f, &mut head).at("read", blob.path())?;
+            let media_type = Compression::sniff(&head[..n]).oci_media_type();
+            layers.push(Descriptor::new(media_type, blob.digest().clone(), blob.size()));
+            blobs.insert(blob.digest().clone(), path.clone());
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.to_string()),
+            artifact_type: None,
+            config: Descriptor::new(media::OCI_CONFIG, cblob.digest().clone(), cblob.size()),
+            layers,
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let doc = canonical(&manifest);
+        let top = Descriptor::new(media::OCI_MANIFEST, Digest::of(&doc), doc.len() as u64);
+        let mut names = Vec::new();
+        for t in e.repo_tags.unwrap_or_default() {
+            names.push(Reference::parse(&t).map_err(|err| {
+                ArchiveError::invalid(input, format!("manifest.json RepoTags: {err}"))
+            })?);
+        }
+        planned.push(Planned {
+            names,
+            top,
+            blobs,
+            generated: vec![doc],
+        });
+    }
+    Ok(planned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn normalizes_archive_paths() {
+        assert_eq!(normalize("./a/b").as_deref(), Some("a/b"));
+        assert_eq!(normalize("a/../b").as_deref(), Some("b"));
+        assert_eq!(normalize("/abs/x").as_deref(), Some("abs/x"));
+        assert_eq!(normalize("../x"), None);
+        assert_eq!(normalize("abc/../../x"), None);
+    }
+}
