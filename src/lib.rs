@@ -9,7 +9,9 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod cli;
 pub mod oci;
+pub mod ops;
 pub mod progress;
 pub mod store;
 pub mod util;

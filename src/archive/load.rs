@@ -12,7 +12,9 @@ use super::ArchiveError;
 use crate::oci::digest::digest_reader;
 use crate::oci::json::{canonical, parse_strict};
 use crate::oci::manifest::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
-use crate::oci::{Compression, Descriptor, Digest, Document, ImageConfig, Manifest, Reference, media};
+use crate::oci::{
+    Compression, Descriptor, Digest, Document, ImageConfig, Manifest, Reference, media,
+};
 use crate::progress::{Event, Reporter};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, StagedBlob, Store};
 use crate::util::fs::{PathContext, read_limited};
@@ -131,7 +133,9 @@ fn commit(
                 present += 1;
                 continue;
             }
-            let staged = files.take(path).expect("planned blobs were found while planning");
+            let staged = files
+                .take(path)
+                .expect("planned blobs were found while planning");
             staged.commit()?;
             added += 1;
         }
@@ -243,11 +247,10 @@ fn stage_tar(store: &Store, input: &Path, reader: impl Read) -> Result<Files, Ar
                 let size = entry.size();
                 let mut w = store.writer()?;
                 let dest = w.temp_path().to_path_buf();
-                let n = copy_checked(&mut entry, &mut w, dest)
-                    .map_err(|e| match e {
-                        CopyError::Read(e) => bad(format!("entry `{path}` cannot be read: {e}")),
-                        CopyError::Write(e) => ArchiveError::Io(e),
-                    })?;
+                let n = copy_checked(&mut entry, &mut w, dest).map_err(|e| match e {
+                    CopyError::Read(e) => bad(format!("entry `{path}` cannot be read: {e}")),
+                    CopyError::Write(e) => ArchiveError::Io(e),
+                })?;
                 if n != size {
                     return Err(bad(format!(
                         "entry `{path}` is truncated ({n} of {size} bytes): the archive is incomplete"
@@ -466,7 +469,10 @@ fn plan_oci(files: &Files, input: &Path) -> Result<Vec<Planned>, ArchiveError> {
     {
         Document::Index(i) => i,
         Document::Manifest(_) => {
-            return Err(ArchiveError::invalid(input, "index.json is a manifest, not an index"));
+            return Err(ArchiveError::invalid(
+                input,
+                "index.json is a manifest, not an index",
+            ));
         }
     };
     let mut planned = Vec::new();
@@ -564,7 +570,10 @@ fn check_manifest(
         if Compression::of_media_type(&layer.media_type).is_none() {
             return Err(ArchiveError::invalid(
                 input,
-                format!("layer {} has unsupported media type `{}`", layer.digest, layer.media_type),
+                format!(
+                    "layer {} has unsupported media type `{}`",
+                    layer.digest, layer.media_type
+                ),
             ));
         }
         let lpath = check_blob(files, input, layer)?;
@@ -576,12 +585,14 @@ fn check_manifest(
 }
 
 fn read_config(files: &Files, input: &Path, path: &str) -> Result<ImageConfig, ArchiveError> {
-    let bytes = files
-        .read_json(path, MAX_CONFIG_BYTES)
-        .ok_or_else(|| {
-            ArchiveError::invalid(input, format!("config `{path}` is missing from the archive"))
-        })??;
-    ImageConfig::parse(&format!("config `{path}`"), &bytes).map_err(|e| ArchiveError::json(input, e))
+    let bytes = files.read_json(path, MAX_CONFIG_BYTES).ok_or_else(|| {
+        ArchiveError::invalid(
+            input,
+            format!("config `{path}` is missing from the archive"),
+        )
+    })??;
+    ImageConfig::parse(&format!("config `{path}`"), &bytes)
+        .map_err(|e| ArchiveError::json(input, e))
 }
 
 /// One entry of a docker-archive `manifest.json`.
@@ -601,14 +612,20 @@ fn plan_docker(files: &Files, input: &Path) -> Result<Vec<Planned>, ArchiveError
     let entries: Vec<DockerEntry> =
         parse_strict("manifest.json", &bytes).map_err(|e| ArchiveError::json(input, e))?;
     if entries.is_empty() {
-        return Err(ArchiveError::invalid(input, "manifest.json lists no images"));
+        return Err(ArchiveError::invalid(
+            input,
+            "manifest.json lists no images",
+        ));
     }
     let mut planned = Vec::new();
     for e in entries {
         let cblob = files.get(&e.config).ok_or_else(|| {
             ArchiveError::invalid(
                 input,
-                format!("manifest.json names config `{}`, which the archive does not contain", e.config),
+                format!(
+                    "manifest.json names config `{}`, which the archive does not contain",
+                    e.config
+                ),
             )
         })?;
         let config = read_config(files, input, &e.config)?;
@@ -630,7 +647,9 @@ fn plan_docker(files: &Files, input: &Path) -> Result<Vec<Planned>, ArchiveError
             let blob = files.get(path).ok_or_else(|| {
                 ArchiveError::invalid(
                     input,
-                    format!("manifest.json names layer `{path}`, which the archive does not contain"),
+                    format!(
+                        "manifest.json names layer `{path}`, which the archive does not contain"
+                    ),
                 )
             })?;
             check_diff_id(blob, input, path, diff)?;
@@ -638,7 +657,11 @@ fn plan_docker(files: &Files, input: &Path) -> Result<Vec<Planned>, ArchiveError
             let mut f = File::open(blob.path()).at("open", blob.path())?;
             let n = read_full(&mut f, &mut head).at("read", blob.path())?;
             let media_type = Compression::sniff(&head[..n]).oci_media_type();
-            layers.push(Descriptor::new(media_type, blob.digest().clone(), blob.size()));
+            layers.push(Descriptor::new(
+                media_type,
+                blob.digest().clone(),
+                blob.size(),
+            ));
             blobs.insert(blob.digest().clone(), path.clone());
         }
         let manifest = Manifest {

@@ -45,7 +45,10 @@ pub enum ArchiveError {
 impl ArchiveError {
     /// Whether the user's input is at fault (exit 2) rather than the operation (exit 1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, ArchiveError::Invalid { .. } | ArchiveError::Unnamed { .. })
+        matches!(
+            self,
+            ArchiveError::Invalid { .. } | ArchiveError::Unnamed { .. }
+        )
     }
 
     fn invalid(path: &std::path::Path, reason: impl Into<String>) -> ArchiveError {

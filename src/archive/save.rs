@@ -84,7 +84,8 @@ fn export_descriptor(
     Ok(match platform {
         None => img.descriptor.clone(),
         Some(p) => {
-            let resolved = store.resolve_platform(&img.name.familiar(), &img.descriptor, Some(p))?;
+            let resolved =
+                store.resolve_platform(&img.name.familiar(), &img.descriptor, Some(p))?;
             let mut d = resolved.descriptor;
             d.platform = Some(resolved.config.platform());
             d
@@ -108,9 +109,11 @@ fn write_oci(
         }
         // containerd's convention: ref.name is the tag, the full name has its own annotation.
         if let Some(tag) = img.name.tag() {
-            d.annotations.insert(ANNOTATION_REF_NAME.into(), tag.to_string());
+            d.annotations
+                .insert(ANNOTATION_REF_NAME.into(), tag.to_string());
         }
-        d.annotations.insert(ANNOTATION_IMAGE_NAME.into(), img.name.to_string());
+        d.annotations
+            .insert(ANNOTATION_IMAGE_NAME.into(), img.name.to_string());
         index.manifests.push(d);
     }
     tar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -119,9 +122,18 @@ fn write_oci(
     tar.dir("blobs/sha256/")?;
     for (digest, size) in &blobs {
         let id = digest.short().to_string();
-        reporter.event(Event::start(&id, format!("write {}", digest.short()), Some(*size)));
+        reporter.event(Event::start(
+            &id,
+            format!("write {}", digest.short()),
+            Some(*size),
+        ));
         let f = store.open_blob(digest)?;
-        tar.file_from(&format!("blobs/sha256/{}", digest.hex()), *size, f, &store.blob_path(digest))?;
+        tar.file_from(
+            &format!("blobs/sha256/{}", digest.hex()),
+            *size,
+            f,
+            &store.blob_path(digest),
+        )?;
         reporter.event(Event::finish(&id, "done"));
     }
     Ok(blobs.len())
@@ -155,7 +167,11 @@ fn write_docker(
             let path = format!("blobs/sha256/{}", diff_id.hex());
             if written.insert(diff_id.clone()) {
                 let id = layer.digest.short().to_string();
-                reporter.event(Event::start(&id, format!("write layer {}", diff_id.short()), None));
+                reporter.event(Event::start(
+                    &id,
+                    format!("write layer {}", diff_id.short()),
+                    None,
+                ));
                 write_uncompressed_layer(store, layer, diff_id, &path, tar)?;
                 reporter.event(Event::finish(&id, "done"));
             }
@@ -176,7 +192,10 @@ fn write_docker(
                 .insert(t.to_string(), last.hex().to_string());
         }
     }
-    tar.file("manifest.json", &serde_json::to_vec(&manifest).expect("JSON values serialise"))?;
+    tar.file(
+        "manifest.json",
+        &serde_json::to_vec(&manifest).expect("JSON values serialise"),
+    )?;
     tar.file("repositories", &canonical(&repositories))?;
     Ok(written.len())
 }
@@ -190,12 +209,11 @@ fn write_uncompressed_layer(
     path: &str,
     tar: &mut TarOut,
 ) -> Result<(), ArchiveError> {
-    let compression = Compression::of_media_type(&layer.media_type).ok_or_else(|| {
-        ArchiveError::Invalid {
+    let compression =
+        Compression::of_media_type(&layer.media_type).ok_or_else(|| ArchiveError::Invalid {
             path: layer.digest.to_string(),
             reason: format!("unsupported layer media type `{}`", layer.media_type),
-        }
-    })?;
+        })?;
     let src = store.blob_path(&layer.digest);
     if compression == Compression::None {
         let f = store.open_blob(&layer.digest)?;
@@ -221,7 +239,10 @@ fn write_uncompressed_layer(
                 reason: format!("layer decompresses to {actual}, its config says {diff_id}"),
             });
         }
-        let out = out.into_inner().map_err(|e| e.into_error()).at("write", &tmp)?;
+        let out = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .at("write", &tmp)?;
         drop(out);
         let f = File::open(&tmp).at("open", &tmp)?;
         tar.file_from(path, size, f, &tmp)

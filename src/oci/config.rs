@@ -29,10 +29,18 @@ pub struct ImageConfig {
     #[serde(default)]
     pub os: String,
     /// OS version.
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// OS features.
-    #[serde(rename = "os.features", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_features: Option<Vec<String>>,
     /// CPU variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,7 +208,10 @@ mod tests {
         let c = ImageConfig::parse("config", docker.as_bytes()).unwrap();
         let cc = c.config.as_ref().unwrap();
         assert_eq!(cc.healthcheck.as_ref().unwrap().retries, Some(3));
-        assert_eq!(cc.on_build.as_deref(), Some(&["RUN echo hi".to_string()][..]));
+        assert_eq!(
+            cc.on_build.as_deref(),
+            Some(&["RUN echo hi".to_string()][..])
+        );
         assert_eq!(cc.args_escaped, Some(true));
         assert!(cc.extra.contains_key("Hostname"));
         assert!(c.extra.contains_key("docker_version"));

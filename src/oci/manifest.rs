@@ -171,9 +171,9 @@ impl Default for Index {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Document {
     /// A single-platform image.
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
     /// A multi-platform image.
-    Index(Index),
+    Index(Box<Index>),
 }
 
 impl Document {
@@ -204,9 +204,13 @@ impl Document {
             return Err(fail("schemaVersion must be 2".into()));
         }
         let doc = if is_index {
-            Document::Index(serde_json::from_value(v).map_err(|e| fail(e.to_string()))?)
+            Document::Index(Box::new(
+                serde_json::from_value(v).map_err(|e| fail(e.to_string()))?,
+            ))
         } else {
-            Document::Manifest(serde_json::from_value(v).map_err(|e| fail(e.to_string()))?)
+            Document::Manifest(Box::new(
+                serde_json::from_value(v).map_err(|e| fail(e.to_string()))?,
+            ))
         };
         Ok(doc)
     }
@@ -303,7 +307,10 @@ mod tests {
     #[test]
     fn sniffs_compression() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"etc/"), Compression::None);
     }
 }

@@ -16,10 +16,18 @@ pub struct Platform {
     /// Operating system (`linux`).
     pub os: String,
     /// OS version (Windows images only).
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// Required OS features.
-    #[serde(rename = "os.features", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_features: Option<Vec<String>>,
     /// CPU variant (`v7` for armhf).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,7 +148,9 @@ impl FromStr for Platform {
                         p.os = os.to_string();
                         p
                     }
-                    [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+                    [os, arch, variant]
+                        if !os.is_empty() && !arch.is_empty() && !variant.is_empty() =>
+                    {
                         Platform {
                             architecture: arch.to_string(),
                             os: os.to_string(),
@@ -158,7 +168,10 @@ impl FromStr for Platform {
         if p.os != "linux" && p.os != "windows" {
             return Err(err());
         }
-        if !matches!(p.architecture.as_str(), "amd64" | "arm64" | "arm" | "386" | "riscv64" | "ppc64le" | "s390x") {
+        if !matches!(
+            p.architecture.as_str(),
+            "amd64" | "arm64" | "arm" | "386" | "riscv64" | "ppc64le" | "s390x"
+        ) {
             return Err(err());
         }
         Ok(p)
@@ -217,9 +230,20 @@ mod tests {
             ("LINUX/AMD64", "linux/amd64"),
             ("linux/arm/v6", "linux/arm/v6"),
         ] {
-            assert_eq!(input.parse::<Platform>().unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                input.parse::<Platform>().unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
-        for bad in ["", "linux", "linux/", "mips", "darwin/amd64", "linux/arm64/v8/x"] {
+        for bad in [
+            "",
+            "linux",
+            "linux/",
+            "mips",
+            "darwin/amd64",
+            "linux/arm64/v8/x",
+        ] {
             assert!(bad.parse::<Platform>().is_err(), "{bad}");
         }
     }

@@ -331,9 +331,15 @@ mod tests {
             ("ubuntu", "docker.io/library/ubuntu:latest"),
             ("ubuntu:22.04", "docker.io/library/ubuntu:22.04"),
             ("afdaniele/compose:0.9", "docker.io/afdaniele/compose:0.9"),
-            ("duckietown/dt-core:daffy-arm64v8", "docker.io/duckietown/dt-core:daffy-arm64v8"),
+            (
+                "duckietown/dt-core:daffy-arm64v8",
+                "docker.io/duckietown/dt-core:daffy-arm64v8",
+            ),
             ("docker.io/ubuntu", "docker.io/library/ubuntu:latest"),
-            ("index.docker.io/library/ubuntu:x", "docker.io/library/ubuntu:x"),
+            (
+                "index.docker.io/library/ubuntu:x",
+                "docker.io/library/ubuntu:x",
+            ),
             ("localhost/foo", "localhost/foo:latest"),
             ("localhost:5000/foo/bar:1", "localhost:5000/foo/bar:1"),
             ("127.0.0.1:5000/x/y:t", "127.0.0.1:5000/x/y:t"),
@@ -341,7 +347,11 @@ mod tests {
             ("a__b/c-d---e/f.g_h", "docker.io/a__b/c-d---e/f.g_h:latest"),
         ];
         for (input, want) in cases {
-            assert_eq!(Reference::parse(input).unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                Reference::parse(input).unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let r = Reference::parse(&format!("host:5000/x/y@{d}")).unwrap();
@@ -391,7 +401,10 @@ mod tests {
 
     #[test]
     fn api_host_for_docker_hub() {
-        assert_eq!(Reference::parse("ubuntu").unwrap().api_host(), DOCKER_HUB_API);
+        assert_eq!(
+            Reference::parse("ubuntu").unwrap().api_host(),
+            DOCKER_HUB_API
+        );
         assert_eq!(Reference::parse("h:1/u").unwrap().api_host(), "h:1");
     }
 }

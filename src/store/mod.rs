@@ -81,7 +81,7 @@ pub enum StoreError {
         /// The image.
         image: String,
         /// The platform asked for.
-        wanted: Platform,
+        wanted: String,
         /// What the image offers, comma-separated.
         available: String,
     },
@@ -298,7 +298,9 @@ impl Store {
         self.edit_index(|index| {
             for (name, desc) in names {
                 let key = name.to_string();
-                index.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME) != Some(&key));
+                index
+                    .manifests
+                    .retain(|m| m.annotations.get(ANNOTATION_REF_NAME) != Some(&key));
                 let mut d = desc.clone();
                 d.annotations.insert(ANNOTATION_REF_NAME.to_string(), key);
                 index.manifests.push(d);
@@ -312,7 +314,9 @@ impl Store {
         let mut found = false;
         self.edit_index(|index| {
             let before = index.manifests.len();
-            index.manifests.retain(|m| m.annotations.get(ANNOTATION_REF_NAME) != Some(&key));
+            index
+                .manifests
+                .retain(|m| m.annotations.get(ANNOTATION_REF_NAME) != Some(&key));
             found = index.manifests.len() != before;
         })?;
         Ok(found)
@@ -419,16 +423,16 @@ impl Store {
                 match wanted {
                     Some(p) => pick(p).ok_or_else(|| StoreError::NoSuchPlatform {
                         image: image.to_string(),
-                        wanted: p.clone(),
+                        wanted: p.to_string(),
                         available: available(),
                     })?,
                     None if index.manifests.len() == 1 => index.manifests[0].clone(),
-                    None => pick(&Platform::host()).ok_or_else(|| {
-                        StoreError::AmbiguousPlatform {
+                    None => {
+                        pick(&Platform::host()).ok_or_else(|| StoreError::AmbiguousPlatform {
                             image: image.to_string(),
                             available: available(),
-                        }
-                    })?,
+                        })?
+                    }
                 }
             }
         };
@@ -439,19 +443,20 @@ impl Store {
             }));
         };
         let config_bytes = self.read_blob(&manifest.config.digest, MAX_CONFIG_BYTES)?;
-        let config = ImageConfig::parse(&format!("config {}", manifest.config.digest), &config_bytes)?;
+        let config =
+            ImageConfig::parse(&format!("config {}", manifest.config.digest), &config_bytes)?;
         if let Some(p) = wanted
             && !config.platform().matches(p)
         {
             return Err(StoreError::NoSuchPlatform {
                 image: image.to_string(),
-                wanted: p.clone(),
+                wanted: p.to_string(),
                 available: config.platform().to_string(),
             });
         }
         Ok(PlatformImage {
             descriptor: manifest_desc,
-            manifest,
+            manifest: *manifest,
             config_bytes,
             config,
         })
@@ -676,10 +681,7 @@ impl Drop for StagedBlob {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out
-            .as_mut()
-            .expect("write after commit")
-            .write(buf)
+        self.out.as_mut().expect("write after commit").write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.as_mut().expect("flush after commit").flush()
@@ -705,7 +707,10 @@ pub fn ingest(
         && store.has_blob(d)
     {
         // Already verified when it was committed: nothing to read.
-        return Ok((d.clone(), store.blob_path(d).metadata().map(|m| m.len()).unwrap_or(0)));
+        return Ok((
+            d.clone(),
+            store.blob_path(d).metadata().map(|m| m.len()).unwrap_or(0),
+        ));
     }
     let mut w = store.writer()?;
     let tmp = w.temp_path().to_path_buf();

@@ -123,7 +123,11 @@ fn refuses_newer_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     drop(Store::open(&root).unwrap());
-    fs::write(root.join("oci-layout"), br#"{"imageLayoutVersion":"9.0.0"}"#).unwrap();
+    fs::write(
+        root.join("oci-layout"),
+        br#"{"imageLayoutVersion":"9.0.0"}"#,
+    )
+    .unwrap();
     let e = Store::open(&root).err().unwrap();
     assert!(e.to_string().contains("upgrade dts"), "{e}");
 }

@@ -61,11 +61,7 @@ pub fn temp_name(prefix: &str) -> String {
 
 /// The pid encoded in a [`temp_name`], if any.
 pub fn temp_owner(name: &str, prefix: &str) -> Option<u32> {
-    name.strip_prefix(prefix)?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
+    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
 }
 
 /// Whether process `pid` exists.

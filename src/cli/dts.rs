@@ -1,0 +1,242 @@
+//! The `dts` command tree (clap) and its dispatch to `ops`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use super::{Exit, GlobalArgs, Printer, exit_for, human_size, reporter};
+use crate::archive::SaveFormat;
+use crate::oci::Platform;
+use crate::ops;
+
+/// dts: build, ship and run software on Duckiebots.
+#[derive(Parser, Debug)]
+#[command(name = "dts", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Images in the local store: list, inspect, tag, remove, save, load, pull, push
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// List images
+    Ls {
+        /// One JSON document on stdout: [{name, digest, platforms, size}]
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's configuration (for one platform)
+    Inspect {
+        /// Image name
+        name: String,
+        /// Platform of a multi-platform image (default: this machine's, if present)
+        #[arg(long, value_parser = parse_platform)]
+        platform: Option<Platform>,
+        /// Print the configuration exactly as stored
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove image names, and the content only they used
+    Rm {
+        /// Image names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give an image another name
+    Tag {
+        /// Existing name
+        src: String,
+        /// New name
+        dst: String,
+    },
+    /// Remove content no image name reaches
+    Prune {
+        /// One JSON document on stdout: {blobs, bytes}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write images to an archive that docker load, skopeo, podman and umoci read
+    Save {
+        /// Image names
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output file
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Archive format: OCI keeps every platform, a docker-archive holds one
+        #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
+        format: FormatArg,
+        /// Save only this platform (required for a multi-platform image in docker format)
+        #[arg(long, value_parser = parse_platform)]
+        platform: Option<Platform>,
+    },
+    /// Load images from a docker-archive, an OCI archive or an OCI layout directory
+    Load {
+        /// Archive file or OCI layout directory
+        #[arg(short, long)]
+        input: PathBuf,
+        /// Name for an image whose archive carries no full name
+        #[arg(short, long)]
+        tag: Option<String>,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Oci,
+    Docker,
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse::<Platform>().map_err(|e| e.to_string())
+}
+
+/// Runs `dts` with the process arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::BadInput.into()
+            } else {
+                Exit::Ok.into()
+            };
+        }
+    };
+    let printer = Printer::new(&cli.global);
+    match run(&cli, &printer) {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            printer.error(&e);
+            exit_for(&e).into()
+        }
+    }
+}
+
+fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
+    match &cli.command {
+        Command::Image(cmd) => image(cmd, &cli.global, p),
+    }
+}
+
+fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
+    let store = ops::image::open_store()?;
+    match cmd {
+        ImageCmd::Ls { json } => {
+            let rows = ops::image::list(&store)?;
+            if *json {
+                p.json(&rows);
+            } else {
+                p.out(&format!(
+                    "{:<50} {:<14} {:<28} {:>10}",
+                    "NAME", "DIGEST", "PLATFORMS", "SIZE"
+                ));
+                for r in rows {
+                    p.out(&format!(
+                        "{:<50} {:<14} {:<28} {:>10}",
+                        r.name,
+                        r.digest.short(),
+                        r.platforms.join(","),
+                        human_size(r.size)
+                    ));
+                }
+            }
+        }
+        ImageCmd::Inspect {
+            name,
+            platform,
+            json,
+        } => {
+            let bytes = ops::image::inspect(&store, name, platform.as_ref())?;
+            if *json {
+                p.out(&String::from_utf8_lossy(&bytes));
+            } else {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+                p.json(&v);
+            }
+        }
+        ImageCmd::Rm { names } => {
+            let (removed, pruned) = ops::image::remove(&store, names)?;
+            for r in removed {
+                p.info(&format!("Untagged: {}", r.familiar()));
+            }
+            p.info(&format!(
+                "Deleted {} blobs ({})",
+                pruned.blobs,
+                human_size(pruned.bytes)
+            ));
+        }
+        ImageCmd::Tag { src, dst } => {
+            let dst = ops::image::tag(&store, src, dst)?;
+            p.info(&format!("Tagged {}", dst.familiar()));
+        }
+        ImageCmd::Prune { json } => {
+            let r = store.prune()?;
+            if *json {
+                p.json(&serde_json::json!({"blobs": r.blobs, "bytes": r.bytes}));
+            } else {
+                p.info(&format!(
+                    "Deleted {} blobs, freed {}",
+                    r.blobs,
+                    human_size(r.bytes)
+                ));
+            }
+        }
+        ImageCmd::Save {
+            names,
+            output,
+            format,
+            platform,
+        } => {
+            let format = match format {
+                FormatArg::Oci => SaveFormat::Oci,
+                FormatArg::Docker => SaveFormat::Docker,
+            };
+            let rep = reporter(g);
+            let r = ops::image::save(&store, names, platform.as_ref(), format, output, &*rep)?;
+            p.info(&format!(
+                "Saved {} blobs ({}) to {}",
+                r.blobs,
+                human_size(r.bytes),
+                output.display()
+            ));
+        }
+        ImageCmd::Load { input, tag, json } => {
+            let rep = reporter(g);
+            let r = ops::image::load(&store, input, tag.as_deref(), &*rep)?;
+            if *json {
+                let images: Vec<_> = r
+                    .images
+                    .iter()
+                    .map(|(n, d)| serde_json::json!({"name": n.to_string(), "digest": d.digest}))
+                    .collect();
+                p.json(&serde_json::json!({
+                    "format": r.format,
+                    "images": images,
+                    "blobs_added": r.blobs_added,
+                    "blobs_present": r.blobs_present,
+                }));
+            } else {
+                for (n, _) in &r.images {
+                    p.out(&format!("Loaded image: {}", n.familiar()));
+                }
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}

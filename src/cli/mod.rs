@@ -1,0 +1,201 @@
+//! The command line: clap trees, output, progress rendering, error rendering and exit codes.
+//! This is the only code that writes to stdout or stderr.
+//!
+//! Exit codes (cli.md): 0 ok, 1 the operation failed, 2 usage or input error.
+
+pub mod agent;
+#[cfg(feature = "workstation")]
+pub mod dts;
+mod report;
+
+use std::io::{IsTerminal, Write};
+
+use clap::{Args, ValueEnum};
+
+pub use report::reporter;
+
+/// Flags every command takes.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// Less output (errors only)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More output
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// When to colour output
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// How to show progress: bars on a terminal, plain lines, or JSON lines (all on stderr)
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// `--color`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour on a terminal.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// `--progress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Bars.
+    Tty,
+    /// Plain lines.
+    Plain,
+    /// JSON lines.
+    Json,
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// 0.
+    Ok,
+    /// 1: the operation failed.
+    Failed,
+    /// 2: usage or input error.
+    BadInput,
+    /// A code passed through (a container's).
+    Code(u8),
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(match e {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::BadInput => 2,
+            Exit::Code(c) => c,
+        })
+    }
+}
+
+/// The one writer of human and machine output.
+pub struct Printer {
+    quiet: bool,
+    color: bool,
+}
+
+impl Printer {
+    /// A printer for these flags.
+    pub fn new(g: &GlobalArgs) -> Printer {
+        let color = match g.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
+        };
+        Printer {
+            quiet: g.quiet,
+            color,
+        }
+    }
+
+    /// Data for stdout (tables, digests, JSON). A closed pipe ends quietly.
+    pub fn out(&self, text: &str) {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "{text}");
+    }
+
+    /// A JSON document on stdout.
+    pub fn json<T: serde::Serialize>(&self, value: &T) {
+        self.out(&serde_json::to_string_pretty(value).expect("values serialise"));
+    }
+
+    /// Information for people, on stderr (suppressed by `-q`).
+    pub fn info(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// An error with its causes and, where we know one, the fix.
+    pub fn error(&self, err: &anyhow::Error) {
+        let (red, bold, reset) = if self.color {
+            ("\x1b[31m", "\x1b[1m", "\x1b[0m")
+        } else {
+            ("", "", "")
+        };
+        let mut chain = err.chain();
+        let top = chain.next().map(|e| e.to_string()).unwrap_or_default();
+        eprintln!("{red}{bold}error{reset}: {top}");
+        let mut last = top;
+        for cause in chain {
+            let c = cause.to_string();
+            // thiserror's `transparent` and `#[from]` wrappers repeat their source's message.
+            if last.contains(&c) {
+                continue;
+            }
+            eprintln!("  {bold}Caused by{reset}: {c}");
+            last = c;
+        }
+    }
+}
+
+/// The exit code for an error: 2 when the user's input is at fault, 1 otherwise.
+pub fn exit_for(err: &anyhow::Error) -> Exit {
+    use crate::archive::ArchiveError;
+    use crate::oci::digest::DigestError;
+    use crate::oci::json::JsonError;
+    use crate::oci::platform::PlatformError;
+    use crate::oci::reference::ReferenceError;
+    use crate::store::StoreError;
+    for cause in err.chain() {
+        if cause.is::<ReferenceError>()
+            || cause.is::<PlatformError>()
+            || cause.is::<DigestError>()
+            || cause.is::<JsonError>()
+            || cause.is::<clap::Error>()
+        {
+            return Exit::BadInput;
+        }
+        if let Some(a) = cause.downcast_ref::<ArchiveError>() {
+            return if a.is_bad_input() {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            };
+        }
+        if let Some(StoreError::NoSuchPlatform { .. } | StoreError::AmbiguousPlatform { .. }) =
+            cause.downcast_ref::<StoreError>()
+        {
+            return Exit::BadInput;
+        }
+    }
+    Exit::Failed
+}
+
+/// Whether progress should be drawn as bars.
+fn use_bars(mode: ProgressMode) -> bool {
+    match mode {
+        ProgressMode::Tty => true,
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+        ProgressMode::Plain | ProgressMode::Json => false,
+    }
+}
+
+/// `1.5 MB`-style sizes (decimal, as Docker prints them).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
