@@ -13,5 +13,7 @@ pub mod cli;
 pub mod oci;
 pub mod ops;
 pub mod progress;
+#[cfg(feature = "workstation")]
+pub mod registry;
 pub mod store;
 pub mod util;

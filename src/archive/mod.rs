@@ -45,10 +45,11 @@ pub enum ArchiveError {
 impl ArchiveError {
     /// Whether the user's input is at fault (exit 2) rather than the operation (exit 1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            ArchiveError::Invalid { .. } | ArchiveError::Unnamed { .. }
-        )
+        match self {
+            ArchiveError::Invalid { .. } | ArchiveError::Unnamed { .. } => true,
+            ArchiveError::Store(e) => e.is_bad_input(),
+            ArchiveError::Io(_) => false,
+        }
     }
 
     fn invalid(path: &std::path::Path, reason: impl Into<String>) -> ArchiveError {

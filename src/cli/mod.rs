@@ -166,10 +166,12 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
                 Exit::Failed
             };
         }
-        if let Some(StoreError::NoSuchPlatform { .. } | StoreError::AmbiguousPlatform { .. }) =
-            cause.downcast_ref::<StoreError>()
-        {
-            return Exit::BadInput;
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            return if s.is_bad_input() {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            };
         }
     }
     Exit::Failed

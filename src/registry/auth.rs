@@ -78,7 +78,10 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
-        while chars.next_if(|c| c.is_ascii_whitespace() || *c == ',').is_some() {}
+        while chars
+            .next_if(|c| c.is_ascii_whitespace() || *c == ',')
+            .is_some()
+        {}
         let mut key = String::new();
         while let Some(c) = chars.next_if(|c| *c != '=' && *c != ',') {
             key.push(c);
@@ -190,8 +193,10 @@ pub(crate) async fn lookup(config: &Path, registry: &str) -> Lookup {
             }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            out.notes
-                .push(format!("there is no {} (run `docker login`)", config.display()));
+            out.notes.push(format!(
+                "there is no {} (run `docker login`)",
+                config.display()
+            ));
             return out;
         }
         Err(e) => {
@@ -243,10 +248,9 @@ pub(crate) async fn lookup(config: &Path, registry: &str) -> Lookup {
                     return out;
                 }
                 Ok(None) => {}
-                Err(why) => out.notes.push(format!(
-                    "{} auths.\"{key}\": {why}",
-                    config.display()
-                )),
+                Err(why) => out
+                    .notes
+                    .push(format!("{} auths.\"{key}\": {why}", config.display())),
             }
         }
     }
@@ -256,7 +260,11 @@ pub(crate) async fn lookup(config: &Path, registry: &str) -> Lookup {
 /// `{"auth": base64("user:pass")}` or `{"username", "password"}`; an entry with neither (what
 /// `docker login` leaves when a helper holds the secret) has no credentials.
 fn auth_entry(entry: &Value) -> Result<Option<(String, String)>, String> {
-    if let Some(auth) = entry.get("auth").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+    if let Some(auth) = entry
+        .get("auth")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    {
         let raw = STANDARD
             .decode(auth.trim())
             .map_err(|e| format!("`auth` is not base64: {e}"))?;
@@ -414,7 +422,11 @@ mod tests {
         assert!(!format!("{c:?}").contains("pw"), "Debug hides the password");
         assert!(lookup(&p, "other.example").await.credentials.is_none());
         let missing = lookup(&dir.path().join("nope.json"), "x").await;
-        assert!(missing.notes[0].contains("docker login"), "{:?}", missing.notes);
+        assert!(
+            missing.notes[0].contains("docker login"),
+            "{:?}",
+            missing.notes
+        );
     }
 
     #[tokio::test]

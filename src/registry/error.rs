@@ -2,7 +2,7 @@
 //! not authorized, corrupt content, missing platform, unexpected HTTP answer, unreachable
 //! registry), each naming the registry, repository or digest it is about.
 
-use crate::oci::{Digest, Platform};
+use crate::oci::Digest;
 use crate::store::StoreError;
 
 /// Everything that can go wrong talking to a registry.
@@ -64,8 +64,8 @@ pub enum RegistryError {
     NoSuchPlatform {
         /// The image.
         reference: String,
-        /// The platform asked for.
-        wanted: Platform,
+        /// The platform asked for (`linux/arm/v7`).
+        wanted: String,
         /// The platforms it has, comma-separated.
         available: String,
     },

@@ -116,7 +116,10 @@ mod tests {
         for i in 0..10 {
             remember(&store, "r:1", &format!("n/{i}"), std::slice::from_ref(&a)).unwrap();
         }
-        assert_eq!(KnownBlobs::load(&store).sources("r:1", &a, "").len(), MAX_REPOS_PER_BLOB);
+        assert_eq!(
+            KnownBlobs::load(&store).sources("r:1", &a, "").len(),
+            MAX_REPOS_PER_BLOB
+        );
         std::fs::write(store.root().join(FILE), b"garbage").unwrap();
         assert!(KnownBlobs::load(&store).sources("r:1", &a, "").is_empty());
         remember(&store, "r:1", "x/one", std::slice::from_ref(&a)).unwrap();

@@ -1,4 +1,4 @@
-//! An OCI distribution registry client: pull images into the [`Store`], push them out of it.
+//! An OCI distribution registry client: pull images into the [`Store`](crate::store::Store), push them out of it.
 //!
 //! Our own client on `reqwest` rather than a crate's, because deployment cost is counted in
 //! requests and bytes: we decide exactly when a blob is checked (`HEAD`), mounted from another
@@ -8,10 +8,10 @@
 //! Owns: the HTTP conversation (scheme choice, the 401 → challenge → credentials/token → retry
 //! dance, token caching), digest verification of everything downloaded, and the record of
 //! which repositories hold which blobs ([`known`]). Does not own: names and blobs on disk
-//! (that is [`crate::store`]), rendering progress (it emits [`Event`]s), or printing.
+//! (that is [`crate::store`]), rendering progress (it emits [`Event`](crate::progress::Event)s), or printing.
 //!
 //! Nothing downloaded is trusted: manifests are hashed before they are parsed, blobs stream
-//! into [`Store::writer`] and are published only by a commit that verifies digest and size.
+//! into [`Store::writer`](crate::store::Store::writer) and are published only by a commit that verifies digest and size.
 
 mod auth;
 mod error;
@@ -29,10 +29,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::sync::OnceCell;
 
-use crate::oci::{Descriptor, Digest, Reference, media};
-#[cfg(doc)]
-use crate::progress::Event;
-use crate::store::Store;
+use crate::oci::{Descriptor, Digest, Document, Reference, media};
 
 use auth::{Challenge, Lookup};
 pub use error::{RegistryError, Result};
@@ -268,7 +265,12 @@ impl Client {
     /// Sends `req`, answering one 401 with credentials or a token and trying again. Returns
     /// any other response as is (callers judge statuses); a second 401, or a 403, is
     /// [`RegistryError::Unauthorized`].
-    pub(crate) async fn send(&self, t: &Target, scopes: &[String], req: &Req<'_>) -> Result<Response> {
+    pub(crate) async fn send(
+        &self,
+        t: &Target,
+        scopes: &[String],
+        req: &Req<'_>,
+    ) -> Result<Response> {
         let mut scopes = scopes.to_vec();
         let mut retried = false;
         loop {
@@ -331,7 +333,9 @@ impl Client {
     }
 
     /// The `Authorization` header for a request, per the registry's last challenge, and
-    /// whether it carries the user's credentials.
+    /// whether it carries the user's credentials themselves (Basic). A bearer token does not:
+    /// the token service already accepted the credentials, so a registry refusing the token
+    /// means they lack access, not that they are wrong.
     async fn authorization(&self, t: &Target, scopes: &[String]) -> Result<(Option<String>, bool)> {
         let scheme = lock(&self.schemes).get(&t.registry).cloned();
         match scheme {
@@ -348,10 +352,11 @@ impl Client {
                 if let Some(token) = lock(&self.tokens).get(&key) {
                     return Ok((Some(format!("Bearer {token}")), false));
                 }
-                let (token, with_credentials) =
-                    self.fetch_token(t, &realm, service.as_deref(), scopes).await?;
+                let token = self
+                    .fetch_token(t, &realm, service.as_deref(), scopes)
+                    .await?;
                 lock(&self.tokens).insert(key, token.clone());
-                Ok((Some(format!("Bearer {token}")), with_credentials))
+                Ok((Some(format!("Bearer {token}")), false))
             }
         }
     }
@@ -364,9 +369,11 @@ impl Client {
         realm: &str,
         service: Option<&str>,
         scopes: &[String],
-    ) -> Result<(String, bool)> {
+    ) -> Result<String> {
         let mut url = Url::parse(realm).map_err(|e| {
-            t.protocol(format!("the registry's token realm `{realm}` is not a URL: {e}"))
+            t.protocol(format!(
+                "the registry's token realm `{realm}` is not a URL: {e}"
+            ))
         })?;
         let lookup = self.lookup(&t.registry).await;
         {
@@ -421,19 +428,18 @@ impl Client {
             .iter()
             .find_map(|k| v.get(k).and_then(|t| t.as_str()).filter(|t| !t.is_empty()))
             .ok_or_else(|| t.protocol(format!("the token service {realm} answered no token")))?;
-        Ok((token.to_string(), lookup.credentials.is_some()))
+        Ok(token.to_string())
     }
 
     /// The registry's credentials, looked up once per client.
-    async fn lookup(&self, registry: &str) -> Arc<Lookup> {
+    async fn lookup(&self, registry: &str) -> Lookup {
         let cell = lock(&self.credentials)
             .entry(registry.to_string())
             .or_default()
             .clone();
-        let lookup = cell
-            .get_or_init(|| auth::lookup(&self.docker_config, registry))
-            .await;
-        Arc::new(lookup.clone())
+        cell.get_or_init(|| auth::lookup(&self.docker_config, registry))
+            .await
+            .clone()
     }
 
     /// The error for a refused request: credentials rejected, or none to offer.
@@ -500,9 +506,6 @@ impl Client {
                 "{} does not seem to speak HTTPS; if it is a plain-HTTP lab registry, use --insecure",
                 t.registry
             ))
-        } else if url.scheme() == "http" && lower.contains("connection closed before message completed")
-        {
-            None
         } else {
             None
         };
@@ -516,7 +519,8 @@ impl Client {
 
     /// `GET`s a manifest or index (by tag or digest) and verifies it: against `expected` when
     /// the caller knows its digest, and against the registry's `Docker-Content-Digest`.
-    /// Returns its descriptor (media type from the document, else the response) and bytes.
+    /// Returns its descriptor (media type from the document, else the response), its bytes
+    /// and the parsed document.
     pub(crate) async fn fetch_manifest(
         &self,
         t: &Target,
@@ -525,7 +529,7 @@ impl Client {
         expected: Option<&Digest>,
         declared: Option<&str>,
         full_name: &str,
-    ) -> Result<(Descriptor, Vec<u8>)> {
+    ) -> Result<(Descriptor, Vec<u8>, Document)> {
         let url = t.manifest_url(reference);
         let req = Req::new(Method::GET, url).header(header::ACCEPT, MANIFEST_ACCEPT);
         let resp = self.send(t, scopes, &req).await?;
@@ -566,7 +570,7 @@ impl Client {
         let served = content_type
             .as_deref()
             .filter(|m| media::is_manifest(m) || media::is_index(m));
-        let doc = crate::oci::Document::parse(
+        let doc = Document::parse(
             &format!("manifest {digest} from {}/{}", t.registry, t.repository),
             declared.or(served),
             &bytes,
@@ -574,16 +578,20 @@ impl Client {
         .map_err(|e| t.protocol(e.to_string()))?;
         let own: Option<String> = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string));
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            });
         let media_type = own
             .or_else(|| declared.map(str::to_string))
             .or_else(|| served.map(str::to_string))
             .unwrap_or_else(|| match doc {
-                crate::oci::Document::Index(_) => media::OCI_INDEX.to_string(),
-                crate::oci::Document::Manifest(_) => media::OCI_MANIFEST.to_string(),
+                Document::Index(_) => media::OCI_INDEX.to_string(),
+                Document::Manifest(_) => media::OCI_MANIFEST.to_string(),
             });
         let size = bytes.len() as u64;
-        Ok((Descriptor::new(&media_type, digest, size), bytes))
+        Ok((Descriptor::new(&media_type, digest, size), bytes, doc))
     }
 }
 
@@ -663,7 +671,12 @@ async fn http_error(method: &Method, resp: Response) -> RegistryError {
 }
 
 /// Reads a whole (small) body, refusing more than `limit` bytes.
-async fn read_limited_body(t: &Target, mut resp: Response, limit: u64, what: &str) -> Result<Vec<u8>> {
+async fn read_limited_body(
+    t: &Target,
+    mut resp: Response,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
     let url = resp.url().clone();
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Transport {
@@ -686,10 +699,21 @@ mod tests {
 
     #[test]
     fn loopback_hosts_use_plain_http() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["registry.lab:5000", "10.0.0.1:5000", "[fe80::1]:5000", "docker.io"] {
+        for h in [
+            "registry.lab:5000",
+            "10.0.0.1:5000",
+            "[fe80::1]:5000",
+            "docker.io",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
         let c = Client::new(ClientOptions::default()).unwrap();

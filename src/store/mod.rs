@@ -106,6 +106,16 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the user's request is at fault (a platform the image lacks or must be chosen).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSuchPlatform { .. } | StoreError::AmbiguousPlatform { .. }
+        )
+    }
+}
+
 /// One named image in the store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageRecord {
