@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod config;
 pub mod oci;
 pub mod ops;
 pub mod progress;
