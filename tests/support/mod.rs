@@ -1,0 +1,87 @@
+//! Shared support for integration tests: `mod support;` at the top of a file in `tests/`.
+//!
+//! Owns the skip conventions (a test that cannot run prints one `SKIP: <test>: <reason>` line to
+//! stderr and returns early, so `cargo test` passes as non-root) and shared fixtures:
+//! [`netns`] (throwaway network namespaces on a private bridge), [`images`] (OCI images made in
+//! code) and [`registry`] (a real local registry). It does not own fixtures of any one module.
+//!
+//! Not every test file uses every item, hence the blanket `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod images;
+pub mod netns;
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+
+/// Name of the running test, as libtest names its thread (`module::test_name`).
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_owned()
+}
+
+/// Print the standard skip line for the running test.
+///
+/// Written to the stderr handle directly, not with `eprintln!`: libtest captures the print
+/// macros of passing tests, and a skip must be visible in a normal `cargo test` run.
+pub fn skip(reason: &str) {
+    write_stderr_line(&format!("SKIP: {}: {reason}", test_name()));
+}
+
+/// One whole line to stderr in a single write (so parallel tests do not interleave mid-line),
+/// bypassing libtest's capture; never panics, unlike `eprintln!`, so it is safe in `Drop`.
+pub fn write_stderr_line(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// Whether the process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `true` when running as root; otherwise prints `SKIP: <test>: needs root: <why>` and returns
+/// `false`. Use as `if !support::require_root("creates netns") { return; }`.
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip(&format!("needs root: {why}"));
+    false
+}
+
+/// `true` when `cmd` is found (see [`find_cmd`]); otherwise prints
+/// `SKIP: <test>: needs `<cmd>` on PATH` and returns `false`.
+pub fn require_cmd(cmd: &str) -> bool {
+    if find_cmd(cmd).is_some() {
+        return true;
+    }
+    skip(&format!("needs `{cmd}` on PATH (not found)"));
+    false
+}
+
+/// Directories searched after `$PATH`: root's tools (`ip`, `tc`, `nft`) live in sbin, which a
+/// non-login shell or `sudo` may have left out of `$PATH`.
+const EXTRA_CMD_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// Absolute path of an executable named `cmd`, searching `$PATH` then [`EXTRA_CMD_DIRS`].
+/// A `cmd` containing `/` is checked as given.
+pub fn find_cmd(cmd: &str) -> Option<PathBuf> {
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(EXTRA_CMD_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(cmd))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
