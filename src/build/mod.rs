@@ -1,0 +1,5 @@
+//! The daemonless image builder: Dockerfile → typed instructions → layers → multi-arch index.
+//! Metadata instructions and COPY/ADD are pure Rust; RUN executes under runc with QEMU user
+//! emulation for foreign platforms.
+
+pub mod view;

@@ -1,0 +1,463 @@
+//! A read-only view of an image's filesystem, built from its layer tars without unpacking them.
+//!
+//! The builder needs to look inside base images and earlier stages: `/etc/passwd` to resolve
+//! `USER`/`--chown` names, whether a `WORKDIR` exists, and the files `COPY --from` takes. Reading
+//! the tars directly needs no root, no mounts and no disk, and is exact about owners and modes,
+//! which an unprivileged unpack would lose. Whiteouts are applied in layer order as the OCI
+//! image-spec says; symlinks are resolved inside the view, never on the host.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+use crate::oci::Compression;
+
+/// Symlink hops allowed while resolving one path (Linux allows 40).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// One layer to read: the blob on disk and its compression.
+#[derive(Clone, Debug)]
+pub struct LayerSource {
+    /// The blob file.
+    pub path: PathBuf,
+    /// Its compression.
+    pub compression: Compression,
+}
+
+/// What kind of entry a node is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file whose content is entry `entry` of layer `layer`.
+    File {
+        /// Layer index.
+        layer: usize,
+        /// Entry index within that layer's tar.
+        entry: usize,
+    },
+    /// A directory.
+    Dir,
+    /// A symlink and its target.
+    Symlink(String),
+    /// A character or block device or fifo (content-less special files).
+    Special(u8),
+}
+
+/// One file-system entry with its metadata as the tar header gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time, seconds.
+    pub mtime: u64,
+    /// Size of a regular file.
+    pub size: u64,
+    /// Device major:minor (special files).
+    pub device: (u32, u32),
+    /// Extended attributes kept from PAX `SCHILY.xattr.*` records.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Which layer last wrote it.
+    layer: usize,
+}
+
+/// Errors reading a view.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// A layer could not be read.
+    #[error("layer `{}`: {source}", path.display())]
+    Layer {
+        /// The layer blob.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A path does not exist in the image.
+    #[error("`/{0}` does not exist in the image")]
+    NotFound(String),
+    /// Symlinks loop.
+    #[error("too many levels of symbolic links resolving `/{0}`")]
+    Loop(String),
+}
+
+/// The merged file tree of a layer stack.
+#[derive(Clone, Debug, Default)]
+pub struct FsView {
+    layers: Vec<LayerSource>,
+    nodes: BTreeMap<String, Node>,
+}
+
+/// `a/./b/../c/` → `a/c`; `..` at the root stays at the root (as the kernel does for `/..`).
+pub fn clean(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    out.join("/")
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    dir.is_empty()
+        || path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+impl FsView {
+    /// Reads `layers` (base first) into a view.
+    pub fn from_layers(layers: Vec<LayerSource>) -> Result<FsView, ViewError> {
+        let mut view = FsView {
+            layers: Vec::new(),
+            nodes: BTreeMap::new(),
+        };
+        for (i, l) in layers.iter().enumerate() {
+            view.apply(i, l)?;
+        }
+        view.layers = layers;
+        Ok(view)
+    }
+
+    fn apply(&mut self, index: usize, layer: &LayerSource) -> Result<(), ViewError> {
+        let err = |source| ViewError::Layer {
+            path: layer.path.clone(),
+            source,
+        };
+        let f = File::open(&layer.path).map_err(err)?;
+        let r = layer.compression.decoder(BufReader::new(f)).map_err(err)?;
+        let mut ar = tar::Archive::new(r);
+        for (n, entry) in ar.entries().map_err(err)?.enumerate() {
+            let mut entry = entry.map_err(err)?;
+            let raw = entry.path().map_err(err)?.to_string_lossy().into_owned();
+            let path = clean(&raw);
+            if path.is_empty() {
+                continue;
+            }
+            let (dir, name) = path
+                .rsplit_once('/')
+                .map_or(("", path.as_str()), |(d, n)| (d, n));
+            if name == ".wh..wh..opq" {
+                let dir = dir.to_string();
+                self.nodes
+                    .retain(|p, node| !(is_under(p, &dir) && node.layer < index));
+                continue;
+            }
+            if let Some(victim) = name.strip_prefix(".wh.") {
+                let victim = if dir.is_empty() {
+                    victim.to_string()
+                } else {
+                    format!("{dir}/{victim}")
+                };
+                self.remove_tree(&victim);
+                continue;
+            }
+            let h = entry.header();
+            let mode = h.mode().unwrap_or(0o644) & 0o7777;
+            // Some writers leave numeric fields blank; treat that as 0 as GNU tar does.
+            let uid = h.uid().unwrap_or(0);
+            let gid = h.gid().unwrap_or(0);
+            let mtime = h.mtime().unwrap_or(0);
+            let size = h.size().map_err(err)?;
+            let device = (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            );
+            let kind = match h.entry_type() {
+                tar::EntryType::Directory => Kind::Dir,
+                tar::EntryType::Symlink => Kind::Symlink(
+                    entry
+                        .link_name()
+                        .map_err(err)?
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name()
+                        .map_err(err)?
+                        .map(|l| clean(&l.to_string_lossy()))
+                        .unwrap_or_default();
+                    // A hardlink shares its target's content and metadata.
+                    if let Some(t) = self.nodes.get(&target).cloned() {
+                        self.insert(path, Node { layer: index, ..t });
+                    }
+                    continue;
+                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                    Kind::Special(h.entry_type().as_byte())
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File {
+                    layer: index,
+                    entry: n,
+                },
+                _ => continue,
+            };
+            let mut xattrs = Vec::new();
+            if let Some(exts) = entry.pax_extensions().map_err(err)? {
+                for ext in exts.flatten() {
+                    if let Ok(key) = ext.key()
+                        && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+                    {
+                        xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+            let size = if matches!(kind, Kind::File { .. }) {
+                size
+            } else {
+                0
+            };
+            // A directory entry over an existing directory keeps the children.
+            if kind != Kind::Dir || !matches!(self.nodes.get(&path), Some(n) if n.kind == Kind::Dir)
+            {
+                self.remove_tree(&path);
+            }
+            self.insert(
+                path,
+                Node {
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    size,
+                    device,
+                    xattrs,
+                    layer: index,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, path: String, node: Node) {
+        // Layers may omit parent directories; the kernel would have them, so the view does.
+        let mut p = parent_of(&path).to_string();
+        while !p.is_empty() && !self.nodes.contains_key(&p) {
+            self.nodes.insert(
+                p.clone(),
+                Node {
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    size: 0,
+                    device: (0, 0),
+                    xattrs: Vec::new(),
+                    layer: node.layer,
+                },
+            );
+            p = parent_of(&p).to_string();
+        }
+        self.nodes.insert(path, node);
+    }
+
+    fn remove_tree(&mut self, path: &str) {
+        self.nodes.remove(path);
+        let prefix = format!("{path}/");
+        let doomed: Vec<String> = self
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            self.nodes.remove(&k);
+        }
+    }
+
+    /// The node at `path` (no symlink resolution).
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(&clean(path))
+    }
+
+    /// Resolves symlinks in `path` inside the view (absolute targets are relative to the view's
+    /// root). With `follow_last` the final component is followed too. Returns the clean path.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<String, ViewError> {
+        let mut pending: Vec<String> = clean(path)
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        pending.reverse();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                done.pop();
+                continue;
+            }
+            let candidate = if done.is_empty() {
+                part.clone()
+            } else {
+                format!("{}/{part}", done.join("/"))
+            };
+            let is_last = pending.is_empty();
+            match self.nodes.get(&candidate) {
+                Some(Node {
+                    kind: Kind::Symlink(target),
+                    ..
+                }) if !is_last || follow_last => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(ViewError::Loop(clean(path)));
+                    }
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    for p in target
+                        .split('/')
+                        .rev()
+                        .filter(|s| !s.is_empty() && *s != ".")
+                    {
+                        pending.push(p.to_string());
+                    }
+                }
+                _ => done.push(part),
+            }
+        }
+        Ok(done.join("/"))
+    }
+
+    /// Whether `path` resolves to an existing entry.
+    pub fn exists(&self, path: &str) -> bool {
+        self.resolve(path, true)
+            .is_ok_and(|p| p.is_empty() || self.nodes.contains_key(&p))
+    }
+
+    /// Every entry at or below `dir` (clean, unresolved), in path order, `dir` itself first.
+    pub fn subtree(&self, dir: &str) -> Vec<(String, Node)> {
+        let dir = clean(dir);
+        self.nodes
+            .iter()
+            .filter(|(p, _)| **p == dir || is_under(p, &dir))
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect()
+    }
+
+    /// Reads a regular file (following symlinks).
+    pub fn read(&self, path: &str) -> Result<Vec<u8>, ViewError> {
+        let resolved = self.resolve(path, true)?;
+        let node = self
+            .nodes
+            .get(&resolved)
+            .ok_or_else(|| ViewError::NotFound(clean(path)))?;
+        let Kind::File { layer, entry } = node.kind else {
+            return Err(ViewError::NotFound(clean(path)));
+        };
+        let mut out = self.read_entries(layer, &[entry])?;
+        Ok(out.remove(&entry).unwrap_or_default())
+    }
+
+    /// Reads several entries of one layer in one pass.
+    pub fn read_entries(
+        &self,
+        layer: usize,
+        wanted: &[usize],
+    ) -> Result<BTreeMap<usize, Vec<u8>>, ViewError> {
+        let l = &self.layers[layer];
+        let err = |source| ViewError::Layer {
+            path: l.path.clone(),
+            source,
+        };
+        let f = File::open(&l.path).map_err(err)?;
+        let r = l.compression.decoder(BufReader::new(f)).map_err(err)?;
+        let mut ar = tar::Archive::new(r);
+        let mut out = BTreeMap::new();
+        let last = wanted.iter().copied().max().unwrap_or(0);
+        for (n, entry) in ar.entries().map_err(err)?.enumerate() {
+            if n > last {
+                break;
+            }
+            let mut entry = entry.map_err(err)?;
+            if wanted.contains(&n) {
+                let mut buf = Vec::new();
+                entry.read_to_end(&mut buf).map_err(err)?;
+                out.insert(n, buf);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn layer(
+        dir: &std::path::Path,
+        name: &str,
+        build: impl FnOnce(&mut tar::Builder<Vec<u8>>),
+    ) -> LayerSource {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&b.into_inner().unwrap())
+            .unwrap();
+        LayerSource {
+            path,
+            compression: Compression::None,
+        }
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    #[test]
+    fn whiteouts_symlinks_and_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let l0 = layer(d.path(), "0", |b| {
+            file(b, "usr/lib/a.so", b"A", 0o644);
+            file(b, "usr/lib/b.so", b"B", 0o644);
+            file(b, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644);
+            symlink(b, "lib", "/usr/lib");
+            file(b, "opq/old", b"old", 0o600);
+        });
+        let l1 = layer(d.path(), "1", |b| {
+            file(b, "usr/lib/.wh.a.so", b"", 0o644);
+            file(b, "opq/.wh..wh..opq", b"", 0o644);
+            file(b, "opq/new", b"new", 0o4755);
+            symlink(b, "loop", "loop");
+        });
+        let v = FsView::from_layers(vec![l0, l1]).unwrap();
+        assert!(!v.exists("usr/lib/a.so"));
+        assert!(v.exists("/lib/b.so"));
+        assert_eq!(v.read("/lib/b.so").unwrap(), b"B");
+        assert_eq!(v.resolve("lib/b.so", true).unwrap(), "usr/lib/b.so");
+        assert!(v.get("opq/old").is_none());
+        assert_eq!(v.get("opq/new").unwrap().mode, 0o4755);
+        assert!(v.read("etc/passwd").unwrap().starts_with(b"root"));
+        assert!(matches!(v.resolve("loop", true), Err(ViewError::Loop(_))));
+        assert_eq!(v.resolve("../../etc/./passwd", true).unwrap(), "etc/passwd");
+        assert_eq!(v.subtree("usr").len(), 3);
+    }
+}
