@@ -2,4 +2,5 @@
 //! Metadata instructions and COPY/ADD are pure Rust; RUN executes under runc with QEMU user
 //! emulation for foreign platforms.
 
+pub mod context;
 pub mod view;
