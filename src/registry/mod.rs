@@ -1,4 +1,4 @@
-//! An OCI distribution registry client: pull images into the [`Store`](crate::store::Store), push them out of it.
+//! An OCI distribution registry client: pull images into the store, push them out of it.
 //!
 //! Our own client on `reqwest` rather than a crate's, because deployment cost is counted in
 //! requests and bytes: we decide exactly when a blob is checked (`HEAD`), mounted from another
@@ -7,11 +7,13 @@
 //!
 //! Owns: the HTTP conversation (scheme choice, the 401 → challenge → credentials/token → retry
 //! dance, token caching), digest verification of everything downloaded, and the record of
-//! which repositories hold which blobs ([`known`]). Does not own: names and blobs on disk
-//! (that is [`crate::store`]), rendering progress (it emits [`Event`](crate::progress::Event)s), or printing.
+//! which repositories hold which blobs (`registry-blobs.json` in the store, for
+//! cross-repository mounts). Does not own: names and blobs on disk (that is [`crate::store`]),
+//! rendering progress (it emits [`Event`](crate::progress::Event)s), or printing.
 //!
 //! Nothing downloaded is trusted: manifests are hashed before they are parsed, blobs stream
-//! into [`Store::writer`](crate::store::Store::writer) and are published only by a commit that verifies digest and size.
+//! into [`Store::writer`](crate::store::Store::writer) and are published only by a commit that
+//! verifies digest and size.
 
 mod auth;
 mod error;
@@ -121,9 +123,11 @@ pub struct Client {
     schemes: Mutex<HashMap<String, Challenge>>,
     /// registry → credentials, looked up once, on the first 401.
     credentials: Mutex<HashMap<String, Arc<OnceCell<Lookup>>>>,
-    /// (registry, scopes) → bearer token.
-    tokens: Mutex<HashMap<(String, String), String>>,
+    /// (registry, scopes) → bearer token, behind an async lock held while it is fetched.
+    tokens: Mutex<HashMap<(String, String), TokenSlot>>,
 }
+
+type TokenSlot = Arc<tokio::sync::Mutex<Option<String>>>;
 
 /// One repository on one registry, and how to reach it.
 pub(crate) struct Target {
@@ -271,23 +275,20 @@ impl Client {
         scopes: &[String],
         req: &Req<'_>,
     ) -> Result<Response> {
-        let mut scopes = scopes.to_vec();
-        let mut retried = false;
+        // Tokens are cached under the scopes the caller asks for, and asked for with whatever
+        // more the registry's challenge names (a mount needs pull on its source repository).
+        let mut wanted = scopes.to_vec();
+        let mut refused: Option<String> = None;
         loop {
-            let (authorization, sent_credentials) = self.authorization(t, &scopes).await?;
+            let (authorization, sent_credentials) = self
+                .authorization(t, scopes, &wanted, refused.as_deref())
+                .await?;
             let mut rb = self.http.request(req.method.clone(), req.url.clone());
             for (name, value) in &req.headers {
                 rb = rb.header(name, value);
             }
-            if let Some(a) = authorization {
-                let mut v = HeaderValue::from_str(&a).map_err(|_| RegistryError::Unauthorized {
-                    registry: t.registry.clone(),
-                    repository: t.repository.clone(),
-                    rejected: false,
-                    detail: "the credentials hold characters HTTP headers cannot carry".into(),
-                })?;
-                v.set_sensitive(true);
-                rb = rb.header(header::AUTHORIZATION, v);
+            if let Some(a) = &authorization {
+                rb = rb.header(header::AUTHORIZATION, sensitive(t, a)?);
             }
             if let Some(body) = req.body {
                 rb = rb.body(body.to_vec());
@@ -310,33 +311,38 @@ impl Client {
                 _ => return Ok(resp),
             }
             let challenge = pick_challenge(resp.headers());
-            if retried || challenge.is_none() {
+            let Some(challenge) = challenge.filter(|_| refused.is_none()) else {
+                // Refused twice, or refused without saying how to authenticate.
                 let body = body_excerpt(resp).await;
                 return Err(self.unauthorized(t, sent_credentials, &body).await);
-            }
-            let challenge = challenge.expect("checked above");
+            };
             if let Challenge::Bearer {
                 scope: Some(scope), ..
             } = &challenge
             {
-                // A registry may need more than we asked (a mount needs pull on its source).
                 for s in scope.split(' ').filter(|s| !s.is_empty()) {
-                    if !scopes.iter().any(|have| have == s) {
-                        scopes.push(s.to_string());
+                    if !wanted.iter().any(|have| scope_covers(have, s)) {
+                        wanted.push(s.to_string());
                     }
                 }
             }
             lock(&self.schemes).insert(t.registry.clone(), challenge);
-            lock(&self.tokens).remove(&(t.registry.clone(), scopes.join(" ")));
-            retried = true;
+            refused = Some(authorization.unwrap_or_default());
         }
     }
 
     /// The `Authorization` header for a request, per the registry's last challenge, and
     /// whether it carries the user's credentials themselves (Basic). A bearer token does not:
     /// the token service already accepted the credentials, so a registry refusing the token
-    /// means they lack access, not that they are wrong.
-    async fn authorization(&self, t: &Target, scopes: &[String]) -> Result<(Option<String>, bool)> {
+    /// means they lack access, not that they are wrong. `refused` is the header the registry
+    /// just turned down: a cached token equal to it is fetched again.
+    async fn authorization(
+        &self,
+        t: &Target,
+        key: &[String],
+        wanted: &[String],
+        refused: Option<&str>,
+    ) -> Result<(Option<String>, bool)> {
         let scheme = lock(&self.schemes).get(&t.registry).cloned();
         match scheme {
             None => Ok((None, false)),
@@ -348,14 +354,23 @@ impl Client {
                 }
             }
             Some(Challenge::Bearer { realm, service, .. }) => {
-                let key = (t.registry.clone(), scopes.join(" "));
-                if let Some(token) = lock(&self.tokens).get(&key) {
-                    return Ok((Some(format!("Bearer {token}")), false));
+                let slot = lock(&self.tokens)
+                    .entry((t.registry.clone(), key.join(" ")))
+                    .or_default()
+                    .clone();
+                // One fetch per scope: concurrent requests wait for it instead of each
+                // asking the token service.
+                let mut cached = slot.lock().await;
+                if let Some(token) = cached.as_ref() {
+                    let header = format!("Bearer {token}");
+                    if refused != Some(header.as_str()) {
+                        return Ok((Some(header), false));
+                    }
                 }
                 let token = self
-                    .fetch_token(t, &realm, service.as_deref(), scopes)
+                    .fetch_token(t, &realm, service.as_deref(), wanted)
                     .await?;
-                lock(&self.tokens).insert(key, token.clone());
+                *cached = Some(token.clone());
                 Ok((Some(format!("Bearer {token}")), false))
             }
         }
@@ -390,16 +405,7 @@ impl Client {
         }
         let mut rb = self.http.get(url.clone());
         if let Some(c) = &lookup.credentials {
-            let mut v = HeaderValue::from_str(&c.basic_header()).map_err(|_| {
-                RegistryError::Unauthorized {
-                    registry: t.registry.clone(),
-                    repository: t.repository.clone(),
-                    rejected: false,
-                    detail: "the credentials hold characters HTTP headers cannot carry".into(),
-                }
-            })?;
-            v.set_sensitive(true);
-            rb = rb.header(header::AUTHORIZATION, v);
+            rb = rb.header(header::AUTHORIZATION, sensitive(t, &c.basic_header())?);
         }
         let resp = rb.send().await.map_err(|e| self.transport(t, &url, &e))?;
         let status = resp.status();
@@ -595,6 +601,35 @@ impl Client {
     }
 }
 
+/// An `Authorization` header value, marked sensitive so it never shows in debug output.
+fn sensitive(t: &Target, value: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| RegistryError::Unauthorized {
+        registry: t.registry.clone(),
+        repository: t.repository.clone(),
+        rejected: false,
+        detail: "the credentials hold characters HTTP headers cannot carry".into(),
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Whether a token for scope `have` also grants `need` (`repository:name:pull,push` covers
+/// `repository:name:pull`).
+fn scope_covers(have: &str, need: &str) -> bool {
+    let split = |s: &str| {
+        s.rsplit_once(':').map(|(resource, actions)| {
+            (
+                resource.to_string(),
+                actions.split(',').map(str::to_string).collect::<Vec<_>>(),
+            )
+        })
+    };
+    match (split(have), split(need)) {
+        (Some((r1, a1)), Some((r2, a2))) => r1 == r2 && a2.iter().all(|a| a1.contains(a)),
+        _ => have == need,
+    }
+}
+
 /// Locks a cache mutex; a panic elsewhere cannot leave these maps inconsistent.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -696,6 +731,24 @@ async fn read_limited_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_cover_fewer_actions_on_the_same_repository() {
+        assert!(scope_covers(
+            "repository:a/b:pull,push",
+            "repository:a/b:pull"
+        ));
+        assert!(scope_covers("repository:a/b:pull", "repository:a/b:pull"));
+        assert!(!scope_covers(
+            "repository:a/b:pull",
+            "repository:a/b:pull,push"
+        ));
+        assert!(!scope_covers(
+            "repository:a/b:pull,push",
+            "repository:a/c:pull"
+        ));
+        assert!(scope_covers("registry:catalog:*", "registry:catalog:*"));
+    }
 
     #[test]
     fn loopback_hosts_use_plain_http() {

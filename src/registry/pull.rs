@@ -161,10 +161,13 @@ impl Client {
             }
         }
 
-        let outcomes: Vec<Option<u64>> =
-            stream::iter(blobs.iter().map(|(d, label)| {
-                self.download_blob(&t, &scopes, store, d, label.clone(), reporter)
-            }))
+        // Futures collected first: a stream over a borrowing closure makes this future
+        // !Send (rust-lang/rust#102211), and callers spawn pulls.
+        let downloads: Vec<_> = blobs
+            .iter()
+            .map(|(d, label)| self.download_blob(&t, &scopes, store, d, label.clone(), reporter))
+            .collect();
+        let outcomes: Vec<Option<u64>> = stream::iter(downloads)
             .buffer_unordered(self.opts.concurrency)
             .try_collect()
             .await?;

@@ -77,17 +77,24 @@ impl Client {
 
         let known = KnownBlobs::load(store);
         let count = blobs.len();
-        let outcomes: Vec<BlobOutcome> = stream::iter(blobs.iter().enumerate().map(|(i, d)| {
-            let label = if d.media_type.contains("config") {
-                "config".to_string()
-            } else {
-                format!("blob {}/{count}", i + 1)
-            };
-            self.push_blob(&t, &scopes, store, d, &known, label, reporter)
-        }))
-        .buffer_unordered(self.opts.concurrency)
-        .try_collect()
-        .await?;
+        // Futures collected first: a stream over a borrowing closure makes this future
+        // !Send (rust-lang/rust#102211), and callers spawn pushes.
+        let transfers: Vec<_> = blobs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let label = if d.media_type.contains("config") {
+                    "config".to_string()
+                } else {
+                    format!("blob {}/{count}", i + 1)
+                };
+                self.push_blob(&t, &scopes, store, d, &known, label, reporter)
+            })
+            .collect();
+        let outcomes: Vec<BlobOutcome> = stream::iter(transfers)
+            .buffer_unordered(self.opts.concurrency)
+            .try_collect()
+            .await?;
         let mut report = PushReport::default();
         for o in outcomes {
             match o {
@@ -335,21 +342,38 @@ impl Client {
                     failures = 0;
                     reporter.event(Event::advance(id, offset));
                 }
+                // The registry's idea of the offset differs from ours: ask it.
                 Ok(resp)
                     if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE
                         && failures < MAX_RETRIES =>
                 {
                     failures += 1;
-                    (location, offset) = self.resume_point(t, scopes, &location).await?;
+                    (location, offset, _) = self.resume_point(t, scopes, &location).await?;
+                }
+                // The registry gave up the session (distribution cancels an upload that a
+                // broken chunk left half-written): start a new one.
+                Ok(resp) if resp.status() == StatusCode::NOT_FOUND && failures < MAX_RETRIES => {
+                    failures += 1;
+                    reporter.event(Event::note(format!(
+                        "the registry dropped the upload of {}; starting it again",
+                        desc.digest
+                    )));
+                    location = self.start_upload(t, scopes).await?;
+                    offset = 0;
                 }
                 Ok(resp) => return Err(http_error(&req.method, resp).await),
                 Err(RegistryError::Transport { .. }) if failures < MAX_RETRIES => {
                     failures += 1;
-                    (location, offset) = self.resume_point(t, scopes, &location).await?;
-                    reporter.event(Event::note(format!(
-                        "upload of {} broke; resuming at byte {offset}",
-                        desc.digest
-                    )));
+                    let restarted;
+                    (location, offset, restarted) = self.resume_point(t, scopes, &location).await?;
+                    reporter.event(Event::note(if restarted {
+                        format!(
+                            "upload of {} broke and the registry dropped it; starting it again",
+                            desc.digest
+                        )
+                    } else {
+                        format!("upload of {} broke; resuming at byte {offset}", desc.digest)
+                    }));
                 }
                 Err(e) => return Err(e),
             }
@@ -373,13 +397,13 @@ impl Client {
 
     /// Where to go on with an upload after a broken chunk: the session's URL and how many
     /// bytes the registry kept (`GET` on the session answers `Range: 0-<last>`), or a fresh
-    /// session from byte 0 if the registry no longer has ours.
+    /// session from byte 0 if the registry no longer has ours (then the flag is true).
     async fn resume_point(
         &self,
         t: &Target,
         scopes: &[String],
         location: &Url,
-    ) -> Result<(Url, u64)> {
+    ) -> Result<(Url, u64, bool)> {
         let req = Req::new(Method::GET, location.clone());
         if let Ok(resp) = self.send(t, scopes, &req).await
             && (resp.status() == StatusCode::NO_CONTENT || resp.status() == StatusCode::OK)
@@ -388,9 +412,9 @@ impl Client {
                 Some(_) => t.location(&resp, "GET upload status")?,
                 None => location.clone(),
             };
-            return Ok((url, committed_end(resp.headers()).unwrap_or(0)));
+            return Ok((url, committed_end(resp.headers()).unwrap_or(0), false));
         }
-        Ok((self.start_upload(t, scopes).await?, 0))
+        Ok((self.start_upload(t, scopes).await?, 0, true))
     }
 }
 
