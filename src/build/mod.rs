@@ -3,4 +3,6 @@
 //! emulation for foreign platforms.
 
 pub mod context;
+pub mod dockerfile;
+pub mod dockerignore;
 pub mod view;

@@ -1,0 +1,1 @@
+CMD '["echo", "Well, JSON in a string is JSON too?"]'

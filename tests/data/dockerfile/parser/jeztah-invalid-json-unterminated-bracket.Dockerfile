@@ -1,0 +1,1 @@
+CMD ["echo", "Please, close the brackets when you're done"
