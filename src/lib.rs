@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod binfmt;
 pub mod build;
 pub mod cli;
 pub mod config;

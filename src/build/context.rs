@@ -64,16 +64,20 @@ pub enum ContextError {
     Io(#[from] PathError),
 }
 
+/// Says whether `.dockerignore` excludes a context path (relative, no leading `/`; the flag
+/// tells whether it is a directory).
+pub type IgnoreFn = Box<dyn Fn(&str, bool) -> bool + Send + Sync>;
+
 /// A build context directory.
 pub struct Context {
     root: PathBuf,
-    ignore: Box<dyn Fn(&str, bool) -> bool + Send + Sync>,
+    ignore: IgnoreFn,
 }
 
 impl Context {
     /// A context at `root`; `ignored(path, is_dir)` says whether .dockerignore excludes a path
     /// (relative to the root, no leading `/`).
-    pub fn new(root: &Path, ignored: Box<dyn Fn(&str, bool) -> bool + Send + Sync>) -> Context {
+    pub fn new(root: &Path, ignored: IgnoreFn) -> Context {
         Context {
             root: root.to_path_buf(),
             ignore: ignored,

@@ -93,6 +93,42 @@ enum ImageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Pull an image from an OCI distribution registry
+    Pull {
+        /// Image reference (`duckietown/dt-core:daffy`, `host:5000/x/y@sha256:…`)
+        name: String,
+        /// Only these platforms (comma-separated); default: every platform of the image
+        #[arg(long, value_parser = parse_platforms)]
+        platform: Option<PlatformList>,
+        /// Plain HTTP and no TLS verification, for a lab registry
+        #[arg(long)]
+        insecure: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push an image to the registry its name points at (tag it first to choose one)
+    Push {
+        /// Image name, e.g. `lab:5000/me/dt-core:exp1`
+        name: String,
+        /// Plain HTTP and no TLS verification, for a lab registry
+        #[arg(long)]
+        insecure: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A comma-separated platform list as one flag value (clap would treat a bare `Vec` as
+/// repeated values).
+#[derive(Clone, Debug)]
+struct PlatformList(Vec<Platform>);
+
+fn parse_platforms(s: &str) -> Result<PlatformList, String> {
+    crate::oci::platform::parse_list(s)
+        .map(PlatformList)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -235,6 +271,70 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
                 for (n, _) in &r.images {
                     p.out(&format!("Loaded image: {}", n.familiar()));
                 }
+            }
+        }
+        ImageCmd::Pull {
+            name,
+            platform,
+            insecure,
+            json,
+        } => {
+            let rep = reporter(g);
+            let args = ops::image::RegistryArgs {
+                insecure: *insecure,
+            };
+            let platforms = platform.as_ref().map(|l| l.0.as_slice());
+            let r = ops::image::pull(&store, name, platforms, &args, &*rep)?;
+            if *json {
+                p.json(&serde_json::json!({
+                    "name": r.name.to_string(),
+                    "digest": r.descriptor.digest,
+                    "source_digest": r.source.digest,
+                    "blobs_fetched": r.blobs_fetched,
+                    "blobs_present": r.blobs_present,
+                    "bytes_downloaded": r.bytes_downloaded,
+                }));
+            } else {
+                p.info(&format!(
+                    "Pulled {} ({} blobs, {}; {} already here)",
+                    r.name.familiar(),
+                    r.blobs_fetched,
+                    human_size(r.bytes_downloaded),
+                    r.blobs_present
+                ));
+                p.out(&r.descriptor.digest.to_string());
+            }
+        }
+        ImageCmd::Push {
+            name,
+            insecure,
+            json,
+        } => {
+            let rep = reporter(g);
+            let args = ops::image::RegistryArgs {
+                insecure: *insecure,
+            };
+            let (name, digest, r) = ops::image::push(&store, name, &args, &*rep)?;
+            if *json {
+                p.json(&serde_json::json!({
+                    "name": name.to_string(),
+                    "digest": digest,
+                    "blobs_uploaded": r.blobs_uploaded,
+                    "blobs_existing": r.blobs_existing,
+                    "blobs_mounted": r.blobs_mounted,
+                    "bytes_uploaded": r.bytes_uploaded,
+                    "manifests_pushed": r.manifests_pushed,
+                }));
+            } else {
+                p.info(&format!(
+                    "Pushed {}: {} blobs uploaded ({}), {} already there, {} mounted",
+                    name.familiar(),
+                    r.blobs_uploaded,
+                    human_size(r.bytes_uploaded),
+                    r.blobs_existing,
+                    r.blobs_mounted
+                ));
+                p.out(&digest.to_string());
             }
         }
     }
