@@ -81,6 +81,9 @@ pub enum ErrorKind {
         "{0} before the first FROM: a Dockerfile must start with FROM (ARG may come before it)"
     )]
     NoStage(String),
+    /// Only ARGs (or nothing typed): no stage to build.
+    #[error("no FROM instruction: a Dockerfile needs at least one stage")]
+    NoFrom,
     /// A HEALTHCHECK duration that does not parse or is too small.
     #[error("invalid duration `{value}` for --{flag}: {reason}")]
     BadDuration {

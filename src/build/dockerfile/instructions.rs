@@ -26,7 +26,9 @@
 //! Deliberate differences from BuildKit, all stricter: flags on ARG, STOPSIGNAL and
 //! `HEALTHCHECK NONE` (BuildKit ignores them silently) are errors; RUN, CMD and ENTRYPOINT with
 //! no arguments at all are errors (BuildKit builds `/bin/sh -c` with no command); ONBUILD's
-//! trigger is checked as an instruction here rather than when a child image is built.
+//! trigger is checked as an instruction here rather than when a child image is built; a
+//! `<<EOF` word in a JSON-form COPY/ADD is a plain file name (BuildKit looks it up as a heredoc
+//! and finds an empty body).
 
 use std::time::Duration;
 
@@ -338,11 +340,7 @@ pub fn from_ast(ast: Ast) -> Result<Dockerfile, DockerfileError> {
             .last()
             .map(|n| n.span.start)
             .unwrap_or(Position { line: 1, column: 1 });
-        return Err(DockerfileError::new(
-            &file,
-            pos,
-            ErrorKind::NoStage("end of file".into()),
-        ));
+        return Err(DockerfileError::new(&file, pos, ErrorKind::NoFrom));
     }
     Ok(Dockerfile {
         syntax: ast.directive("syntax").map(str::to_string),
@@ -1371,6 +1369,14 @@ mod tests {
             "Dockerfile:1:1: RUN before the first FROM: a Dockerfile must start with FROM (ARG may come before it)"
         );
         assert_eq!(
+            err("ARG A=1\nARG B\n"),
+            "Dockerfile:2:1: no FROM instruction: a Dockerfile needs at least one stage"
+        );
+        assert_eq!(
+            err("FROM x\nSHELL [\"/bin/bash\", \"-c\"\n"),
+            "Dockerfile:2:7: SHELL requires the arguments to be in JSON form"
+        );
+        assert_eq!(
             err("FROM x\nSHELL /bin/bash -c\n"),
             "Dockerfile:2:7: SHELL requires the arguments to be in JSON form"
         );
@@ -1834,6 +1840,69 @@ mod tests {
             .expand(&d.expander(&NoEnv))
             .unwrap();
         assert!(matches!(w.command, Command::Workdir(w) if w.value == "C:\\dir$X"));
+    }
+
+    /// The shape of a Duckietown image recipe: meta args in FROM, labels, a multi-line RUN with a
+    /// cache mount, a heredoc, and a second stage copying from the first.
+    #[test]
+    fn duckietown_style_dockerfile() {
+        let text = r#"# syntax=docker/dockerfile:1.4
+ARG ARCH=arm64v8
+ARG DISTRO=ente
+ARG BASE_TAG=${DISTRO}-${ARCH}
+ARG DOCKER_REGISTRY=docker.io
+FROM ${DOCKER_REGISTRY}/duckietown/dt-ros-commons:${BASE_TAG} AS base
+ARG ARCH
+ARG REPO_PATH="${CATKIN_WS_DIR}/src/dt-core"
+LABEL org.duckietown.label.module.type="software" \
+      org.duckietown.label.architecture="${ARCH}"
+WORKDIR "${REPO_PATH}"
+COPY ./dependencies-apt.txt "${REPO_PATH}/"
+RUN --mount=type=cache,target=/var/cache/apt \
+    dt-apt-install ${REPO_PATH}/dependencies-apt.txt && \
+    # comments inside a continuation are dropped
+    rm -rf /tmp/*
+COPY <<-EOF /etc/motd
+	Hello from ${ARCH}
+	EOF
+CMD ["bash", "-c", "dt-launcher-default"]
+
+FROM base AS final
+COPY --from=base --chown=duckie:duckie /code /code
+"#;
+        let d = df(text);
+        assert_eq!(d.meta_args.len(), 4);
+        assert_eq!(d.stages.len(), 2);
+        let meta = env(&[
+            ("ARCH", "arm32v7"),
+            ("DISTRO", "ente"),
+            ("BASE_TAG", "ente-arm32v7"),
+            ("DOCKER_REGISTRY", "docker.io"),
+        ]);
+        let (base, _) = d.stages[0].expand_base(&d.expander(&meta)).unwrap();
+        assert_eq!(base, "docker.io/duckietown/dt-ros-commons:ente-arm32v7");
+        let ins = &d.stages[0].instructions;
+        assert_eq!(ins.len(), 8);
+        let Command::Run(r) = &ins[5].command else {
+            panic!()
+        };
+        assert_eq!(
+            r.command,
+            CommandLine::Shell(
+                "dt-apt-install ${REPO_PATH}/dependencies-apt.txt &&     rm -rf /tmp/*".into()
+            )
+        );
+        assert_eq!((ins[5].span.start.line, ins[5].span.end_line), (13, 16));
+        let e = env(&[("ARCH", "arm32v7"), ("REPO_PATH", "/code/src/dt-core")]);
+        let Command::Copy(c) = ins[6].expand(&d.expander(&e)).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(c.inline[0].content, "Hello from arm32v7\n");
+        assert_eq!((ins[6].span.start.line, ins[6].span.end_line), (17, 19));
+        let Command::Workdir(w) = ins[3].expand(&d.expander(&e)).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(w.value, "/code/src/dt-core");
     }
 
     #[test]
