@@ -13,6 +13,7 @@ pub mod binfmt;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod layer;
 pub mod oci;
 pub mod ops;
 pub mod progress;
