@@ -5,4 +5,5 @@
 pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
+pub mod run;
 pub mod view;
