@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod binfmt;
+#[cfg(feature = "workstation")]
 pub mod build;
 pub mod cli;
 pub mod config;

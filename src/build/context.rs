@@ -12,6 +12,7 @@ use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
+use super::dockerignore::DockerIgnore;
 use crate::util::fs::{PathContext, PathError};
 
 /// A file-system entry of the context that a COPY/ADD source selected.
@@ -62,26 +63,67 @@ pub enum ContextError {
     /// A file could not be read.
     #[error(transparent)]
     Io(#[from] PathError),
+    /// `.dockerignore` is invalid.
+    #[error("{}: {message}", path.display())]
+    Ignore {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
-
-/// Says whether `.dockerignore` excludes a context path (relative, no leading `/`; the flag
-/// tells whether it is a directory).
-pub type IgnoreFn = Box<dyn Fn(&str, bool) -> bool + Send + Sync>;
 
 /// A build context directory.
 pub struct Context {
     root: PathBuf,
-    ignore: IgnoreFn,
+    ignore: Option<DockerIgnore>,
 }
 
 impl Context {
-    /// A context at `root`; `ignored(path, is_dir)` says whether .dockerignore excludes a path
-    /// (relative to the root, no leading `/`).
-    pub fn new(root: &Path, ignored: IgnoreFn) -> Context {
+    /// A context at `root` filtered by `ignore` (the parsed `.dockerignore`, if any).
+    pub fn new(root: &Path, ignore: Option<DockerIgnore>) -> Context {
         Context {
             root: root.to_path_buf(),
-            ignore: ignored,
+            ignore,
         }
+    }
+
+    /// Opens the context at `root` for `dockerfile`: `<Dockerfile>.dockerignore` next to the
+    /// Dockerfile wins over `.dockerignore` at the root, as BuildKit reads them.
+    pub fn open(root: &Path, dockerfile: &Path) -> Result<Context, ContextError> {
+        let mut candidates = vec![root.join(".dockerignore")];
+        if let Some(name) = dockerfile.file_name() {
+            let mut n = name.to_os_string();
+            n.push(".dockerignore");
+            candidates.insert(0, dockerfile.with_file_name(n));
+        }
+        for c in candidates {
+            match fs::read_to_string(&c) {
+                Ok(text) => {
+                    let ignore = DockerIgnore::parse(&text).map_err(|e| ContextError::Ignore {
+                        path: c.clone(),
+                        message: e.to_string(),
+                    })?;
+                    return Ok(Context::new(root, Some(ignore)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ContextError::Io(
+                        Err::<(), _>(e).at("read", &c).unwrap_err(),
+                    ));
+                }
+            }
+        }
+        Ok(Context::new(root, None))
+    }
+
+    fn ignored(&self, path: &str) -> bool {
+        self.ignore.as_ref().is_some_and(|i| i.matches(path))
+    }
+
+    /// Whether nothing under an ignored directory can be re-included by a `!` exception.
+    fn skip_dir(&self, path: &str) -> bool {
+        self.ignore.as_ref().is_none_or(|i| i.can_skip_dir(path))
     }
 
     /// The context root.
@@ -98,8 +140,7 @@ impl Context {
         } else {
             let host = self.root.join(&clean);
             let exists = fs::symlink_metadata(&host).is_ok();
-            let is_dir = host.is_dir();
-            if !exists || (!clean.is_empty() && (self.ignore)(&clean, is_dir)) {
+            if !exists || (!clean.is_empty() && self.ignored(&clean)) {
                 return Err(ContextError::NotFound(source.to_string()));
             }
             vec![clean]
@@ -140,12 +181,17 @@ impl Context {
             let host = host_dir.join(&name);
             let meta = fs::symlink_metadata(&host).at("stat", &host)?;
             let ctx_path = join(ctx_dir, &name);
-            if (self.ignore)(&ctx_path, meta.is_dir()) {
-                continue;
-            }
             let kind = EntryKind::from_meta(&meta, &host)?;
             let rel = join(rel_dir, &name);
             let is_dir = kind == EntryKind::Dir;
+            if self.ignored(&ctx_path) {
+                // An excluded directory is still walked when an exception could re-include
+                // something inside it (Docker's patternmatcher semantics).
+                if is_dir && !self.skip_dir(&ctx_path) {
+                    self.walk(&ctx_path, &host, &rel, out)?;
+                }
+                continue;
+            }
             // Sockets, fifos and devices are not copied (Docker skips them too).
             if meta.file_type().is_file() || is_dir || meta.file_type().is_symlink() {
                 out.push(entry(&rel, &host, &meta, kind));
@@ -191,10 +237,7 @@ impl Context {
             }
             current = next;
         }
-        Ok(current
-            .into_iter()
-            .filter(|p| !(self.ignore)(p, self.root.join(p).is_dir()))
-            .collect())
+        Ok(current.into_iter().filter(|p| !self.ignored(p)).collect())
     }
 
     /// SOURCE_DATE_EPOCH for this context: the environment's, else the commit time of the
@@ -394,7 +437,7 @@ mod tests {
         fs::write(r.join("src/skip.log"), "x").unwrap();
         fs::write(r.join("top.txt"), "t").unwrap();
         std::os::unix::fs::symlink("a.py", r.join("src/link")).unwrap();
-        let ctx = Context::new(r, Box::new(|p, _| p.ends_with(".log")));
+        let ctx = Context::new(r, Some(DockerIgnore::parse("**/*.log\n").unwrap()));
         let s = ctx.resolve("/src/").unwrap();
         assert_eq!(s.len(), 1);
         assert!(s[0].is_dir);

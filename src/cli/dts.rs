@@ -23,9 +23,56 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Development: build images for the robots' platforms
+    #[command(subcommand)]
+    Devel(DevelCmd),
     /// Images in the local store: list, inspect, tag, remove, save, load, pull, push
     #[command(subcommand)]
     Image(ImageCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DevelCmd {
+    /// Build an image from a Dockerfile, for one or several platforms, without a Docker daemon
+    Build {
+        /// The build context directory
+        #[arg(short = 'C', long = "context", default_value = ".")]
+        context: PathBuf,
+        /// The Dockerfile (default: <context>/Dockerfile)
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Name the result (repeatable)
+        #[arg(short = 't', long = "tag")]
+        tags: Vec<String>,
+        /// Target platforms, comma-separated (linux/arm64,linux/arm/v7); default: this machine's
+        #[arg(long, value_parser = parse_platforms, conflicts_with = "arch")]
+        platform: Option<PlatformList>,
+        /// Target platforms in Duckietown's spelling (arm64v8,arm32v7,amd64)
+        #[arg(long, value_parser = parse_platforms)]
+        arch: Option<PlatformList>,
+        /// Build argument KEY=VALUE (repeatable)
+        #[arg(long = "build-arg", value_parser = parse_kv)]
+        build_args: Vec<(String, String)>,
+        /// Build this stage instead of the last
+        #[arg(long)]
+        target: Option<String>,
+        /// Do not use the build cache
+        #[arg(long)]
+        no_cache: bool,
+        /// Pull base images over plain HTTP (lab registries)
+        #[arg(long)]
+        insecure: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,7 +214,58 @@ pub fn main() -> ExitCode {
 fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
     match &cli.command {
         Command::Image(cmd) => image(cmd, &cli.global, p),
+        Command::Devel(cmd) => devel(cmd, &cli.global, p),
     }
+}
+
+fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
+    let DevelCmd::Build {
+        context,
+        file,
+        tags,
+        platform,
+        arch,
+        build_args,
+        target,
+        no_cache,
+        insecure,
+        json,
+    } = cmd;
+    let store = ops::image::open_store()?;
+    let rep = reporter(g);
+    let platforms = platform
+        .as_ref()
+        .or(arch.as_ref())
+        .map(|l| l.0.clone())
+        .unwrap_or_default();
+    let opts = ops::build::BuildArgs {
+        context: context.clone(),
+        dockerfile: file.clone(),
+        tags: tags.clone(),
+        platforms,
+        build_args: build_args.iter().cloned().collect(),
+        target: target.clone(),
+        no_cache: *no_cache,
+        insecure: *insecure,
+    };
+    let r = ops::build::build(&store, &opts, &*rep)?;
+    if *json {
+        let platforms: Vec<_> = r
+            .platforms
+            .iter()
+            .map(|(pl, d)| serde_json::json!({"platform": pl.to_string(), "digest": d.digest}))
+            .collect();
+        p.json(&serde_json::json!({
+            "digest": r.descriptor.digest,
+            "media_type": r.descriptor.media_type,
+            "platforms": platforms,
+            "steps_run": r.steps_run,
+            "steps_cached": r.steps_cached,
+        }));
+    } else {
+        p.out(&r.descriptor.digest.to_string());
+    }
+    Ok(Exit::Ok)
 }
 
 fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {

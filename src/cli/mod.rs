@@ -159,6 +159,14 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
         {
             return Exit::BadInput;
         }
+        #[cfg(feature = "workstation")]
+        if let Some(b) = cause.downcast_ref::<crate::build::BuildError>() {
+            return if b.is_bad_input() {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            };
+        }
         if let Some(a) = cause.downcast_ref::<ArchiveError>() {
             return if a.is_bad_input() {
                 Exit::BadInput

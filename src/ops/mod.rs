@@ -1,6 +1,7 @@
 //! Operations: one function per user-facing verb, composed from the library's modules. They take
 //! parsed arguments, return values, and never print; the CLI renders what they return.
 
+pub mod build;
 pub mod image;
 
 use std::path::PathBuf;

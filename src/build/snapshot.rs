@@ -1,0 +1,155 @@
+//! Layer snapshots for RUN: each layer of a stage, unpacked on its own, is an overlayfs lower
+//! directory; a RUN's upper directory, once turned into a layer, becomes that layer's snapshot.
+//!
+//! ```text
+//! $DTS_HOME/build/snapshots/
+//!   layers/<diff_id hex>/   one layer in overlay form (its whiteouts are 0:0 devices)
+//!   flat/<chain_id hex>/    a whole chain flattened, for chains whose layers carry OCI
+//!                           whiteouts (those only mean something applied onto what is below)
+//!   tmp/<unique>/           being unpacked, or a RUN's upper and work dirs
+//! ```
+//!
+//! Everything is created under `tmp/` and renamed into place, so a killed build leaves at worst
+//! a stale `tmp/` entry and never a half-unpacked snapshot under a final name.
+
+use std::fs;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use super::BuildError;
+use super::exec::LayerRef;
+use crate::layer::{self, DevicePolicy, UnpackOptions};
+use crate::oci::digest::chain_id;
+use crate::oci::{Compression, Digest};
+use crate::store::Store;
+use crate::util::fs::{PathContext, create_dir_all, temp_name};
+
+/// overlayfs takes its lower dirs in one mount option of at most a page; past this many layers
+/// the chain is flattened instead.
+const MAX_LOWERS: usize = 32;
+
+/// The snapshot directories of one `DTS_HOME`.
+pub struct Snapshots {
+    root: PathBuf,
+}
+
+impl Snapshots {
+    /// Snapshots under `root`.
+    pub fn new(root: &Path) -> Result<Snapshots, BuildError> {
+        for d in ["layers", "flat", "tmp"] {
+            create_dir_all(&root.join(d))?;
+        }
+        Ok(Snapshots {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// A fresh `(upper, work)` pair for a RUN, on the snapshots' file system.
+    pub fn scratch(&self) -> Result<(PathBuf, PathBuf), BuildError> {
+        let dir = self.root.join("tmp").join(temp_name("run-"));
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        create_dir_all(&upper)?;
+        create_dir_all(&work)?;
+        Ok((upper, work))
+    }
+
+    /// Keeps a RUN's upper dir as the snapshot of the layer made from it.
+    pub fn adopt(&self, diff_id: &Digest, upper: &Path) -> Result<(), BuildError> {
+        let dest = self.root.join("layers").join(diff_id.hex());
+        if !dest.exists() && fs::rename(upper, &dest).is_err() {
+            // Another build made the same layer first; its copy is as good as ours.
+        }
+        if let Some(parent) = upper.parent() {
+            let _ = fs::remove_dir_all(parent);
+        }
+        Ok(())
+    }
+
+    /// The lower dirs (bottom first) that present `layers` as one file system.
+    pub fn lowerdirs(
+        &self,
+        store: &Store,
+        layers: &[LayerRef],
+    ) -> Result<Vec<PathBuf>, BuildError> {
+        if layers.len() > MAX_LOWERS {
+            return Ok(vec![self.flat(store, layers)?]);
+        }
+        let mut out = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            let dir = self.root.join("layers").join(l.diff_id.hex());
+            if dir.is_dir() {
+                out.push(dir);
+                continue;
+            }
+            if has_whiteouts(store, l)? {
+                out = vec![self.flat(store, &layers[..=i])?];
+                continue;
+            }
+            let tmp = self.root.join("tmp").join(temp_name("layer-"));
+            create_dir_all(&tmp)?;
+            if let Err(e) = unpack_into(store, l, &tmp) {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+            if fs::rename(&tmp, &dir).is_err() {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            out.push(dir);
+        }
+        Ok(out)
+    }
+
+    fn flat(&self, store: &Store, layers: &[LayerRef]) -> Result<PathBuf, BuildError> {
+        let ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        let chain = chain_id(&ids).expect("a chain has at least one layer");
+        let dir = self.root.join("flat").join(chain.hex());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let tmp = self.root.join("tmp").join(temp_name("flat-"));
+        create_dir_all(&tmp)?;
+        for l in layers {
+            if let Err(e) = unpack_into(store, l, &tmp) {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        }
+        if fs::rename(&tmp, &dir).is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        Ok(dir)
+    }
+}
+
+fn open_layer(store: &Store, l: &LayerRef) -> Result<Box<dyn std::io::Read>, BuildError> {
+    let f = store.open_blob(&l.descriptor.digest)?;
+    let c = Compression::of_media_type(&l.descriptor.media_type).unwrap_or(Compression::Gzip);
+    let path = store.blob_path(&l.descriptor.digest);
+    Ok(c.decoder(BufReader::new(f)).at("decompress", &path)?)
+}
+
+fn has_whiteouts(store: &Store, l: &LayerRef) -> Result<bool, BuildError> {
+    let path = store.blob_path(&l.descriptor.digest);
+    let mut ar = tar::Archive::new(open_layer(store, l)?);
+    for e in ar.entries().at("read layer", &path)? {
+        let e = e.at("read layer", &path)?;
+        let p = e.path().at("read layer", &path)?;
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(layer::WHITEOUT_PREFIX))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn unpack_into(store: &Store, l: &LayerRef, dir: &Path) -> Result<(), BuildError> {
+    let opts = UnpackOptions {
+        same_owner: rustix::process::geteuid().is_root(),
+        devices: DevicePolicy::Create,
+        expect_diff_id: Some(l.diff_id.clone()),
+        ..Default::default()
+    };
+    layer::unpack(open_layer(store, l)?, dir, &opts)?;
+    Ok(())
+}
