@@ -610,3 +610,176 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Serves `body` for every GET on 127.0.0.1 until the test ends.
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut s = stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn add_from_a_url_checks_its_checksum() {
+    let body: &'static [u8] = b"#!/bin/sh\necho calibrate\n";
+    let url = format!("{}/tools/calibrate.sh", serve(body));
+    let sum = Digest::of(body);
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ctx = t.path().join("ok");
+    write(
+        &ctx,
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD --checksum={sum} {url} /usr/local/bin/\n"),
+        )],
+    );
+    ok(&dts(
+        &home,
+        &[
+            "devel",
+            "build",
+            "-C",
+            p(&ctx),
+            "-t",
+            "demo/url:1",
+            "--platform",
+            "linux/arm64",
+        ],
+    ));
+    let tree = image_tree(&home, "demo/url:1", "linux/arm64");
+    assert!(
+        tree["usr/local/bin/calibrate.sh"].starts_with("file 600 0:0"),
+        "{tree:?}"
+    );
+    let ctx = t.path().join("bad");
+    let wrong = Digest::of(b"something else");
+    write(
+        &ctx,
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD --checksum={wrong} {url} /x\n"),
+        )],
+    );
+    let out = dts(&home, &["devel", "build", "-C", p(&ctx)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("checksum mismatch") && err.contains(&url),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_heredocs_users_targets_and_duckietown_projects() {
+    if !can_run() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ctx = t.path().join("ctx");
+    assert!(busybox_context(&ctx));
+    let dockerfile = r#"FROM scratch AS base
+ARG TARGETARCH
+ARG ARCH
+COPY busybox/${TARGETARCH}/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN <<EOF
+mkdir -m 1777 /tmp
+echo "arch=$ARCH" > /arch-arg
+mkdir -p /etc && echo 'duckie:x:1000:1000::/home/duckie:/bin/sh' > /etc/passwd
+echo 'duckie:x:1000:' > /etc/group
+EOF
+RUN cat > /second <<EOF
+from a heredoc
+EOF
+RUN rm /second
+USER duckie
+RUN id -u > /tmp/uid
+RUN --network=none ls /sys/class/net > /tmp/net
+
+FROM base AS unused
+RUN exit 1
+"#;
+    write(
+        &ctx,
+        &[
+            ("dependencies-apt.txt", "# a Duckietown project\n"),
+            ("Dockerfile", dockerfile),
+        ],
+    );
+    let out = dts(
+        &home,
+        &[
+            "devel",
+            "build",
+            "-C",
+            p(&ctx),
+            "-t",
+            "demo/run:1",
+            "--arch",
+            "arm64v8",
+            "--target",
+            "base",
+        ],
+    );
+    ok(&out);
+    let name = "demo/run:1";
+    assert_eq!(
+        file_content(&home, name, "linux/arm64", "arch-arg"),
+        b"arch=arm64v8\n"
+    );
+    assert_eq!(
+        file_content(&home, name, "linux/arm64", "tmp/uid"),
+        b"1000\n"
+    );
+    assert_eq!(file_content(&home, name, "linux/arm64", "tmp/net"), b"lo\n");
+    let tree = image_tree(&home, name, "linux/arm64");
+    assert!(
+        !tree.contains_key("second"),
+        "deleted by a later RUN (whiteout)"
+    );
+    assert!(
+        tree["tmp/uid"].contains(" 1000:1000 "),
+        "{}",
+        tree["tmp/uid"]
+    );
+    assert!(
+        !tree.contains_key("proc") && !tree.contains_key("etc/resolv.conf"),
+        "no mount stubs"
+    );
+    let cfg = inspect(&home, name, "linux/arm64");
+    let labels = &cfg["config"]["Labels"];
+    assert_eq!(labels["org.duckietown.label.architecture"], "arm64v8");
+    assert_eq!(cfg["config"]["User"], "duckie");
+
+    // A base image in the store without the platform asked for: exit 1, naming image and platform.
+    let ctx2 = t.path().join("child");
+    write(&ctx2, &[("Dockerfile", "FROM demo/run:1\nRUN true\n")]);
+    let out = dts(
+        &home,
+        &["devel", "build", "-C", p(&ctx2), "--arch", "arm32v7"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("demo/run:1") && err.contains("linux/arm/v7"),
+        "{err}"
+    );
+}

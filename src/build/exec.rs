@@ -352,6 +352,16 @@ impl<'a> Executor<'a> {
         id
     }
 
+    /// Ends a step's progress line: `CACHED`, or `done` with the time it took (as BuildKit).
+    fn finish_progress(&self, id: &str, cached: bool, started: std::time::Instant) {
+        let outcome = if cached {
+            "CACHED".to_string()
+        } else {
+            format!("done {:.1}s", started.elapsed().as_secs_f64())
+        };
+        self.reporter.event(Event::finish(id, outcome));
+    }
+
     /// The environment an instruction's words expand with: declared ARGs, then the config's
     /// ENV (ENV beats ARG).
     fn expansion_env(&self, s: &StageState) -> BTreeMap<String, String> {
@@ -508,28 +518,28 @@ impl<'a> Executor<'a> {
             Command::Run(r) => {
                 let r = r.clone();
                 let id = self.progress_step(&ins.source, None);
+                let started = std::time::Instant::now();
                 let (layer, cached) =
                     self.cached_layer(&key, |me| me.run(&s, &ins, &r).map(Some))?;
-                self.reporter
-                    .event(Event::finish(&id, if cached { "CACHED" } else { "done" }));
+                self.finish_progress(&id, cached, started);
                 s.layers.extend(layer);
                 return Ok(self.finish_step(s, &ins, key, false));
             }
             Command::Copy(c) => {
                 let c = c.clone();
                 let id = self.progress_step(&ins.source, None);
+                let started = std::time::Instant::now();
                 let (layer, cached) = self.copy_step(&s, &ins, &key, &c, stage)?;
-                self.reporter
-                    .event(Event::finish(&id, if cached { "CACHED" } else { "done" }));
+                self.finish_progress(&id, cached, started);
                 s.layers.extend(layer);
                 return Ok(self.finish_step(s, &ins, key, false));
             }
             Command::Add(a) => {
                 let a = a.clone();
                 let id = self.progress_step(&ins.source, None);
+                let started = std::time::Instant::now();
                 let (layer, cached) = self.add_step(&s, &ins, &key, &a)?;
-                self.reporter
-                    .event(Event::finish(&id, if cached { "CACHED" } else { "done" }));
+                self.finish_progress(&id, cached, started);
                 s.layers.extend(layer);
                 return Ok(self.finish_step(s, &ins, key, false));
             }
@@ -763,10 +773,15 @@ impl<'a> Executor<'a> {
                 CopySources::Context(out)
             }
         };
-        let inline: Vec<(String, Vec<u8>)> = c
+        let inline: Vec<InlineFile> = c
             .inline
             .iter()
-            .map(|i| (i.name.clone(), i.content.clone().into_bytes()))
+            .map(|i| InlineFile {
+                name: i.name.clone(),
+                bytes: i.content.clone().into_bytes(),
+                mode: 0o644,
+                mtime: None,
+            })
             .collect();
         let content_key = match &sources {
             CopySources::Context(v) => content_hash(v).map_err(|e| BuildError::Input {
@@ -780,7 +795,7 @@ impl<'a> Executor<'a> {
         let key = sha(&[
             key.as_bytes(),
             content_key.as_bytes(),
-            format!("{inline:?}").as_bytes(),
+            inline_key(&inline).as_bytes(),
         ]);
         let spec = CopySpec {
             dest: c.dest.value.clone(),
@@ -860,7 +875,7 @@ impl<'a> Executor<'a> {
         s: &StageState,
         spec: &CopySpec,
         sources: &CopySources,
-        inline: &[(String, Vec<u8>)],
+        inline: &[InlineFile],
     ) -> Result<LayerRef, BuildError> {
         let view = self.view(s)?;
         let wd = s
@@ -931,20 +946,20 @@ impl<'a> Executor<'a> {
                 chmod.unwrap_or(0o755),
             );
         };
-        for (name, bytes) in inline {
-            let target = target_for(name, false);
+        for f in inline {
+            let target = target_for(&f.name, false);
             add_file_parents(&mut entries, &target);
             entries.insert(
                 target,
                 Planned {
                     meta: EntryMeta {
-                        mode: chmod.unwrap_or(0o644),
+                        mode: chmod.unwrap_or(f.mode),
                         uid: dir_owner.0,
                         gid: dir_owner.1,
-                        mtime: epoch.unwrap_or(0),
+                        mtime: f.mtime.or(epoch).unwrap_or(0),
                         capability: None,
                     },
-                    what: What::Bytes(bytes.clone()),
+                    what: What::Bytes(f.bytes.clone()),
                 },
             );
         }
@@ -1079,14 +1094,39 @@ impl<'a> Executor<'a> {
     ) -> Result<(Option<LayerRef>, bool), BuildError> {
         let at = self.loc(ins.span.start);
         let mut local = Vec::new();
+        let mut inline: Vec<InlineFile> = a
+            .inline
+            .iter()
+            .map(|i| InlineFile {
+                name: i.name.clone(),
+                bytes: i.content.clone().into_bytes(),
+                mode: 0o644,
+                mtime: None,
+            })
+            .collect();
         for w in &a.sources {
-            if w.value.contains("://") || w.value.starts_with("git@") {
+            let v = &w.value;
+            if v.starts_with("git@") || v.ends_with(".git") || v.contains(".git#") {
                 return Err(BuildError::Input {
                     at: self.loc(w.pos),
                     message: format!(
-                        "ADD from a URL or git repository (`{}`) is not supported by dts yet; download it in a RUN step or add the file to the context",
-                        w.value
+                        "ADD from a git repository (`{v}`) is not supported; clone it in the context"
                     ),
+                });
+            }
+            if v.starts_with("http://") || v.starts_with("https://") {
+                let checksum = a.checksum.as_ref().map(|c| c.value.as_str());
+                inline.push(fetch_url(v, checksum).map_err(|reason| BuildError::Fetch {
+                    at: self.loc(w.pos),
+                    url: v.clone(),
+                    reason,
+                })?);
+                continue;
+            }
+            if v.contains("://") {
+                return Err(BuildError::Input {
+                    at: self.loc(w.pos),
+                    message: format!("ADD source `{v}`: only http and https URLs are supported"),
                 });
             }
             let found = self.ctx.resolve(&w.value).map_err(|e| BuildError::Input {
@@ -1114,7 +1154,11 @@ impl<'a> Executor<'a> {
                 at: at.clone(),
                 message: e.to_string(),
             })?;
-        let key = sha(&[key.as_bytes(), content_key.as_bytes()]);
+        let key = sha(&[
+            key.as_bytes(),
+            content_key.as_bytes(),
+            inline_key(&inline).as_bytes(),
+        ]);
         let spec = CopySpec {
             dest: a.dest.value.clone(),
             chown: a.chown.as_ref().map(|w| w.value.clone()),
@@ -1125,11 +1169,6 @@ impl<'a> Executor<'a> {
                     .any(|w| super::context::has_wildcard(&w.value)),
             at: at.clone(),
         };
-        let inline: Vec<(String, Vec<u8>)> = a
-            .inline
-            .iter()
-            .map(|i| (i.name.clone(), i.content.clone().into_bytes()))
-            .collect();
         self.cached_layer(&key, |me| {
             if archives.is_empty() {
                 return me
@@ -1149,7 +1188,7 @@ impl<'a> Executor<'a> {
         spec: &CopySpec,
         archives: &[Source],
         plain: Vec<Source>,
-        inline: &[(String, Vec<u8>)],
+        inline: &[InlineFile],
     ) -> Result<LayerRef, BuildError> {
         // Materialise the plain part as a COPY layer first, then merge the archives' entries.
         let view = self.view(s)?;
@@ -1264,6 +1303,16 @@ impl<'a> Executor<'a> {
     }
 }
 
+/// A file COPY/ADD writes from memory: a heredoc body or a downloaded URL.
+struct InlineFile {
+    name: String,
+    bytes: Vec<u8>,
+    /// Mode when `--chmod` does not say (0644 for heredocs, 0600 for URLs, as BuildKit).
+    mode: u32,
+    /// Modification time (the epoch for heredocs, `Last-Modified` for URLs).
+    mtime: Option<i64>,
+}
+
 /// What COPY copies from.
 enum CopySources {
     Context(Vec<Source>),
@@ -1294,6 +1343,105 @@ enum What {
     HostFile(PathBuf, u64),
     Bytes(Vec<u8>),
     Pending,
+}
+
+/// What identifies inline files in a cache key: names, modes and content (not URL mtimes).
+fn inline_key(files: &[InlineFile]) -> String {
+    let mut parts: Vec<u8> = Vec::new();
+    for f in files {
+        parts.extend(f.name.as_bytes());
+        parts.push(0);
+        parts.extend(format!("{:o}", f.mode).as_bytes());
+        parts.push(0);
+        parts.extend(Digest::of(&f.bytes).to_string().as_bytes());
+        parts.push(0);
+    }
+    sha(&[&parts])
+}
+
+/// Downloads an ADD URL: verified against `--checksum` when given, named after the last path
+/// segment (`__unnamed__` when there is none), mode 0600, mtime from `Last-Modified`.
+fn fetch_url(url: &str, checksum: Option<&str>) -> Result<InlineFile, String> {
+    let want = checksum
+        .map(|c| c.parse::<Digest>().map_err(|e| format!("--checksum: {e}")))
+        .transpose()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (bytes, last_modified) = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .user_agent(format!("dts/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("the server answered {}", resp.status()));
+        }
+        let lm = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((body.to_vec(), lm))
+    })?;
+    let got = Digest::of(&bytes);
+    if let Some(want) = want
+        && got != want
+    {
+        return Err(format!(
+            "checksum mismatch: expected {want}, downloaded {got}"
+        ));
+    }
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .splitn(4, '/')
+        .nth(3)
+        .unwrap_or("");
+    let name = path
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("__unnamed__")
+        .to_string();
+    Ok(InlineFile {
+        name,
+        bytes,
+        mode: 0o600,
+        mtime: last_modified,
+    })
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 IMF-fixdate) → seconds since the epoch.
+fn parse_http_date(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = months.iter().position(|x| x == month)? as i64 + 1;
+    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let t: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [hh, mm, ss] = t.as_slice() else {
+        return None;
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 /// Adds the parent directories of `target` that a layer must carry: existing ones with their
@@ -1536,6 +1684,15 @@ mod tests {
     #[test]
     fn dates_and_ports_and_signals() {
         assert_eq!(rfc3339(Some(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 14 Nov 2023 22:13:20 GMT"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
         assert_eq!(rfc3339(Some(1_700_000_000)), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(Some(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(expose_keys("80").unwrap(), ["80/tcp"]);

@@ -78,6 +78,16 @@ pub enum BuildError {
         /// Why.
         reason: String,
     },
+    /// An ADD URL could not be fetched or did not match its `--checksum`.
+    #[error("{at}: ADD {url}: {reason}")]
+    Fetch {
+        /// Where.
+        at: Location,
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A RUN exited non-zero.
     #[error("{at}: `{command}` failed with exit code {status}{}", tail_text(tail))]
     RunFailed {
