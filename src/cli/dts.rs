@@ -378,11 +378,11 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
             json,
         } => {
             let rep = reporter(g);
-            let args = ops::image::RegistryArgs {
+            let args = ops::registry::RegistryArgs {
                 insecure: *insecure,
             };
             let platforms = platform.as_ref().map(|l| l.0.as_slice());
-            let r = ops::image::pull(&store, name, platforms, &args, &*rep)?;
+            let r = ops::registry::pull(&store, name, platforms, &args, &*rep)?;
             if *json {
                 p.json(&serde_json::json!({
                     "name": r.name.to_string(),
@@ -409,10 +409,10 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
             json,
         } => {
             let rep = reporter(g);
-            let args = ops::image::RegistryArgs {
+            let args = ops::registry::RegistryArgs {
                 insecure: *insecure,
             };
-            let (name, digest, r) = ops::image::push(&store, name, &args, &*rep)?;
+            let (name, digest, r) = ops::registry::push(&store, name, &args, &*rep)?;
             if *json {
                 p.json(&serde_json::json!({
                     "name": name.to_string(),

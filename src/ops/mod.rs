@@ -1,8 +1,11 @@
 //! Operations: one function per user-facing verb, composed from the library's modules. They take
 //! parsed arguments, return values, and never print; the CLI renders what they return.
 
+#[cfg(feature = "workstation")]
 pub mod build;
 pub mod image;
+#[cfg(feature = "workstation")]
+pub mod registry;
 
 use std::path::PathBuf;
 
