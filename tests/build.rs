@@ -53,8 +53,8 @@ fn write(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
-/// The file tree of one platform of an image: path → "kind mode uid:gid content-hash|target".
-fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, String> {
+/// The layer tars of one platform of an image, base first, via a docker-archive.
+fn layers(home: &Path, name: &str, platform: &str) -> Vec<Vec<u8>> {
     let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("img.tar");
     ok(&dts(
@@ -71,23 +71,31 @@ fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, Strin
             p(&archive),
         ],
     ));
-    let mut ar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
     let mut blobs = BTreeMap::new();
-    let mut manifest = Vec::new();
-    for e in ar.entries().unwrap() {
+    for e in tar::Archive::new(std::fs::File::open(&archive).unwrap())
+        .entries()
+        .unwrap()
+    {
         let mut e = e.unwrap();
         let path = e.path().unwrap().display().to_string();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        if path == "manifest.json" {
-            manifest = data.clone();
-        }
         blobs.insert(path, data);
     }
-    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&blobs["manifest.json"]).unwrap();
+    m[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blobs[l.as_str().unwrap()].clone())
+        .collect()
+}
+
+/// The file tree of one platform of an image: path → "kind mode uid:gid content-hash|target",
+/// whiteouts applied.
+fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, String> {
     let mut tree = BTreeMap::new();
-    for layer in m[0]["Layers"].as_array().unwrap() {
-        let data = &blobs[layer.as_str().unwrap()];
+    for data in layers(home, name, platform) {
         for e in tar::Archive::new(&data[..]).entries().unwrap() {
             let mut e = e.unwrap();
             let path = e.path().unwrap().display().to_string();
@@ -130,44 +138,16 @@ fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, Strin
     tree
 }
 
+/// The content of `want` in the topmost layer that has it.
 fn file_content(home: &Path, name: &str, platform: &str, want: &str) -> Vec<u8> {
-    let t = tempfile::tempdir().unwrap();
-    let archive = t.path().join("img.tar");
-    ok(&dts(
-        home,
-        &[
-            "image",
-            "save",
-            name,
-            "--format",
-            "docker",
-            "--platform",
-            platform,
-            "-o",
-            p(&archive),
-        ],
-    ));
     let mut found = None;
-    let mut ar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
-    let mut blobs = BTreeMap::new();
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e.path().unwrap().display().to_string();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        blobs.insert(path, data);
-    }
-    let m: serde_json::Value = serde_json::from_slice(&blobs["manifest.json"]).unwrap();
-    for layer in m[0]["Layers"].as_array().unwrap() {
-        for e in tar::Archive::new(&blobs[layer.as_str().unwrap()][..])
-            .entries()
-            .unwrap()
-        {
+    for data in layers(home, name, platform) {
+        for e in tar::Archive::new(&data[..]).entries().unwrap() {
             let mut e = e.unwrap();
             if e.path().unwrap().display().to_string() == want {
-                let mut data = Vec::new();
-                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-                found = Some(data);
+                let mut content = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut content).unwrap();
+                found = Some(content);
             }
         }
     }

@@ -283,47 +283,7 @@ impl<'a> Executor<'a> {
                 at: at.clone(),
                 message: e.to_string(),
             })?;
-            self.reporter.event(Event::note(format!(
-                "[{}] resolving {}",
-                self.label,
-                reference.familiar()
-            )));
-            let desc = self
-                .resolver
-                .ensure(&reference, base_platform)
-                .map_err(|e| BuildError::BaseImage {
-                    at: at.clone(),
-                    image: reference.familiar(),
-                    reason: format!("{e:#}"),
-                })?;
-            let img = self
-                .store
-                .resolve_platform(&reference.familiar(), &desc, Some(base_platform))
-                .map_err(|e| BuildError::BaseImage {
-                    at: at.clone(),
-                    image: reference.familiar(),
-                    reason: e.to_string(),
-                })?;
-            let layers = img
-                .manifest
-                .layers
-                .iter()
-                .zip(&img.config.rootfs.diff_ids)
-                .map(|(d, id)| LayerRef {
-                    descriptor: d.clone(),
-                    diff_id: id.clone(),
-                })
-                .collect();
-            StageState {
-                key: sha(&[
-                    CACHE_VERSION.as_bytes(),
-                    img.descriptor.digest.to_string().as_bytes(),
-                ]),
-                config: img.config,
-                layers,
-                args: BTreeMap::new(),
-                cmd_set: false,
-            }
+            self.image_state(&reference, base_platform, &at)?
         };
         // The image is for the target platform whatever FROM --platform said (BuildKit's
         // finalizeResultImage).
@@ -515,30 +475,17 @@ impl<'a> Executor<'a> {
                     return Ok(self.finish_step(s, &ins, key, empty_layer));
                 }
             }
-            Command::Run(r) => {
-                let r = r.clone();
+            Command::Run(_) | Command::Copy(_) | Command::Add(_) => {
                 let id = self.progress_step(&ins.source, None);
                 let started = std::time::Instant::now();
-                let (layer, cached) =
-                    self.cached_layer(&key, |me| me.run(&s, &ins, &r).map(Some))?;
-                self.finish_progress(&id, cached, started);
-                s.layers.extend(layer);
-                return Ok(self.finish_step(s, &ins, key, false));
-            }
-            Command::Copy(c) => {
-                let c = c.clone();
-                let id = self.progress_step(&ins.source, None);
-                let started = std::time::Instant::now();
-                let (layer, cached) = self.copy_step(&s, &ins, &key, &c, stage)?;
-                self.finish_progress(&id, cached, started);
-                s.layers.extend(layer);
-                return Ok(self.finish_step(s, &ins, key, false));
-            }
-            Command::Add(a) => {
-                let a = a.clone();
-                let id = self.progress_step(&ins.source, None);
-                let started = std::time::Instant::now();
-                let (layer, cached) = self.add_step(&s, &ins, &key, &a)?;
+                let (layer, cached) = match &ins.command {
+                    Command::Run(r) => {
+                        self.cached_layer(&key, |me| me.run(&s, &ins, r).map(Some))?
+                    }
+                    Command::Copy(c) => self.copy_step(&s, &ins, &key, c, stage)?,
+                    Command::Add(a) => self.add_step(&s, &ins, &key, a)?,
+                    _ => unreachable!("matched above"),
+                };
                 self.finish_progress(&id, cached, started);
                 s.layers.extend(layer);
                 return Ok(self.finish_step(s, &ins, key, false));
@@ -773,16 +720,7 @@ impl<'a> Executor<'a> {
                 CopySources::Context(out)
             }
         };
-        let inline: Vec<InlineFile> = c
-            .inline
-            .iter()
-            .map(|i| InlineFile {
-                name: i.name.clone(),
-                bytes: i.content.clone().into_bytes(),
-                mode: 0o644,
-                mtime: None,
-            })
-            .collect();
+        let inline = heredoc_files(&c.inline);
         let content_key = match &sources {
             CopySources::Context(v) => content_hash(v).map_err(|e| BuildError::Input {
                 at: at.clone(),
@@ -797,16 +735,14 @@ impl<'a> Executor<'a> {
             content_key.as_bytes(),
             inline_key(&inline).as_bytes(),
         ]);
-        let spec = CopySpec {
-            dest: c.dest.value.clone(),
-            chown: c.chown.as_ref().map(|w| w.value.clone()),
-            chmod: c.chmod.as_ref().map(|w| w.value.clone()),
-            multiple: c.sources.len() + c.inline.len() > 1
-                || c.sources
-                    .iter()
-                    .any(|w| super::context::has_wildcard(&w.value)),
+        let spec = CopySpec::new(
+            &c.dest,
+            c.chown.as_ref(),
+            c.chmod.as_ref(),
+            &c.sources,
+            c.inline.len(),
             at,
-        };
+        );
         self.cached_layer(&key, |me| {
             me.copy_layer(s, &spec, &sources, &inline).map(Some)
         })
@@ -836,35 +772,53 @@ impl<'a> Executor<'a> {
             at: at.clone(),
             message: format!("COPY --from: {e}"),
         })?;
+        let platform = self.platform.clone();
+        self.image_state(&reference, &platform, at)
+    }
+
+    /// The state an image starts a stage with: its config and layers for `platform`, fetched
+    /// by the resolver if the store lacks it.
+    fn image_state(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        at: &Location,
+    ) -> Result<StageState, BuildError> {
+        self.reporter.event(Event::note(format!(
+            "[{}] resolving {}",
+            self.label,
+            reference.familiar()
+        )));
+        let base_error = |reason: String| BuildError::BaseImage {
+            at: at.clone(),
+            image: reference.familiar(),
+            reason,
+        };
         let desc = self
             .resolver
-            .ensure(&reference, &self.platform)
-            .map_err(|e| BuildError::BaseImage {
-                at: at.clone(),
-                image: reference.familiar(),
-                reason: format!("{e:#}"),
-            })?;
+            .ensure(reference, platform)
+            .map_err(|e| base_error(format!("{e:#}")))?;
         let img = self
             .store
-            .resolve_platform(&reference.familiar(), &desc, Some(&self.platform))
-            .map_err(|e| BuildError::BaseImage {
-                at: at.clone(),
-                image: reference.familiar(),
-                reason: e.to_string(),
-            })?;
+            .resolve_platform(&reference.familiar(), &desc, Some(platform))
+            .map_err(|e| base_error(e.to_string()))?;
+        let layers = img
+            .manifest
+            .layers
+            .iter()
+            .zip(&img.config.rootfs.diff_ids)
+            .map(|(d, id)| LayerRef {
+                descriptor: d.clone(),
+                diff_id: id.clone(),
+            })
+            .collect();
         Ok(StageState {
-            key: img.descriptor.digest.to_string(),
-            layers: img
-                .manifest
-                .layers
-                .iter()
-                .zip(&img.config.rootfs.diff_ids)
-                .map(|(d, id)| LayerRef {
-                    descriptor: d.clone(),
-                    diff_id: id.clone(),
-                })
-                .collect(),
+            key: sha(&[
+                CACHE_VERSION.as_bytes(),
+                img.descriptor.digest.to_string().as_bytes(),
+            ]),
             config: img.config,
+            layers,
             args: BTreeMap::new(),
             cmd_set: false,
         })
@@ -878,18 +832,8 @@ impl<'a> Executor<'a> {
         inline: &[InlineFile],
     ) -> Result<LayerRef, BuildError> {
         let view = self.view(s)?;
-        let wd = s
-            .config
-            .config
-            .as_ref()
-            .and_then(|c| c.working_dir.clone())
-            .unwrap_or_else(|| "/".into());
         let dest_is_dir = spec.dest.ends_with('/') || spec.dest == "." || spec.dest.ends_with("/.");
-        let dest = if spec.dest.starts_with('/') {
-            clean(&spec.dest)
-        } else {
-            clean(&format!("{wd}/{}", spec.dest))
-        };
+        let dest = dest_path(s, &spec.dest);
         if spec.multiple && !dest_is_dir {
             return Err(BuildError::Input {
                 at: spec.at.clone(),
@@ -1094,16 +1038,7 @@ impl<'a> Executor<'a> {
     ) -> Result<(Option<LayerRef>, bool), BuildError> {
         let at = self.loc(ins.span.start);
         let mut local = Vec::new();
-        let mut inline: Vec<InlineFile> = a
-            .inline
-            .iter()
-            .map(|i| InlineFile {
-                name: i.name.clone(),
-                bytes: i.content.clone().into_bytes(),
-                mode: 0o644,
-                mtime: None,
-            })
-            .collect();
+        let mut inline = heredoc_files(&a.inline);
         for w in &a.sources {
             let v = &w.value;
             if v.starts_with("git@") || v.ends_with(".git") || v.contains(".git#") {
@@ -1159,16 +1094,14 @@ impl<'a> Executor<'a> {
             content_key.as_bytes(),
             inline_key(&inline).as_bytes(),
         ]);
-        let spec = CopySpec {
-            dest: a.dest.value.clone(),
-            chown: a.chown.as_ref().map(|w| w.value.clone()),
-            chmod: a.chmod.as_ref().map(|w| w.value.clone()),
-            multiple: a.sources.len() + a.inline.len() > 1
-                || a.sources
-                    .iter()
-                    .any(|w| super::context::has_wildcard(&w.value)),
-            at: at.clone(),
-        };
+        let spec = CopySpec::new(
+            &a.dest,
+            a.chown.as_ref(),
+            a.chmod.as_ref(),
+            &a.sources,
+            a.inline.len(),
+            at.clone(),
+        );
         self.cached_layer(&key, |me| {
             if archives.is_empty() {
                 return me
@@ -1192,17 +1125,7 @@ impl<'a> Executor<'a> {
     ) -> Result<LayerRef, BuildError> {
         // Materialise the plain part as a COPY layer first, then merge the archives' entries.
         let view = self.view(s)?;
-        let wd = s
-            .config
-            .config
-            .as_ref()
-            .and_then(|c| c.working_dir.clone())
-            .unwrap_or_else(|| "/".into());
-        let dest = if spec.dest.starts_with('/') {
-            clean(&spec.dest)
-        } else {
-            clean(&format!("{wd}/{}", spec.dest))
-        };
+        let dest = dest_path(s, &spec.dest);
         let mut entries: BTreeMap<String, Planned> = BTreeMap::new();
         add_parents(
             &view,
@@ -1231,72 +1154,25 @@ impl<'a> Executor<'a> {
                     continue;
                 }
                 let target = clean(&format!("{dest}/{name}"));
-                let h = e.header();
-                let meta = EntryMeta {
-                    mode: h.mode().unwrap_or(0o644) & 0o7777,
-                    uid: h.uid().unwrap_or(0),
-                    gid: h.gid().unwrap_or(0),
-                    mtime: h.mtime().unwrap_or(0) as i64,
-                    capability: None,
-                };
-                let what = match h.entry_type() {
-                    tar::EntryType::Directory => What::Dir,
-                    tar::EntryType::Symlink => What::Symlink(
-                        e.link_name()
-                            .at("read archive", &host)?
-                            .map(|l| l.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    ),
-                    tar::EntryType::Regular | tar::EntryType::Continuous => {
-                        let mut buf = Vec::new();
-                        e.read_to_end(&mut buf).at("read archive", &host)?;
-                        What::Bytes(buf)
-                    }
-                    _ => continue,
+                let Some(planned) = planned_from_tar(&mut e, &host)? else {
+                    continue;
                 };
                 add_parents(&view, &mut entries, &target, self.epoch, (0, 0), 0o755);
-                entries.insert(target, Planned { meta, what });
+                entries.insert(target, planned);
             }
         }
         if !plain.is_empty() || !inline.is_empty() {
             // Plain sources next to archives: copy them the COPY way into the same layer.
             let copy = self.copy_layer(s, spec, &CopySources::Context(plain), inline)?;
+            let blob = self.store.blob_path(&copy.descriptor.digest);
             let f = self.store.open_blob(&copy.descriptor.digest)?;
             let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(f)));
-            for e in ar
-                .entries()
-                .at("read layer", &self.store.blob_path(&copy.descriptor.digest))?
-            {
-                let mut e = e.at("read layer", Path::new("copy layer"))?;
-                let name = clean(
-                    &e.path()
-                        .at("read layer", Path::new("copy layer"))?
-                        .to_string_lossy(),
-                );
-                let h = e.header();
-                let meta = EntryMeta {
-                    mode: h.mode().unwrap_or(0o644) & 0o7777,
-                    uid: h.uid().unwrap_or(0),
-                    gid: h.gid().unwrap_or(0),
-                    mtime: h.mtime().unwrap_or(0) as i64,
-                    capability: None,
-                };
-                let what = match h.entry_type() {
-                    tar::EntryType::Directory => What::Dir,
-                    tar::EntryType::Symlink => What::Symlink(
-                        e.link_name()
-                            .at("read layer", Path::new("copy layer"))?
-                            .map(|l| l.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    ),
-                    _ => {
-                        let mut buf = Vec::new();
-                        e.read_to_end(&mut buf)
-                            .at("read layer", Path::new("copy layer"))?;
-                        What::Bytes(buf)
-                    }
-                };
-                entries.insert(name, Planned { meta, what });
+            for e in ar.entries().at("read layer", &blob)? {
+                let mut e = e.at("read layer", &blob)?;
+                let name = clean(&e.path().at("read layer", &blob)?.to_string_lossy());
+                if let Some(planned) = planned_from_tar(&mut e, &blob)? {
+                    entries.insert(name, planned);
+                }
             }
         }
         self.new_layer(|b| write_entries(b, &entries))
@@ -1343,6 +1219,86 @@ enum What {
     HostFile(PathBuf, u64),
     Bytes(Vec<u8>),
     Pending,
+}
+
+/// A COPY/ADD destination as a clean image path: absolute, or relative to WORKDIR.
+fn dest_path(s: &StageState, dest: &str) -> String {
+    if dest.starts_with('/') {
+        return clean(dest);
+    }
+    let wd = s
+        .config
+        .config
+        .as_ref()
+        .and_then(|c| c.working_dir.clone())
+        .unwrap_or_else(|| "/".into());
+    clean(&format!("{wd}/{dest}"))
+}
+
+/// Heredoc sources as files (mode 0644, the build's time).
+fn heredoc_files(inline: &[super::dockerfile::InlineSource]) -> Vec<InlineFile> {
+    inline
+        .iter()
+        .map(|i| InlineFile {
+            name: i.name.clone(),
+            bytes: i.content.clone().into_bytes(),
+            mode: 0o644,
+            mtime: None,
+        })
+        .collect()
+}
+
+impl CopySpec {
+    fn new(
+        dest: &super::dockerfile::Word,
+        chown: Option<&super::dockerfile::Word>,
+        chmod: Option<&super::dockerfile::Word>,
+        sources: &[super::dockerfile::Word],
+        inline: usize,
+        at: Location,
+    ) -> CopySpec {
+        CopySpec {
+            dest: dest.value.clone(),
+            chown: chown.map(|w| w.value.clone()),
+            chmod: chmod.map(|w| w.value.clone()),
+            multiple: sources.len() + inline > 1
+                || sources
+                    .iter()
+                    .any(|w| super::context::has_wildcard(&w.value)),
+            at,
+        }
+    }
+}
+
+/// One tar entry as a planned layer entry (content read into memory).
+fn planned_from_tar<R: Read>(
+    e: &mut tar::Entry<'_, R>,
+    archive: &Path,
+) -> Result<Option<Planned>, BuildError> {
+    let h = e.header();
+    let meta = EntryMeta {
+        mode: h.mode().unwrap_or(0o644) & 0o7777,
+        uid: h.uid().unwrap_or(0),
+        gid: h.gid().unwrap_or(0),
+        mtime: h.mtime().unwrap_or(0) as i64,
+        capability: None,
+    };
+    let what = match h.entry_type() {
+        tar::EntryType::Directory => What::Dir,
+        tar::EntryType::Symlink => What::Symlink(
+            e.link_name()
+                .at("read archive", archive)?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).at("read archive", archive)?;
+            What::Bytes(buf)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Planned { meta, what }))
 }
 
 /// What identifies inline files in a cache key: names, modes and content (not URL mtimes).
