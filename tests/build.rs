@@ -171,6 +171,7 @@ fn metadata_and_copy_instructions_without_run() {
             ("app/main.py", "print('hi')\n"),
             ("app/lib/util.py", "x = 1\n"),
             ("app/skip.log", "noise\n"),
+            ("app/lib/util.pyc", "bytecode\n"),
             ("config.yaml", "a: 1\n"),
             ("archive-src/inner.txt", "from the archive\n"),
             (".dockerignore", "**/*.log\n"),
@@ -185,7 +186,7 @@ ENV ROS_DISTRO=noetic \
     CATKIN_WS_DIR=/code/catkin_ws
 ENV REPO_PATH=${CATKIN_WS_DIR}/src/demo
 WORKDIR /code
-COPY app ${REPO_PATH}/
+COPY --exclude=lib/*.pyc app ${REPO_PATH}/
 COPY --chmod=600 --chown=1000:1000 config.yaml /data/config/
 COPY <<EOF /etc/motd
 robot ${ROS_DISTRO}
@@ -293,6 +294,10 @@ COPY --from=base /code/catkin_ws/src/demo/main.py /final/main.py
     assert!(
         !tree.contains_key("code/catkin_ws/src/demo/skip.log"),
         ".dockerignore"
+    );
+    assert!(
+        !tree.contains_key("code/catkin_ws/src/demo/lib/util.pyc"),
+        "--exclude"
     );
     assert!(get("data/config/config.yaml").starts_with("file 600 1000:1000"));
     assert!(get("etc/motd").starts_with("file 644 0:0"));

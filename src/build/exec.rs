@@ -20,6 +20,7 @@ use super::dockerfile::{
     Add, Command, CommandLine, Copy, Dockerfile, Env, Healthcheck, Instruction, Position, Run,
     Stage, parse_onbuild_trigger,
 };
+use super::dockerignore::DockerIgnore;
 use super::run::{self, Network, RunSpec, Runtime};
 use super::snapshot::Snapshots;
 use super::view::{FsView, Kind, LayerSource, clean};
@@ -698,7 +699,29 @@ impl<'a> Executor<'a> {
         stage: usize,
     ) -> Result<(Option<LayerRef>, bool), BuildError> {
         let at = self.loc(ins.span.start);
+        if c.parents {
+            return Err(BuildError::Input {
+                at,
+                message: "COPY --parents is not supported by dts; copy each directory explicitly"
+                    .into(),
+            });
+        }
+        let exclude = if c.excludes.is_empty() {
+            None
+        } else {
+            let patterns: Vec<&str> = c.excludes.iter().map(|w| w.value.as_str()).collect();
+            Some(DockerIgnore::new(&patterns).map_err(|e| BuildError::Input {
+                at: at.clone(),
+                message: format!("COPY --exclude: {e}"),
+            })?)
+        };
         let sources = match &c.from {
+            Some(_) if exclude.is_some() => {
+                return Err(BuildError::Input {
+                    at,
+                    message: "COPY --exclude with --from is not supported by dts".into(),
+                });
+            }
             Some(from) => {
                 let src_state = self.copy_from_state(&from.value, stage, &at)?;
                 let view = self.view(&src_state)?;
@@ -716,6 +739,12 @@ impl<'a> Executor<'a> {
                         message: format!("COPY source {e}"),
                     })?;
                     out.extend(found);
+                }
+                if let Some(ex) = &exclude {
+                    for src in &mut out {
+                        exclude_entries(src, ex);
+                    }
+                    out.retain(|src| !src.entries.is_empty());
                 }
                 CopySources::Context(out)
             }
@@ -1219,6 +1248,19 @@ enum What {
     HostFile(PathBuf, u64),
     Bytes(Vec<u8>),
     Pending,
+}
+
+/// Drops what `--exclude` patterns match, relative to the source (a file source by its name);
+/// a directory's exclusion takes its contents with it.
+fn exclude_entries(src: &mut Source, ex: &DockerIgnore) {
+    let name = Path::new(&src.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    src.entries.retain(|e| {
+        let rel = if e.rel.is_empty() { &name } else { &e.rel };
+        !(ex.matches(rel) && !(e.rel.is_empty() && src.is_dir))
+    });
 }
 
 /// A COPY/ADD destination as a clean image path: absolute, or relative to WORKDIR.
