@@ -752,6 +752,7 @@ RUN exit 1
     let cfg = inspect(&home, name, "linux/arm64");
     let labels = &cfg["config"]["Labels"];
     assert_eq!(labels["org.duckietown.label.architecture"], "arm64v8");
+    assert_eq!(labels["org.duckietown.label.base.image"], "scratch");
     assert_eq!(cfg["config"]["User"], "duckie");
 
     // A base image in the store without the platform asked for: exit 1, naming image and platform.

@@ -211,6 +211,14 @@ impl<'a> Executor<'a> {
         Ok(env)
     }
 
+    /// The base a stage names in its FROM line, expanded with the meta args.
+    pub fn base_of(&self, index: usize) -> Result<String, BuildError> {
+        let meta = self.meta_env()?;
+        Ok(self.df.stages[index]
+            .expand_base(&self.df.expander(&meta))?
+            .0)
+    }
+
     /// Builds stage `index` (and, first, what it depends on) and returns its state.
     pub fn build_stage(&mut self, index: usize) -> Result<StageState, BuildError> {
         if let Some(s) = self.stages.get(&index) {

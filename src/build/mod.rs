@@ -262,7 +262,8 @@ pub fn build(
                         };
                         let mut state = ex.build_stage(target)?;
                         if let Some(d) = dt {
-                            d.label(&mut state.config, p, epoch);
+                            let base = ex.base_of(target)?;
+                            d.label(&mut state.config, p, epoch, &base);
                         }
                         state.config.created = Some(exec::rfc3339(epoch));
                         let desc = write_manifest(store, &state)?;
@@ -484,7 +485,13 @@ pub mod duckietown {
         }
 
         /// Adds the `org.duckietown.label.*` labels.
-        pub fn label(&self, config: &mut ImageConfig, p: &Platform, epoch: Option<i64>) {
+        pub fn label(
+            &self,
+            config: &mut ImageConfig,
+            p: &Platform,
+            epoch: Option<i64>,
+            base: &str,
+        ) {
             let c = config.config.get_or_insert_with(Default::default);
             let labels = c.labels.get_or_insert_with(BTreeMap::new);
             let mut put = |k: &str, v: String| {
@@ -500,6 +507,7 @@ pub mod duckietown {
                 put("platform.variant", v.clone());
             }
             put("code.distro", self.distro.clone());
+            put("base.image", base.to_string());
             put("time", super::exec::rfc3339(epoch));
             if let Some(sha) = git(&self.root, &["rev-parse", "HEAD"]) {
                 put("code.sha", sha);
