@@ -236,7 +236,7 @@ impl<'a> Executor<'a> {
             None => self.platform.clone(),
         };
         let mut state = self.from(stage, index, &base, &base_platform)?;
-        self.progress_step(&stage.source, None);
+        self.progress_step(&stage.source, Some(false));
         // Triggers of the base image run first, then are cleared (Docker's ONBUILD).
         let triggers = state
             .config

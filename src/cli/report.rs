@@ -90,7 +90,7 @@ mod bars {
                             .progress_chars("=> "),
                         ),
                         None => ProgressBar::new_spinner().with_style(
-                            ProgressStyle::with_template("{spinner} {msg} {bytes}")
+                            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                                 .expect("template is valid"),
                         ),
                     };
@@ -105,6 +105,10 @@ mod bars {
                 Event::Finish { id, outcome } => {
                     if let Some(b) = bars.remove(&id) {
                         let msg = format!("{}: {outcome}", b.message());
+                        // A finished line keeps only its message (no spinner, no live clock).
+                        b.set_style(
+                            ProgressStyle::with_template("  {msg}").expect("template is valid"),
+                        );
                         b.finish_with_message(msg);
                     }
                 }
