@@ -14,6 +14,7 @@ pub mod binfmt;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod discover;
 pub mod layer;
 pub mod oci;
 pub mod ops;
