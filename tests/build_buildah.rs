@@ -27,8 +27,8 @@
 //! * no heredocs: buildah 1.28 predates heredoc support (1.33), so the corpus has none (they
 //!   are covered by tests/build.rs).
 //!
-//! Where dts departs from Docker (and buildah agrees with Docker) the case is in
-//! `known_dts_departures_from_docker`, ignored until dts is fixed.
+//! `copy_dirs_and_hard_links_match_buildah` holds the cases where dts once departed from
+//! Docker (created directories' mode and owner, hard links in COPY and ADD) and now agrees.
 //!
 //! Buildah builds with `--format docker`, as its OCI format drops HEALTHCHECK, SHELL and
 //! ONBUILD, and with `--network none --pull=never`, so nothing leaves the machine. Each case
@@ -574,8 +574,7 @@ fn onbuild_triggers_match_buildah() {
 }
 
 #[test]
-#[ignore = "dts departs from Docker: created COPY dirs' mode/owner, hard links (see the case)"]
-fn known_dts_departures_from_docker() {
+fn copy_dirs_and_hard_links_match_buildah() {
     run_case(corpus_known_dts_departures());
 }
 

@@ -30,6 +30,8 @@ pub struct ContextEntry {
     pub mtime: i64,
     /// File size.
     pub size: u64,
+    /// `(device, inode)` of a regular file with other hard links, so COPY keeps them linked.
+    pub inode: Option<(u64, u64)>,
 }
 
 /// Kinds of context entries COPY handles.
@@ -272,6 +274,7 @@ fn entry(rel: &str, host: &Path, meta: &fs::Metadata, kind: EntryKind) -> Contex
         } else {
             0
         },
+        inode: (kind == EntryKind::File && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
         kind,
     }
 }

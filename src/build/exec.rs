@@ -919,13 +919,19 @@ impl<'a> Executor<'a> {
         let epoch = self.epoch;
         let add_file_parents = |entries: &mut BTreeMap<String, Planned>, target: &str| {
             add_parents(
-                &view,
-                entries,
-                target,
-                epoch,
-                dir_owner,
-                chmod.unwrap_or(0o755),
+                &view, entries, target, epoch, dir_owner,
+                // Docker's MkdirAll: created parents are 0755 whatever --chmod says.
+                0o755,
             );
+        };
+        // The directory a directory source lands in is made the same way: 0755, owned by
+        // --chown or root; neither --chmod nor the source directory's own metadata apply.
+        let made_dir = EntryMeta {
+            mode: 0o755,
+            uid: dir_owner.0,
+            gid: dir_owner.1,
+            mtime: epoch.unwrap_or(0),
+            capability: None,
         };
         for f in inline {
             let target = target_for(&f.name, false);
@@ -941,6 +947,7 @@ impl<'a> Executor<'a> {
                         capability: None,
                     },
                     what: What::Bytes(f.bytes.clone()),
+                    link: None,
                 },
             );
         }
@@ -966,12 +973,16 @@ impl<'a> Executor<'a> {
                         }
                         let (uid, gid) = owner.unwrap_or((0, 0));
                         let mode = chmod.unwrap_or(e.mode);
-                        let meta = EntryMeta {
-                            mode,
-                            uid,
-                            gid,
-                            mtime: e.mtime,
-                            capability: None,
+                        let meta = if e.rel.is_empty() && src.is_dir {
+                            made_dir.clone()
+                        } else {
+                            EntryMeta {
+                                mode,
+                                uid,
+                                gid,
+                                mtime: e.mtime,
+                                capability: None,
+                            }
                         };
                         let what = match &e.kind {
                             EntryKind::Dir => What::Dir,
@@ -982,7 +993,8 @@ impl<'a> Executor<'a> {
                         if e.rel.is_empty() && src.is_dir && view.exists(&target) {
                             continue;
                         }
-                        entries.insert(target, Planned { meta, what });
+                        let link = e.inode.map(|(dev, ino)| format!("inode:{dev}:{ino}"));
+                        entries.insert(target, Planned { meta, what, link });
                     }
                 }
             }
@@ -1020,16 +1032,25 @@ impl<'a> Executor<'a> {
                             continue;
                         }
                         let (uid, gid) = owner.unwrap_or((n.uid, n.gid));
-                        let meta = EntryMeta {
-                            mode: chmod.unwrap_or(n.mode),
-                            uid,
-                            gid,
-                            mtime: n.mtime as i64,
-                            capability: n
-                                .xattrs
-                                .iter()
-                                .find(|(k, _)| k == "security.capability")
-                                .map(|(_, v)| v.clone()),
+                        let meta = if rel.is_empty() && is_dir {
+                            made_dir.clone()
+                        } else {
+                            EntryMeta {
+                                mode: chmod.unwrap_or(n.mode),
+                                uid,
+                                gid,
+                                mtime: n.mtime as i64,
+                                capability: n
+                                    .xattrs
+                                    .iter()
+                                    .find(|(k, _)| k == "security.capability")
+                                    .map(|(_, v)| v.clone()),
+                            }
+                        };
+                        // Hard links in the source image share one (layer, entry) in the view.
+                        let link = match &n.kind {
+                            Kind::File { layer, entry } => Some(format!("entry:{layer}:{entry}")),
+                            _ => None,
                         };
                         let what = match &n.kind {
                             Kind::Dir => What::Dir,
@@ -1043,7 +1064,7 @@ impl<'a> Executor<'a> {
                             }
                             Kind::Special(_) => continue,
                         };
-                        planned.push((target, Planned { meta, what }));
+                        planned.push((target, Planned { meta, what, link }));
                     }
                 }
                 // Read the files' content: one pass per source layer.
@@ -1191,6 +1212,20 @@ impl<'a> Executor<'a> {
                     continue;
                 }
                 let target = clean(&format!("{dest}/{name}"));
+                if e.header().entry_type() == tar::EntryType::Link {
+                    // A hard link to an earlier entry of the archive stays a hard link.
+                    let linked = e
+                        .link_name()
+                        .at("read archive", &host)?
+                        .map(|l| clean(&format!("{dest}/{}", l.to_string_lossy())));
+                    if let Some(first) = linked.filter(|l| entries.contains_key(l)) {
+                        let leader = entries.get_mut(&first).expect("checked");
+                        leader.link = Some(first.clone());
+                        let twin = leader.clone();
+                        entries.insert(target, twin);
+                    }
+                    continue;
+                }
                 let Some(planned) = planned_from_tar(&mut e, &host)? else {
                     continue;
                 };
@@ -1245,11 +1280,17 @@ struct CopySpec {
 }
 
 /// One entry of a layer being assembled.
+#[derive(Clone)]
 struct Planned {
     meta: EntryMeta,
     what: What,
+    /// Entries with the same key are one file: the first in canonical order carries the
+    /// content, the others are written as hard links to it (Docker keeps hard links a COPY
+    /// or an ADDed tar has).
+    link: Option<String>,
 }
 
+#[derive(Clone)]
 enum What {
     Dir,
     Symlink(String),
@@ -1348,7 +1389,11 @@ fn planned_from_tar<R: Read>(
         }
         _ => return Ok(None),
     };
-    Ok(Some(Planned { meta, what }))
+    Ok(Some(Planned {
+        meta,
+        what,
+        link: None,
+    }))
 }
 
 /// What identifies inline files in a cache key: names, modes and content (not URL mtimes).
@@ -1496,6 +1541,7 @@ fn add_parents(
             Planned {
                 meta,
                 what: What::Dir,
+                link: None,
             },
         );
     }
@@ -1507,8 +1553,20 @@ fn write_entries(
 ) -> Result<(), BuildError> {
     let mut order: Vec<&String> = entries.keys().collect();
     order.sort_by(|a, b| canonical_cmp(Path::new(a), Path::new(b)));
+    let mut leaders: BTreeMap<&str, &str> = BTreeMap::new();
+    for path in &order {
+        if let Some(key) = &entries[*path].link {
+            leaders.entry(key.as_str()).or_insert(path.as_str());
+        }
+    }
     for path in order {
         let p = &entries[path];
+        if let Some(leader) = p.link.as_deref().and_then(|k| leaders.get(k))
+            && *leader != path.as_str()
+        {
+            b.add_hardlink(Path::new(path.as_str()), &p.meta, Path::new(leader))?;
+            continue;
+        }
         let path = Path::new(path.as_str());
         match &p.what {
             What::Dir => b.add_dir(path, &p.meta)?,
