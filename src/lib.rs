@@ -8,6 +8,7 @@
 //! Direction of dependencies: `cli → ops → {registry, archive} → {store, oci, util}`.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod archive;
 pub mod binfmt;
 #[cfg(feature = "workstation")]

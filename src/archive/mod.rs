@@ -10,7 +10,7 @@
 mod load;
 mod save;
 
-pub use load::{LoadReport, load};
+pub use load::{LoadReport, StageOptions, StagedArchive, StagedImage, load, stage};
 pub use save::{SaveFormat, SaveReport, save};
 
 use crate::oci::json::JsonError;

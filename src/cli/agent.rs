@@ -10,10 +10,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use super::{Exit, GlobalArgs, Printer, reporter};
+use super::{Exit, GlobalArgs, Printer, human_size, reporter};
+use crate::agent::store::{AgentStore, AgentStoreError, ImportOptions};
 use crate::discover::advertise::{self, Identity, Presence, PresenceConfig};
 use crate::discover::{AgentInfo, udp};
 use crate::oci::Platform;
+use crate::oci::Reference;
 use crate::progress::{Event, Reporter};
 
 /// dt-agent: keeps images and runs containers on a Duckiebot.
@@ -32,6 +34,55 @@ enum Command {
     /// The robot's daemon (run by systemd): advertises the robot on the LAN over mDNS and
     /// answers Duckietown's UDP pings on port 11411, until SIGTERM or SIGINT
     Daemon(DaemonArgs),
+    /// Images on this robot: import an archive (offline preloading), list them, drop a name
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Re-verify the store: every object against its digest, every layer rebuilt to its
+    /// diff_id, every name to its layers and snapshot; exits 1 if anything is wrong
+    Fsck(StoreJsonArgs),
+    /// Remove what no image name and no release needs, and what crashed imports left
+    Gc(StoreJsonArgs),
+    /// This robot at a glance: hostname, arch, agent version, free space, images
+    Status(StoreJsonArgs),
+}
+
+/// `dt-agent image …`.
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Import a docker-archive or OCI archive (e.g. from a USB stick): all of it or nothing
+    Import(ImportArgs),
+    /// The named images: name, digest, platform, size
+    Ls(StoreJsonArgs),
+    /// Drop a name; `dt-agent gc` then frees what nothing else uses
+    Rm {
+        /// The image name
+        name: String,
+    },
+}
+
+/// `dt-agent image import` flags.
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The archive (`docker save` / `dts image save` output, plain, gzip or zstd) or OCI layout
+    /// directory
+    file: PathBuf,
+    /// Name the image (needed when the archive names none)
+    #[arg(short = 't', long = "tag")]
+    tag: Option<String>,
+    /// Platform to take from a multi-platform image (default: this robot's)
+    #[arg(long)]
+    platform: Option<String>,
+    /// Print what was imported as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--json` for the store commands.
+#[derive(Args, Debug)]
+struct StoreJsonArgs {
+    /// One JSON document on stdout
+    #[arg(long)]
+    json: bool,
 }
 
 /// `dt-agent daemon` flags.
@@ -67,6 +118,10 @@ pub fn main() -> ExitCode {
     let printer = Printer::new(&cli.global);
     let result = match &cli.command {
         Command::Daemon(args) => daemon(args, &cli.global),
+        Command::Image(c) => store_exit(&printer, image(c, &cli.global, &printer)),
+        Command::Fsck(a) => store_exit(&printer, fsck(a, &printer)),
+        Command::Gc(a) => store_exit(&printer, gc(a, &printer)),
+        Command::Status(a) => store_exit(&printer, status(a, &printer)),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -154,4 +209,171 @@ fn load_identity(args: &DaemonArgs, log: &dyn Reporter) -> Result<Identity> {
         id.hostname
     )));
     Ok(id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The robot store: image import/ls/rm, fsck, gc, status.
+
+/// Opens the robot store at `$DT_AGENT_ROOT` (default `/var/lib/dt-agent`).
+fn open_store() -> Result<AgentStore> {
+    let root = crate::agent::agent_root();
+    AgentStore::open(&root).with_context(|| format!("opening the robot store `{}`", root.display()))
+}
+
+/// Renders a store command's failure here, so its exit code can say whose fault it was: 2 for
+/// a bad archive or name, 1 otherwise.
+fn store_exit(printer: &Printer, r: Result<Exit>) -> Result<Exit> {
+    match r {
+        Ok(exit) => Ok(exit),
+        Err(e) => {
+            printer.error(&e);
+            let bad_input = e.chain().any(|c| {
+                c.downcast_ref::<AgentStoreError>()
+                    .is_some_and(|a| a.is_bad_input())
+                    || c.is::<crate::oci::reference::ReferenceError>()
+                    || c.is::<crate::oci::platform::PlatformError>()
+            });
+            Ok(if bad_input {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            })
+        }
+    }
+}
+
+fn image(c: &ImageCommand, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
+    match c {
+        ImageCommand::Import(a) => {
+            let tag = a.tag.as_deref().map(Reference::parse).transpose()?;
+            let platform = a
+                .platform
+                .as_deref()
+                .map(str::parse::<Platform>)
+                .transpose()?;
+            let store = open_store()?;
+            let report = store
+                .import(
+                    &a.file,
+                    &ImportOptions {
+                        tag: tag.as_ref(),
+                        platform: platform.as_ref(),
+                    },
+                    &*reporter(g),
+                )
+                .with_context(|| format!("importing `{}`", a.file.display()))?;
+            if a.json {
+                printer.json(&report);
+            } else {
+                for i in &report.images {
+                    printer.info(&format!(
+                        "imported {} ({}, {})",
+                        i.name, i.platform, i.digest
+                    ));
+                    printer.out(&i.digest.to_string());
+                }
+                printer.info(&format!(
+                    "{} new layer(s), {} present; {} new object(s), {}",
+                    report.layers_added,
+                    report.layers_present,
+                    report.objects_added,
+                    human_size(report.object_bytes_added)
+                ));
+            }
+            Ok(Exit::Ok)
+        }
+        ImageCommand::Ls(a) => {
+            let images = open_store()?.images()?;
+            if a.json {
+                printer.json(&images);
+            } else {
+                printer.out(&format!(
+                    "{:<48} {:<14} {:<14} {:>10}",
+                    "NAME", "PLATFORM", "DIGEST", "SIZE"
+                ));
+                for i in images {
+                    printer.out(&format!(
+                        "{:<48} {:<14} {:<14} {:>10}",
+                        i.name,
+                        i.platform,
+                        i.digest.short(),
+                        human_size(i.size)
+                    ));
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        ImageCommand::Rm { name } => {
+            let r = Reference::parse(name)?;
+            open_store()?.remove_name(&r)?;
+            printer.info(&format!(
+                "removed the name `{}`; `dt-agent gc` frees what nothing else uses",
+                r.familiar()
+            ));
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn fsck(a: &StoreJsonArgs, printer: &Printer) -> Result<Exit> {
+    let report = open_store()?.fsck()?;
+    if a.json {
+        printer.json(&report);
+    } else {
+        for p in &report.problems {
+            printer.out(&format!("problem: {p}"));
+        }
+        printer.info(&format!(
+            "checked {} object(s) ({}), {} layer(s), {} document(s), {} name(s), {} snapshot(s): {}",
+            report.objects,
+            human_size(report.object_bytes),
+            report.layers,
+            report.documents,
+            report.names,
+            report.snapshots,
+            if report.is_clean() {
+                "clean".to_string()
+            } else {
+                format!("{} problem(s)", report.problems.len())
+            }
+        ));
+    }
+    Ok(if report.is_clean() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
+}
+
+fn gc(a: &StoreJsonArgs, printer: &Printer) -> Result<Exit> {
+    let report = open_store()?.gc()?;
+    if a.json {
+        printer.json(&report);
+    } else {
+        printer.info(&format!(
+            "kept {} image(s); removed {} snapshot(s), {} layer(s), {} object(s) ({} freed), {} document(s), {} abandoned import(s)",
+            report.images_kept,
+            report.snapshots_removed,
+            report.layers_removed,
+            report.objects_removed,
+            human_size(report.bytes_freed),
+            report.documents_removed,
+            report.tmp_removed
+        ));
+    }
+    Ok(Exit::Ok)
+}
+
+fn status(a: &StoreJsonArgs, printer: &Printer) -> Result<Exit> {
+    let s = crate::agent::status::status(&open_store()?)?;
+    if a.json {
+        printer.json(&s);
+    } else {
+        printer.out(&format!("hostname:      {}", s.hostname));
+        printer.out(&format!("arch:          {}", s.arch));
+        printer.out(&format!("agent version: {}", s.agent_version));
+        printer.out(&format!("free:          {}", human_size(s.free_bytes)));
+        printer.out(&format!("images:        {}", s.images.len()));
+    }
+    Ok(Exit::Ok)
 }

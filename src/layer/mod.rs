@@ -38,8 +38,8 @@ pub use path::canonical_cmp;
 pub use read::{EntryKind, ReadError, ReadLimits, TarEntry, TarReader};
 pub use resolve::Resolver;
 pub use unpack::{
-    CopySink, DevicePolicy, FileRecord, FileSink, HashingSink, UnpackError, UnpackOptions,
-    UnpackStats, unpack, unpack_with,
+    CopySink, DevicePolicy, FileMeta, FileRecord, FileSink, HashingSink, UnpackError,
+    UnpackOptions, UnpackStats, unpack, unpack_with, xattr_allowed,
 };
 pub use write::{
     Change, EntryMeta, LayerBuilder, SpecialFile, WriteError, WriteOptions, WrittenLayer,

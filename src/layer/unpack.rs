@@ -224,9 +224,51 @@ impl<T> FsCtx<T> for Result<T, Errno> {
     }
 }
 
+/// A regular file the unpacker is about to create, with the metadata it would give it (after
+/// the unpacker's own policy: owner only with [`UnpackOptions::same_owner`], only the xattrs it
+/// would apply). Passed to [`FileSink::place_file`].
+#[derive(Clone, Debug)]
+pub struct FileMeta<'a> {
+    /// The entry's normalised path in the layer.
+    pub path: &'a Path,
+    /// Its size.
+    pub size: u64,
+    /// Permission bits plus setuid/setgid/sticky (`mode & 0o7777`).
+    pub mode: u32,
+    /// Owner and group, when the unpacker would chown.
+    pub owner: Option<(u32, u32)>,
+    /// Modification time, whole seconds.
+    pub mtime: i64,
+    /// The xattrs the unpacker would set (name, value), in layer order.
+    pub xattrs: Vec<(&'a [u8], &'a [u8])>,
+}
+
 /// Where regular files' content goes. The default ([`CopySink`]) copies it into the new file;
 /// others can hash it on the way ([`HashingSink`]) or redirect it.
+///
+/// A sink may also put the file in place itself ([`place_file`](FileSink::place_file)), e.g.
+/// as a hard link to a content-addressed object: the agent's snapshots are built that way.
 pub trait FileSink {
+    /// Puts the regular file `file.path` in place itself, as the name `name` in the directory
+    /// `dir` (resolved inside the root; nothing is there — the unpacker removed what was). The
+    /// sink owns the result entirely: the unpacker sets no owner, mode, time or xattr on it,
+    /// because a linked inode may be shared. Returns `Ok(false)` — without reading `content` —
+    /// to have the unpacker create the file and call [`write_file`](FileSink::write_file);
+    /// returns `Ok(true)` after reading `content` (exactly `file.size` bytes) to its end.
+    ///
+    /// `name` is one path component; use it only with `*at` calls on `dir` that do not follow
+    /// it (`linkat` with no flags, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)`).
+    fn place_file(
+        &mut self,
+        file: &FileMeta<'_>,
+        content: &mut dyn Read,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+    ) -> io::Result<bool> {
+        let _ = (file, content, dir, name);
+        Ok(false)
+    }
+
     /// Writes the content of the regular file `path` (the entry's normalised name in the
     /// layer; it lands where the parent resolved, which may differ through symlinks). `file` is
     /// newly created and empty; `content` yields exactly `size` bytes and must be read to its
@@ -523,6 +565,53 @@ impl Unpacker<'_> {
                 if existing.is_some() {
                     host::remove_all_at(d, base).fs(&shown, "remove")?;
                 }
+                let clean_path = to_path(&name);
+                let meta = FileMeta {
+                    path: &clean_path,
+                    size: e.size,
+                    mode: e.mode & 0o7777,
+                    owner: owner.map(|(u, g)| (u.as_raw(), g.as_raw())),
+                    mtime: e.mtime,
+                    xattrs: e
+                        .xattrs
+                        .iter()
+                        .filter(|(k, _)| self.opts.xattrs && xattr_allowed(k))
+                        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                        .collect(),
+                };
+                let mut content = Tracked {
+                    body: reader.body(),
+                    failed: None,
+                };
+                match sink.place_file(&meta, &mut content, d, base) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if reader.remaining() != 0 {
+                            return Err(UnpackError::Fs {
+                                entry: shown,
+                                action: "place",
+                                source: io::Error::other(format!(
+                                    "the file sink left {} bytes unread",
+                                    reader.remaining()
+                                )),
+                            });
+                        }
+                        self.stats.files += 1;
+                        self.stats.file_bytes += e.size;
+                        self.created.insert((pmeta.dev, pmeta.ino, base.to_vec()));
+                        return Ok(());
+                    }
+                    Err(err) => {
+                        return Err(match content.failed.take() {
+                            Some(read_err) => reader.io_err(read_err).into(),
+                            None => UnpackError::Fs {
+                                entry: shown,
+                                action: "place",
+                                source: err,
+                            },
+                        });
+                    }
+                }
                 let fd = rustix::fs::openat(
                     d,
                     base,
@@ -539,7 +628,6 @@ impl Unpacker<'_> {
                     body: reader.body(),
                     failed: None,
                 };
-                let clean_path = to_path(&name);
                 if let Err(err) = sink.write_file(&clean_path, e.size, &mut content, &mut file) {
                     return Err(match content.failed.take() {
                         Some(read_err) => reader.io_err(read_err).into(),
@@ -730,9 +818,7 @@ impl Unpacker<'_> {
         e: &TarEntry,
     ) -> Result<(), UnpackError> {
         for (k, v) in &e.xattrs {
-            let allowed = self.opts.xattrs
-                && (k.as_slice() == b"security.capability" || k.starts_with(b"user."));
-            if !allowed || k.contains(&0) {
+            if !self.opts.xattrs || !xattr_allowed(k) {
                 self.stats.xattrs_skipped += 1;
                 continue;
             }
@@ -830,6 +916,13 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether an xattr of a layer entry is ever applied: `security.capability` (file
+/// capabilities, which images rely on for e.g. `ping`) and `user.*`. Others — notably
+/// `trusted.*`, which steers overlayfs — never are.
+pub fn xattr_allowed(name: &[u8]) -> bool {
+    !name.contains(&0) && (name == b"security.capability" || name.starts_with(b"user."))
 }
 
 fn resolve_error(entry: &Path, err: io::Error) -> UnpackError {

@@ -8,6 +8,7 @@
 //! Not every test file uses every item, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod images;
 pub mod netns;
 pub mod registry;

@@ -1,0 +1,50 @@
+//! `dt-agent status`: what a laptop (or a person on the robot) needs to know about this robot
+//! at a glance. The JSON field names are a contract (cli.md, "Agent").
+
+use serde::Serialize;
+
+use super::store::{AgentStore, AgentStoreError, ImageInfo};
+use crate::oci::Platform;
+
+/// The robot's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The robot's hostname.
+    pub hostname: String,
+    /// Its platform (`linux/arm64`).
+    pub arch: String,
+    /// Its Duckietown architecture tag (`arm64v8`), if it has one.
+    pub duckietown_arch: Option<&'static str>,
+    /// This agent's version.
+    pub agent_version: &'static str,
+    /// The container runtime (`runc`/`crun` and version): not managed yet, always null.
+    pub runtime: Option<String>,
+    /// Bytes free on the store's file system.
+    pub free_bytes: u64,
+    /// The current release: none yet, always null.
+    pub release: Option<u64>,
+    /// The named images.
+    pub images: Vec<ImageInfo>,
+}
+
+/// Collects the status.
+pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
+    let platform = Platform::host().normalized();
+    Ok(Status {
+        hostname: hostname(),
+        arch: platform.to_string(),
+        duckietown_arch: platform.duckietown_arch(),
+        agent_version: env!("CARGO_PKG_VERSION"),
+        runtime: None,
+        free_bytes: store.free_bytes()?,
+        release: None,
+        images: store.images()?,
+    })
+}
+
+/// The kernel's hostname (the UTS namespace's, like `hostname`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,454 @@
+//! Objects: regular-file contents keyed by sha256 plus the inode metadata they carry (see the
+//! store's module doc for why metadata is part of the key), and the [`FileSink`] that puts a
+//! layer's files into a snapshot as hard links to them instead of writing copies.
+//!
+//! ```text
+//! objects/sha256/<hex[..2]>/<hex>.<mode 4 octal>.<uid>.<gid>[.<xattrs: 16 hex>]
+//!   e.g. 9f86d081…0a08.0755.0.0          an executable owned by root
+//!        9f86d081…0a08.4755.0.0          the same bytes, setuid: a separate object
+//!        e3b0c442…b855.0644.1000.1000    an empty file owned by the default user
+//! ```
+//!
+//! A file body is hashed as it is read; bodies up to [`SMALL_BODY`] stay in memory, so
+//! re-importing content the store has costs no writes at all. A new object is staged in the
+//! import's `tmp/` directory with its metadata applied (owner, then mode — chown clears setuid —
+//! then xattrs, then mtime) and linked into the snapshot being built; the import renames it to
+//! its final name after the whole archive checked out.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
+
+use super::tarsplit::SplitWriter;
+use crate::layer::{FileMeta, FileSink};
+use crate::oci::Digest;
+
+/// Bodies up to this size are hashed in memory before anything is written: most files of an
+/// image are small, and most of a re-import's files are already objects.
+const SMALL_BODY: usize = 256 * 1024;
+
+/// An object's identity: content digest plus the inode metadata it carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// sha256 of the content.
+    pub digest: Digest,
+    /// Permission bits plus setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// First 16 hex digits of the sha256 of the applied xattrs (sorted, length-prefixed), or
+    /// `None` without xattrs.
+    pub xattrs: Option<String>,
+}
+
+impl ObjectKey {
+    /// The object's file name.
+    pub fn file_name(&self) -> String {
+        let mut s = format!(
+            "{}.{:04o}.{}.{}",
+            self.digest.hex(),
+            self.mode,
+            self.uid,
+            self.gid
+        );
+        if let Some(x) = &self.xattrs {
+            s.push('.');
+            s.push_str(x);
+        }
+        s
+    }
+
+    /// Its path below `objects/sha256/`.
+    pub fn rel_path(&self) -> PathBuf {
+        PathBuf::from(&self.digest.hex()[..2]).join(self.file_name())
+    }
+
+    /// Parses a file name written by [`file_name`](Self::file_name); `None` for anything else.
+    pub fn parse(name: &str) -> Option<ObjectKey> {
+        let mut it = name.split('.');
+        let digest = Digest::from_hex(it.next()?).ok()?;
+        let mode = u32::from_str_radix(it.next()?, 8).ok()?;
+        let uid = it.next()?.parse().ok()?;
+        let gid = it.next()?.parse().ok()?;
+        let xattrs = it.next().map(str::to_string);
+        let xattrs_ok = xattrs.as_deref().is_none_or(|x| {
+            x.len() == 16
+                && x.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if it.next().is_some() || mode > 0o7777 || !xattrs_ok {
+            return None;
+        }
+        let key = ObjectKey {
+            digest,
+            mode,
+            uid,
+            gid,
+            xattrs,
+        };
+        (key.file_name() == name).then_some(key)
+    }
+}
+
+/// The xattr part of an object key.
+pub(crate) fn xattrs_key(xattrs: &[(&[u8], &[u8])]) -> Option<String> {
+    if xattrs.is_empty() {
+        return None;
+    }
+    let mut sorted = xattrs.to_vec();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (k, v) in sorted {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k);
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    Some(hex::encode(h.finalize())[..16].to_string())
+}
+
+/// The tar-split being recorded for a layer, and whether the bytes read now are a file body
+/// (which the sink records as a digest) or raw tar bytes.
+pub(crate) struct Recorder {
+    pub split: SplitWriter,
+    pub in_body: bool,
+}
+
+/// Shared between the [`Tee`] under the tar reader and the [`LinkSink`] above it.
+pub(crate) type SharedRecorder = Rc<RefCell<Recorder>>;
+
+/// Passes a decompressed layer through to the tar reader, recording every byte that is not a
+/// file body into the tar-split.
+pub(crate) struct Tee<R> {
+    pub inner: R,
+    pub rec: Option<SharedRecorder>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(rec) = &self.rec {
+            let mut rec = rec.borrow_mut();
+            if !rec.in_body {
+                rec.split.raw(&buf[..n])?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// New objects of one import and where each content can be read.
+pub(crate) struct Staging {
+    /// The import's staging directory for objects.
+    pub dir: PathBuf,
+    /// The store's `objects/sha256`.
+    pub objects: PathBuf,
+    /// Objects created by this import: file name → staged path.
+    pub staged: BTreeMap<String, PathBuf>,
+    /// A readable path (staged or final) for every content digest this import used.
+    pub content: HashMap<Digest, PathBuf>,
+    /// Bytes of new objects.
+    pub added_bytes: u64,
+    /// Files linked into snapshots.
+    pub linked: u64,
+    /// Files copied because an object had reached the file system's link limit.
+    pub copied: u64,
+    /// Owner given to objects when the unpacker does not chown (not root).
+    pub ids: (u32, u32),
+    spills: u64,
+}
+
+/// A body, hashed.
+enum Body {
+    Mem(Vec<u8>),
+    Spilled(PathBuf),
+}
+
+impl Staging {
+    pub(crate) fn new(dir: PathBuf, objects: PathBuf) -> Staging {
+        Staging {
+            dir,
+            objects,
+            staged: BTreeMap::new(),
+            content: HashMap::new(),
+            added_bytes: 0,
+            linked: 0,
+            copied: 0,
+            ids: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            spills: 0,
+        }
+    }
+
+    /// Reads a body to its end, hashing it; large ones spill into a staging file.
+    fn read_body(&mut self, content: &mut dyn Read, size: u64) -> io::Result<(Body, Digest)> {
+        let mut h = Sha256::new();
+        let mut mem = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(SMALL_BODY));
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut spill: Option<(PathBuf, File)> = None;
+        let mut total = 0u64;
+        loop {
+            let n = match content.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if let Some((p, _)) = &spill {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    return Err(e);
+                }
+            };
+            h.update(&buf[..n]);
+            total += n as u64;
+            match &mut spill {
+                Some((_, f)) => f.write_all(&buf[..n])?,
+                None if mem.len() + n <= SMALL_BODY => mem.extend_from_slice(&buf[..n]),
+                None => {
+                    self.spills += 1;
+                    let p = self.dir.join(format!(".spill-{}", self.spills));
+                    let mut f = File::options().write(true).create_new(true).open(&p)?;
+                    f.write_all(&mem)?;
+                    f.write_all(&buf[..n])?;
+                    mem = Vec::new();
+                    spill = Some((p, f));
+                }
+            }
+        }
+        if total != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file body has {total} bytes, its header says {size}"),
+            ));
+        }
+        let digest = Digest::from_hex(&hex::encode(h.finalize())).expect("sha256 hex");
+        Ok(match spill {
+            Some((p, _)) => (Body::Spilled(p), digest),
+            None => (Body::Mem(mem), digest),
+        })
+    }
+
+    /// Finds or creates the object for `key` and links it as `name` in `dir`.
+    fn place(
+        &mut self,
+        key: &ObjectKey,
+        body: Body,
+        meta: &FileMeta<'_>,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+    ) -> io::Result<()> {
+        let fname = key.file_name();
+        let final_path = self.objects.join(key.rel_path());
+        let src = if final_path.is_file() {
+            discard(body);
+            final_path
+        } else if let Some(p) = self.staged.get(&fname) {
+            discard(body);
+            p.clone()
+        } else {
+            let p = self.dir.join(&fname);
+            let file = match body {
+                Body::Mem(bytes) => {
+                    let mut f = File::options().write(true).create_new(true).open(&p)?;
+                    f.write_all(&bytes)?;
+                    f
+                }
+                Body::Spilled(s) => {
+                    std::fs::rename(&s, &p)?;
+                    File::options().write(true).open(&p)?
+                }
+            };
+            apply_meta(file.as_fd(), key, meta)?;
+            drop(file);
+            self.added_bytes += meta.size;
+            self.staged.insert(fname, p.clone());
+            p
+        };
+        self.content
+            .entry(key.digest.clone())
+            .or_insert_with(|| src.clone());
+        match rustix::fs::linkat(rustix::fs::CWD, &src, dir, name, AtFlags::empty()) {
+            Ok(()) => self.linked += 1,
+            // ext4 allows 65000 links per inode; a very common object (an empty
+            // `__init__.py`) can get there across many snapshots. ostree copies then; so do we.
+            Err(Errno::MLINK) => {
+                copy_into(&src, dir, name, key, meta)?;
+                self.copied += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+fn discard(body: Body) {
+    if let Body::Spilled(p) = body {
+        // Best effort: the staging directory is removed with the import anyway.
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities), then
+/// the mtime.
+fn apply_meta(fd: BorrowedFd<'_>, key: &ObjectKey, meta: &FileMeta<'_>) -> io::Result<()> {
+    if meta.owner.is_some() {
+        rustix::fs::fchown(
+            fd,
+            Some(Uid::from_raw(key.uid)),
+            Some(Gid::from_raw(key.gid)),
+        )?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(key.mode))?;
+    for (k, v) in &meta.xattrs {
+        match rustix::fs::fsetxattr(fd, *k, v, XattrFlags::empty()) {
+            Ok(()) => {}
+            // As the unpacker: a file system or a user that cannot hold the xattr skips it.
+            Err(Errno::PERM | Errno::OPNOTSUPP | Errno::INVAL | Errno::ACCESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let t = Timespec {
+        tv_sec: meta.mtime,
+        tv_nsec: 0,
+    };
+    rustix::fs::futimens(
+        fd,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )?;
+    Ok(())
+}
+
+/// A copy of object `src` as `name` in `dir`, with the object's metadata.
+fn copy_into(
+    src: &Path,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    key: &ObjectKey,
+    meta: &FileMeta<'_>,
+) -> io::Result<()> {
+    let mut from = File::open(src)?;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut to = File::from(fd);
+    io::copy(&mut from, &mut to)?;
+    apply_meta(to.as_fd(), key, meta)
+}
+
+/// Puts each regular file of a layer into the snapshot as a hard link to its object, and
+/// records its body in the tar-split if one is being written.
+pub(crate) struct LinkSink<'a> {
+    pub staging: &'a mut Staging,
+    pub recorder: Option<SharedRecorder>,
+}
+
+impl FileSink for LinkSink<'_> {
+    fn write_file(
+        &mut self,
+        path: &Path,
+        _size: u64,
+        _content: &mut dyn Read,
+        _file: &mut File,
+    ) -> io::Result<()> {
+        // Never called: place_file places every file.
+        Err(io::Error::other(format!(
+            "`{}`: the object sink places files, it does not write them",
+            path.display()
+        )))
+    }
+
+    fn place_file(
+        &mut self,
+        file: &FileMeta<'_>,
+        content: &mut dyn Read,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+    ) -> io::Result<bool> {
+        if let Some(r) = &self.recorder {
+            r.borrow_mut().in_body = true;
+        }
+        let body = self.staging.read_body(content, file.size);
+        if let Some(r) = &self.recorder {
+            let mut r = r.borrow_mut();
+            r.in_body = false;
+            if let Ok((_, d)) = &body {
+                r.split.file(file.size, d)?;
+            }
+        }
+        let (body, digest) = body?;
+        let (uid, gid) = file.owner.unwrap_or(self.staging.ids);
+        let key = ObjectKey {
+            digest,
+            mode: file.mode,
+            uid,
+            gid,
+            xattrs: xattrs_key(&file.xattrs),
+        };
+        self.staging.place(&key, body, file, dir, name)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_round_trip_and_refuse_others() {
+        let k = ObjectKey {
+            digest: Digest::of(b"x"),
+            mode: 0o4755,
+            uid: 0,
+            gid: 1000,
+            xattrs: None,
+        };
+        let n = k.file_name();
+        assert!(n.ends_with(".4755.0.1000"), "{n}");
+        assert_eq!(ObjectKey::parse(&n), Some(k.clone()));
+        let kx = ObjectKey {
+            xattrs: xattrs_key(&[(b"security.capability", b"\x01")]),
+            ..k.clone()
+        };
+        assert_eq!(ObjectKey::parse(&kx.file_name()), Some(kx.clone()));
+        assert_eq!(
+            kx.rel_path().parent().unwrap(),
+            Path::new(&k.digest.hex()[..2])
+        );
+        let hex = k.digest.hex().to_string();
+        for bad in [
+            hex.clone(),
+            format!("{hex}.755.0.0"),
+            format!("{hex}.17777.0.0"),
+            format!("{hex}.0755.-1.0"),
+            format!("{hex}.0755.0.0.a.b"),
+            format!("{hex}.0755.00.0"),
+            "x.0755.0.0".into(),
+            format!("{hex}.0755.0.0.tmp"),
+        ] {
+            assert_eq!(ObjectKey::parse(&bad), None, "{bad}");
+        }
+        // The xattr key does not depend on order.
+        assert_eq!(
+            xattrs_key(&[(b"user.a", b"1"), (b"user.b", b"2")]),
+            xattrs_key(&[(b"user.b", b"2"), (b"user.a", b"1")])
+        );
+    }
+}
