@@ -347,7 +347,7 @@ RUN mkdir -p /out/sub && echo built > /out/sub/artifact && uname -m > /out/arch 
 
 FROM scratch AS final
 # /copied exists before the directory copy: Docker keeps an existing directory's metadata.
-# (A directory created by the copy is in corpus_known_dts_departures.)
+# (A directory created by the copy is in corpus_copy_dirs_and_hard_links.)
 COPY --from=builder /out/arch /copied/
 COPY --from=builder /out /copied/
 COPY --from=builder /out/sub/artifact /single
@@ -404,7 +404,7 @@ fn sample_tar(hardlink: bool) -> Vec<u8> {
 }
 
 fn corpus_add() -> Case {
-    // The hard link case is in corpus_known_dts_departures.
+    // The hard link case is in corpus_copy_dirs_and_hard_links.
     let tar = sample_tar(false);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &tar).unwrap();
@@ -486,12 +486,13 @@ COPY child.txt /child.txt
     }
 }
 
-/// Where dts departs from Docker today; buildah 1.28 agrees with Docker on all of it, so no
-/// adjustment is needed. Ignored until dts is fixed, so the suite stays green:
-/// `cargo test --test build_buildah -- --ignored` shows the differences.
-fn corpus_known_dts_departures() -> Case {
+/// Directories COPY creates and hard links: where dts departed from Docker until bc7f872
+/// (--chmod or the source directory's mode/owner on created directories; hard links of the
+/// context, of COPY --from and of an ADDed tar written as copies or dropped). buildah 1.28
+/// agrees with Docker on all of it, so no adjustment is needed.
+fn corpus_copy_dirs_and_hard_links() -> Case {
     Case {
-        name: "known_dts_departures",
+        name: "copy_dirs_and_hard_links",
         files: vec![
             ("layer.tar", sample_tar(true), 0o644),
             text("config.yaml", "a: 1\n"),
@@ -505,7 +506,7 @@ fn corpus_known_dts_departures() -> Case {
         busybox: true,
         builds: vec![Build {
             ..Build::new(
-                "diff/known",
+                "diff/copy-dirs-links",
                 r#"FROM scratch AS builder
 ARG TARGETARCH
 COPY busybox/${TARGETARCH}/busybox /bin/busybox
@@ -527,7 +528,7 @@ COPY --from=builder /out /copied/
 COPY --from=builder /out/sub /sub-contents
 # Docker: files of one inode in one COPY stay hard links (fsutil's copier links them).
 COPY app /hl/
-# Docker: a TypeLink entry of an ADDed local tar is extracted as a hard link; dts drops it.
+# Docker: a TypeLink entry of an ADDed local tar is extracted as a hard link.
 ADD layer.tar /opt/
 "#,
             )
@@ -575,7 +576,7 @@ fn onbuild_triggers_match_buildah() {
 
 #[test]
 fn copy_dirs_and_hard_links_match_buildah() {
-    run_case(corpus_known_dts_departures());
+    run_case(corpus_copy_dirs_and_hard_links());
 }
 
 // ---------------------------------------------------------------------------------------------
