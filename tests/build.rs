@@ -769,3 +769,48 @@ RUN exit 1
         "{err}"
     );
 }
+
+#[test]
+fn an_unchanged_base_rebuilt_later_keeps_its_children_cached() {
+    // No git and no SOURCE_DATE_EPOCH: every build stamps a new `created`, so the base's digest
+    // changes; its children must still hit the cache (their key is the base's content).
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let a = t.path().join("a");
+    let b = t.path().join("b");
+    write(
+        &a,
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "base\n")],
+    );
+    write(
+        &b,
+        &[
+            ("Dockerfile", "FROM demo/a:1\nCOPY g /g\nLABEL x=y\n"),
+            ("g", "child\n"),
+        ],
+    );
+    let build = |ctx: &Path, tag: &str| {
+        json(&dts(
+            &home,
+            &[
+                "devel",
+                "build",
+                "-C",
+                p(ctx),
+                "-t",
+                tag,
+                "--platform",
+                "linux/arm64",
+                "--json",
+            ],
+        ))
+    };
+    build(&a, "demo/a:1");
+    build(&b, "demo/b:1");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let a2 = build(&a, "demo/a:1");
+    assert_eq!(a2["steps_run"], 0);
+    let b2 = build(&b, "demo/b:1");
+    assert_eq!(b2["steps_run"], 0, "{b2}");
+    assert_eq!(b2["steps_cached"], 1);
+}

@@ -849,10 +849,16 @@ impl<'a> Executor<'a> {
                 diff_id: id.clone(),
             })
             .collect();
+        // Keyed by what later steps see (layers and config), not by the manifest digest: a base
+        // rebuilt unchanged but stamped with a new `created` keeps its children cached, as
+        // BuildKit's key from the layer chain does.
+        let mut keyed = img.config.clone();
+        keyed.history.clear();
+        keyed.created = None;
         Ok(StageState {
             key: sha(&[
                 CACHE_VERSION.as_bytes(),
-                img.descriptor.digest.to_string().as_bytes(),
+                &crate::oci::json::canonical(&keyed),
             ]),
             config: img.config,
             layers,
