@@ -213,7 +213,7 @@ fn random_input_never_panics_and_stays_printable() {
         let _ = dns::txt_records(&input);
         fleet.resolved(&full, &addrs, input.clone());
         if rng.below(5) == 0 {
-            fleet.removed(&full);
+            fleet.removed(&full, Instant::now());
         }
         if case % 1000 == 0 {
             for r in fleet.robots() {

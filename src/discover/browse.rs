@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use mdns_sd::{ServiceDaemon, ServiceEvent};
 
 use super::dns::{self, TxtRecord};
-use super::fleet::Fleet;
+use super::fleet::{Fleet, normalise_name};
 use super::parse::{self, SERVICE_TYPE};
 use super::udp::{self, Answer, ScanOptions};
 use super::{DiscoverError, Robot};
@@ -36,6 +36,15 @@ const POLL: Duration = Duration::from_millis(100);
 const RESCAN: Duration = Duration::from_secs(10);
 /// …and forget UDP answers older than this (two missed scans and a half).
 const PONG_MAX_AGE: Duration = Duration::from_secs(25);
+/// A service mdns-sd reports removed stays this long, while the robot is asked again (a new
+/// mDNS query, a UDP ping); an answer cancels the removal. Anyone on the LAN can make mdns-sd
+/// drop every robot (a PTR record with the cache-flush bit set flushes all instances of the
+/// type within a second), so a removal is a question, not an answer. A real goodbye costs
+/// this much delay.
+const REMOVAL_GRACE: Duration = Duration::from_millis(1500);
+/// At most one fresh mDNS query per this interval (RFC 6762 §5.2: no faster than once a
+/// second).
+const REQUERY_EVERY: Duration = Duration::from_secs(1);
 
 /// What to listen with.
 #[derive(Clone, Debug)]
@@ -107,6 +116,11 @@ pub struct Browser {
     warnings: Vec<String>,
     live: bool,
     next_expiry: Instant,
+    /// Removals in their grace period: normalised full name → (full name, when mdns-sd
+    /// reported it).
+    pending: BTreeMap<String, (String, Instant)>,
+    /// Addresses for the UDP scanner to ping again now.
+    recheck: Option<mpsc::Sender<IpAddr>>,
 }
 
 impl Browser {
@@ -125,6 +139,8 @@ impl Browser {
             warnings: Vec::new(),
             live: opts.live,
             next_expiry: Instant::now() + RESCAN,
+            pending: BTreeMap::new(),
+            recheck: None,
         };
         let mdns_err = if opts.mdns {
             match start_mdns(&tx, &stop) {
@@ -145,10 +161,12 @@ impl Browser {
                 rescan: opts.live.then_some(RESCAN),
             };
             let (tx, stop) = (tx.clone(), stop.clone());
+            let (recheck_tx, recheck_rx) = mpsc::channel();
+            b.recheck = Some(recheck_tx);
             match std::thread::Builder::new()
                 .name("udp-scan".into())
                 .spawn(move || {
-                    let res = udp::scan(&scan_opts, &stop, |ip, a| {
+                    let res = udp::scan(&scan_opts, &stop, &recheck_rx, |ip, a| {
                         let _ = tx.send(Input::Answer(ip, a));
                     });
                     if let Err(e) = res {
@@ -188,7 +206,10 @@ impl Browser {
                     self.update(&host, &mut changes);
                 }
             }
-            let wait = deadline
+            self.apply_due_removals(now, &mut changes);
+            let next_due = self.pending.values().map(|(_, t)| *t + REMOVAL_GRACE).min();
+            let until = next_due.map_or(deadline, |d| d.min(deadline));
+            let wait = until
                 .saturating_duration_since(now)
                 .min(Duration::from_secs(1));
             match self.rx.recv_timeout(wait) {
@@ -221,8 +242,24 @@ impl Browser {
                 fullname,
                 addresses,
                 rdata,
-            } => self.fleet.resolved(&fullname, &addresses, rdata),
-            Input::Removed(fullname) => self.fleet.removed(&fullname),
+            } => {
+                self.pending.remove(&normalise_name(&fullname));
+                self.fleet.resolved(&fullname, &addresses, rdata)
+            }
+            Input::Removed(fullname) => {
+                if self.fleet.has_service(&fullname) {
+                    let host = parse::parse_instance(&fullname).map(|i| i.hostname);
+                    if let (Some(tx), Some(addr)) =
+                        (&self.recheck, host.and_then(|h| self.fleet.pong_addr(&h)))
+                    {
+                        let _ = tx.send(addr);
+                    }
+                    self.pending
+                        .entry(normalise_name(&fullname))
+                        .or_insert((fullname, now));
+                }
+                None
+            }
             Input::RawTxt(r) => self.fleet.raw_txt(&r.name, r.ttl, r.rdata),
             Input::Answer(ip, Answer::Pong(p)) => self.fleet.pong(ip, p, now),
             Input::Answer(ip, Answer::Agent(a)) => self.fleet.agent_pong(ip, a, now),
@@ -233,6 +270,24 @@ impl Browser {
         };
         if let Some(host) = host {
             self.update(&host, changes);
+        }
+    }
+
+    /// Removals whose grace period is over, and that nothing contradicted, take effect.
+    fn apply_due_removals(&mut self, now: Instant, changes: &mut Vec<Change>) {
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, t))| now >= *t + REMOVAL_GRACE)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some((name, since)) = self.pending.remove(&key) else {
+                continue;
+            };
+            if let Some(host) = self.fleet.removed(&name, since) {
+                self.update(&host, changes);
+            }
         }
     }
 
@@ -290,14 +345,27 @@ fn start_mdns(
     stop: &Arc<AtomicBool>,
 ) -> Result<(ServiceDaemon, Vec<JoinHandle<()>>), String> {
     let daemon = ServiceDaemon::new().map_err(|e| e.to_string())?;
-    let events = daemon.browse(SERVICE_TYPE).map_err(|e| e.to_string())?;
+    let mut events = daemon.browse(SERVICE_TYPE).map_err(|e| e.to_string())?;
     let mut threads = Vec::new();
     {
         let (tx, stop) = (tx.clone(), stop.clone());
+        let requery = daemon.clone();
         let t = std::thread::Builder::new()
             .name("mdns-events".into())
             .spawn(move || {
+                let mut last_query = Instant::now();
+                let mut want_query = false;
                 while !stop.load(Ordering::Relaxed) {
+                    // A removal: ask the LAN again (see REMOVAL_GRACE). Browsing anew sends a
+                    // fresh query and replays the cache to the new receiver.
+                    // (Only once the old receiver is drained: its events would be lost.)
+                    if want_query && last_query.elapsed() >= REQUERY_EVERY && events.is_empty() {
+                        if let Ok(rx) = requery.browse(SERVICE_TYPE) {
+                            events = rx;
+                        }
+                        last_query = Instant::now();
+                        want_query = false;
+                    }
                     let event = match events.recv_timeout(POLL) {
                         Ok(e) => e,
                         Err(mdns_sd::RecvTimeoutError::Timeout) => continue,
@@ -311,7 +379,10 @@ fn start_mdns(
                             ),
                             fullname: s.fullname,
                         },
-                        ServiceEvent::ServiceRemoved(_, fullname) => Input::Removed(fullname),
+                        ServiceEvent::ServiceRemoved(_, fullname) => {
+                            want_query = true;
+                            Input::Removed(fullname)
+                        }
                         _ => continue,
                     };
                     if tx.send(input).is_err() {

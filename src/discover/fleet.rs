@@ -107,21 +107,44 @@ impl Fleet {
         Some(hostname)
     }
 
-    /// `fullname` said goodbye or expired. Returns its host name if it was known.
-    pub fn removed(&mut self, fullname: &str) -> Option<String> {
+    /// `fullname` said goodbye or expired, as reported at `since`. Returns its host name if it
+    /// was known. When that was the host's last advert, UDP answers older than `since` go too:
+    /// they are older news than the goodbye (a robot that still answers pings stays, or comes
+    /// back with the next scan).
+    pub fn removed(&mut self, fullname: &str, since: Instant) -> Option<String> {
         let Instance { hostname, .. } = parse::parse_instance(fullname)?;
         let key = normalise_name(fullname);
         self.raw_txt.remove(&key);
         let host = self.hosts.get_mut(&hostname)?;
         host.services.remove(&key)?;
         if host.services.is_empty() {
-            // The last advert said goodbye: the pongs heard before it are older news. A robot
-            // that still answers pings comes back with the next scan.
-            host.pong = None;
-            host.agent_pong = None;
+            if host.pong.as_ref().is_some_and(|(_, _, t)| *t < since) {
+                host.pong = None;
+            }
+            if host.agent_pong.as_ref().is_some_and(|(_, _, t)| *t < since) {
+                host.agent_pong = None;
+            }
         }
         self.drop_if_empty(&hostname);
         Some(hostname)
+    }
+
+    /// Whether `fullname` is a service currently known.
+    pub fn has_service(&self, fullname: &str) -> bool {
+        parse::parse_instance(fullname).is_some_and(|i| {
+            self.hosts
+                .get(&i.hostname)
+                .is_some_and(|h| h.services.contains_key(&normalise_name(fullname)))
+        })
+    }
+
+    /// The address that last answered a UDP ping for `hostname`, if any.
+    pub fn pong_addr(&self, hostname: &str) -> Option<IpAddr> {
+        let h = self.hosts.get(hostname)?;
+        h.agent_pong
+            .as_ref()
+            .map(|(a, _, _)| *a)
+            .or(h.pong.as_ref().map(|(a, _, _)| *a))
     }
 
     /// The passive listener heard a TXT record for `fullname` (`ttl` 0: a goodbye). Returns the
@@ -351,11 +374,12 @@ mod tests {
         f.resolved(&format!("DT::BOOTING::bot{T}"), &[ip("10.0.0.2")], vec![0]);
         assert_eq!(f.robot("bot").unwrap().status, Status::Booting);
         assert_eq!(
-            f.removed(&format!("DT::BOOTING::bot{T}")).as_deref(),
+            f.removed(&format!("DT::BOOTING::bot{T}"), Instant::now())
+                .as_deref(),
             Some("bot")
         );
         assert_eq!(f.robot("bot").unwrap().status, Status::Ready);
-        f.removed(&format!("DT::PRESENCE::bot{T}"));
+        f.removed(&format!("DT::PRESENCE::bot{T}"), Instant::now());
         assert!(f.robot("bot").is_none());
         f.resolved(&format!("DT::ROBOT_TYPE::x{T}"), &[], txt("{}"));
         assert_eq!(f.robot("x").unwrap().status, Status::Unknown);
@@ -420,10 +444,21 @@ mod tests {
             vec!["bot"]
         );
         assert_eq!(f.robot("bot").unwrap().found_by, vec![Source::Mdns]);
-        // A goodbye of the last advert also ends what pings said before it.
+        // A goodbye of the last advert also ends what pings said before it, not after it.
         let pong = Pong::parse(br#"{"version":"1","name":"bot"}"#).unwrap();
-        f.pong(ip("10.0.0.2"), pong, now);
-        f.removed(&format!("DT::PRESENCE::bot{T}"));
+        f.pong(ip("10.0.0.2"), pong.clone(), now);
+        assert_eq!(f.pong_addr("bot"), Some(ip("10.0.0.2")));
+        assert!(f.has_service(&format!("DT::PRESENCE::BOT{T}")));
+        f.removed(
+            &format!("DT::PRESENCE::bot{T}"),
+            now - Duration::from_secs(1),
+        );
+        assert_eq!(f.robot("bot").unwrap().found_by, vec![Source::Udp]);
+        f.resolved(&format!("DT::PRESENCE::bot{T}"), &[ip("10.0.0.2")], vec![0]);
+        f.removed(
+            &format!("DT::PRESENCE::bot{T}"),
+            now + Duration::from_secs(1),
+        );
         assert!(f.robot("bot").is_none());
     }
 

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -366,9 +366,13 @@ impl Default for ScanOptions {
 /// Pings the local subnets and reports every answer (with its sender) to `on_answer` until
 /// `stop` is set. Each scan is three rounds (at 0, 0.3 and 1 s: UDP and first ARP lookups lose
 /// packets); every host that answers a ping gets one agent query per scan.
+///
+/// Addresses arriving on `recheck` get a ping and an agent query at once: the browser asks
+/// that when a robot's mDNS adverts went away, to tell a goodbye from a spoofed flush.
 pub fn scan(
     opts: &ScanOptions,
     stop: &AtomicBool,
+    recheck: &mpsc::Receiver<IpAddr>,
     mut on_answer: impl FnMut(IpAddr, Answer),
 ) -> io::Result<()> {
     let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
@@ -395,6 +399,10 @@ pub fn scan(
     let mut queried: HashSet<IpAddr> = HashSet::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     while !stop.load(Ordering::Relaxed) {
+        while let Ok(ip) = recheck.try_recv() {
+            send_nowait(&sock, &ping, SocketAddr::new(ip, opts.port));
+            send_nowait(&sock, &query, SocketAddr::new(ip, opts.port));
+        }
         let now = Instant::now();
         if round < rounds.len() && now >= scan_start + rounds[round] {
             if round == 0 {
