@@ -359,6 +359,11 @@ fn bad_dockerfiles_exit_2_with_file_line_col() {
             "Dockerfile:2",
             "SIGNOPE",
         ),
+        (
+            "FROM scratch\nRUN --mount=type=cache,target=/c true\n",
+            "Dockerfile:2:1",
+            "--mount",
+        ),
     ];
     for (i, (text, loc, culprit)) in cases.iter().enumerate() {
         let ctx = t.path().join(format!("ctx{i}"));

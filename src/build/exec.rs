@@ -610,6 +610,19 @@ impl<'a> Executor<'a> {
     }
 
     fn run(&self, s: &StageState, ins: &Instruction, r: &Run) -> Result<LayerRef, BuildError> {
+        // Refused rather than ignored: without the mount a cache dir would land in the layer and
+        // a secret would be missing, silently.
+        let unsupported = [
+            (!r.mounts.is_empty(), "--mount"),
+            (r.security.is_some(), "--security"),
+            (!r.devices.is_empty(), "--device"),
+        ];
+        if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
+            return Err(BuildError::Input {
+                at: self.loc(ins.span.start),
+                message: format!("RUN {flag} is not supported by dts yet"),
+            });
+        }
         let cfg = s.config.config.clone().unwrap_or_default();
         let shell: Vec<String> = cfg
             .shell
