@@ -41,7 +41,7 @@ use crate::oci::json::canonical;
 use crate::oci::{Compression, Descriptor, Digest, Document, ImageConfig, Platform, Reference};
 use crate::progress::{Event, Reporter};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
-use crate::util::fs::{PathContext, sync_dir, temp_name};
+use crate::util::fs::{PathContext, temp_name};
 
 /// How to import.
 #[derive(Clone, Copy, Debug, Default)]
@@ -262,18 +262,20 @@ pub(super) fn import(
     report.layers_present = layers_used.len() - new_layers.len();
     report.files_linked = staging.linked;
 
-    // Commit: nothing above touched a final name.
-    let tmp_dir = File::open(&tx.dir).at("open", &tx.dir)?;
-    rustix::fs::syncfs(&tmp_dir)
-        .map_err(io::Error::from)
-        .at("sync file system of", &tx.dir)?;
+    // Commit: nothing above touched a final name. One syncfs per step instead of an fsync
+    // per file and directory: an image has thousands of files spread over up to 256 object
+    // directories, and per-file fsync on SD cards is what made meta-lmp#992 unacceptable
+    // (reliability.md §1.2); containerd's `sync_fs` does the same.
+    syncfs(&tx.dir)?; // data of objects, tar-splits, snapshot trees
     let (added, bytes) = commit_objects(store, &staging)?;
     report.objects_added = added;
     report.object_bytes_added = bytes;
+    syncfs(&tx.dir)?; // objects' names, before any layer that needs them
     commit_dirs(&tx.dir.join("layers"), &store.layers_dir(), &new_layers)?;
     report.snapshots_added =
         commit_dirs(&tx.dir.join("snaps"), &store.snapshots_dir(), &new_snaps)?;
     commit_docs(store, &tx, &docs)?;
+    syncfs(&tx.dir)?; // layers, snapshots and documents, before the names that reach them
     let mut names = Vec::new();
     for plan in &plans {
         for name in &plan.names {
@@ -499,11 +501,10 @@ fn apply_layer(
     Ok(())
 }
 
-/// Renames the staged objects to their final names; returns (objects added, their bytes).
+/// Renames the staged objects to their final names (durable after the caller's syncfs);
+/// returns (objects added, their bytes).
 fn commit_objects(store: &AgentStore, staging: &Staging) -> Result<(usize, u64), AgentStoreError> {
     let objects = store.objects_dir();
-    let mut dirs = BTreeSet::new();
-    let mut new_dir = false;
     let mut added = 0;
     let mut bytes = 0;
     for (name, path) in &staging.staged {
@@ -512,7 +513,7 @@ fn commit_objects(store: &AgentStore, staging: &Staging) -> Result<(usize, u64),
         let parent = dest.parent().expect("objects have a parent").to_path_buf();
         if !parent.is_dir() {
             match fs::DirBuilder::new().mode(0o700).create(&parent) {
-                Ok(()) => new_dir = true,
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(super::io_err("create directory", &parent, e)),
             }
@@ -527,13 +528,6 @@ fn commit_objects(store: &AgentStore, staging: &Staging) -> Result<(usize, u64),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(super::io_err("rename into place", &dest, e)),
         }
-        dirs.insert(parent);
-    }
-    if new_dir {
-        sync_dir(&objects)?;
-    }
-    for d in &dirs {
-        sync_dir(d)?;
     }
     Ok((added, bytes))
 }
@@ -549,9 +543,6 @@ fn commit_dirs(from: &Path, to: &Path, ids: &BTreeSet<Digest>) -> Result<usize, 
             Err(e) => return Err(super::io_err("rename into place", &dest, e)),
         }
     }
-    if !ids.is_empty() {
-        sync_dir(to)?;
-    }
     Ok(added)
 }
 
@@ -562,7 +553,6 @@ fn commit_docs(
     docs: &BTreeMap<Digest, Vec<u8>>,
 ) -> Result<(), AgentStoreError> {
     let dir = store.images_dir();
-    let mut any = false;
     for (d, bytes) in docs {
         let dest = dir.join(d.hex());
         if dest.is_file() {
@@ -577,14 +567,20 @@ fn commit_docs(
         f.write_all(bytes).at("write", &tmp)?;
         f.sync_all().at("sync", &tmp)?;
         match rename_noreplace(&tmp, &dest) {
-            Ok(()) => any = true,
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(super::io_err("rename into place", &dest, e)),
         }
     }
-    if any {
-        sync_dir(&dir)?;
-    }
+    Ok(())
+}
+
+/// `syncfs(2)` on the file system holding `dir`.
+fn syncfs(dir: &Path) -> Result<(), AgentStoreError> {
+    let f = File::open(dir).at("open", dir)?;
+    rustix::fs::syncfs(&f)
+        .map_err(io::Error::from)
+        .at("sync the file system holding", dir)?;
     Ok(())
 }
 
