@@ -188,9 +188,8 @@ impl AgentStoreError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             AgentStoreError::Archive(a) => a.is_bad_input(),
-            AgentStoreError::Json(_)
-            | AgentStoreError::BadImage { .. }
-            | AgentStoreError::SplitMismatch { .. } => true,
+            // A tar-split that does not rebuild its layer is our fault, not the archive's.
+            AgentStoreError::Json(_) | AgentStoreError::BadImage { .. } => true,
             AgentStoreError::Layer { source, .. } => !matches!(
                 source,
                 crate::layer::UnpackError::Fs { .. } | crate::layer::UnpackError::Root(_)
