@@ -9,16 +9,13 @@
 //! not drop each other's entries.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 use crate::oci::Digest;
 use crate::store::Store;
-use crate::util::fs::{PathContext, PathError, atomic_write, read_limited};
+use crate::util::fs::{Lock, PathError, atomic_write, lock_file, read_limited};
 
 const FILE: &str = "registry-blobs.json";
 const LOCK: &str = "registry-blobs.lock";
@@ -75,15 +72,7 @@ pub(crate) fn remember(
     }
     let path: PathBuf = store.root().join(FILE);
     let lock_path = store.root().join(LOCK);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at("open", &lock_path)?;
-    flock(&lock, FlockOperation::LockExclusive)
-        .map_err(io::Error::from)
-        .at("lock", &lock_path)?;
+    let _lock = lock_file(&lock_path, Lock::Exclusive)?;
     let mut record = read(&path).unwrap_or_default();
     let blobs = record.registries.entry(registry.to_string()).or_default();
     for d in digests {

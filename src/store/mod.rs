@@ -30,8 +30,8 @@ use crate::oci::json::JsonError;
 use crate::oci::manifest::ANNOTATION_REF_NAME;
 use crate::oci::{Descriptor, Digest, Document, ImageConfig, Index, Manifest, Platform, Reference};
 use crate::util::fs::{
-    PathContext, PathError, atomic_write, create_dir_all, pid_alive, read_limited, sync_dir,
-    temp_name, temp_owner,
+    Lock, PathContext, PathError, atomic_write, create_dir_all, lock_file, pid_alive, read_limited,
+    sync_dir, temp_name, temp_owner,
 };
 
 /// The image layout version we write and the only one we read.
@@ -161,15 +161,7 @@ impl Store {
         create_dir_all(&root.join("blobs/sha256"))?;
         create_dir_all(&root.join("ingest"))?;
         let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at("open", &lock_path)?;
-        flock(&lock, FlockOperation::LockShared)
-            .map_err(io::Error::from)
-            .at("lock", &lock_path)?;
+        let lock = lock_file(&lock_path, Lock::Shared)?;
         let store = Store {
             root: root.to_path_buf(),
             lock,
@@ -536,15 +528,7 @@ impl Store {
 
     fn edit_index(&self, f: impl FnOnce(&mut Index)) -> Result<(), StoreError> {
         let lock_path = self.root.join("index.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at("open", &lock_path)?;
-        flock(&lock, FlockOperation::LockExclusive)
-            .map_err(io::Error::from)
-            .at("lock", &lock_path)?;
+        let _lock = lock_file(&lock_path, Lock::Exclusive)?;
         let mut index = self.read_index()?;
         f(&mut index);
         // Keep index.json stable for diffing and for tests comparing stores.

@@ -35,6 +35,34 @@ impl<T> PathContext<T> for io::Result<T> {
     }
 }
 
+/// How [`lock_file`] locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    /// Many holders at once (readers, writers of content-addressed data).
+    Shared,
+    /// One holder (rewrites of a mutable file, garbage collection).
+    Exclusive,
+}
+
+/// Opens (creating) the lock file at `path` and takes an flock on it, waiting for other
+/// processes. The lock lasts as long as the returned file is open.
+pub fn lock_file(path: &Path, how: Lock) -> Result<File, PathError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .at("open", path)?;
+    let op = match how {
+        Lock::Shared => rustix::fs::FlockOperation::LockShared,
+        Lock::Exclusive => rustix::fs::FlockOperation::LockExclusive,
+    };
+    rustix::fs::flock(&f, op)
+        .map_err(io::Error::from)
+        .at("lock", path)?;
+    Ok(f)
+}
+
 /// fsyncs a directory so a rename or create inside it survives power loss.
 pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
     File::open(dir)

@@ -67,7 +67,7 @@ pub use import::{ImportOptions, ImportReport, ImportedImage};
 pub use object::ObjectKey;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -79,7 +79,7 @@ use crate::archive::ArchiveError;
 use crate::oci::json::{JsonError, canonical, parse_strict};
 use crate::oci::{Digest, Document, ImageConfig, Reference};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, StoreError};
-use crate::util::fs::{PathContext, PathError, atomic_write, read_limited};
+use crate::util::fs::{Lock, PathContext, PathError, atomic_write, lock_file, read_limited};
 
 /// The on-disk format version this agent writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -332,15 +332,7 @@ impl AgentStore {
                 .at("create directory", root)?;
         }
         let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at("open", &lock_path)?;
-        flock(&lock, FlockOperation::LockShared)
-            .map_err(io::Error::from)
-            .at("lock", &lock_path)?;
+        let lock = lock_file(&lock_path, Lock::Shared)?;
         let meta_path = root.join("meta.json");
         let writable = match fs::read(&meta_path) {
             Ok(bytes) => check_meta(root, &meta_path, &bytes)?,
@@ -490,15 +482,7 @@ impl AgentStore {
     /// Rewrites `refs.json` atomically under `refs.lock`.
     fn edit_refs<T>(&self, f: impl FnOnce(&mut Refs) -> T) -> Result<T, AgentStoreError> {
         let lock_path = self.root.join("refs.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .at("open", &lock_path)?;
-        flock(&lock, FlockOperation::LockExclusive)
-            .map_err(io::Error::from)
-            .at("lock", &lock_path)?;
+        let _lock = lock_file(&lock_path, Lock::Exclusive)?;
         let mut refs = self.read_refs()?;
         let out = f(&mut refs);
         refs.version = 1;
