@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -689,27 +689,6 @@ impl Drop for BlobWriter {
             let _ = fs::remove_file(&self.tmp);
         }
     }
-}
-
-/// Copies `r` into a new blob, verifying it against `expected` if given.
-pub fn ingest(
-    store: &Store,
-    mut r: impl Read,
-    expected: Option<(&Digest, u64)>,
-) -> Result<(Digest, u64), StoreError> {
-    if let Some((d, _)) = expected
-        && store.has_blob(d)
-    {
-        // Already verified when it was committed: nothing to read.
-        return Ok((
-            d.clone(),
-            store.blob_path(d).metadata().map(|m| m.len()).unwrap_or(0),
-        ));
-    }
-    let mut w = store.writer()?;
-    let tmp = w.temp_path().to_path_buf();
-    io::copy(&mut r, &mut w).at("write", &tmp)?;
-    w.commit(expected)
 }
 
 #[cfg(test)]
