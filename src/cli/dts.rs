@@ -200,16 +200,9 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
 
 /// Runs `dts` with the process arguments.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match super::parse_args::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                Exit::BadInput.into()
-            } else {
-                Exit::Ok.into()
-            };
-        }
+        Err(exit) => return exit.into(),
     };
     let printer = Printer::new(&cli.global);
     match run(&cli, &printer) {

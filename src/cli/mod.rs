@@ -142,6 +142,19 @@ impl Printer {
     }
 }
 
+/// Parses the process arguments; on failure prints clap's message and returns the exit
+/// (`--help`/`--version` are 0, usage errors 2 as cli.md says, not clap's own codes).
+pub fn parse_args<C: clap::Parser>() -> Result<C, Exit> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            Exit::BadInput
+        } else {
+            Exit::Ok
+        }
+    })
+}
+
 /// The exit code for an error: 2 when the user's input is at fault, 1 otherwise.
 pub fn exit_for(err: &anyhow::Error) -> Exit {
     use crate::archive::ArchiveError;
