@@ -364,6 +364,31 @@ fn bad_dockerfiles_exit_2_with_file_line_col() {
             "Dockerfile:2:1",
             "--mount",
         ),
+        (
+            "FROM scratch\nCOPY --parents a /x/\n",
+            "Dockerfile:2:1",
+            "--parents",
+        ),
+        (
+            "FROM scratch AS s\nFROM scratch\nCOPY --from=s --exclude=*.c / /x/\n",
+            "Dockerfile:3:1",
+            "--exclude",
+        ),
+        (
+            "FROM scratch\nADD https://example.invalid/repo.git /src\n",
+            "Dockerfile:2",
+            "git repository",
+        ),
+        (
+            "FROM scratch\nCOPY --chmod=u=rwX a /a\n",
+            "Dockerfile:2:1",
+            "--chmod",
+        ),
+        (
+            "FROM scratch\nADD ftp://host/file /f\n",
+            "Dockerfile:2",
+            "http",
+        ),
     ];
     for (i, (text, loc, culprit)) in cases.iter().enumerate() {
         let ctx = t.path().join(format!("ctx{i}"));
