@@ -16,6 +16,7 @@
 //! (`--no-default-features --features agent`) and never imports `build`, `registry`, `ssh` or
 //! `provision` (tests/architecture.rs).
 
+pub mod net;
 pub mod status;
 pub mod store;
 
