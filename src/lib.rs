@@ -22,5 +22,7 @@ pub mod ops;
 pub mod progress;
 #[cfg(feature = "workstation")]
 pub mod registry;
+#[cfg(feature = "workstation")]
+pub mod ssh;
 pub mod store;
 pub mod util;
