@@ -24,5 +24,6 @@ pub mod progress;
 pub mod registry;
 #[cfg(feature = "workstation")]
 pub mod ssh;
+pub mod runtime;
 pub mod store;
 pub mod util;

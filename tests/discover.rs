@@ -725,7 +725,7 @@ fn hostile_mdns_packets_are_ignored() {
             p.push(x as u8);
         }
         // Half of them with a response header, so they get past the first check.
-        if x % 2 == 0 && p.len() > 12 {
+        if x.is_multiple_of(2) && p.len() > 12 {
             p[2] = 0x84;
         }
         packets.push(p);

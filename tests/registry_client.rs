@@ -732,7 +732,7 @@ async fn an_upload_cut_between_chunks_resumes_where_the_registry_stands() {
         .and_then(|n| n.split_once(" broke; resuming at byte "))
         .and_then(|(_, n)| n.parse().ok())
         .unwrap_or_else(|| panic!("{notes:?}"));
-    assert!(at > 0 && at % (128 << 10) == 0, "{notes:?}");
+    assert!(at > 0 && at.is_multiple_of(128 << 10), "{notes:?}");
 }
 
 #[tokio::test]

@@ -110,10 +110,10 @@ pub fn parse_identity(text: &str) -> Result<Identity, String> {
         ("type", &id.robot_type),
         ("configuration", &id.configuration),
     ] {
-        if let Some(v) = v {
-            if parse::clean_text(v).as_deref() != Some(v.as_str()) || v.contains('"') {
-                return Err(format!("`{key}` is not a plain word: {v:?}"));
-            }
+        if let Some(v) = v
+            && (parse::clean_text(v).as_deref() != Some(v.as_str()) || v.contains('"'))
+        {
+            return Err(format!("`{key}` is not a plain word: {v:?}"));
         }
     }
     Ok(id)
@@ -211,10 +211,10 @@ pub fn services_in_avahi_file(xml: &str, hostname: &str) -> Vec<Service> {
             continue;
         }
         let name = rest[gt + 1..end].trim().replace("%h", hostname);
-        if let Some(inst) = parse::parse_instance(&name) {
-            if inst.hostname == hostname.to_ascii_lowercase() {
-                out.push(inst.service);
-            }
+        if let Some(inst) = parse::parse_instance(&name)
+            && inst.hostname == hostname.to_ascii_lowercase()
+        {
+            out.push(inst.service);
         }
         rest = &rest[end..];
     }
@@ -254,23 +254,23 @@ pub fn plan(identity: &Identity, agent: &AgentInfo, avahi: &BTreeSet<Service>) -
             txt: None,
         });
     }
-    if let Some(t) = &identity.robot_type {
-        if ours(&Service::RobotType) {
-            out.push(Advert {
-                service: Service::RobotType,
-                port: 0,
-                txt: obj("type", t),
-            });
-        }
+    if let Some(t) = &identity.robot_type
+        && ours(&Service::RobotType)
+    {
+        out.push(Advert {
+            service: Service::RobotType,
+            port: 0,
+            txt: obj("type", t),
+        });
     }
-    if let Some(c) = &identity.configuration {
-        if ours(&Service::RobotConfiguration) {
-            out.push(Advert {
-                service: Service::RobotConfiguration,
-                port: 0,
-                txt: obj("configuration", c),
-            });
-        }
+    if let Some(c) = &identity.configuration
+        && ours(&Service::RobotConfiguration)
+    {
+        out.push(Advert {
+            service: Service::RobotConfiguration,
+            port: 0,
+            txt: obj("configuration", c),
+        });
     }
     out.push(Advert {
         service: Service::Agent,

@@ -62,14 +62,15 @@ pub fn txt_records(packet: &[u8]) -> Vec<TxtRecord> {
         };
         pos = end + 10 + rdlen;
         let in_authority = (an..an + ns).contains(&index);
-        if rtype == TYPE_TXT && !in_authority {
-            if let Some(name) = name {
-                out.push(TxtRecord {
-                    name,
-                    ttl,
-                    rdata: rdata.to_vec(),
-                });
-            }
+        if rtype == TYPE_TXT
+            && !in_authority
+            && let Some(name) = name
+        {
+            out.push(TxtRecord {
+                name,
+                ttl,
+                rdata: rdata.to_vec(),
+            });
         }
     }
     out

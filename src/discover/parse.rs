@@ -139,10 +139,10 @@ pub fn parse_txt(rdata: &[u8]) -> Option<Map<String, Value>> {
         if let Some(obj) = strings.iter().find_map(|s| json_object(s)) {
             return Some(obj);
         }
-        if strings.len() > 1 {
-            if let Some(obj) = json_object(&strings.concat()) {
-                return Some(obj);
-            }
+        if strings.len() > 1
+            && let Some(obj) = json_object(&strings.concat())
+        {
+            return Some(obj);
         }
     }
     if let Some(obj) = json_object(&rdata[1..]) {

@@ -422,14 +422,13 @@ pub fn scan(
                 }
             }
             round += 1;
-        } else if round == rounds.len() {
-            if let Some(every) = opts.rescan {
-                if now >= scan_start + every {
-                    scan_start = now;
-                    round = 0;
-                    continue;
-                }
-            }
+        } else if round == rounds.len()
+            && let Some(every) = opts.rescan
+            && now >= scan_start + every
+        {
+            scan_start = now;
+            round = 0;
+            continue;
         }
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => {

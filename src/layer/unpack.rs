@@ -393,13 +393,13 @@ pub fn unpack_with<R: Read>(
     }
     u.finish_dirs()?;
     let (diff_id, size) = reader.finish()?;
-    if let Some(expected) = &opts.expect_diff_id {
-        if *expected != diff_id {
-            return Err(UnpackError::DiffIdMismatch {
-                expected: expected.clone(),
-                actual: diff_id,
-            });
-        }
+    if let Some(expected) = &opts.expect_diff_id
+        && *expected != diff_id
+    {
+        return Err(UnpackError::DiffIdMismatch {
+            expected: expected.clone(),
+            actual: diff_id,
+        });
     }
     let mut stats = u.stats;
     stats.diff_id = diff_id;

@@ -1,3 +1,4 @@
 //! Small helpers shared by every module: file operations whose errors name their path.
 
 pub mod fs;
+pub mod time;

@@ -121,7 +121,7 @@ pub fn raw_header(
 }
 
 pub fn pad_to_block(out: &mut Vec<u8>) {
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
 }

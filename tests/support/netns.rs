@@ -199,10 +199,10 @@ impl Drop for TestNet {
         for (ns, host_iface) in &self.robots {
             remove_robot(ns, host_iface);
         }
-        if link_exists(&self.bridge) {
-            if let Err(e) = try_cmd("ip", &["link", "del", &self.bridge]) {
-                warn(&format!("removing bridge `{}`: {e}", self.bridge));
-            }
+        if link_exists(&self.bridge)
+            && let Err(e) = try_cmd("ip", &["link", "del", &self.bridge])
+        {
+            warn(&format!("removing bridge `{}`: {e}", self.bridge));
         }
     }
 }
@@ -464,15 +464,13 @@ fn remove_robot(ns: &str, host_iface: &str) {
     if ns_exists {
         kill_netns_processes(ns);
     }
-    if link_exists(host_iface) {
-        if let Err(e) = try_cmd("ip", &["link", "del", host_iface]) {
-            warn(&format!("removing veth `{host_iface}`: {e}"));
-        }
+    if link_exists(host_iface)
+        && let Err(e) = try_cmd("ip", &["link", "del", host_iface])
+    {
+        warn(&format!("removing veth `{host_iface}`: {e}"));
     }
-    if ns_exists {
-        if let Err(e) = try_cmd("ip", &["netns", "del", ns]) {
-            warn(&format!("removing netns `{ns}`: {e}"));
-        }
+    if ns_exists && let Err(e) = try_cmd("ip", &["netns", "del", ns]) {
+        warn(&format!("removing netns `{ns}`: {e}"));
     }
 }
 
@@ -512,14 +510,14 @@ fn sweep_leftovers() {
                 let name = name.split('@').next().unwrap_or(name);
                 let pid = owner_pid(name, BRIDGE_PREFIX, 'x')
                     .or_else(|| owner_pid(name, VETH_PREFIX, 'x'));
-                if let Some(pid) = pid {
-                    if !pid_alive(pid) {
-                        warn(&format!(
-                            "sweeping link `{name}` left by dead test process {pid}"
-                        ));
-                        if let Err(e) = try_cmd("ip", &["link", "del", name]) {
-                            warn(&format!("removing link `{name}`: {e}"));
-                        }
+                if let Some(pid) = pid
+                    && !pid_alive(pid)
+                {
+                    warn(&format!(
+                        "sweeping link `{name}` left by dead test process {pid}"
+                    ));
+                    if let Err(e) = try_cmd("ip", &["link", "del", name]) {
+                        warn(&format!("removing link `{name}`: {e}"));
                     }
                 }
             }
@@ -529,15 +527,15 @@ fn sweep_leftovers() {
     if let Ok(entries) = std::fs::read_dir(NETNS_DIR) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = owner_pid(&name, NETNS_PREFIX, '-') {
-                if !pid_alive(pid) {
-                    warn(&format!(
-                        "sweeping netns `{name}` left by dead test process {pid}"
-                    ));
-                    kill_netns_processes(&name);
-                    if let Err(e) = try_cmd("ip", &["netns", "del", &name]) {
-                        warn(&format!("removing netns `{name}`: {e}"));
-                    }
+            if let Some(pid) = owner_pid(&name, NETNS_PREFIX, '-')
+                && !pid_alive(pid)
+            {
+                warn(&format!(
+                    "sweeping netns `{name}` left by dead test process {pid}"
+                ));
+                kill_netns_processes(&name);
+                if let Err(e) = try_cmd("ip", &["netns", "del", &name]) {
+                    warn(&format!("removing netns `{name}`: {e}"));
                 }
             }
         }
@@ -554,14 +552,14 @@ fn warn_if_host_firewall_drops_bridged() {
     if !on || find_cmd("iptables").is_none() {
         return;
     }
-    if let Ok(out) = try_cmd("iptables", &["-S", "FORWARD"]) {
-        if String::from_utf8_lossy(&out.stdout).contains("-P FORWARD DROP") {
-            warn(
-                "bridge-nf-call-iptables=1 and the iptables FORWARD policy is DROP (Docker?): \
+    if let Ok(out) = try_cmd("iptables", &["-S", "FORWARD"])
+        && String::from_utf8_lossy(&out.stdout).contains("-P FORWARD DROP")
+    {
+        warn(
+            "bridge-nf-call-iptables=1 and the iptables FORWARD policy is DROP (Docker?): \
                  traffic between robots may be dropped; allow it with \
                  `iptables -I FORWARD -i dtb+ -o dtb+ -j ACCEPT`",
-            );
-        }
+        );
     }
 }
 

@@ -659,22 +659,22 @@ fn parse_command(node: &Node) -> Fallible<Command> {
                 ],
             )?;
             let network = flags.string("network");
-            if let Some(n) = &network {
-                if !matches!(n.value.as_str(), "default" | "none" | "host") {
-                    return Err((
-                        n.pos,
-                        ErrorKind::BadFlag(format!("invalid network mode `{}`", n.value)),
-                    ));
-                }
+            if let Some(n) = &network
+                && !matches!(n.value.as_str(), "default" | "none" | "host")
+            {
+                return Err((
+                    n.pos,
+                    ErrorKind::BadFlag(format!("invalid network mode `{}`", n.value)),
+                ));
             }
             let security = flags.string("security");
-            if let Some(s) = &security {
-                if !matches!(s.value.as_str(), "sandbox" | "insecure") {
-                    return Err((
-                        s.pos,
-                        ErrorKind::BadFlag(format!("invalid security mode `{}`", s.value)),
-                    ));
-                }
+            if let Some(s) = &security
+                && !matches!(s.value.as_str(), "sandbox" | "insecure")
+            {
+                return Err((
+                    s.pos,
+                    ErrorKind::BadFlag(format!("invalid security mode `{}`", s.value)),
+                ));
             }
             let mounts = flags.strings("mount");
             for m in &mounts {
@@ -933,18 +933,16 @@ fn parse_healthcheck(node: &Node) -> Fallible<Healthcheck> {
 fn check_mount_from(m: &Word) -> Fallible<()> {
     for field in csv_fields(&m.value) {
         let (k, v) = field.split_once('=').unwrap_or((&field, ""));
-        if k.eq_ignore_ascii_case("from") {
-            if let Some(i) = v.find('$') {
-                if i != v.len() - 1 {
-                    return Err((
-                        m.pos,
-                        ErrorKind::BadFlag(
-                            "'from' doesn't support variable expansion, define alias stage instead"
-                                .into(),
-                        ),
-                    ));
-                }
-            }
+        if k.eq_ignore_ascii_case("from")
+            && let Some(i) = v.find('$')
+            && i != v.len() - 1
+        {
+            return Err((
+                m.pos,
+                ErrorKind::BadFlag(
+                    "'from' doesn't support variable expansion, define alias stage instead".into(),
+                ),
+            ));
         }
     }
     Ok(())

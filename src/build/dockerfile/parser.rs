@@ -357,10 +357,10 @@ fn trim_newline(s: &str) -> &str {
 /// does *not* continue. An escaped escape (`\\`) at the end is not a continuation.
 fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     let t = line.trim_end_matches([' ', '\t']);
-    if let Some(before) = t.strip_suffix(escape) {
-        if before.is_empty() || !before.ends_with(escape) {
-            return (before, false);
-        }
+    if let Some(before) = t.strip_suffix(escape)
+        && (before.is_empty() || !before.ends_with(escape))
+    {
+        return (before, false);
     }
     (line, true)
 }
