@@ -19,6 +19,7 @@ pub mod discover;
 pub mod layer;
 pub mod oci;
 pub mod ops;
+pub mod profile;
 pub mod progress;
 #[cfg(feature = "workstation")]
 pub mod registry;
