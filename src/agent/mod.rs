@@ -16,8 +16,6 @@
 //! (`--no-default-features --features agent`) and never imports `build`, `registry`, `ssh` or
 //! `provision` (tests/architecture.rs).
 
-pub mod container;
-pub mod daemon;
 pub mod devices;
 pub mod net;
 pub mod status;
