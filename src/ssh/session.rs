@@ -592,7 +592,7 @@ async fn authenticate(s: &mut Session, r: &Resolved, o: &SshOptions) -> Result<(
         let what = format!("`{}` ({})", path.display(), describe_key(&public));
         let res = s
             .handle
-            .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(*key), hash))
             .await;
         match res {
             Ok(res) if res.success() => return Ok(()),
@@ -663,7 +663,7 @@ enum KeyFile {
     Missing,
     Encrypted,
     Bad(String),
-    Key(PrivateKey),
+    Key(Box<PrivateKey>),
 }
 
 /// Reads a private key. Missing files are skipped unless given with `-i`, where a typo should
@@ -681,7 +681,7 @@ fn load_key(path: &Path, explicit: bool) -> Result<KeyFile, SshError> {
         Err(e) => return Ok(KeyFile::Bad(format!("cannot read it: {e}"))),
     };
     match russh::keys::decode_secret_key(&text, None) {
-        Ok(k) => Ok(KeyFile::Key(k)),
+        Ok(k) => Ok(KeyFile::Key(Box::new(k))),
         Err(russh::keys::Error::KeyIsEncrypted) => Ok(KeyFile::Encrypted),
         Err(e) if explicit => Err(SshError::Identity {
             path: path.to_owned(),
@@ -854,10 +854,10 @@ impl Pump {
                     self.count.received(data.len());
                     // A caller that dropped stdout no longer wants it: discard, keep pumping
                     // so stderr and the exit status still arrive.
-                    if let Some(w) = stdout.as_mut()
-                        && w.write_all(&data).await.is_err()
-                    {
-                        stdout = None;
+                    if let Some(w) = stdout.as_mut() {
+                        if w.write_all(&data).await.is_err() {
+                            stdout = None;
+                        }
                     }
                 }
                 ChannelMsg::ExtendedData { data, ext: 1 } => match &mut stderr {
