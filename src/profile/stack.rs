@@ -517,11 +517,12 @@ fn parse_service(
             _ => e,
         })?;
     if let Some(p) = m.get("privileged")
-        && doc.bool(&m.at("privileged"), p)? {
-            return Err(doc
-                .err(&m.at("privileged"), "`privileged: true` is refused")
-                .with_hint(hint_for("privileged").expect("has a hint")));
-        }
+        && doc.bool(&m.at("privileged"), p)?
+    {
+        return Err(doc
+            .err(&m.at("privileged"), "`privileged: true` is refused")
+            .with_hint(hint_for("privileged").expect("has a hint")));
+    }
     let image_at = m.at("image");
     let image = doc.string(
         &image_at,
