@@ -1205,10 +1205,14 @@ fn pin_netns(ns: &File, netns: &Path, pin: &Path) -> Result<(), NetError> {
 
 /// Unmount (lazily: a plugin may still hold it open) and remove a pin; nothing to do is fine.
 fn unpin(pin: &Path) -> Result<(), NetError> {
-    match rustix::mount::unmount(pin, rustix::mount::UnmountFlags::DETACH) {
-        // EINVAL: not a mount point (a pin from before a reboot); ENOENT: no pin.
-        Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
-        Err(e) => Err(io::Error::from(e)).at("unmount", pin)?,
+    // Loop: bind mounts stack, and a pin is only gone when nothing is mounted there any more.
+    for _ in 0..8 {
+        match rustix::mount::unmount(pin, rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) => continue,
+            // EINVAL: not a mount point (a pin from before a reboot); ENOENT: no pin.
+            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => break,
+            Err(e) => Err(io::Error::from(e)).at("unmount", pin)?,
+        }
     }
     match fs::remove_file(pin) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at("remove", pin)?,
