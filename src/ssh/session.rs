@@ -854,10 +854,10 @@ impl Pump {
                     self.count.received(data.len());
                     // A caller that dropped stdout no longer wants it: discard, keep pumping
                     // so stderr and the exit status still arrive.
-                    if let Some(w) = stdout.as_mut() {
-                        if w.write_all(&data).await.is_err() {
-                            stdout = None;
-                        }
+                    if let Some(w) = stdout.as_mut()
+                        && w.write_all(&data).await.is_err()
+                    {
+                        stdout = None;
                     }
                 }
                 ChannelMsg::ExtendedData { data, ext: 1 } => match &mut stderr {
