@@ -1,21 +1,26 @@
 //! The robot side: what `dt-agent` keeps and does on a Duckiebot.
 //!
 //! Owns the robot's state directory (`/var/lib/dt-agent`, override `DT_AGENT_ROOT`; cli.md
-//! "Agent"). Today that is the object store ([`store`]): images imported from archives, kept
-//! as content-addressed file objects plus per-layer tar-split metadata, and materialised as
-//! hardlink-farm snapshots. Containers, releases and the daemon hang off the same directory
-//! later; they are not here yet.
+//! "Agent"): the object store ([`store`]: images as content-addressed file objects, tar-split
+//! metadata and hardlink-farm snapshots), containers ([`container`]: overlay roots, runtime
+//! bundles, per-container shims, logs), their networks ([`net`]: CNI), device roles
+//! ([`devices`]), and the daemon's control socket ([`daemon`]).
 //!
 //! ```text
 //! $DT_AGENT_ROOT/            (0700: snapshots hold setuid files and capabilities)
 //!   meta.json, lock, refs.json, objects/, layers/, images/, snapshots/, roots/, tmp/
 //!                            see [`store`] for each
+//!   containers/, volumes/, runtime/   see [`container`]
+//!   net/                     CNI state, see [`net`]
+//!   daemon.sock              the daemon's control socket, see [`daemon`]
 //! ```
 //!
 //! Like every robot-side module it must build without the laptop-only dependencies
 //! (`--no-default-features --features agent`) and never imports `build`, `registry`, `ssh` or
 //! `provision` (tests/architecture.rs).
 
+pub mod container;
+pub mod daemon;
 pub mod devices;
 pub mod net;
 pub mod status;

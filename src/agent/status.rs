@@ -17,8 +17,10 @@ pub struct Status {
     pub duckietown_arch: Option<&'static str>,
     /// This agent's version.
     pub agent_version: &'static str,
-    /// The container runtime (`runc`/`crun` and version): not managed yet, always null.
+    /// The container runtime (`runc`/`crun`), null when none is installed.
     pub runtime: Option<String>,
+    /// Its version line (`runc version 1.1.5+ds1`).
+    pub runtime_version: Option<String>,
     /// Bytes free on the store's file system.
     pub free_bytes: u64,
     /// The current release: none yet, always null.
@@ -30,12 +32,14 @@ pub struct Status {
 /// Collects the status.
 pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
     let platform = Platform::host().normalized();
+    let runtime = crate::runtime::Runtime::detect(&store.root().join("runtime")).ok();
     Ok(Status {
         hostname: hostname(),
         arch: platform.to_string(),
         duckietown_arch: platform.duckietown_arch(),
         agent_version: env!("CARGO_PKG_VERSION"),
-        runtime: None,
+        runtime: runtime.as_ref().map(|r| r.command().display().to_string()),
+        runtime_version: runtime.as_ref().and_then(|r| r.version().ok()),
         free_bytes: store.free_bytes()?,
         release: None,
         images: store.images()?,

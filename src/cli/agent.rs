@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use super::containers::ContainerCommand;
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
 use crate::agent::store::{AgentStore, AgentStoreError, ImportOptions};
 use crate::discover::advertise::{self, Identity, Presence, PresenceConfig};
@@ -42,8 +43,17 @@ enum Command {
     Fsck(StoreJsonArgs),
     /// Remove what no image name and no release needs, and what crashed imports left
     Gc(StoreJsonArgs),
-    /// This robot at a glance: hostname, arch, agent version, free space, images
+    /// This robot at a glance: hostname, arch, agent version, runtime, free space, images
     Status(StoreJsonArgs),
+    #[command(flatten)]
+    Container(Box<ContainerCommand>),
+    /// Internal: the per-container shim the daemon starts (holds a container's output and
+    /// exit status while the daemon restarts)
+    #[command(hide = true)]
+    Shim {
+        /// The container's directory
+        dir: PathBuf,
+    },
 }
 
 /// `dt-agent image …`.
@@ -115,6 +125,12 @@ pub fn main() -> ExitCode {
         Command::Fsck(a) => store_exit(&printer, fsck(a, &printer)),
         Command::Gc(a) => store_exit(&printer, gc(a, &printer)),
         Command::Status(a) => store_exit(&printer, status(a, &printer)),
+        Command::Container(c) => {
+            return super::containers::run(c, &crate::agent::agent_root(), &printer).into();
+        }
+        Command::Shim { dir } => {
+            return std::process::ExitCode::from(crate::agent::container::shim::main(dir) as u8);
+        }
     };
     match result {
         Ok(exit) => exit.into(),
@@ -163,6 +179,7 @@ fn daemon(args: &DaemonArgs, g: &GlobalArgs) -> Result<Exit> {
         avahi,
         udp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, udp::PORT)),
     };
+    let containers = start_containers(&args.config, &log)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,7 +199,47 @@ fn daemon(args: &DaemonArgs, g: &GlobalArgs) -> Result<Exit> {
         presence.shutdown();
         Ok::<_, anyhow::Error>(())
     })?;
+    // Containers keep running: the next daemon adopts them.
+    if let Some(server) = containers {
+        server.shutdown();
+    }
     Ok(Exit::Ok)
+}
+
+/// The container side of the daemon: the runtime, the robot's device roles, the control
+/// socket and the supervisor (which first adopts what an earlier daemon left running).
+/// Without an OCI runtime the robot still advertises itself; container requests then fail.
+fn start_containers(
+    config: &std::path::Path,
+    log: &std::sync::Arc<dyn Reporter>,
+) -> Result<Option<crate::agent::daemon::Server>> {
+    use std::sync::Arc;
+    let root = crate::agent::agent_root();
+    let runtime = match crate::runtime::Runtime::detect(&root.join("runtime")) {
+        Ok(r) => r,
+        Err(e) => {
+            log.event(Event::note(format!("containers disabled: {e}")));
+            return Ok(None);
+        }
+    };
+    let roles = if config.exists() {
+        let rc = crate::profile::robot::RobotConfig::load(config)?;
+        crate::profile::robot::effective_roles(&rc)?
+    } else {
+        Default::default()
+    };
+    crate::util::fs::create_dir_all(&root)?;
+    let manager = Arc::new(crate::agent::container::Manager::new(
+        &root,
+        runtime,
+        roles,
+        std::path::Path::new("/"),
+    )?);
+    let log = Arc::clone(log);
+    let note: Arc<dyn Fn(String) + Send + Sync> =
+        Arc::new(move |m: String| log.event(Event::note(m)));
+    let server = crate::agent::daemon::Server::start(&root, manager, note)?;
+    Ok(Some(server))
 }
 
 /// robot.yaml, or the kernel's host name when there is none.
@@ -365,6 +422,12 @@ fn status(a: &StoreJsonArgs, printer: &Printer) -> Result<Exit> {
         printer.out(&format!("hostname:      {}", s.hostname));
         printer.out(&format!("arch:          {}", s.arch));
         printer.out(&format!("agent version: {}", s.agent_version));
+        printer.out(&format!(
+            "runtime:       {}",
+            s.runtime_version
+                .as_deref()
+                .unwrap_or("none (install runc)")
+        ));
         printer.out(&format!("free:          {}", human_size(s.free_bytes)));
         printer.out(&format!("images:        {}", s.images.len()));
     }

@@ -4,6 +4,7 @@
 //! Exit codes (cli.md): 0 ok, 1 the operation failed, 2 usage or input error.
 
 pub mod agent;
+pub mod containers;
 #[cfg(feature = "workstation")]
 pub mod dts;
 mod report;
@@ -20,8 +21,8 @@ pub struct GlobalArgs {
     /// Less output (errors only)
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// More output
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More output (before the subcommand: after `run`, `-v` is Docker's `--volume`)
+    #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// When to colour output
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]

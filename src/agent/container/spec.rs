@@ -1,0 +1,256 @@
+//! A container's OCI runtime spec: the image's defaults, the user's overrides, the devices its
+//! roles grant, and Docker's default sandbox (`runtime::spec`) — nothing more. No
+//! `--privileged`, no CAP_SYS_ADMIN: a role adds device nodes, a device cgroup rule for each
+//! node, bind mounts and supplementary groups.
+
+use std::path::Path;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use super::{ContainerConfig, NetworkMode, VolumeSource};
+use crate::agent::devices::{DeviceKind, ResolvedDevices};
+use crate::oci::config::ImageConfig;
+use crate::runtime::RuntimeError;
+use crate::runtime::spec::{
+    MASKED_PATHS, READONLY_PATHS, capabilities_for, default_device_rules, device_rule, mount,
+    nofile_limit, standard_mounts,
+};
+use crate::runtime::user::ExecUser;
+
+/// `PATH` for an image that sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The cgroup parent of every container: `/sys/fs/cgroup/<controller>/dt-agent/<name>` on
+/// cgroup v1, `/sys/fs/cgroup/dt-agent/<name>` on v2.
+pub const CGROUP_PARENT: &str = "/dt-agent";
+
+/// The process a container runs: Docker's rules for ENTRYPOINT and CMD. An entrypoint given
+/// at run time drops the image's CMD as well.
+pub fn command_line(cfg: &ContainerConfig, image: &ImageConfig) -> Vec<String> {
+    let ic = image.config.clone().unwrap_or_default();
+    match &cfg.entrypoint {
+        Some(ep) => ep.iter().chain(cfg.cmd.iter().flatten()).cloned().collect(),
+        None => ic
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(cfg.cmd.as_ref().or(ic.cmd.as_ref()).into_iter().flatten())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The environment: the image's, then the user's (a user's `K=V` replaces the image's `K`),
+/// with a `PATH` when neither sets one and `HOSTNAME` as Docker sets it.
+pub fn environment(cfg: &ContainerConfig, image: &ImageConfig, hostname: &str) -> Vec<String> {
+    let ic = image.config.clone().unwrap_or_default();
+    let mut env: Vec<String> = ic.env.unwrap_or_default();
+    let key = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+    for kv in &cfg.env {
+        let k = key(kv);
+        env.retain(|e| key(e) != k);
+        env.push(kv.clone());
+    }
+    if !env.iter().any(|e| key(e) == "PATH") {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    if !env.iter().any(|e| key(e) == "HOSTNAME") {
+        env.insert(0, format!("HOSTNAME={hostname}"));
+    }
+    env
+}
+
+/// Everything the spec is made of.
+pub struct SpecInput<'a> {
+    /// What the user asked for.
+    pub config: &'a ContainerConfig,
+    /// The image's configuration.
+    pub image: &'a ImageConfig,
+    /// The container's root (the overlay's mount point).
+    pub rootfs: &'a Path,
+    /// Where `hosts`, `hostname` and `resolv.conf` for the container were written.
+    pub bundle: &'a Path,
+    /// The user, resolved against the image.
+    pub user: ExecUser,
+    /// The granted roles' devices, mounts and groups.
+    pub devices: &'a ResolvedDevices,
+    /// Where named volumes live.
+    pub volumes_dir: &'a Path,
+    /// The hostname inside.
+    pub hostname: String,
+}
+
+/// Builds the spec.
+pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
+    let cfg = input.config;
+    let args = command_line(cfg, input.image);
+    let env = environment(cfg, input.image, &input.hostname);
+    let ic = input.image.config.clone().unwrap_or_default();
+    let cwd = cfg
+        .workdir
+        .clone()
+        .or(ic.working_dir)
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+
+    let mut gids = input.user.additional_gids.clone();
+    for g in &input.devices.gids {
+        if !gids.contains(g) && *g != input.user.gid {
+            gids.push(*g);
+        }
+    }
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(input.user.uid)
+                .gid(input.user.gid)
+                .additional_gids(gids)
+                .umask(0o022u32)
+                .build()?,
+        )
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities_for(input.user.uid)?)
+        .no_new_privileges(false)
+        .rlimits(vec![nofile_limit()?])
+        .build()?;
+
+    // Host network means the host's UTS namespace as well (ROS resolves peers by hostname),
+    // unless a hostname was asked for.
+    let own_net = cfg.network != NetworkMode::Host;
+    let mut ns_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Mount,
+    ];
+    if own_net || cfg.hostname.is_some() {
+        ns_types.push(LinuxNamespaceType::Uts);
+    }
+    if own_net {
+        ns_types.push(LinuxNamespaceType::Network);
+    }
+    let namespaces: Vec<LinuxNamespace> = ns_types
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<Result<_, _>>()?;
+
+    let mut rules = default_device_rules()?;
+    let mut devices = Vec::new();
+    for d in &input.devices.devices {
+        let typ = match d.kind {
+            DeviceKind::Char => LinuxDeviceType::C,
+            DeviceKind::Block => LinuxDeviceType::B,
+        };
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(d.container_path.clone())
+                .typ(typ)
+                .major(d.major as i64)
+                .minor(d.minor as i64)
+                .file_mode(d.file_mode & 0o7777)
+                .uid(d.uid)
+                .gid(d.gid)
+                .build()?,
+        );
+        rules.push(device_rule(
+            typ,
+            Some(d.major as i64),
+            Some(d.minor as i64),
+            "rwm",
+        )?);
+    }
+
+    let mut resources = LinuxResourcesBuilder::default().devices(rules);
+    if let Some(limit) = cfg.memory {
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limit as i64)
+                // No swap beyond the limit: an SD card must not become the robot's RAM.
+                .swap(limit as i64)
+                .build()?,
+        );
+    }
+    if let Some(cpus) = cfg.cpus {
+        let period: u64 = 100_000;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota((cpus * period as f64).round() as i64)
+                .build()?,
+        );
+    }
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .devices(devices)
+        .cgroups_path(format!("{CGROUP_PARENT}/{}", cfg.name))
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .resources(resources.build()?)
+        .build()?;
+
+    let mut mounts = standard_mounts()?;
+    let ro = ["rbind", "ro", "nosuid", "nodev", "noexec"];
+    for (dest, file) in [
+        ("/etc/hosts", "hosts"),
+        ("/etc/hostname", "hostname"),
+        ("/etc/resolv.conf", "resolv.conf"),
+    ] {
+        let src = input.bundle.join(file);
+        mounts.push(mount(dest, "bind", &src.to_string_lossy(), &ro)?);
+    }
+    for v in &cfg.volumes {
+        let src = match &v.source {
+            VolumeSource::Named(name) => input.volumes_dir.join(name),
+            VolumeSource::Bind(path) => path.clone(),
+        };
+        mounts.push(bind(&v.target, &src, v.read_only)?);
+    }
+    for m in &input.devices.mounts {
+        mounts.push(bind(&m.container.to_string_lossy(), &m.host, m.read_only)?);
+    }
+
+    let uts = own_net || cfg.hostname.is_some();
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(input.rootfs)
+                .readonly(false)
+                .build()?,
+        )
+        .hostname(input.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    if !uts {
+        // The host's UTS namespace: runc refuses to set a hostname there.
+        spec.set_hostname(None);
+    }
+    Ok(spec)
+}
+
+fn bind(dest: &str, src: &Path, read_only: bool) -> Result<Mount, RuntimeError> {
+    let mut opts = vec!["rbind", "rprivate"];
+    if read_only {
+        opts.push("ro");
+    }
+    mount(dest, "bind", &src.to_string_lossy(), &opts)
+}

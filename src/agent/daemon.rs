@@ -1,0 +1,440 @@
+//! The daemon's control socket: how `dt-agent run|ps|logs|stop|rm|diff|volume` (and later
+//! `serve`) ask `dt-agent daemon`, the one owner of containers, to act.
+//!
+//! `$DT_AGENT_ROOT/daemon.sock`, mode 0600 (root only: whoever can talk to it can start
+//! containers with devices). One JSON [`Request`] per line; the answer is one JSON line
+//! (`{"ok": …}` or `{"error": {…}}`), except `logs`, which answers with a line per log line and
+//! ends with `{"end": {"exit_code": …}}`. Each connection is served on its own thread, so a
+//! follower never holds up anyone else; the supervisor runs on another.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::container::logs::{LogLine, LogReader};
+use super::container::{ContainerConfig, ContainerError, Manager};
+use crate::util::fs::{PathContext, PathError};
+
+/// The socket's file name under the agent's state directory.
+pub const SOCKET: &str = "daemon.sock";
+
+/// How often the supervisor looks at the containers.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+
+/// A request to the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create a container, and start it unless `start` is false.
+    Create {
+        /// What to create.
+        config: Box<ContainerConfig>,
+        /// Start it too.
+        start: bool,
+    },
+    /// Start a container.
+    Start {
+        /// Its name.
+        name: String,
+    },
+    /// Stop a container.
+    Stop {
+        /// Its name.
+        name: String,
+        /// Seconds before SIGKILL.
+        timeout: Option<u64>,
+    },
+    /// Signal a container.
+    Kill {
+        /// Its name.
+        name: String,
+        /// The signal (`TERM`, `SIGKILL`, `9`).
+        signal: String,
+    },
+    /// Remove a container.
+    Rm {
+        /// Its name.
+        name: String,
+        /// Kill it first if it runs.
+        force: bool,
+    },
+    /// List containers.
+    Ps {
+        /// Exited ones too.
+        all: bool,
+    },
+    /// One container.
+    Inspect {
+        /// Its name.
+        name: String,
+    },
+    /// A container's output.
+    Logs {
+        /// Its name.
+        name: String,
+        /// Keep streaming new lines.
+        follow: bool,
+        /// Only the last N lines kept.
+        tail: Option<usize>,
+        /// Stop following when the container has exited (and report its code).
+        until_exit: bool,
+    },
+    /// What a container changed.
+    Diff {
+        /// Its name.
+        name: String,
+    },
+    /// Named volumes.
+    VolumeLs,
+    /// Create a named volume.
+    VolumeCreate {
+        /// Its name.
+        name: String,
+    },
+    /// Remove a named volume.
+    VolumeRm {
+        /// Its name.
+        name: String,
+    },
+    /// The runtime in use and its version.
+    Runtime,
+}
+
+/// A failed request, as the client sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// What went wrong, naming the thing.
+    pub message: String,
+    /// The request was wrong (exit 2), not the robot.
+    pub bad_input: bool,
+    /// The container or image does not exist.
+    pub not_found: bool,
+}
+
+impl From<&ContainerError> for RemoteError {
+    fn from(e: &ContainerError) -> Self {
+        RemoteError {
+            message: e.to_string(),
+            bad_input: e.is_bad_input(),
+            not_found: e.is_not_found(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    Ok(Value),
+    Error(RemoteError),
+    Line(LogLine),
+    End { exit_code: Option<i32> },
+}
+
+/// The daemon's side: listens until [`Server::shutdown`]; containers keep running after it.
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Binds the socket under `root`, starts the supervisor (which first adopts what an
+    /// earlier daemon left), and serves. `note` receives what the supervisor did.
+    pub fn start(
+        root: &Path,
+        manager: Arc<Manager>,
+        note: Arc<dyn Fn(String) + Send + Sync>,
+    ) -> Result<Server, PathError> {
+        let path = root.join(SOCKET);
+        // A stale socket of a dead daemon; a live one would answer.
+        if UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = UnixListener::bind(&path).at("listen on", &path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .at("chmod", &path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+
+        for n in manager.supervise() {
+            note(n);
+        }
+        {
+            let (m, stop, note) = (Arc::clone(&manager), Arc::clone(&stop), Arc::clone(&note));
+            std::thread::Builder::new()
+                .name("supervisor".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for n in m.supervise() {
+                            note(n);
+                        }
+                        std::thread::sleep(SUPERVISE_EVERY);
+                    }
+                })
+                .at("start the supervisor for", &path)?;
+        }
+        {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("control".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let Ok(conn) = conn else { continue };
+                        let m = Arc::clone(&manager);
+                        let _ = std::thread::Builder::new()
+                            .name("client".into())
+                            .spawn(move || serve(conn, &m));
+                    }
+                })
+                .at("start the control socket", &path)?;
+        }
+        Ok(Server { path, stop })
+    }
+
+    /// Stops accepting requests and supervising. Containers keep running.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn send(conn: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r).expect("serialisable");
+    line.push(b'\n');
+    conn.write_all(&line)
+}
+
+fn serve(conn: UnixStream, m: &Manager) {
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut conn = conn;
+    let mut line = String::new();
+    while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+        let req: Request = match serde_json::from_str(line.trim()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = send(
+                    &mut conn,
+                    &Response::Error(RemoteError {
+                        message: format!("bad request: {e}"),
+                        bad_input: true,
+                        not_found: false,
+                    }),
+                );
+                return;
+            }
+        };
+        line.clear();
+        let done = match req {
+            Request::Logs {
+                name,
+                follow,
+                tail,
+                until_exit,
+            } => stream_logs(&mut conn, m, &name, follow, tail, until_exit),
+            other => {
+                let r = match handle(m, other) {
+                    Ok(v) => Response::Ok(v),
+                    Err(e) => Response::Error(RemoteError::from(&e)),
+                };
+                send(&mut conn, &r)
+            }
+        };
+        if done.is_err() {
+            return;
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("serialisable")
+}
+
+fn handle(m: &Manager, req: Request) -> Result<Value, ContainerError> {
+    Ok(match req {
+        Request::Create { config, start } => {
+            let name = config.name.clone();
+            let info = m.create(*config)?;
+            if start {
+                match m.start(&name) {
+                    Ok(i) => to_value(i),
+                    Err(e) => {
+                        // A container that cannot start is not left behind by `run`.
+                        let _ = m.remove(&name, true);
+                        return Err(e);
+                    }
+                }
+            } else {
+                to_value(info)
+            }
+        }
+        Request::Start { name } => to_value(m.start(&name)?),
+        Request::Stop { name, timeout } => {
+            to_value(m.stop(&name, timeout.map(Duration::from_secs))?)
+        }
+        Request::Kill { name, signal } => {
+            m.kill(&name, &signal)?;
+            Value::Null
+        }
+        Request::Rm { name, force } => {
+            m.remove(&name, force)?;
+            Value::Null
+        }
+        Request::Ps { all } => to_value(m.list(all)?),
+        Request::Inspect { name } => to_value(m.inspect(&name)?),
+        Request::Diff { name } => to_value(m.diff(&name)?),
+        Request::VolumeLs => to_value(m.volumes()?),
+        Request::VolumeCreate { name } => to_value(m.volume_create(&name)?),
+        Request::VolumeRm { name } => {
+            m.volume_remove(&name)?;
+            Value::Null
+        }
+        Request::Runtime => to_value(serde_json::json!({
+            "command": m.runtime().command(),
+            "version": m.runtime().version()?,
+        })),
+        Request::Logs { .. } => unreachable!("streamed"),
+    })
+}
+
+fn stream_logs(
+    conn: &mut UnixStream,
+    m: &Manager,
+    name: &str,
+    follow: bool,
+    tail: Option<usize>,
+    until_exit: bool,
+) -> std::io::Result<()> {
+    if let Err(e) = m.inspect(name) {
+        return send(conn, &Response::Error(RemoteError::from(&e)));
+    }
+    let mut reader = match LogReader::open(&m.logs_dir(name), tail) {
+        Ok(r) => r,
+        Err(e) => {
+            return send(
+                conn,
+                &Response::Error(RemoteError::from(&ContainerError::Io(e))),
+            );
+        }
+    };
+    loop {
+        // Read the state before the lines: lines written before the exit are then all seen.
+        let info = m.inspect(name).ok();
+        let lines = reader.poll().unwrap_or_default();
+        for l in lines {
+            send(conn, &Response::Line(l))?;
+        }
+        let exited = info.as_ref().is_none_or(|i| i.state != "running");
+        if !follow || (until_exit && exited) {
+            return send(
+                conn,
+                &Response::End {
+                    exit_code: info.and_then(|i| i.exit_code),
+                },
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The client side, for `dt-agent run|ps|…` (and `serve`).
+pub struct Client {
+    conn: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+/// Why a request could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens.
+    #[error("cannot reach dt-agent daemon at `{}`: {source}; is it running? (`systemctl start dt-agent`, or `dt-agent daemon`)", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke.
+    #[error("talking to dt-agent daemon: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon answered with something we do not understand.
+    #[error("dt-agent daemon answered unexpectedly: {0}")]
+    Protocol(String),
+    /// The daemon refused or failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl Client {
+    /// Connects to the daemon of the agent at `root`.
+    pub fn connect(root: &Path) -> Result<Client, ClientError> {
+        let path = root.join(SOCKET);
+        let conn = UnixStream::connect(&path).map_err(|source| ClientError::Connect {
+            path: path.clone(),
+            source,
+        })?;
+        let reader = BufReader::new(conn.try_clone()?);
+        Ok(Client { conn, reader })
+    }
+
+    fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(req).expect("serialisable");
+        line.push(b'\n');
+        self.conn.write_all(&line)?;
+        Ok(())
+    }
+
+    fn receive(&mut self) -> Result<Response, ClientError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(ClientError::Protocol("the connection closed".into()));
+        }
+        serde_json::from_str(line.trim()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends a request and returns its answer.
+    pub fn call(&mut self, req: &Request) -> Result<Value, ClientError> {
+        self.send(req)?;
+        match self.receive()? {
+            Response::Ok(v) => Ok(v),
+            Response::Error(e) => Err(e.into()),
+            _ => Err(ClientError::Protocol(
+                "a log line to a plain request".into(),
+            )),
+        }
+    }
+
+    /// Sends a `logs` request, passes each line to `on_line`, and returns the exit code the
+    /// stream ended with.
+    pub fn logs(
+        &mut self,
+        req: &Request,
+        on_line: &mut dyn FnMut(LogLine),
+    ) -> Result<Option<i32>, ClientError> {
+        self.send(req)?;
+        loop {
+            match self.receive()? {
+                Response::Line(l) => on_line(l),
+                Response::End { exit_code } => return Ok(exit_code),
+                Response::Error(e) => return Err(e.into()),
+                Response::Ok(_) => {
+                    return Err(ClientError::Protocol("a plain answer to `logs`".into()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Container commands with Docker's flags: `run`, `ps`, `logs`, `stop`, `rm`, `diff`,
+//! `volume`. `dt-agent` sends them to its daemon over the control socket; `dts duckiebot`
+//! reuses the same flag definitions ([`RunArgs`]) and renderers for a robot over SSH.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use super::{Exit, Printer};
+use crate::agent::container::{
+    ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, RestartPolicy, VolumeInfo,
+    VolumeSpec,
+};
+use crate::agent::daemon::{Client, ClientError, Request};
+
+/// `run` flags, as `docker run` spells them.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Run in the background and print the container's name
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// The container's name (default: derived from the image)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Its own hostname (and UTS namespace)
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Environment variable `K=V`
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Named volume or bind mount `SRC:DST[:ro]`
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Publish a port `[IP:]HOST:CONTAINER[/tcp|udp]` (gives the container its own network)
+    #[arg(short = 'p', long = "publish")]
+    pub ports: Vec<String>,
+    /// Grant a device role of this robot (`camera`, `motors`, `leds`, …)
+    #[arg(long = "device-role")]
+    pub device_roles: Vec<String>,
+    /// `host` (default, as ROS needs), `none`, or `bridge`
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    /// `no`, `on-failure[:N]`, `always`, `unless-stopped`
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// Memory limit (`512m`, `1g`, bytes)
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// CPU limit (`1.5`)
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Override the image's ENTRYPOINT
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Run as `user[:group]`
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Rotate the log at this size (`10m`)
+    #[arg(long, default_value = "10m")]
+    pub log_max_size: String,
+    /// Log files kept
+    #[arg(long, default_value_t = 3)]
+    pub log_max_files: u32,
+    /// Seconds between the stop signal and SIGKILL
+    #[arg(long)]
+    pub stop_timeout: Option<u64>,
+    /// Attach a pseudo-terminal and keep stdin open (not supported yet: refused)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// See --interactive
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The image (a name on the robot, or a manifest digest)
+    pub image: String,
+    /// Command and arguments, replacing the image's CMD
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Parses `512m`, `1g`, `10k`, `1048576`, `1.5g` (binary units, as Docker).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| *n >= 0.0 && n.is_finite())
+        .with_context(|| format!("invalid size `{s}`: use bytes or a number with k, m or g"))?;
+    Ok((n * mult as f64) as u64)
+}
+
+impl RunArgs {
+    /// The container this asks for.
+    pub fn to_config(&self) -> Result<ContainerConfig> {
+        if self.interactive || self.tty {
+            anyhow::bail!(
+                "-i/-t (an interactive terminal) is not supported yet: run the command non-interactively, or log in to the robot"
+            );
+        }
+        let name = match &self.name {
+            Some(n) => n.clone(),
+            None => default_name(&self.image),
+        };
+        let volumes = self
+            .volumes
+            .iter()
+            .map(|v| v.parse::<VolumeSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let ports = self
+            .ports
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        for e in &self.env {
+            if !e.contains('=') || e.starts_with('=') {
+                anyhow::bail!("invalid -e `{e}`: use KEY=VALUE");
+            }
+        }
+        if self.cpus.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
+            anyhow::bail!("--cpus must be a positive number");
+        }
+        Ok(ContainerConfig {
+            name,
+            image: self.image.clone(),
+            entrypoint: self.entrypoint.as_ref().map(|e| vec![e.clone()]),
+            cmd: (!self.command.is_empty()).then(|| self.command.clone()),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            hostname: self.hostname.clone(),
+            volumes,
+            ports,
+            network: self.network.parse::<NetworkMode>()?,
+            restart: self.restart.parse::<RestartPolicy>()?,
+            memory: self.memory.as_deref().map(parse_size).transpose()?,
+            cpus: self.cpus,
+            device_roles: self.device_roles.clone(),
+            service: None,
+            release: None,
+            auto_remove: self.rm && self.detach,
+            log: LogConfig {
+                max_size: parse_size(&self.log_max_size)?.max(1),
+                max_files: self.log_max_files.max(1),
+            },
+            stop_timeout: self.stop_timeout,
+        })
+    }
+}
+
+/// A name from the image's last path component plus a few random hex digits
+/// (`dt-core-3fa2`), since Docker's adjective_noun names mean nothing on a robot.
+fn default_name(image: &str) -> String {
+    let base = image
+        .rsplit('/')
+        .next()
+        .unwrap_or(image)
+        .split([':', '@'])
+        .next()
+        .unwrap_or("container");
+    let base: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let mut bytes = [0u8; 2];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    let base = if base.is_empty() { "c".into() } else { base };
+    format!("{base}-{}", hex::encode(bytes))
+}
+
+/// Container commands sent to a daemon.
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Create and start a container: in the foreground it streams the output and exits with
+    /// the container's code (125 when the agent failed)
+    Run(Box<RunArgs>),
+    /// Containers: name, image, state, pid, device roles
+    Ps {
+        /// Exited containers too
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// A container's output
+    Logs {
+        /// The container
+        name: String,
+        /// Keep streaming new output
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Start a stopped container again
+    Start {
+        /// The container
+        name: String,
+    },
+    /// Stop a container: its stop signal, then SIGKILL after the timeout
+    Stop {
+        /// The container
+        name: String,
+        /// Seconds to wait before SIGKILL (default 10)
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+    },
+    /// Send a signal to a container
+    Kill {
+        /// The container
+        name: String,
+        /// The signal
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Delete a container and its writable layer
+    Rm {
+        /// The container
+        name: String,
+        /// Kill it first if it runs
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// What a container changed in its writable layer (A added, C changed, D deleted)
+    Diff {
+        /// The container
+        name: String,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Named volumes
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+}
+
+/// `volume …`.
+#[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a named volume
+    Create {
+        /// Its name
+        name: String,
+    },
+    /// List named volumes
+    Ls {
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a named volume and its data
+    Rm {
+        /// Its name
+        name: String,
+    },
+}
+
+/// The exit for a failed request: 2 for a bad request, 1 otherwise (125 for `run`).
+fn remote_exit(e: &anyhow::Error, run: bool) -> Exit {
+    let bad = e.chain().any(|c| {
+        c.downcast_ref::<ClientError>()
+            .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.bad_input))
+            || c.downcast_ref::<crate::agent::container::ContainerError>()
+                .is_some_and(|c| c.is_bad_input())
+            || c.is::<crate::agent::net::PortSpecError>()
+    });
+    match (run, bad) {
+        (_, true) => Exit::BadInput,
+        (true, false) => Exit::Code(125),
+        (false, false) => Exit::Failed,
+    }
+}
+
+/// Runs a container command against the daemon of the agent at `root`.
+pub fn run(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> Exit {
+    let is_run = matches!(c, ContainerCommand::Run(_));
+    match dispatch(c, root, printer) {
+        Ok(exit) => exit,
+        Err(e) => {
+            printer.error(&e);
+            remote_exit(&e, is_run)
+        }
+    }
+}
+
+fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> Result<Exit> {
+    let client = || Client::connect(root);
+    match c {
+        ContainerCommand::Run(a) => {
+            let config = a.to_config()?;
+            let name = config.name.clone();
+            let mut cl = client()?;
+            cl.call(&Request::Create {
+                config: Box::new(config),
+                start: true,
+            })?;
+            if a.detach {
+                printer.out(&name);
+                return Ok(Exit::Ok);
+            }
+            let code = cl.logs(
+                &Request::Logs {
+                    name: name.clone(),
+                    follow: true,
+                    tail: None,
+                    until_exit: true,
+                },
+                &mut print_line,
+            )?;
+            if a.rm {
+                client()?.call(&Request::Rm {
+                    name: name.clone(),
+                    force: true,
+                })?;
+            }
+            Ok(match code {
+                Some(0) => Exit::Ok,
+                Some(c) => Exit::Code(c.clamp(0, 255) as u8),
+                None => Exit::Code(125),
+            })
+        }
+        ContainerCommand::Ps { all, json } => {
+            let v = client()?.call(&Request::Ps { all: *all })?;
+            let list: Vec<ContainerInfo> = serde_json::from_value(v)?;
+            if *json {
+                printer.json(&list);
+            } else {
+                print_ps(printer, &list);
+            }
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Logs { name, follow, tail } => {
+            client()?.logs(
+                &Request::Logs {
+                    name: name.clone(),
+                    follow: *follow,
+                    tail: *tail,
+                    until_exit: false,
+                },
+                &mut print_line,
+            )?;
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Start { name } => {
+            client()?.call(&Request::Start { name: name.clone() })?;
+            printer.out(name);
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Stop { name, time } => {
+            client()?.call(&Request::Stop {
+                name: name.clone(),
+                timeout: *time,
+            })?;
+            printer.out(name);
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Kill { name, signal } => {
+            client()?.call(&Request::Kill {
+                name: name.clone(),
+                signal: signal.clone(),
+            })?;
+            printer.out(name);
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Rm { name, force } => {
+            client()?.call(&Request::Rm {
+                name: name.clone(),
+                force: *force,
+            })?;
+            printer.out(name);
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Diff { name, json } => {
+            let v = client()?.call(&Request::Diff { name: name.clone() })?;
+            if *json {
+                printer.json(&v);
+            } else {
+                let changes: Vec<crate::agent::container::diff::Change> =
+                    serde_json::from_value(v)?;
+                for c in changes {
+                    printer.out(&format!("{} {}", c.kind, c.path));
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        ContainerCommand::Volume(v) => match v {
+            VolumeCommand::Create { name } => {
+                client()?.call(&Request::VolumeCreate { name: name.clone() })?;
+                printer.out(name);
+                Ok(Exit::Ok)
+            }
+            VolumeCommand::Ls { json } => {
+                let list: Vec<VolumeInfo> =
+                    serde_json::from_value(client()?.call(&Request::VolumeLs)?)?;
+                if *json {
+                    printer.json(&list);
+                } else {
+                    printer.out(&format!("{:<32} USED BY", "NAME"));
+                    for v in list {
+                        printer.out(&format!("{:<32} {}", v.name, v.used_by.join(",")));
+                    }
+                }
+                Ok(Exit::Ok)
+            }
+            VolumeCommand::Rm { name } => {
+                client()?.call(&Request::VolumeRm { name: name.clone() })?;
+                printer.out(name);
+                Ok(Exit::Ok)
+            }
+        },
+    }
+}
+
+/// Writes a container's line to our stdout or stderr, as it wrote it.
+pub fn print_line(l: LogLine) {
+    let bytes = l.log.as_bytes();
+    let _ = if l.stream == "stderr" {
+        let mut e = std::io::stderr().lock();
+        e.write_all(bytes).and_then(|_| e.flush())
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_all(bytes).and_then(|_| o.flush())
+    };
+}
+
+/// The `ps` table.
+pub fn print_ps(printer: &Printer, list: &[ContainerInfo]) {
+    printer.out(&format!(
+        "{:<24} {:<40} {:<10} {:>8} {:<8} ROLES",
+        "NAME", "IMAGE", "STATE", "PID", "RESTARTS"
+    ));
+    for c in list {
+        let state = match (c.state.as_str(), c.exit_code) {
+            ("exited", Some(code)) => format!("exited({code})"),
+            (s, _) => s.to_string(),
+        };
+        printer.out(&format!(
+            "{:<24} {:<40} {:<10} {:>8} {:<8} {}",
+            c.name,
+            c.image,
+            state,
+            c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.restart_count,
+            c.device_roles.join(",")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        let n = default_name("duckietown/dt-core:daffy-arm64v8");
+        assert!(
+            n.starts_with("dt-core-") && n.len() == "dt-core-".len() + 4,
+            "{n}"
+        );
+    }
+}

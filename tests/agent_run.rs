@@ -1,0 +1,683 @@
+//! Containers through `dt-agent daemon` and the `dt-agent run|ps|logs|stop|rm|diff` commands,
+//! with real runc, overlayfs, cgroups, CNI and QEMU: kernel-visible effects, not mocks.
+//!
+//! Each test makes a robot: a network namespace of its own (the daemon advertises over mDNS and
+//! CNI makes a bridge there, never on the host's interfaces), a state directory under a temp
+//! dir, and the daemon run as `unshare --mount --propagation private nsenter --net=NS
+//! dt-agent daemon` — a private mount namespace that still has the host's cgroup mounts (which
+//! `ip netns exec` would hide from runc). The CLI talks to it over its socket.
+//!
+//! Images are made here from the static busybox `scripts/fixtures` caches.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dts::oci::Platform;
+use support::images::{Entry, Layout};
+use support::netns::{Robot, TestNet};
+
+const FIXTURES: &str = "/var/cache/dts-fixtures/busybox";
+
+/// Applets the test images link to busybox.
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "mknod", "uname", "httpd", "ls", "seq", "id", "grep", "head",
+    "rm", "touch", "mkdir", "true", "false", "wc", "dd",
+];
+
+fn busybox(arch: &str) -> Option<PathBuf> {
+    let p = Path::new(FIXTURES).join(arch).join("busybox");
+    p.exists().then_some(p)
+}
+
+/// Root, kernel features and fixtures every test here needs; prints the skip line otherwise.
+fn can_run(arch: &str) -> bool {
+    if !support::require_root("runs containers: overlay mounts, cgroups, namespaces") {
+        return false;
+    }
+    if !support::netns::require_netns("the daemon runs in a network namespace of its own") {
+        return false;
+    }
+    for cmd in ["runc", "unshare", "nsenter"] {
+        if !support::require_cmd(cmd) {
+            return false;
+        }
+    }
+    if busybox(arch).is_none() {
+        support::skip(&format!(
+            "no static busybox for {arch} in {FIXTURES}: run `bash scripts/fixtures`"
+        ));
+        return false;
+    }
+    true
+}
+
+/// A busybox image for `platform` as an OCI archive: `/bin/busybox` with applet symlinks, a
+/// passwd with root and duckie, a group with i2c.
+fn busybox_archive(dir: &Path, arch: &str, platform: &Platform, name: &str) -> PathBuf {
+    let bb = std::fs::read(busybox(arch).unwrap()).unwrap();
+    let mut entries = vec![
+        Entry::Dir("bin/", 0o755),
+        Entry::File("bin/busybox", 0o755, bb),
+        Entry::Dir("etc/", 0o755),
+        Entry::File(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nduckie:x:1000:1000::/home/duckie:/bin/sh\n".to_vec(),
+        ),
+        Entry::File(
+            "etc/group",
+            0o644,
+            b"root:x:0:\nduckie:x:1000:\ni2c:x:998:duckie\n".to_vec(),
+        ),
+        Entry::File("etc/os-release", 0o644, b"ID=busybox\n".to_vec()),
+        Entry::Dir("tmp/", 0o1777),
+        Entry::Dir("www/", 0o755),
+        Entry::File(
+            "www/index.html",
+            0o644,
+            b"hello from the container\n".to_vec(),
+        ),
+    ];
+    for a in APPLETS {
+        let path: &'static str = Box::leak(format!("bin/{a}").into_boxed_str());
+        entries.push(Entry::Symlink(path, "busybox"));
+    }
+    let layer = support::images::layer_tar(&entries);
+    let layout = dir.join(format!("{arch}.layout"));
+    let l = Layout::new(&layout);
+    let w = l.image(platform, &[layer], &["sh", "-c", "echo default command"]);
+    l.finish(&[(name, w.manifest)]);
+    let out = dir.join(format!("{arch}.tar"));
+    let mut b = tar::Builder::new(std::fs::File::create(&out).unwrap());
+    b.append_dir_all(".", &layout).unwrap();
+    b.into_inner().unwrap().flush().unwrap();
+    out
+}
+
+/// One robot with a daemon.
+struct Agent {
+    root: tempfile::TempDir,
+    robot: Robot,
+    daemon: Option<Child>,
+}
+
+impl Agent {
+    /// A robot with `robot.yaml` = `yaml` (with `ROOT` replaced by the state dir's path).
+    fn new(net: &mut TestNet, yaml: &str) -> Agent {
+        let root = tempfile::tempdir().unwrap();
+        let yaml = yaml.replace("ROOT", root.path().to_str().unwrap());
+        std::fs::write(root.path().join("robot.yaml"), yaml).unwrap();
+        let robot = net.robot("agent");
+        let mut a = Agent {
+            root,
+            robot,
+            daemon: None,
+        };
+        a.start_daemon();
+        a
+    }
+
+    fn state(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn start_daemon(&mut self) {
+        let netns = format!("--net=/run/netns/{}", self.robot.ns);
+        let child = Command::new(support::find_cmd("unshare").unwrap())
+            .args(["--mount", "--propagation", "private"])
+            .arg(support::find_cmd("nsenter").unwrap())
+            .args([netns.as_str(), "--"])
+            .arg(env!("CARGO_BIN_EXE_dt-agent"))
+            .args([
+                "daemon",
+                "--ssh-host-key",
+                "/nonexistent",
+                "--avahi-services-dir",
+                "/nonexistent",
+            ])
+            .env("DT_AGENT_ROOT", self.state())
+            .env("DT_AGENT_CONFIG", self.state().join("robot.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.cli(&["ps"]).status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dt-agent"))
+            .args(args)
+            .env("DT_AGENT_ROOT", self.state())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "dt-agent {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn import(&self, archive: &Path) {
+        self.ok(&["image", "import", archive.to_str().unwrap()]);
+    }
+
+    fn inspect(&self, name: &str) -> serde_json::Value {
+        let ps: serde_json::Value =
+            serde_json::from_str(&self.ok(&["ps", "-a", "--json"])).unwrap();
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no container {name} in {ps}"))
+    }
+
+    /// Waits until `f` holds for container `name`'s ps entry.
+    fn wait_for(&self, name: &str, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = self.inspect(name);
+            if f(&c) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name}: never {what}: {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.daemon.is_none() {
+            self.start_daemon();
+        }
+        if let Ok(ps) =
+            serde_json::from_slice::<serde_json::Value>(&self.cli(&["ps", "-a", "--json"]).stdout)
+        {
+            for c in ps.as_array().into_iter().flatten() {
+                let _ = self.cli(&["rm", "-f", c["name"].as_str().unwrap_or_default()]);
+            }
+        }
+        self.kill_daemon();
+    }
+}
+
+const ROBOT_YAML: &str = "hostname: testbot\ntype: duckiebot\nconfiguration: virtual\n";
+
+fn amd64_image(agent: &Agent) -> &'static str {
+    let name = "example.com/test/busybox:amd64";
+    let archive = busybox_archive(agent.state(), "amd64", &Platform::host(), name);
+    agent.import(&archive);
+    name
+}
+
+#[test]
+fn run_in_the_foreground_streams_output_and_exits_with_the_code() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+
+    let out = agent.cli(&[
+        "run",
+        "--rm",
+        "--name",
+        "fg",
+        image,
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; id -u; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("to-stdout\n0\n"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
+    // --rm: gone, writable layer and all.
+    let ps = agent.ok(&["ps", "-a", "--json"]);
+    assert!(!ps.contains("\"fg\""), "{ps}");
+    assert!(!agent.state().join("containers/fg").exists());
+
+    // The image's own command, its user override, and Docker's capability set (no SYS_ADMIN).
+    let out = agent.ok(&["run", "--rm", image]);
+    assert_eq!(out, "default command\n");
+    let out = agent.ok(&["run", "--rm", "-u", "duckie", image, "id"]);
+    assert!(
+        out.starts_with("uid=1000(duckie) gid=1000(duckie)"),
+        "{out}"
+    );
+    let out = agent.ok(&["run", "--rm", image, "grep", "CapBnd", "/proc/self/status"]);
+    assert_eq!(
+        out.split_whitespace().nth(1),
+        Some("00000000a80425fb"),
+        "{out}"
+    );
+
+    // Failures of the agent itself are 125; bad requests are 2.
+    let out = agent.cli(&["run", "--rm", "example.com/not/here:1", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not on this robot"));
+    let out = agent.cli(&["run", "--rm", "--restart", "sometimes", image, "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn detached_containers_stop_restart_and_show_their_changes() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+
+    // on-failure restarts a crashing container; `no` leaves it exited.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "crashy",
+        "--restart",
+        "on-failure",
+        image,
+        "sh",
+        "-c",
+        "echo run; exit 1",
+    ]);
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "once",
+        "--restart",
+        "no",
+        image,
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    agent.wait_for("crashy", "restarted twice", |c| {
+        c["restart_count"].as_u64() >= Some(2)
+    });
+    agent.wait_for("once", "exited", |c| c["state"] == "exited");
+    std::thread::sleep(Duration::from_secs(2));
+    let once = agent.inspect("once");
+    assert_eq!(once["restart_count"], 0, "{once}");
+    assert_eq!(once["exit_code"], 1, "{once}");
+    let logs = agent.ok(&["logs", "crashy"]);
+    assert!(logs.matches("run\n").count() >= 2, "{logs}");
+    // Stopping ends the policy's restarts.
+    agent.ok(&["stop", "-t", "1", "crashy"]);
+    let n = agent.inspect("crashy")["restart_count"].as_u64();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(agent.inspect("crashy")["restart_count"].as_u64(), n);
+    assert_eq!(agent.inspect("crashy")["state"], "exited");
+
+    // diff: what the container changed, and only that.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "writer",
+        image,
+        "sh",
+        "-c",
+        "echo new > /new-file; rm /etc/os-release; mkdir -p /tmp/x; sleep 1000",
+    ]);
+    agent.wait_for("writer", "running", |c| c["state"] == "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let diff = loop {
+        let d = agent.ok(&["diff", "writer"]);
+        if d.contains("/tmp/x") || Instant::now() > deadline {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = diff.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "C /etc",
+            "D /etc/os-release",
+            "A /new-file",
+            "C /tmp",
+            "A /tmp/x"
+        ],
+        "{diff}"
+    );
+    // A running container needs --force; rm deletes the writable layer.
+    assert_eq!(agent.cli(&["rm", "writer"]).status.code(), Some(1));
+    agent.ok(&["rm", "-f", "writer"]);
+    assert!(!agent.state().join("containers/writer").exists());
+}
+
+#[test]
+fn memory_and_cpu_limits_reach_the_cgroup() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    agent.ok(&[
+        "run", "-d", "--name", "limited", "--memory", "64m", "--cpus", "0.5", image, "sleep",
+        "1000",
+    ]);
+    agent.wait_for("limited", "running", |c| c["state"] == "running");
+    let v1 = Path::new("/sys/fs/cgroup/memory/dt-agent/limited/memory.limit_in_bytes");
+    let v2 = Path::new("/sys/fs/cgroup/dt-agent/limited/memory.max");
+    let limit = std::fs::read_to_string(v1)
+        .or_else(|_| std::fs::read_to_string(v2))
+        .expect("the container's memory cgroup");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let quota =
+        std::fs::read_to_string("/sys/fs/cgroup/cpu,cpuacct/dt-agent/limited/cpu.cfs_quota_us")
+            .or_else(|_| {
+                std::fs::read_to_string("/sys/fs/cgroup/cpu/dt-agent/limited/cpu.cfs_quota_us")
+            })
+            .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/dt-agent/limited/cpu.max"));
+    let quota = quota.expect("the container's cpu cgroup");
+    assert!(quota.starts_with("50000"), "{quota}");
+}
+
+#[test]
+fn logs_rotate_at_their_size() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    let out = agent.ok(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-max-size",
+        "4k",
+        "--log-max-files",
+        "3",
+        image,
+        "seq",
+        "1",
+        "2000",
+    ]);
+    assert!(
+        out.ends_with("1999\n2000\n"),
+        "the foreground run saw all output"
+    );
+    let logs = agent.state().join("containers/chatty/logs");
+    let mut names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["container.log", "container.log.1", "container.log.2"]
+    );
+    for n in &names {
+        let len = std::fs::metadata(logs.join(n)).unwrap().len();
+        assert!(len <= 4096, "{n} is {len} bytes");
+    }
+    let kept = agent.ok(&["logs", "chatty"]);
+    assert!(
+        kept.ends_with("2000\n") && !kept.starts_with("1\n"),
+        "old lines rotated away"
+    );
+    assert_eq!(agent.ok(&["logs", "--tail", "2", "chatty"]), "1999\n2000\n");
+}
+
+#[test]
+fn published_ports_reach_a_server_in_its_own_network_namespace() {
+    if !can_run("amd64") || !support::require_cmd("iptables") {
+        return;
+    }
+    if !Path::new("/usr/lib/cni/portmap").exists() && !Path::new("/opt/cni/bin/portmap").exists() {
+        support::skip("needs the CNI plugins (containernetworking-plugins)");
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    agent.ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", image, "httpd", "-f", "-p", "80", "-h",
+        "/www",
+    ]);
+    agent.wait_for("web", "running with an address", |c| {
+        c["state"] == "running" && c["ip"].is_string()
+    });
+    // From the host side of the test bridge to the robot's address: DNAT by the portmap plugin
+    // inside the robot's namespace, to the container's own namespace.
+    let addr = format!("{}:8080", agent.robot.addr);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let got = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                let mut b = String::new();
+                s.read_to_string(&mut b)?;
+                Ok(b)
+            });
+        match got {
+            Ok(b) if b.contains("hello from the container") => break b,
+            other if Instant::now() > deadline => panic!("no answer from {addr}: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains(" 200 OK"),
+        "{body}"
+    );
+    // The container has its own network: it does not see the robot's eth0.
+    let own = agent.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(own.trim(), "lo");
+}
+
+#[test]
+fn containers_outlive_a_killed_agent_and_are_adopted() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let mut agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "survivor",
+        image,
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.2; done",
+    ]);
+    agent.wait_for("survivor", "running", |c| c["state"] == "running");
+    let pid = agent.inspect("survivor")["pid"].as_u64().unwrap();
+
+    agent.kill_daemon();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the container died with the agent"
+    );
+    let log = agent.state().join("containers/survivor/logs/container.log");
+    let before = std::fs::metadata(&log).unwrap().len();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        std::fs::metadata(&log).unwrap().len() > before,
+        "the shim kept logging"
+    );
+
+    agent.start_daemon();
+    let c = agent.inspect("survivor");
+    assert_eq!(c["state"], "running", "{c}");
+    assert_eq!(c["pid"].as_u64(), Some(pid), "same process, adopted");
+    agent.ok(&["stop", "-t", "1", "survivor"]);
+    assert_eq!(agent.inspect("survivor")["state"], "exited");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// Makes a character device node (a real one, not a file) at `path`.
+fn mknod(path: &Path, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mknod only creates the node.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o660,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn device_roles_grant_exactly_their_nodes() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let yaml = format!(
+        "{ROBOT_YAML}devices:\n  motors:\n    nodes: [\"ROOT/dev/i2c-1:/dev/i2c-1\"]\n    groups: [\"998\"]\n  camera:\n    nodes: [\"ROOT/dev/missing-video0:/dev/video0\"]\n"
+    );
+    let agent = Agent::new(&mut net, &yaml);
+    let image = amd64_image(&agent);
+    let dev = agent.state().join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // i2c-dev's real numbers: bus 1 is 89:1. No i2c bus 1 exists on the test host, so a
+    // driver (if loaded) answers ENXIO/ENODEV, and without one the kernel answers ENXIO.
+    mknod(&dev.join("i2c-1"), 89, 1);
+
+    // Granted: the node is there and opening it reaches the driver — not EPERM.
+    let out = agent.cli(&[
+        "run",
+        "--rm",
+        "--device-role",
+        "motors",
+        image,
+        "sh",
+        "-c",
+        "ls -l /dev/i2c-1; id -G; cat /dev/i2c-1",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(" 89,   1 ") || text.contains("89, 1"),
+        "{text}"
+    );
+    assert!(text.contains("998"), "the role's group: {text}");
+    assert!(
+        text.contains("No such device or address") || text.contains("No such device"),
+        "{text}"
+    );
+    assert!(!text.contains("Operation not permitted"), "{text}");
+
+    // A node the container makes itself is refused by the device cgroup.
+    let out = agent.cli(&[
+        "run",
+        "--rm",
+        "--device-role",
+        "motors",
+        image,
+        "sh",
+        "-c",
+        "mknod /tmp/mem c 1 1 && cat /tmp/mem",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "{out:?}");
+    // Without the role there is no node at all.
+    let out = agent.cli(&["run", "--rm", image, "ls", "/dev/i2c-1"]);
+    assert_ne!(out.status.code(), Some(0));
+    // A missing node fails the start, naming the role and the node.
+    let out = agent.cli(&["run", "--rm", "--device-role", "camera", image, "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("camera") && err.contains("missing-video0"),
+        "{err}"
+    );
+    // An unknown role is a bad request.
+    let out = agent.cli(&["run", "--rm", "--device-role", "jetpack", image, "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn arm_images_run_under_qemu() {
+    if !can_run("arm64") || busybox("armhf").is_none() {
+        return;
+    }
+    for (arch, platform) in [("arm64", Platform::arm64()), ("armhf", Platform::armhf())] {
+        if let Err(e) = dts::binfmt::check(&platform) {
+            support::skip(&format!("QEMU for {arch} is not registered: {e}"));
+            return;
+        }
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    for (arch, platform, machine) in [
+        ("arm64", Platform::arm64(), "aarch64"),
+        ("armhf", Platform::armhf(), "armv7l"),
+    ] {
+        let name = format!("example.com/test/busybox:{arch}");
+        let archive = busybox_archive(agent.state(), arch, &platform, &name);
+        agent.ok(&[
+            "image",
+            "import",
+            "--platform",
+            &platform.to_string(),
+            archive.to_str().unwrap(),
+        ]);
+        let out = agent.ok(&["run", "--rm", &name, "uname", "-m"]);
+        assert_eq!(out.trim(), machine);
+    }
+}
