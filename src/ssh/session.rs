@@ -340,7 +340,10 @@ impl Session {
                 count: count.clone(),
             },
             stdout: ExecStdout { inner: pipe_rx },
-            waiter: ExitWaiter { done },
+            waiter: ExitWaiter {
+                done,
+                addr: self.addr.clone(),
+            },
             counters: count.channel,
         })
     }
@@ -711,7 +714,7 @@ impl ExecChannel {
     /// Sends EOF on remote stdin (same as `shutdown()`).
     pub async fn send_eof(&mut self) -> Result<(), SshError> {
         self.stdin.shutdown().await.map_err(|e| SshError::Channel {
-            addr: String::new(),
+            addr: self.waiter.addr.clone(),
             message: format!("sending EOF: {e}"),
         })
     }
@@ -750,6 +753,7 @@ pub struct ExecStdout {
 /// The end of a remote command: [`ExitWaiter::wait`] gives its status.
 pub struct ExitWaiter {
     done: JoinHandle<Result<Exit, SshError>>,
+    addr: String,
 }
 
 impl ExitWaiter {
@@ -758,7 +762,7 @@ impl ExitWaiter {
         match self.done.await {
             Ok(r) => r,
             Err(e) => Err(SshError::Channel {
-                addr: String::new(),
+                addr: self.addr,
                 message: format!("the channel task failed: {e}"),
             }),
         }
