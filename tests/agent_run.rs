@@ -102,29 +102,37 @@ fn busybox_archive(dir: &Path, arch: &str, platform: &Platform, name: &str) -> P
 
 /// One robot with a daemon.
 struct Agent {
-    root: tempfile::TempDir,
+    root: PathBuf,
     robot: Robot,
     daemon: Option<Child>,
+    _tmp: tempfile::TempDir,
 }
 
 impl Agent {
     /// A robot with `robot.yaml` = `yaml` (with `ROOT` replaced by the state dir's path).
     fn new(net: &mut TestNet, yaml: &str) -> Agent {
-        let root = tempfile::tempdir().unwrap();
-        let yaml = yaml.replace("ROOT", root.path().to_str().unwrap());
-        std::fs::write(root.path().join("robot.yaml"), yaml).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        Agent::at(net, yaml, tmp.path().to_path_buf(), tmp)
+    }
+
+    /// A robot whose state directory is `root` (which may be on a file system of the test's).
+    fn at(net: &mut TestNet, yaml: &str, root: PathBuf, tmp: tempfile::TempDir) -> Agent {
+        std::fs::create_dir_all(&root).unwrap();
+        let yaml = yaml.replace("ROOT", root.to_str().unwrap());
+        std::fs::write(root.join("robot.yaml"), yaml).unwrap();
         let robot = net.robot("agent");
         let mut a = Agent {
             root,
             robot,
             daemon: None,
+            _tmp: tmp,
         };
         a.start_daemon();
         a
     }
 
     fn state(&self) -> &Path {
-        self.root.path()
+        &self.root
     }
 
     fn start_daemon(&mut self) {
@@ -680,4 +688,71 @@ fn arm_images_run_under_qemu() {
         let out = agent.ok(&["run", "--rm", &name, "uname", "-m"]);
         assert_eq!(out.trim(), machine);
     }
+}
+
+#[test]
+fn a_full_disk_fails_the_import_and_leaves_running_containers_alone() {
+    if !can_run("amd64") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("sd");
+    // Mounted before the daemon starts, so its private mount namespace has it too.
+    let Some(_tmpfs) = support::Tmpfs::mount(&mnt, "16m") else {
+        return;
+    };
+    let mut net = TestNet::new();
+    let agent = Agent::at(
+        &mut net,
+        ROBOT_YAML,
+        mnt.join("dt-agent"),
+        tempfile::tempdir().unwrap(),
+    );
+    let image = amd64_image(&agent);
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "driving",
+        image,
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.1; done",
+    ]);
+    agent.wait_for("driving", "running", |c| c["state"] == "running");
+    let pid = agent.inspect("driving")["pid"].as_u64().unwrap();
+
+    // 24 MiB of files that compress to almost nothing: the archive fits, its content does not.
+    let mut entries = vec![Entry::Dir("big/", 0o755)];
+    for i in 0..24u32 {
+        let block: Vec<u8> = (0..4096u32)
+            .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 13) as u8)
+            .collect();
+        let name: &'static str = Box::leak(format!("big/f{i}").into_boxed_str());
+        entries.push(Entry::File(name, 0o644, block.repeat(256)));
+    }
+    let layout = tempfile::tempdir().unwrap();
+    let l = Layout::new(layout.path());
+    let w = l.image(
+        &Platform::host(),
+        &[support::images::layer_tar(&entries)],
+        &["true"],
+    );
+    l.finish(&[("example.com/test/big:1", w.manifest)]);
+    let out = agent.cli(&["image", "import", layout.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no space left"), "{err}");
+
+    let c = agent.inspect("driving");
+    assert_eq!(c["state"], "running", "{c}");
+    assert_eq!(
+        c["pid"].as_u64(),
+        Some(pid),
+        "the running container is untouched"
+    );
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    agent.ok(&["fsck"]);
+    let images = agent.ok(&["image", "ls", "--json"]);
+    assert!(!images.contains("big"), "nothing half-committed: {images}");
 }

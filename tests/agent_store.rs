@@ -625,48 +625,6 @@ fn random_layer(rng: &mut Rng, dir: &'static str, count: usize, size: usize) -> 
     layer_tar(&entries)
 }
 
-/// A tmpfs mounted on a directory of the test, unmounted when dropped (also on panic).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`8m`) on `dir`; `None` (with a `SKIP:` line) if not root or
-    /// if the mount fails.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if !support::require_root("mounts a tmpfs") {
-            return None;
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .unwrap();
-        if !st.success() {
-            support::skip("`mount -t tmpfs` failed");
-            return None;
-        }
-        Some(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 fn sigkill_at_any_point_of_an_import_leaves_a_clean_store() {
     let t = tempfile::tempdir().unwrap();
@@ -675,7 +633,7 @@ fn sigkill_at_any_point_of_an_import_leaves_a_clean_store() {
     // syncfs also flushes everyone else's writes, and 50 rounds must fit the time budget.
     let mnt = t.path().join("mnt");
     let _tmpfs = if support::is_root() {
-        Tmpfs::mount(&mnt, "256m")
+        support::Tmpfs::mount(&mnt, "256m")
     } else {
         None
     };
@@ -872,7 +830,7 @@ fn two_images_sharing_most_files_take_about_one_copy() {
 fn a_full_disk_fails_clearly_and_commits_nothing() {
     let t = tempfile::tempdir().unwrap();
     let mnt = t.path().join("mnt");
-    let Some(_tmpfs) = Tmpfs::mount(&mnt, "8m") else {
+    let Some(_tmpfs) = support::Tmpfs::mount(&mnt, "8m") else {
         return;
     };
     let root = mnt.join("store");

@@ -139,6 +139,8 @@ pub fn main() -> ExitCode {
             let bad_input = e.chain().any(|c| {
                 c.downcast_ref::<advertise::AdvertiseError>()
                     .is_some_and(|a| a.is_bad_input())
+                    || c.downcast_ref::<crate::profile::ProfileError>()
+                        .is_some_and(|p| p.is_bad_input())
             });
             if bad_input {
                 Exit::BadInput

@@ -181,6 +181,13 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
                 Exit::Failed
             };
         }
+        if let Some(p) = cause.downcast_ref::<crate::profile::ProfileError>() {
+            return if p.is_bad_input() {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            };
+        }
         if let Some(a) = cause.downcast_ref::<ArchiveError>() {
             return if a.is_bad_input() {
                 Exit::BadInput
