@@ -23,6 +23,7 @@ pub mod container;
 pub mod daemon;
 pub mod devices;
 pub mod net;
+pub mod release;
 pub mod status;
 pub mod store;
 
