@@ -3,6 +3,8 @@
 
 #[cfg(feature = "workstation")]
 pub mod build;
+#[cfg(feature = "workstation")]
+pub mod deploy;
 pub mod image;
 #[cfg(feature = "workstation")]
 pub mod registry;

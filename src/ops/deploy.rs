@@ -1,0 +1,219 @@
+//! Turning a stack file into what a robot runs: each service's image resolved in the laptop's
+//! store for the robot's platform, its compose settings mapped onto a container, its health
+//! check taken from the stack or the image — a [`ReleaseSpec`] plus the list of images to ship.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::agent::container::{
+    ContainerConfig, LogConfig, NetworkMode, RestartPolicy, VolumeSource, VolumeSpec,
+};
+use crate::agent::net::{PortMapping, Proto};
+use crate::agent::release::{HealthSpec, ReleaseSpec, ServiceSpec};
+use crate::oci::{Digest, Platform, Reference};
+use crate::profile::stack::{self, HealthTest, Stack, StackSource};
+use crate::store::Store;
+
+/// How long a service without a health check must keep running before a release is committed.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(5);
+
+/// What a deploy sends and applies.
+#[derive(Clone, Debug)]
+pub struct DeployPlan {
+    /// The release.
+    pub spec: ReleaseSpec,
+    /// Images to ship: (name as the stack gives it, manifest for the robot's platform).
+    pub images: Vec<(String, Digest)>,
+    /// Warnings from the stack (unset variables…).
+    pub warnings: Vec<String>,
+}
+
+/// The variables a stack is interpolated with: the environment plus `ARCH`, the robot's
+/// Duckietown arch tag.
+pub fn stack_env(platform: &Platform) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    if let Some(arch) = platform.duckietown_arch() {
+        env.insert("ARCH".into(), arch.to_string());
+    }
+    env
+}
+
+/// Loads `--stack` (a file or a shipped name) for a robot of `platform` and applies `--set`.
+pub fn load_stack(arg: Option<&str>, sets: &[String], platform: &Platform) -> Result<Stack> {
+    let mut stack = stack::resolve_stack_arg(arg).load(&stack_env(platform))?;
+    for s in sets {
+        stack.apply_set(s)?;
+    }
+    Ok(stack)
+}
+
+/// The stack's name as a release records it: a shipped stack's name, a file's stem.
+pub fn stack_name(arg: Option<&str>) -> String {
+    match stack::resolve_stack_arg(arg) {
+        StackSource::Builtin(n) => n,
+        StackSource::File(p) => p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "stack".into()),
+    }
+}
+
+/// Resolves every service of `stack` for `platform` against the laptop's store.
+pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Result<DeployPlan> {
+    let mut services = Vec::new();
+    let mut images: Vec<(String, Digest)> = Vec::new();
+    for stage in stack.start_order() {
+        for (order, key) in stage.iter().enumerate() {
+            let svc = &stack.services[key];
+            let reference = Reference::parse(&svc.image)
+                .with_context(|| format!("service `{key}`: image `{}`", svc.image))?;
+            let record = store.get(&reference).with_context(|| {
+                format!(
+                    "service `{key}`: image `{}` is not on this laptop: build it (`dts devel build`) or pull it (`dts image pull {}`)",
+                    svc.image, svc.image
+                )
+            })?;
+            let img = store
+                .resolve_platform(&svc.image, &record.descriptor, Some(platform))
+                .with_context(|| format!("service `{key}`: image `{}`", svc.image))?;
+            let manifest = img.descriptor.digest.clone();
+            if !images
+                .iter()
+                .any(|(n, d)| *n == svc.image && *d == manifest)
+            {
+                images.push((svc.image.clone(), manifest.clone()));
+            }
+            let healthcheck = health(svc.healthcheck.as_ref(), img.config.config.as_ref());
+            services.push(ServiceSpec {
+                name: key.clone(),
+                stage: svc.stage,
+                order: order as u32,
+                image_name: svc.image.clone(),
+                manifest: manifest.clone(),
+                container: container(key, svc, &manifest),
+                healthcheck,
+            });
+        }
+    }
+    Ok(DeployPlan {
+        spec: ReleaseSpec {
+            stack: name.to_string(),
+            services,
+            probation: DEFAULT_PROBATION,
+        },
+        images,
+        warnings: stack.warnings.clone(),
+    })
+}
+
+fn container(key: &str, svc: &stack::Service, manifest: &Digest) -> ContainerConfig {
+    ContainerConfig {
+        name: key.to_string(),
+        image: manifest.to_string(),
+        entrypoint: svc.entrypoint.clone(),
+        cmd: svc.command.clone(),
+        env: svc
+            .environment
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        volumes: svc
+            .volumes
+            .iter()
+            .map(|v| VolumeSpec {
+                source: match &v.source {
+                    stack::VolumeSource::Named(n) => VolumeSource::Named(n.clone()),
+                    stack::VolumeSource::Bind(p) => VolumeSource::Bind(p.into()),
+                },
+                target: v.target.clone(),
+                read_only: v.read_only,
+            })
+            .collect(),
+        ports: svc
+            .ports
+            .iter()
+            .map(|p| PortMapping {
+                host_port: p.host,
+                container_port: p.container,
+                protocol: match p.protocol {
+                    stack::Protocol::Tcp => Proto::Tcp,
+                    stack::Protocol::Udp => Proto::Udp,
+                },
+                host_ip: None,
+            })
+            .collect(),
+        network: match svc.network_mode {
+            stack::NetworkMode::Host => NetworkMode::Host,
+            stack::NetworkMode::None => NetworkMode::None,
+            stack::NetworkMode::Bridge => NetworkMode::Bridge,
+        },
+        restart: match svc.restart {
+            stack::RestartPolicy::No => RestartPolicy::No,
+            stack::RestartPolicy::OnFailure(n) => RestartPolicy::OnFailure { max_retries: n },
+            stack::RestartPolicy::Always => RestartPolicy::Always,
+            stack::RestartPolicy::UnlessStopped => RestartPolicy::UnlessStopped,
+        },
+        memory: svc.mem_limit,
+        cpus: svc.cpus,
+        device_roles: svc.devices.clone(),
+        service: Some(key.to_string()),
+        log: LogConfig::default(),
+        ..Default::default()
+    }
+}
+
+/// The stack's health check over the image's (Docker's precedence); `None` when neither has
+/// one or the stack disables it.
+fn health(
+    stack_hc: Option<&stack::Healthcheck>,
+    image: Option<&crate::oci::config::ContainerConfig>,
+) -> Option<HealthSpec> {
+    let image_hc = image.and_then(|c| c.healthcheck.as_ref());
+    let ns = |v: Option<i64>| v.filter(|n| *n > 0).map(|n| Duration::from_nanos(n as u64));
+    if stack_hc.is_some_and(|h| h.disable) {
+        return None;
+    }
+    let test = match stack_hc.and_then(|h| h.test.clone()) {
+        Some(HealthTest::Exec(args)) => args,
+        Some(HealthTest::Shell(cmd)) => vec!["/bin/sh".into(), "-c".into(), cmd],
+        None => {
+            let t = image_hc?.test.clone()?;
+            match t.first().map(String::as_str) {
+                Some("CMD") => t[1..].to_vec(),
+                Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), t[1..].join(" ")],
+                _ => return None,
+            }
+        }
+    };
+    if test.is_empty() {
+        return None;
+    }
+    let pick = |s: Option<Duration>, i: Option<Duration>, d: Duration| s.or(i).unwrap_or(d);
+    Some(HealthSpec {
+        test,
+        interval: pick(
+            stack_hc.and_then(|h| h.interval),
+            ns(image_hc.and_then(|h| h.interval)),
+            stack::Healthcheck::DEFAULT_INTERVAL,
+        ),
+        timeout: pick(
+            stack_hc.and_then(|h| h.timeout),
+            ns(image_hc.and_then(|h| h.timeout)),
+            stack::Healthcheck::DEFAULT_TIMEOUT,
+        ),
+        retries: stack_hc
+            .and_then(|h| h.retries)
+            .or(image_hc
+                .and_then(|h| h.retries)
+                .filter(|r| *r > 0)
+                .map(|r| r as u32))
+            .unwrap_or(stack::Healthcheck::DEFAULT_RETRIES),
+        start_period: pick(
+            stack_hc.and_then(|h| h.start_period),
+            ns(image_hc.and_then(|h| h.start_period)),
+            Duration::ZERO,
+        ),
+    })
+}
