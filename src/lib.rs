@@ -23,8 +23,8 @@ pub mod profile;
 pub mod progress;
 #[cfg(feature = "workstation")]
 pub mod registry;
+pub mod runtime;
 #[cfg(feature = "workstation")]
 pub mod ssh;
-pub mod runtime;
 pub mod store;
 pub mod util;

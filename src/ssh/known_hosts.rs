@@ -261,13 +261,14 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<(),
         }
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io("create directory", dir))?;
-        }
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create directory", dir))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .append(true)
