@@ -680,7 +680,9 @@ impl Manager {
     ) -> Result<(Digest, ImageConfig, Digest), ContainerError> {
         let refs = store.refs()?;
         let manifest = if let Ok(d) = image.parse::<Digest>() {
-            if refs.values().any(|e| e.manifest == d) {
+            // Named, or kept unnamed (a release's image whose name moved on: rollbacks
+            // recreate containers from digests alone).
+            if refs.values().any(|e| e.manifest == d) || store.image_config(&d).is_ok() {
                 d
             } else {
                 return Err(ContainerError::NoImage(image.to_string()));
