@@ -28,3 +28,4 @@ pub mod runtime;
 pub mod ssh;
 pub mod store;
 pub mod util;
+pub mod wire;

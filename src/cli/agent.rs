@@ -45,6 +45,12 @@ enum Command {
     Gc(StoreJsonArgs),
     /// This robot at a glance: hostname, arch, agent version, runtime, free space, images
     Status(StoreJsonArgs),
+    /// Speak the wire protocol to `dts` on stdin/stdout (run over SSH by `dts duckiebot …`)
+    Serve {
+        /// Frames on stdin and stdout (the only transport)
+        #[arg(long, required = true)]
+        stdio: bool,
+    },
     #[command(flatten)]
     Container(Box<ContainerCommand>),
     /// Internal: the per-container shim the daemon starts (holds a container's output and
@@ -125,6 +131,7 @@ pub fn main() -> ExitCode {
         Command::Fsck(a) => store_exit(&printer, fsck(a, &printer)),
         Command::Gc(a) => store_exit(&printer, gc(a, &printer)),
         Command::Status(a) => store_exit(&printer, status(a, &printer)),
+        Command::Serve { .. } => return serve(),
         Command::Container(c) => {
             return super::containers::run(c, &crate::agent::agent_root(), &printer).into();
         }
@@ -148,6 +155,21 @@ pub fn main() -> ExitCode {
                 Exit::Failed
             }
             .into()
+        }
+    }
+}
+
+/// `dt-agent serve --stdio`: the wire protocol on stdin/stdout; errors go to stderr (and to
+/// the laptop as a message), never to stdout.
+fn serve() -> ExitCode {
+    let root = crate::agent::agent_root();
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    match crate::wire::serve::serve(&root, &mut input, &mut output) {
+        Ok(()) => Exit::Ok.into(),
+        Err(e) => {
+            eprintln!("dt-agent serve: {e}");
+            Exit::Failed.into()
         }
     }
 }

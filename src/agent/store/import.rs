@@ -91,13 +91,13 @@ pub struct ImportReport {
 }
 
 /// One import's staging directory. Dropped, it is removed.
-struct Tx {
-    dir: PathBuf,
+pub(super) struct Tx {
+    pub(super) dir: PathBuf,
     _lock: File,
 }
 
 impl Tx {
-    fn begin(store: &AgentStore) -> Result<Tx, AgentStoreError> {
+    pub(super) fn begin(store: &AgentStore) -> Result<Tx, AgentStoreError> {
         let dir = store.tmp_dir().join(temp_name("import-"));
         fs::DirBuilder::new()
             .mode(0o700)
@@ -503,7 +503,10 @@ fn apply_layer(
 
 /// Renames the staged objects to their final names (durable after the caller's syncfs);
 /// returns (objects added, their bytes).
-fn commit_objects(store: &AgentStore, staging: &Staging) -> Result<(usize, u64), AgentStoreError> {
+pub(super) fn commit_objects(
+    store: &AgentStore,
+    staging: &Staging,
+) -> Result<(usize, u64), AgentStoreError> {
     let objects = store.objects_dir();
     let mut added = 0;
     let mut bytes = 0;
@@ -533,7 +536,11 @@ fn commit_objects(store: &AgentStore, staging: &Staging) -> Result<(usize, u64),
 }
 
 /// Renames staged directories `from/<hex>` to `to/<hex>`; returns how many were new.
-fn commit_dirs(from: &Path, to: &Path, ids: &BTreeSet<Digest>) -> Result<usize, AgentStoreError> {
+pub(super) fn commit_dirs(
+    from: &Path,
+    to: &Path,
+    ids: &BTreeSet<Digest>,
+) -> Result<usize, AgentStoreError> {
     let mut added = 0;
     for id in ids {
         let dest = to.join(id.hex());
@@ -576,7 +583,7 @@ fn commit_docs(
 }
 
 /// `syncfs(2)` on the file system holding `dir`.
-fn syncfs(dir: &Path) -> Result<(), AgentStoreError> {
+pub(super) fn syncfs(dir: &Path) -> Result<(), AgentStoreError> {
     let f = File::open(dir).at("open", dir)?;
     rustix::fs::syncfs(&f)
         .map_err(io::Error::from)
@@ -585,7 +592,7 @@ fn syncfs(dir: &Path) -> Result<(), AgentStoreError> {
 }
 
 /// `renameat2(RENAME_NOREPLACE)`: an existing destination is `AlreadyExists`, never replaced.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     match rustix::fs::renameat_with(
         rustix::fs::CWD,
         from,

@@ -58,12 +58,14 @@
 mod fsck;
 mod gc;
 mod import;
+mod ingest;
 mod object;
 mod tarsplit;
 
 pub use fsck::{FsckReport, Problem};
 pub use gc::GcReport;
 pub use import::{ImportOptions, ImportReport, ImportedImage};
+pub use ingest::{BuiltImage, Ingest, MAX_SPLIT_BYTES, ObjectSpec, StagedLayer, content_index_of};
 pub use object::ObjectKey;
 
 use std::collections::BTreeMap;

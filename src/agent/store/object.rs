@@ -302,7 +302,11 @@ fn discard(body: Body) {
 
 /// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities), then
 /// the mtime.
-fn apply_meta(fd: BorrowedFd<'_>, key: &ObjectKey, meta: &FileMeta<'_>) -> io::Result<()> {
+pub(crate) fn apply_meta(
+    fd: BorrowedFd<'_>,
+    key: &ObjectKey,
+    meta: &FileMeta<'_>,
+) -> io::Result<()> {
     if meta.owner.is_some() {
         rustix::fs::fchown(
             fd,

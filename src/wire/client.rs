@@ -1,0 +1,821 @@
+//! The laptop's end: a [`Connection`] over any `AsyncRead + AsyncWrite` (the SSH channel of
+//! `dt-agent serve --stdio`, or a child's stdin/stdout in tests).
+//!
+//! [`Connection::transfer`] plans with one round trip (what the robot has, by diff_id, chain
+//! id and document digest), then for each missing layer: picks a base layer the robot has (the
+//! same position in the robot's current image of that name, else of any image), asks about just
+//! the contents that are not in the base, sends the tar-split as a zstd delta against the
+//! base's, the missing contents in batches (one zstd stream per batch, level 19 with a long
+//! window), and large changed files as `--patch-from`-style deltas. Bytes are counted on the
+//! channel (after compression).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::frame::{Frame, Kind, data_frames, read_frame_async, write_frame_async};
+use super::split::{self, LayerInfo};
+use super::{
+    ClientHello, FromRobot, MAJOR, MINOR, PATCH_MIN, ToRobot, WireError, bitmap_decode,
+    check_version, window_log_for,
+};
+use crate::agent::container::logs::LogLine;
+use crate::agent::daemon::Request;
+use crate::agent::store::ObjectSpec;
+use crate::oci::{Descriptor, Digest, Document, ImageConfig, Reference, media};
+use crate::progress::{Event, Reporter};
+use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
+
+pub use super::RobotHello;
+
+/// Uncompressed bytes per object batch (one zstd stream; committed together on the robot).
+const BATCH_BYTES: u64 = 16 << 20;
+/// Objects per batch.
+const BATCH_OBJECTS: usize = 4096;
+
+/// zstd level for file contents and tar-splits (`DTS_WIRE_LEVEL` overrides).
+fn level() -> i32 {
+    std::env::var("DTS_WIRE_LEVEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|l| (1..=22).contains(l))
+        .unwrap_or(19)
+}
+
+/// What a transfer did. Byte counts are the connection's totals (hello included).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TransferReport {
+    /// Images transferred (named on the robot).
+    pub images: usize,
+    /// Layers of those images.
+    pub layers_total: usize,
+    /// Layers the robot had.
+    pub layers_skipped: usize,
+    /// Layers sent.
+    pub layers_sent: usize,
+    /// Objects sent (whole or as patches).
+    pub objects_sent: u64,
+    /// Their uncompressed bytes.
+    pub object_bytes: u64,
+    /// Objects sent as patches.
+    pub patches_sent: u64,
+    /// Tar-splits sent as deltas against a base layer.
+    pub split_deltas: usize,
+    /// Manifests, indexes and configs sent.
+    pub documents_sent: usize,
+    /// Snapshots the robot built.
+    pub snapshots_built: usize,
+    /// Bytes written to the channel.
+    pub bytes_sent: u64,
+    /// Bytes read from the channel.
+    pub bytes_received: u64,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// An open session with a robot's agent.
+pub struct Connection<IO> {
+    io: IO,
+    hello: RobotHello,
+    sent: u64,
+    received: u64,
+    cache: PathBuf,
+}
+
+/// One image to send, resolved to the robot's platform.
+struct Plan {
+    names: Vec<String>,
+    top: Digest,
+    top_media_type: String,
+    manifest: Digest,
+    docs: Vec<(Digest, Vec<u8>)>,
+    layers: Vec<(Descriptor, Digest)>,
+    chain: Digest,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
+    /// Says hello and reads the robot's: a different major version is
+    /// [`WireError::Version`].
+    pub async fn open(io: IO) -> Result<(Connection<IO>, RobotHello), WireError> {
+        let placeholder = RobotHello {
+            platform: crate::oci::Platform::host(),
+            hostname: String::new(),
+            agent_version: String::new(),
+            free_bytes: 0,
+            images: Vec::new(),
+            protocol: String::new(),
+        };
+        let mut c = Connection {
+            io,
+            hello: placeholder,
+            sent: 0,
+            received: 0,
+            cache: crate::ops::dts_home().join("cache/layers"),
+        };
+        let hello = Frame::hello(
+            MAJOR,
+            MINOR,
+            &ClientHello {
+                client: format!("dts {}", env!("CARGO_PKG_VERSION")),
+            },
+        );
+        c.write(&[hello]).await?;
+        let Some(first) = c.read().await? else {
+            return Err(WireError::Closed);
+        };
+        if first.kind != Kind::Hello {
+            // An agent that failed before its hello says why.
+            if let Ok(FromRobot::Error { message, bad_input }) = first.message() {
+                return Err(WireError::Robot { message, bad_input });
+            }
+        }
+        let (major, minor, body) = first.parse_hello()?;
+        check_version(major, minor)?;
+        let mut hello: RobotHello = serde_json::from_slice(body)
+            .map_err(|e| WireError::Protocol(format!("the robot's hello: {e}")))?;
+        hello.protocol = format!("{major}.{minor}");
+        c.hello = hello.clone();
+        Ok((c, hello))
+    }
+
+    /// The robot's hello.
+    pub fn hello(&self) -> &RobotHello {
+        &self.hello
+    }
+
+    /// (bytes sent, bytes received) on the channel so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.sent, self.received)
+    }
+
+    /// Uses `dir` for the per-layer file index cache (default `$DTS_HOME/cache/layers`).
+    pub fn set_cache_dir(&mut self, dir: PathBuf) {
+        self.cache = dir;
+    }
+
+    async fn write(&mut self, frames: &[Frame]) -> Result<(), WireError> {
+        for f in frames {
+            let r = write_frame_async(&mut self.io, f).await;
+            if let Err(e) = r {
+                return Err(self.explain(e).await);
+            }
+            self.sent += 5 + f.payload.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WireError> {
+        if let Err(e) = self.io.flush().await {
+            return Err(self.explain(WireError::Io(e)).await);
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<Option<Frame>, WireError> {
+        let f = read_frame_async(&mut self.io).await?;
+        if let Some(f) = &f {
+            self.received += 5 + f.payload.len() as u64;
+        }
+        Ok(f)
+    }
+
+    /// A write failed: the robot may have said why before it stopped reading.
+    async fn explain(&mut self, e: WireError) -> WireError {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), self.read()).await;
+        if let Ok(Ok(Some(f))) = read
+            && let Ok(FromRobot::Error { message, bad_input }) = f.message()
+        {
+            return WireError::Robot { message, bad_input };
+        }
+        e
+    }
+
+    /// Sends `msg` and reads the answer; a robot `error` is [`WireError::Robot`].
+    async fn call(&mut self, msg: &ToRobot) -> Result<FromRobot, WireError> {
+        self.write(&[Frame::control(msg)]).await?;
+        self.flush().await?;
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> Result<FromRobot, WireError> {
+        let Some(f) = self.read().await? else {
+            return Err(WireError::Closed);
+        };
+        match f.message::<FromRobot>()? {
+            FromRobot::Error { message, bad_input } => Err(WireError::Robot { message, bad_input }),
+            m => Ok(m),
+        }
+    }
+
+    /// Relays a request to the robot's daemon and returns its answer.
+    pub async fn daemon(&mut self, request: &Request) -> Result<Value, WireError> {
+        let msg = ToRobot::Daemon {
+            request: request.clone(),
+        };
+        match self.call(&msg).await? {
+            FromRobot::DaemonOk { value } => Ok(value),
+            FromRobot::DaemonError { error } => Err(WireError::Daemon(error)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Relays a streaming request (`logs`), passing each line to `on_line`; returns the exit
+    /// code the stream ended with.
+    pub async fn daemon_logs(
+        &mut self,
+        request: &Request,
+        on_line: &mut (dyn FnMut(LogLine) + Send),
+    ) -> Result<Option<i32>, WireError> {
+        let msg = ToRobot::Daemon {
+            request: request.clone(),
+        };
+        let mut next = self.call(&msg).await?;
+        loop {
+            match next {
+                FromRobot::DaemonLine { line } => on_line(line),
+                FromRobot::DaemonEnd { exit_code } => return Ok(exit_code),
+                FromRobot::DaemonError { error } => return Err(WireError::Daemon(error)),
+                other => return Err(unexpected(&other)),
+            }
+            next = self.answer().await?;
+        }
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) -> Result<(), WireError> {
+        self.write(&[Frame::control(&ToRobot::Bye)]).await?;
+        self.flush().await?;
+        let _ = self.io.shutdown().await;
+        Ok(())
+    }
+
+    /// Gives the robot the images `images` (name, manifest or index digest in `store`; an
+    /// index is resolved to the robot's platform), sending only what it lacks, and names them.
+    pub async fn transfer(
+        &mut self,
+        store: &Store,
+        images: &[(String, Digest)],
+        reporter: &dyn Reporter,
+    ) -> Result<TransferReport, WireError> {
+        let started = Instant::now();
+        let mut report = TransferReport::default();
+        let mut plans: Vec<Plan> = Vec::new();
+        for (name, digest) in images {
+            let canonical = Reference::parse(name)
+                .map_err(|e| WireError::Robot {
+                    message: format!("image name `{name}`: {e}"),
+                    bad_input: true,
+                })?
+                .to_string();
+            if let Some(p) = plans
+                .iter_mut()
+                .find(|p| p.top == *digest || p.manifest == *digest)
+            {
+                p.names.push(canonical);
+                continue;
+            }
+            plans.push(self.plan(store, canonical, digest)?);
+        }
+        // The one round trip: layers (ours and the bases'), snapshots, documents.
+        let mut layers: Vec<Digest> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &plans {
+            for (_, d) in &p.layers {
+                if seen.insert(d.clone()) {
+                    layers.push(d.clone());
+                }
+            }
+        }
+        for img in &self.hello.images {
+            for d in &img.diff_ids {
+                if seen.insert(d.clone()) {
+                    layers.push(d.clone());
+                }
+            }
+        }
+        let chains: Vec<Digest> = plans.iter().map(|p| p.chain.clone()).collect();
+        let docs: Vec<Digest> = plans
+            .iter()
+            .flat_map(|p| p.docs.iter().map(|(d, _)| d.clone()))
+            .collect();
+        let (have_layers, have_chains, have_docs) = match self
+            .call(&ToRobot::Query {
+                layers: layers.clone(),
+                chains: chains.clone(),
+                docs: docs.clone(),
+            })
+            .await?
+        {
+            FromRobot::Have {
+                layers: l,
+                chains: c,
+                docs: d,
+            } if l.len() == layers.len() && c.len() == chains.len() && d.len() == docs.len() => {
+                (l, c, d)
+            }
+            other => return Err(unexpected(&other)),
+        };
+        let mut robot_splits: HashMap<Digest, Digest> = HashMap::new();
+        for (d, s) in layers.iter().zip(have_layers) {
+            if let Some(s) = s {
+                robot_splits.insert(d.clone(), s);
+            }
+        }
+        let have_docs: HashSet<Digest> = docs
+            .iter()
+            .zip(&have_docs)
+            .filter(|(_, h)| **h)
+            .map(|(d, _)| d.clone())
+            .collect();
+        let mut sent_docs: HashSet<Digest> = HashSet::new();
+        let mut sent_contents: HashSet<Digest> = HashSet::new();
+        let mut sent_layers: HashSet<Digest> = HashSet::new();
+        let mut blobs: Option<HashMap<Digest, Descriptor>> = None;
+        for (pi, p) in plans.iter().enumerate() {
+            report.images += 1;
+            let mut changed = !have_chains[pi];
+            for (i, (desc, diff_id)) in p.layers.iter().enumerate() {
+                report.layers_total += 1;
+                if robot_splits.contains_key(diff_id) || sent_layers.contains(diff_id) {
+                    report.layers_skipped += 1;
+                    continue;
+                }
+                changed = true;
+                let label = format!(
+                    "send layer {}/{} of {}",
+                    i + 1,
+                    p.layers.len(),
+                    p.names.first().map(String::as_str).unwrap_or("")
+                );
+                self.send_layer(
+                    store,
+                    p,
+                    i,
+                    desc,
+                    diff_id,
+                    &robot_splits,
+                    &mut blobs,
+                    &mut sent_contents,
+                    &mut report,
+                    reporter,
+                    label,
+                )
+                .await?;
+                sent_layers.insert(diff_id.clone());
+                report.layers_sent += 1;
+            }
+            for (d, bytes) in &p.docs {
+                if have_docs.contains(d) || !sent_docs.insert(d.clone()) {
+                    continue;
+                }
+                changed = true;
+                let z = zstd::encode_all(&bytes[..], level()).expect("in-memory compression");
+                let mut frames = vec![Frame::control(&ToRobot::Document {
+                    digest: d.clone(),
+                    size: bytes.len() as u64,
+                })];
+                frames.extend(data_frames(&z));
+                self.write(&frames).await?;
+                report.documents_sent += 1;
+            }
+            let named = p.names.iter().all(|n| {
+                self.hello
+                    .images
+                    .iter()
+                    .any(|i| &i.name == n && i.digest == p.top && i.manifest == p.manifest)
+            });
+            if changed || !named {
+                match self
+                    .call(&ToRobot::Image {
+                        names: p.names.clone(),
+                        digest: p.top.clone(),
+                        media_type: p.top_media_type.clone(),
+                        manifest: p.manifest.clone(),
+                    })
+                    .await?
+                {
+                    FromRobot::Image(b) => {
+                        if b.snapshot_built {
+                            report.snapshots_built += 1;
+                        }
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+        }
+        report.bytes_sent = self.sent;
+        report.bytes_received = self.received;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// Resolves one image in the laptop store to the robot's platform.
+    fn plan(&self, store: &Store, name: String, digest: &Digest) -> Result<Plan, WireError> {
+        let top_bytes = store.read_blob(digest, MAX_MANIFEST_BYTES)?;
+        let mut docs = vec![(digest.clone(), top_bytes.clone())];
+        let doc = Document::parse(&format!("manifest {digest}"), None, &top_bytes)
+            .map_err(crate::store::StoreError::from)?;
+        let (top_media_type, manifest_digest, manifest) = match doc {
+            Document::Manifest(m) => (
+                m.media_type
+                    .clone()
+                    .unwrap_or_else(|| media::OCI_MANIFEST.to_string()),
+                digest.clone(),
+                *m,
+            ),
+            Document::Index(index) => {
+                let wanted = &self.hello.platform;
+                let entry = index
+                    .manifests
+                    .iter()
+                    .find(|m| m.platform.as_ref().is_some_and(|p| p.matches(wanted)))
+                    .ok_or_else(|| WireError::Robot {
+                        message: format!(
+                            "image `{name}` has no {wanted} variant for this robot (it has: {})",
+                            index
+                                .manifests
+                                .iter()
+                                .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        bad_input: true,
+                    })?;
+                let bytes = store.read_blob(&entry.digest, MAX_MANIFEST_BYTES)?;
+                let m = match Document::parse(&format!("manifest {}", entry.digest), None, &bytes)
+                    .map_err(crate::store::StoreError::from)?
+                {
+                    Document::Manifest(m) => *m,
+                    Document::Index(_) => {
+                        return Err(WireError::Robot {
+                            message: format!("image `{name}`: an index inside an index"),
+                            bad_input: true,
+                        });
+                    }
+                };
+                docs.push((entry.digest.clone(), bytes));
+                (
+                    index
+                        .media_type
+                        .clone()
+                        .unwrap_or_else(|| media::OCI_INDEX.to_string()),
+                    entry.digest.clone(),
+                    m,
+                )
+            }
+        };
+        let cbytes = store.read_blob(&manifest.config.digest, MAX_CONFIG_BYTES)?;
+        let config = ImageConfig::parse(&format!("config {}", manifest.config.digest), &cbytes)
+            .map_err(crate::store::StoreError::from)?;
+        docs.push((manifest.config.digest.clone(), cbytes));
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(WireError::Robot {
+                message: format!(
+                    "image `{name}`: its manifest lists {} layers and its config {} diff_ids",
+                    manifest.layers.len(),
+                    diff_ids.len()
+                ),
+                bad_input: true,
+            });
+        }
+        Ok(Plan {
+            names: vec![name],
+            top: digest.clone(),
+            top_media_type,
+            manifest: manifest_digest,
+            // Configs and manifests before the top document: a name never reaches a
+            // document the robot lacks.
+            docs: docs.into_iter().rev().collect(),
+            chain: crate::agent::store::snapshot_id(&diff_ids),
+            layers: manifest.layers.into_iter().zip(diff_ids).collect(),
+        })
+    }
+
+    /// Where the laptop store keeps the blob of each layer it has (by diff_id), starting with
+    /// the robot's current manifests.
+    fn layer_blobs(&self, store: &Store) -> HashMap<Digest, Descriptor> {
+        let mut out = HashMap::new();
+        let mut manifests: Vec<Descriptor> = self
+            .hello
+            .images
+            .iter()
+            .map(|i| Descriptor::new(media::OCI_MANIFEST, i.manifest.clone(), 0))
+            .collect();
+        if let Ok(images) = store.images() {
+            for r in images {
+                match store.read_document(&r.descriptor) {
+                    Ok(Document::Index(i)) => manifests.extend(i.manifests),
+                    Ok(Document::Manifest(_)) => manifests.push(r.descriptor),
+                    Err(_) => {}
+                }
+            }
+        }
+        for m in manifests {
+            let Ok(bytes) = store.read_blob(&m.digest, MAX_MANIFEST_BYTES) else {
+                continue;
+            };
+            let Ok(Document::Manifest(m)) = Document::parse("manifest", None, &bytes) else {
+                continue;
+            };
+            let Ok(cbytes) = store.read_blob(&m.config.digest, MAX_CONFIG_BYTES) else {
+                continue;
+            };
+            let Ok(config) = ImageConfig::parse("config", &cbytes) else {
+                continue;
+            };
+            for (desc, d) in m.layers.into_iter().zip(config.rootfs.diff_ids) {
+                if store.has_blob(&desc.digest) {
+                    out.entry(d).or_insert(desc);
+                }
+            }
+        }
+        out
+    }
+
+    /// The base layer for position `index` of `plan`: one the robot has, whose tar-split we
+    /// can rebuild exactly (its info is cached or its blob is here).
+    fn base_for(
+        &self,
+        store: &Store,
+        plan: &Plan,
+        index: usize,
+        robot_splits: &HashMap<Digest, Digest>,
+        blobs: &mut Option<HashMap<Digest, Descriptor>>,
+    ) -> Option<(LayerInfo, Option<Descriptor>)> {
+        let mut candidates: Vec<&Digest> = Vec::new();
+        let same_name = self
+            .hello
+            .images
+            .iter()
+            .filter(|i| plan.names.contains(&i.name));
+        let others = self
+            .hello
+            .images
+            .iter()
+            .filter(|i| !plan.names.contains(&i.name));
+        for img in same_name.chain(others) {
+            if let Some(d) = img.diff_ids.get(index)
+                && !candidates.contains(&d)
+            {
+                candidates.push(d);
+            }
+        }
+        for b in candidates {
+            let Some(robot_split) = robot_splits.get(b) else {
+                continue;
+            };
+            let desc = blobs
+                .get_or_insert_with(|| self.layer_blobs(store))
+                .get(b)
+                .cloned();
+            let info = match split::cached(&self.cache, b) {
+                Some(i) => i,
+                None => match &desc {
+                    Some(desc) => match split::layer_info(&self.cache, store, desc, b) {
+                        Ok(i) => i,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                },
+            };
+            if &info.split_digest == robot_split {
+                return Some((info, desc));
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_layer(
+        &mut self,
+        store: &Store,
+        plan: &Plan,
+        index: usize,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        robot_splits: &HashMap<Digest, Digest>,
+        blobs: &mut Option<HashMap<Digest, Descriptor>>,
+        sent_contents: &mut HashSet<Digest>,
+        report: &mut TransferReport,
+        reporter: &dyn Reporter,
+        label: String,
+    ) -> Result<(), WireError> {
+        let id = format!("layer {}", diff_id.short());
+        reporter.event(Event::start(id.clone(), label, Some(desc.size)));
+        let info = split::layer_info(&self.cache, store, desc, diff_id)?;
+        let base = self.base_for(store, plan, index, robot_splits, blobs);
+        let base_contents: HashSet<&Digest> = base
+            .as_ref()
+            .map(|(b, _)| b.files.iter().map(|f| &f.object.digest).collect())
+            .unwrap_or_default();
+        // Only the contents that are not in the base (nor sent already) are asked about.
+        let mut candidates: Vec<ObjectSpec> = Vec::new();
+        let mut seen: HashSet<&Digest> = HashSet::new();
+        for f in &info.files {
+            let d = &f.object.digest;
+            if base_contents.contains(d) || sent_contents.contains(d) || !seen.insert(d) {
+                continue;
+            }
+            candidates.push(f.object.clone());
+        }
+        let missing: Vec<ObjectSpec> = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            let digests: Vec<Digest> = candidates.iter().map(|o| o.digest.clone()).collect();
+            let have = match self.call(&ToRobot::Contents { digests }).await? {
+                FromRobot::Contents { have } => bitmap_decode(&have, candidates.len())?,
+                other => return Err(unexpected(&other)),
+            };
+            candidates
+                .into_iter()
+                .zip(have)
+                .filter(|(_, h)| !h)
+                .map(|(o, _)| o)
+                .collect()
+        };
+
+        // The tar-split, against the base's.
+        let lvl = level();
+        let prefix: &[u8] = base.as_ref().map(|(b, _)| &b.split[..]).unwrap_or(&[]);
+        let z = compress(&info.split, prefix, lvl)
+            .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
+        let mut frames = vec![Frame::control(&ToRobot::Layer {
+            diff_id: diff_id.clone(),
+            split_digest: info.split_digest.clone(),
+            split_size: info.split.len() as u64,
+            base: base.as_ref().map(|(b, _)| b.diff_id.clone()),
+        })];
+        frames.extend(data_frames(&z));
+        self.write(&frames).await?;
+        if base.is_some() {
+            report.split_deltas += 1;
+        }
+
+        // Large changed files at a path the base has: patches against the old content.
+        let base_paths: HashMap<&str, &ObjectSpec> = base
+            .as_ref()
+            .map(|(b, _)| {
+                b.files
+                    .iter()
+                    .map(|f| (f.path.as_str(), &f.object))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut patch_of: BTreeMap<Digest, Digest> = BTreeMap::new();
+        if base.as_ref().is_some_and(|(_, d)| d.is_some()) {
+            for f in &info.files {
+                if f.object.size < PATCH_MIN || !missing.iter().any(|m| m.digest == f.object.digest)
+                {
+                    continue;
+                }
+                if let Some(old) = base_paths.get(f.path.as_str())
+                    && old.digest != f.object.digest
+                    && old.size > 0
+                {
+                    patch_of
+                        .entry(f.object.digest.clone())
+                        .or_insert(old.digest.clone());
+                }
+            }
+        }
+
+        // Everything else, in batches of one zstd stream each.
+        let wanted: HashSet<Digest> = missing.iter().map(|o| o.digest.clone()).collect();
+        let mut batch: Vec<(ObjectSpec, Vec<u8>)> = Vec::new();
+        let mut batch_bytes = 0u64;
+        let mut patch_new: HashMap<Digest, (ObjectSpec, Vec<u8>)> = HashMap::new();
+        let mut done = 0u64;
+        if !wanted.is_empty() {
+            // The blob is read on a blocking thread; batches come back through a channel.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectSpec, Vec<u8>)>(64);
+            let store_root = store.root().to_path_buf();
+            let desc2 = desc.clone();
+            let diff2 = diff_id.clone();
+            let wanted2 = wanted.clone();
+            let reader = tokio::task::spawn_blocking(move || -> Result<(), WireError> {
+                let store = Store::open(&store_root)?;
+                split::read_contents(&store, &desc2, &diff2, &wanted2, &mut |spec, bytes| {
+                    tx.blocking_send((spec, bytes))
+                        .map_err(|_| WireError::Protocol("the sender stopped".into()))
+                })
+            });
+            while let Some((spec, bytes)) = rx.recv().await {
+                sent_contents.insert(spec.digest.clone());
+                if patch_of.contains_key(&spec.digest) {
+                    patch_new.insert(spec.digest.clone(), (spec, bytes));
+                    continue;
+                }
+                batch_bytes += bytes.len() as u64;
+                batch.push((spec, bytes));
+                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_OBJECTS {
+                    done += batch_bytes;
+                    self.send_batch(std::mem::take(&mut batch), lvl, report)
+                        .await?;
+                    batch_bytes = 0;
+                    reporter.event(Event::advance(id.clone(), done));
+                }
+            }
+            reader
+                .await
+                .map_err(|e| WireError::Protocol(format!("reading a layer: {e}")))??;
+            if !batch.is_empty() {
+                self.send_batch(std::mem::take(&mut batch), lvl, report)
+                    .await?;
+            }
+        }
+        if !patch_new.is_empty() {
+            let (_, base_desc) = base.as_ref().expect("patches have a base");
+            let base_desc = base_desc.as_ref().expect("patches have a base blob");
+            let (_, base_info) = (0, &base.as_ref().expect("base").0);
+            let olds: HashSet<Digest> = patch_of.values().cloned().collect();
+            let mut old_bytes: HashMap<Digest, Vec<u8>> = HashMap::new();
+            split::read_contents(store, base_desc, &base_info.diff_id, &olds, &mut |s, b| {
+                old_bytes.insert(s.digest, b);
+                Ok(())
+            })?;
+            for (new, old) in &patch_of {
+                let Some((spec, bytes)) = patch_new.remove(new) else {
+                    continue;
+                };
+                let old_content = &old_bytes[old];
+                let z = compress(&bytes, old_content, lvl)
+                    .map_err(|e| WireError::Protocol(format!("compressing a patch: {e}")))?;
+                let mut frames = vec![Frame::control(&ToRobot::Patch {
+                    object: spec.clone(),
+                    base: old.clone(),
+                })];
+                frames.extend(data_frames(&z));
+                self.write(&frames).await?;
+                report.objects_sent += 1;
+                report.patches_sent += 1;
+                report.object_bytes += spec.size;
+            }
+        }
+        match self.call(&ToRobot::Sync).await? {
+            FromRobot::Synced { .. } => {}
+            other => return Err(unexpected(&other)),
+        }
+        reporter.event(Event::finish(
+            id,
+            format!("{} object(s) sent", missing.len()),
+        ));
+        Ok(())
+    }
+
+    async fn send_batch(
+        &mut self,
+        batch: Vec<(ObjectSpec, Vec<u8>)>,
+        lvl: i32,
+        report: &mut TransferReport,
+    ) -> Result<(), WireError> {
+        let total: u64 = batch.iter().map(|(s, _)| s.size).sum();
+        let (specs, z) = tokio::task::spawn_blocking(move || {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), lvl)?;
+            enc.window_log(window_log_for(total).clamp(17, 27))?;
+            enc.long_distance_matching(true)?;
+            let mut specs = Vec::with_capacity(batch.len());
+            for (spec, bytes) in batch {
+                std::io::Write::write_all(&mut enc, &bytes)?;
+                specs.push(spec);
+            }
+            Ok::<_, std::io::Error>((specs, enc.finish()?))
+        })
+        .await
+        .map_err(|e| WireError::Protocol(format!("compressing a batch: {e}")))?
+        .map_err(|e| WireError::Protocol(format!("compressing a batch: {e}")))?;
+        report.objects_sent += specs.len() as u64;
+        report.object_bytes += total;
+        let mut frames = vec![Frame::control(&ToRobot::Objects { objects: specs })];
+        frames.extend(data_frames(&z));
+        self.write(&frames).await
+    }
+}
+
+/// zstd at `level` with a window covering `prefix` and `data`, long-distance matching, and
+/// `prefix` as the reference prefix (zstd's `--patch-from`) when it is not empty.
+fn compress(data: &[u8], prefix: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    let window = window_log_for((prefix.len() + data.len()) as u64).max(17);
+    let mut enc = if prefix.is_empty() {
+        zstd::stream::write::Encoder::new(Vec::new(), level)?
+    } else {
+        zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, prefix)?
+    };
+    enc.window_log(window)?;
+    enc.long_distance_matching(true)?;
+    enc.set_pledged_src_size(Some(data.len() as u64))?;
+    std::io::Write::write_all(&mut enc, data)?;
+    enc.finish()
+}
+
+fn unexpected(m: &FromRobot) -> WireError {
+    let s = serde_json::to_string(m).unwrap_or_default();
+    WireError::Protocol(format!(
+        "an unexpected answer: {}",
+        s.chars().take(200).collect::<String>()
+    ))
+}

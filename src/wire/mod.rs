@@ -1,0 +1,377 @@
+//! The wire between `dts` and `dt-agent serve --stdio` (architecture.md, "The wire"): versioned,
+//! length-prefixed frames over the SSH channel's stdin/stdout, JSON control messages, zstd
+//! payload streams.
+//!
+//! ```text
+//! laptop                                         robot (dt-agent serve --stdio)
+//! H  magic, 1.0, {client}               ──▶
+//!                                       ◀──      H  magic, 1.0, {platform, hostname,
+//!                                                   agent_version, images: name → manifest,
+//!                                                   diff_ids}
+//! query {layers, chains, docs}          ──▶                      one round trip: what the
+//!                                       ◀──      have {split digests, snapshots, documents}
+//! per missing layer:
+//!   contents {digests not in the base}  ──▶
+//!                                       ◀──      contents {have: bitmap}
+//!   layer {diff_id, split digest, base} + D…     the tar-split, zstd against the base
+//!                                                layer's tar-split (ref prefix)
+//!   objects {specs} + D…                         one zstd stream of the batch's contents;
+//!                                                committed (final names) per batch
+//!   patch {spec, base content} + D…              a large changed file: zstd with the old
+//!                                                file as ref prefix (`--patch-from`)
+//!   sync                                ──▶ ◀──  synced {objects committed}
+//! document {digest} + D…                         manifests, configs (verified, stored)
+//! image {names, digest, manifest}       ──▶ ◀──  image {chain id, snapshot built, …}
+//! daemon {request}                      ──▶ ◀──  daemon_ok | daemon_line… daemon_end |
+//!                                                daemon_error   (relayed to dt-agent daemon)
+//! ```
+//!
+//! The first frame each way is a hello with a magic and the protocol version; a different
+//! major version fails with both versions named and the fix. Minor versions only add optional
+//! fields. Every payload is verified on the robot before it gets a final name: objects by their
+//! content digest, tar-splits by the digest the laptop sent, documents by theirs; the snapshot
+//! build re-checks each new layer's diff_id. Objects are committed per batch, so a cut link or a
+//! killed agent loses at most the batch in flight, and the next deploy's queries find the rest.
+//!
+//! **Deltas.** A changed file at a path the base layer also has, of at least
+//! [`PATCH_MIN`] bytes, travels as a zstd patch: the old content is the compressor's reference
+//! prefix (zstd's `--patch-from` mode: `ZSTD_CCtx_refPrefix` with long-distance matching and a
+//! window covering the old and new file), which the robot decodes against its own copy of the
+//! old object. Tar-splits travel the same way against the base layer's tar-split, so a
+//! one-file change in a 2,000-file layer costs a few hundred bytes of metadata.
+
+#[cfg(feature = "workstation")]
+pub mod client;
+pub mod frame;
+pub mod serve;
+#[cfg(feature = "workstation")]
+pub mod split;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::container::logs::LogLine;
+use crate::agent::daemon::{RemoteError, Request};
+use crate::agent::store::{BuiltImage, ObjectSpec};
+use crate::oci::{Digest, Platform};
+
+/// The first bytes of each hello.
+pub const MAGIC: &[u8; 8] = b"DTSWIRE\n";
+/// Protocol major version: a different one on the other end cannot talk to us.
+pub const MAJOR: u16 = 1;
+/// Protocol minor version: only optional additions.
+pub const MINOR: u16 = 0;
+/// Changed files at least this large travel as zstd patches against the base's version.
+pub const PATCH_MIN: u64 = 64 * 1024;
+/// Largest zstd window a decoder accepts (2 GiB: the `--patch-from` limit).
+pub const MAX_WINDOW_LOG: u32 = 31;
+
+/// Why the wire failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The channel failed.
+    #[error("the connection to the robot failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The channel closed in the middle of a frame or an exchange.
+    #[error("the connection to the robot closed unexpectedly")]
+    Closed,
+    /// The two ends speak different major versions.
+    #[error(
+        "the robot's dt-agent speaks wire protocol {robot}, this dts speaks {laptop}; re-provision the robot to upgrade dt-agent (`dts duckiebot provision`)"
+    )]
+    Version {
+        /// The robot's version (`major.minor`).
+        robot: String,
+        /// Ours.
+        laptop: String,
+    },
+    /// The other end sent something out of step.
+    #[error("wire protocol error: {0}")]
+    Protocol(String),
+    /// The robot refused or failed; its message names the thing.
+    #[error("the robot: {message}")]
+    Robot {
+        /// What it said.
+        message: String,
+        /// Whether the request was at fault (exit 2).
+        bad_input: bool,
+    },
+    /// The daemon refused or failed a relayed request.
+    #[error(transparent)]
+    Daemon(#[from] RemoteError),
+    /// The laptop store could not give an image or layer.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A local file (the layer cache) failed.
+    #[error(transparent)]
+    Path(#[from] crate::util::fs::PathError),
+    /// A layer on the laptop could not be read.
+    #[error("layer {diff_id}: {reason}")]
+    Layer {
+        /// The layer.
+        diff_id: Digest,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl WireError {
+    /// Whether the input (an image, a request) is at fault rather than the link or robot.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            WireError::Robot { bad_input, .. } => *bad_input,
+            WireError::Daemon(e) => e.bad_input,
+            WireError::Store(e) => e.is_bad_input(),
+            _ => false,
+        }
+    }
+}
+
+/// The laptop's hello body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// `dts <version>`.
+    pub client: String,
+}
+
+/// An image named on the robot, as its hello lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RobotImage {
+    /// The full name (`docker.io/duckietown/dt-core:daffy`).
+    pub name: String,
+    /// What the name points at (manifest or index).
+    pub digest: Digest,
+    /// The manifest used on the robot.
+    pub manifest: Digest,
+    /// Its layers.
+    pub diff_ids: Vec<Digest>,
+    /// Whether its snapshot is present.
+    pub snapshot: bool,
+}
+
+/// The robot's hello body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RobotHello {
+    /// Its platform (what images must be built for).
+    pub platform: Platform,
+    /// Its hostname.
+    pub hostname: String,
+    /// `dt-agent` version.
+    pub agent_version: String,
+    /// Bytes free in its store.
+    pub free_bytes: u64,
+    /// Its named images.
+    pub images: Vec<RobotImage>,
+    /// The protocol version it speaks (`major.minor`), filled in from the hello frame.
+    #[serde(default)]
+    pub protocol: String,
+}
+
+/// Laptop → robot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToRobot {
+    /// What of these does the robot have? Answered by [`FromRobot::Have`].
+    Query {
+        /// Layers by diff_id.
+        layers: Vec<Digest>,
+        /// Snapshots by chain id.
+        chains: Vec<Digest>,
+        /// Manifests, indexes, configs.
+        docs: Vec<Digest>,
+    },
+    /// Which of these contents does the robot have (any metadata variant)? Answered by
+    /// [`FromRobot::Contents`].
+    Contents {
+        /// Content digests.
+        digests: Vec<Digest>,
+    },
+    /// A layer's tar-split follows as a data stream: zstd of the record stream, with the
+    /// tar-split of `base` (a layer the robot has) as the reference prefix when given.
+    Layer {
+        /// The layer.
+        diff_id: Digest,
+        /// sha256 of the uncompressed record stream.
+        split_digest: Digest,
+        /// Its length.
+        split_size: u64,
+        /// The base layer.
+        base: Option<Digest>,
+    },
+    /// The contents of `objects`, in order, follow as one zstd stream. Committed as a batch.
+    Objects {
+        /// The objects.
+        objects: Vec<ObjectSpec>,
+    },
+    /// One object follows as a zstd stream whose reference prefix is the content `base`.
+    Patch {
+        /// The object.
+        object: ObjectSpec,
+        /// The content it is a patch against (the robot has it).
+        base: Digest,
+    },
+    /// Commit what was received; answered by [`FromRobot::Synced`].
+    Sync,
+    /// A manifest, index or config follows as a zstd stream.
+    Document {
+        /// Its digest.
+        digest: Digest,
+        /// Its length.
+        size: u64,
+    },
+    /// Build the image's snapshot, commit its layers, name it. Answered by
+    /// [`FromRobot::Image`].
+    Image {
+        /// Names to give it.
+        names: Vec<String>,
+        /// The top document (manifest or index).
+        digest: Digest,
+        /// Its media type.
+        media_type: String,
+        /// The manifest used on the robot.
+        manifest: Digest,
+    },
+    /// A request for `dt-agent daemon`, relayed over its socket.
+    Daemon {
+        /// The request.
+        request: Request,
+    },
+    /// The end of the session.
+    Bye,
+}
+
+/// Robot → laptop.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FromRobot {
+    /// The answer to [`ToRobot::Query`], in the query's order.
+    Have {
+        /// For each layer: its tar-split digest if the layer is complete here.
+        layers: Vec<Option<Digest>>,
+        /// For each chain id: whether its snapshot is here.
+        chains: Vec<bool>,
+        /// For each document: whether it is here.
+        docs: Vec<bool>,
+    },
+    /// The answer to [`ToRobot::Contents`]: a bitmap, hex, bit i (LSB first in each byte) set
+    /// when content i is here.
+    Contents {
+        /// The bitmap.
+        have: String,
+    },
+    /// The answer to [`ToRobot::Sync`].
+    Synced {
+        /// Objects this session committed so far.
+        objects_committed: u64,
+    },
+    /// The answer to [`ToRobot::Image`].
+    Image(BuiltImage),
+    /// A daemon request's answer.
+    DaemonOk {
+        /// The value.
+        value: serde_json::Value,
+    },
+    /// One log line of a streamed request.
+    DaemonLine {
+        /// The line.
+        line: LogLine,
+    },
+    /// The end of a streamed request.
+    DaemonEnd {
+        /// The container's exit code, if it exited.
+        exit_code: Option<i32>,
+    },
+    /// The daemon refused or failed.
+    DaemonError {
+        /// Its error.
+        error: RemoteError,
+    },
+    /// The robot failed; the session ends.
+    Error {
+        /// What went wrong, naming the thing.
+        message: String,
+        /// Whether the request was at fault.
+        bad_input: bool,
+    },
+}
+
+/// A bitmap as hex, bit i LSB-first in byte i/8.
+pub fn bitmap_encode(bits: &[bool]) -> String {
+    let mut bytes = vec![0u8; bits.len().div_ceil(8)];
+    for (i, b) in bits.iter().enumerate() {
+        if *b {
+            bytes[i / 8] |= 1 << (i % 8);
+        }
+    }
+    hex::encode(bytes)
+}
+
+/// The inverse of [`bitmap_encode`] for `n` bits.
+pub fn bitmap_decode(s: &str, n: usize) -> Result<Vec<bool>, WireError> {
+    let bytes = hex::decode(s).map_err(|e| WireError::Protocol(format!("a bitmap: {e}")))?;
+    if bytes.len() != n.div_ceil(8) {
+        return Err(WireError::Protocol(format!(
+            "a bitmap of {} bytes for {n} entries",
+            bytes.len()
+        )));
+    }
+    Ok((0..n).map(|i| bytes[i / 8] & (1 << (i % 8)) != 0).collect())
+}
+
+/// Checks the peer's version against ours.
+pub fn check_version(major: u16, minor: u16) -> Result<(), WireError> {
+    if major != MAJOR {
+        return Err(WireError::Version {
+            robot: format!("{major}.{minor}"),
+            laptop: format!("{MAJOR}.{MINOR}"),
+        });
+    }
+    Ok(())
+}
+
+/// The zstd window log that covers `bytes` (a reference prefix plus what is compressed).
+pub fn window_log_for(bytes: u64) -> u32 {
+    let mut log = 10;
+    while log < MAX_WINDOW_LOG && (1u64 << log) < bytes {
+        log += 1;
+    }
+    log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmaps_and_versions() {
+        let bits = vec![true, false, false, true, true, false, false, false, true];
+        let s = bitmap_encode(&bits);
+        assert_eq!(bitmap_decode(&s, bits.len()).unwrap(), bits);
+        assert!(bitmap_decode(&s, 20).is_err());
+        assert!(check_version(MAJOR, MINOR + 3).is_ok());
+        let e = check_version(MAJOR + 1, 0).unwrap_err().to_string();
+        assert!(e.contains(&format!("{}.0", MAJOR + 1)), "{e}");
+        assert!(e.contains(&format!("{MAJOR}.{MINOR}")), "{e}");
+        assert!(
+            e.contains("re-provision the robot to upgrade dt-agent"),
+            "{e}"
+        );
+        assert_eq!(window_log_for(1 << 20), 20);
+        assert_eq!(window_log_for((1 << 20) + 1), 21);
+        assert_eq!(window_log_for(1), 10);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = ToRobot::Daemon {
+            request: Request::Ps { all: true },
+        };
+        let f = frame::Frame::control(&m);
+        let back: ToRobot = f.message().unwrap();
+        assert!(matches!(
+            back,
+            ToRobot::Daemon {
+                request: Request::Ps { all: true }
+            }
+        ));
+    }
+}

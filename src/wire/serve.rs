@@ -1,0 +1,360 @@
+//! The robot's end: `dt-agent serve --stdio`. Reads frames on stdin, writes frames on stdout
+//! (nothing else ever goes to stdout), one request at a time, with blocking I/O.
+//!
+//! It holds the store's shared lock for the session (so `gc` waits), stages what arrives in one
+//! staging area (see `agent::store::ingest`), and relays daemon requests to `dt-agent daemon`
+//! over its socket without looking at their kind (only `logs` streams).
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use super::frame::{DataReader, Frame, Kind, read_frame, write_frame};
+use super::{
+    ClientHello, FromRobot, MAJOR, MAX_WINDOW_LOG, MINOR, RobotHello, RobotImage, ToRobot,
+    WireError, bitmap_encode, check_version,
+};
+use crate::agent::daemon::{Client, ClientError, RemoteError, Request};
+use crate::agent::store::{AgentStore, AgentStoreError, Ingest, MAX_SPLIT_BYTES, RefEntry};
+use crate::oci::{Platform, Reference};
+use crate::store::MAX_MANIFEST_BYTES;
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The wire failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] AgentStoreError),
+}
+
+/// The robot's hello: platform, hostname, agent version, named images.
+pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
+    let mut images = Vec::new();
+    for (name, entry) in store.refs()? {
+        let Ok((_, config)) = store.image_config(&entry.manifest) else {
+            continue; // fsck reports it; the laptop just sees no such image
+        };
+        let diff_ids = config.rootfs.diff_ids;
+        images.push(RobotImage {
+            name,
+            digest: entry.digest,
+            manifest: entry.manifest,
+            snapshot: store.has_snapshot(&crate::agent::store::snapshot_id(&diff_ids)),
+            diff_ids,
+        });
+    }
+    Ok(RobotHello {
+        platform: Platform::host().normalized(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        free_bytes: store.free_bytes().unwrap_or(0),
+        images,
+        protocol: format!("{MAJOR}.{MINOR}"),
+    })
+}
+
+/// Serves one session on `input`/`output` with the store at `root`. Returns at `bye` or at
+/// the end of `input`; a failure is also sent to the laptop as an `error` message.
+pub fn serve(root: &Path, input: &mut dyn Read, output: &mut dyn Write) -> Result<(), ServeError> {
+    let result = serve_inner(root, input, output);
+    if let Err(e) = &result {
+        let bad_input = match e {
+            ServeError::Store(s) => {
+                s.is_bad_input() || matches!(s, AgentStoreError::Corrupt { .. })
+            }
+            ServeError::Wire(w) => matches!(w, WireError::Version { .. } | WireError::Protocol(_)),
+        };
+        let msg = FromRobot::Error {
+            message: e.to_string(),
+            bad_input,
+        };
+        let _ = write_frame(output, &Frame::control(&msg));
+        let _ = output.flush();
+    }
+    result
+}
+
+fn send(output: &mut dyn Write, msg: &FromRobot) -> Result<(), WireError> {
+    write_frame(output, &Frame::control(msg))?;
+    output.flush().map_err(WireError::Io)
+}
+
+fn serve_inner(
+    root: &Path,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+) -> Result<(), ServeError> {
+    let Some(first) = read_frame(input)? else {
+        return Ok(());
+    };
+    let (major, minor, body) = first.parse_hello()?;
+    let store = AgentStore::open(root)?;
+    let hello = robot_hello(&store)?;
+    // Our hello goes first either way, so the laptop can name both versions.
+    write_frame(output, &Frame::hello(MAJOR, MINOR, &hello))?;
+    output.flush().map_err(WireError::Io)?;
+    if let Err(WireError::Version { robot, laptop }) = check_version(major, minor) {
+        // From here "robot" is us: name the laptop's version as the other one.
+        return Err(WireError::Version {
+            robot: laptop,
+            laptop: robot,
+        }
+        .into());
+    }
+    let _client: ClientHello = serde_json::from_slice(body).unwrap_or_default();
+    let mut ingest: Option<Ingest<'_>> = None;
+    loop {
+        let Some(frame) = read_frame(input)? else {
+            return Ok(());
+        };
+        if frame.kind == Kind::Data || frame.kind == Kind::Hello {
+            return Err(
+                WireError::Protocol(format!("an unexpected {:?} frame", frame.kind)).into(),
+            );
+        }
+        let msg: ToRobot = frame.message()?;
+        match msg {
+            ToRobot::Bye => return Ok(()),
+            ToRobot::Query {
+                layers,
+                chains,
+                docs,
+            } => {
+                let docs_dir = root.join("images/sha256");
+                send(
+                    output,
+                    &FromRobot::Have {
+                        layers: layers.iter().map(|d| store.layer_split_digest(d)).collect(),
+                        chains: chains.iter().map(|c| store.has_snapshot(c)).collect(),
+                        docs: docs
+                            .iter()
+                            .map(|d| docs_dir.join(d.hex()).is_file())
+                            .collect(),
+                    },
+                )?;
+            }
+            ToRobot::Contents { digests } => {
+                let have = store.has_contents(&digests)?;
+                send(
+                    output,
+                    &FromRobot::Contents {
+                        have: bitmap_encode(&have),
+                    },
+                )?;
+            }
+            ToRobot::Layer {
+                diff_id,
+                split_digest,
+                split_size,
+                base,
+            } => {
+                if split_size > MAX_SPLIT_BYTES {
+                    return Err(WireError::Protocol(format!(
+                        "a tar-split of {split_size} bytes for layer {diff_id}"
+                    ))
+                    .into());
+                }
+                let prefix = match &base {
+                    Some(b) => store.layer_split(b)?,
+                    None => Vec::new(),
+                };
+                let mut data = DataReader::new(input);
+                let split = decode_all(&mut data, &prefix, split_size + 1)?;
+                data.finish()?;
+                if split.len() as u64 != split_size {
+                    return Err(WireError::Protocol(format!(
+                        "layer {diff_id}: a tar-split of {} bytes, {split_size} announced",
+                        split.len()
+                    ))
+                    .into());
+                }
+                let ing = ingest_of(&store, &mut ingest)?;
+                ing.put_layer(&diff_id, &split_digest, &split)?;
+            }
+            ToRobot::Objects { objects } => {
+                let ing = ingest_of(&store, &mut ingest)?;
+                let mut data = DataReader::new(input);
+                {
+                    let mut dec = decoder(&mut data, &[])?;
+                    for spec in &objects {
+                        ing.put_object(spec, &mut dec)?;
+                    }
+                    let mut extra = [0u8; 1];
+                    if dec.read(&mut extra).map_err(WireError::Io)? != 0 {
+                        return Err(WireError::Protocol(
+                            "more object bytes than the batch announced".into(),
+                        )
+                        .into());
+                    }
+                }
+                data.finish()?;
+                ing.commit_objects()?;
+            }
+            ToRobot::Patch { object, base } => {
+                let old = read_content(&store, &base, object.size)?;
+                let ing = ingest_of(&store, &mut ingest)?;
+                let mut data = DataReader::new(input);
+                {
+                    let mut dec = decoder(&mut data, &old)?;
+                    ing.put_object(&object, &mut dec)?;
+                }
+                data.finish()?;
+                ing.commit_objects()?;
+            }
+            ToRobot::Sync => {
+                let ing = ingest_of(&store, &mut ingest)?;
+                ing.commit_objects()?;
+                send(
+                    output,
+                    &FromRobot::Synced {
+                        objects_committed: ing.objects_committed(),
+                    },
+                )?;
+            }
+            ToRobot::Document { digest, size } => {
+                if size > MAX_MANIFEST_BYTES.max(crate::store::MAX_CONFIG_BYTES) {
+                    return Err(WireError::Protocol(format!(
+                        "a document of {size} bytes ({digest})"
+                    ))
+                    .into());
+                }
+                let mut data = DataReader::new(input);
+                let bytes = decode_all(&mut data, &[], size + 1)?;
+                data.finish()?;
+                store.put_document(&digest, &bytes)?;
+            }
+            ToRobot::Image {
+                names,
+                digest,
+                media_type,
+                manifest,
+            } => {
+                let refs = names
+                    .iter()
+                    .map(|n| {
+                        Reference::parse(n)
+                            .map_err(|e| WireError::Protocol(format!("an image name `{n}`: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let ing = ingest_of(&store, &mut ingest)?;
+                let built = ing.build_image(
+                    &refs,
+                    &RefEntry {
+                        digest,
+                        media_type,
+                        manifest,
+                    },
+                )?;
+                send(output, &FromRobot::Image(built))?;
+            }
+            ToRobot::Daemon { request } => relay(root, &request, output)?,
+        }
+    }
+}
+
+fn ingest_of<'s, 'a>(
+    store: &'s AgentStore,
+    slot: &'a mut Option<Ingest<'s>>,
+) -> Result<&'a mut Ingest<'s>, AgentStoreError> {
+    if slot.is_none() {
+        *slot = Some(store.begin_ingest()?);
+    }
+    Ok(slot.as_mut().expect("just set"))
+}
+
+fn decoder<'a, R: Read + 'a>(
+    r: R,
+    prefix: &'a [u8],
+) -> Result<zstd::stream::read::Decoder<'a, std::io::BufReader<R>>, WireError> {
+    let mut dec = if prefix.is_empty() {
+        zstd::stream::read::Decoder::new(r)
+    } else {
+        zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(r), prefix)
+    }
+    .map_err(WireError::Io)?;
+    dec.window_log_max(MAX_WINDOW_LOG).map_err(WireError::Io)?;
+    Ok(dec)
+}
+
+/// Decodes a whole zstd stream of at most `limit` bytes.
+fn decode_all(data: &mut DataReader<'_>, prefix: &[u8], limit: u64) -> Result<Vec<u8>, WireError> {
+    let dec = decoder(data, prefix)?;
+    let mut out = Vec::new();
+    dec.take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| WireError::Protocol(format!("a payload that does not decompress: {e}")))?;
+    Ok(out)
+}
+
+/// Any variant of content `d`, read whole (the reference prefix of a patch).
+fn read_content(
+    store: &AgentStore,
+    d: &crate::oci::Digest,
+    new_size: u64,
+) -> Result<Vec<u8>, ServeError> {
+    let index = crate::agent::store::content_index_of(store)?;
+    let Some(p) = index.get(d) else {
+        return Err(WireError::Protocol(format!(
+            "a patch against content {d}, which this robot does not have"
+        ))
+        .into());
+    };
+    let bytes = std::fs::read(p).map_err(|e| {
+        AgentStoreError::Io(crate::util::fs::PathError {
+            action: "read",
+            path: p.clone(),
+            source: e,
+        })
+    })?;
+    if bytes.len() as u64 + new_size > 1u64 << MAX_WINDOW_LOG {
+        return Err(WireError::Protocol(format!(
+            "a patch against {d} larger than the 2 GiB window"
+        ))
+        .into());
+    }
+    Ok(bytes)
+}
+
+/// Relays one request to the daemon and its answer (or log lines) back.
+fn relay(root: &Path, request: &Request, output: &mut dyn Write) -> Result<(), WireError> {
+    let answer = |e: ClientError| match e {
+        ClientError::Remote(error) => FromRobot::DaemonError { error },
+        other => FromRobot::DaemonError {
+            error: RemoteError {
+                message: other.to_string(),
+                bad_input: false,
+                not_found: false,
+            },
+        },
+    };
+    let mut client = match Client::connect(root) {
+        Ok(c) => c,
+        Err(e) => return send(output, &answer(e)),
+    };
+    if let Request::Logs { .. } = request {
+        let mut failed: Option<WireError> = None;
+        let r = client.logs(request, &mut |line| {
+            if failed.is_none()
+                && let Err(e) = send(output, &FromRobot::DaemonLine { line })
+            {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match r {
+            Ok(exit_code) => send(output, &FromRobot::DaemonEnd { exit_code }),
+            Err(e) => send(output, &answer(e)),
+        }
+    } else {
+        match client.call(request) {
+            Ok(value) => send(output, &FromRobot::DaemonOk { value }),
+            Err(e) => send(output, &answer(e)),
+        }
+    }
+}
