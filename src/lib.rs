@@ -26,6 +26,8 @@ pub mod registry;
 pub mod runtime;
 #[cfg(feature = "workstation")]
 pub mod ssh;
+#[cfg(feature = "workstation")]
+pub mod sim;
 pub mod store;
 pub mod util;
 pub mod wire;

@@ -32,6 +32,9 @@ enum Command {
     /// The robots on the LAN
     #[command(subcommand)]
     Fleet(FleetCmd),
+    /// Virtual Duckiebots on this machine: up, down, ls
+    #[command(subcommand)]
+    Sim(crate::sim::cli::SimCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +222,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
         Command::Image(cmd) => image(cmd, &cli.global, p),
         Command::Devel(cmd) => devel(cmd, &cli.global, p),
         Command::Fleet(cmd) => fleet::run(cmd, p),
+        Command::Sim(cmd) => crate::sim::cli::run(cmd, p),
     }
 }
 

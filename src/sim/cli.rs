@@ -1,0 +1,188 @@
+//! `dts sim up|down|ls` (and the hidden `__init`/`__pid1` the holder processes run): flags,
+//! rendering and exit codes. The work is in [`super`].
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::{SimError, UpArgs};
+use crate::cli::{Exit, Printer};
+use crate::oci::Platform;
+
+/// `dts sim …`.
+#[derive(Subcommand, Debug)]
+pub enum SimCommand {
+    /// Start a virtual Duckiebot: its own network namespace and file system, sshd, dt-agent,
+    /// emulated device nodes; reached like a real robot afterwards
+    Up {
+        /// Robot name (its hostname)
+        name: String,
+        /// Agent platform (only this machine's for now)
+        #[arg(long, default_value = "amd64", value_parser = parse_platform)]
+        arch: Platform,
+        /// Duckietown configuration: selects the device roles and nodes
+        #[arg(long, default_value = "virtual")]
+        configuration: String,
+        /// Limit its link both ways with tc tbf (e.g. 20mbit)
+        #[arg(long, value_name = "RATE")]
+        link_rate: Option<String>,
+        /// One JSON document on stdout: the sim's record and the agent's status
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a virtual Duckiebot and everything it made
+    Down {
+        /// Robot name
+        name: String,
+        /// One JSON document on stdout: what was removed
+        #[arg(long)]
+        json: bool,
+    },
+    /// List virtual Duckiebots
+    Ls {
+        /// One JSON document on stdout: [{name, address, arch, host_interface, …}]
+        #[arg(long)]
+        json: bool,
+    },
+    /// The holder process of a sim (internal)
+    #[command(name = "__init", hide = true)]
+    Init {
+        /// The sim's directory
+        dir: PathBuf,
+    },
+    /// Pid 1 of a sim (internal)
+    #[command(name = "__pid1", hide = true)]
+    Pid1 {
+        /// The sim's directory
+        dir: PathBuf,
+    },
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse::<Platform>().map_err(|e| e.to_string())
+}
+
+/// Runs a `dts sim` command; a [`SimError`] is printed here with its exit code (2 for input).
+pub fn run(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
+    match dispatch(cmd, p) {
+        Ok(e) => Ok(e),
+        Err(e) => {
+            let bad = e.chain().any(|c| {
+                c.downcast_ref::<SimError>()
+                    .is_some_and(SimError::is_bad_input)
+            });
+            p.error(&e);
+            Ok(if bad { Exit::BadInput } else { Exit::Failed })
+        }
+    }
+}
+
+fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
+    let home = crate::ops::dts_home();
+    match cmd {
+        SimCommand::Up {
+            name,
+            arch,
+            configuration,
+            link_rate,
+            json,
+        } => {
+            let args = UpArgs {
+                name: name.clone(),
+                arch: arch.clone(),
+                configuration: configuration.clone(),
+                link_rate: link_rate.clone(),
+            };
+            let r = super::up(&home, &args)?;
+            if r.replaced_dead {
+                p.info(&format!("Removed the remains of a dead `{name}` first"));
+            }
+            for n in &r.skipped_nodes {
+                p.info(&format!(
+                    "warning: no device numbers known for role node `{n}`; not created"
+                ));
+            }
+            if *json {
+                p.json(&serde_json::json!({
+                    "name": r.sim.name,
+                    "address": r.sim.address,
+                    "arch": r.sim.arch,
+                    "host_interface": r.sim.host_interface,
+                    "configuration": r.sim.configuration,
+                    "link_rate": r.sim.link_rate,
+                    "status": r.status,
+                }));
+            } else {
+                p.info(&format!(
+                    "Virtual robot `{}` is up at {} ({}, {}; link {} on the host{})",
+                    r.sim.name,
+                    r.sim.address,
+                    r.sim.configuration,
+                    r.sim.arch,
+                    r.sim.host_interface,
+                    r.sim
+                        .link_rate
+                        .as_deref()
+                        .map(|l| format!(", limited to {l}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        SimCommand::Down { name, json } => {
+            let r = super::down(&home, name)?;
+            if *json {
+                p.json(&r);
+            } else {
+                p.info(&format!("Virtual robot `{name}` removed"));
+            }
+        }
+        SimCommand::Ls { json } => {
+            let sims = super::list(&home);
+            if *json {
+                let rows: Vec<_> = sims
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name,
+                            "address": s.address,
+                            "arch": s.arch,
+                            "host_interface": s.host_interface,
+                            "configuration": s.configuration,
+                            "link_rate": s.link_rate,
+                            "running": s.is_running(),
+                        })
+                    })
+                    .collect();
+                p.json(&rows);
+            } else if sims.is_empty() {
+                p.info("No virtual robots.");
+            } else {
+                p.out(&format!(
+                    "{:<20} {:<15} {:<12} {:<14} {:<12} {:<8}",
+                    "NAME", "ADDRESS", "ARCH", "CONFIGURATION", "INTERFACE", "STATE"
+                ));
+                for s in sims {
+                    p.out(&format!(
+                        "{:<20} {:<15} {:<12} {:<14} {:<12} {:<8}",
+                        s.name,
+                        s.address.to_string(),
+                        s.arch,
+                        s.configuration,
+                        s.host_interface,
+                        if s.is_running() { "running" } else { "dead" }
+                    ));
+                }
+            }
+        }
+        SimCommand::Init { dir } => {
+            let code = super::init::holder_main(dir)?;
+            return Ok(Exit::Code(code.clamp(0, 255) as u8));
+        }
+        SimCommand::Pid1 { dir } => {
+            let code = super::init::pid1_main(dir)?;
+            return Ok(Exit::Code(code.clamp(0, 255) as u8));
+        }
+    }
+    Ok(Exit::Ok)
+}
