@@ -1,5 +1,6 @@
-//! The daemon's control socket: how `dt-agent run|ps|logs|stop|rm|diff|volume` (and later
-//! `serve`) ask `dt-agent daemon`, the one owner of containers, to act.
+//! The daemon's control socket: how `dt-agent run|ps|logs|stop|rm|diff|volume`,
+//! `dt-agent deploy|history|rollback` (and `serve`) ask `dt-agent daemon`, the one owner of
+//! containers and releases, to act.
 //!
 //! `$DT_AGENT_ROOT/daemon.sock`, mode 0600 (root only: whoever can talk to it can start
 //! containers with devices). One JSON [`Request`] per line; the answer is one JSON line
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 use super::container::logs::{LogLine, LogReader};
 use super::container::{ContainerConfig, ContainerError, Manager};
+use super::release::{ReleaseError, ReleaseSpec, Releases};
 use crate::util::fs::{PathContext, PathError};
 
 /// The socket's file name under the agent's state directory.
@@ -105,6 +107,21 @@ pub enum Request {
     },
     /// The runtime in use and its version.
     Runtime,
+    /// Apply a release; answers a `DeployOutcome` (also when it rolled back). Waits for a
+    /// deploy or rollback in progress.
+    Deploy {
+        /// What to run.
+        spec: Box<ReleaseSpec>,
+    },
+    /// Every release, oldest first (`ReleaseRecord`s).
+    History,
+    /// Switch back to the previous release, or to `to`; answers a `DeployOutcome`.
+    Rollback {
+        /// The release to go back to (default: the current one's previous).
+        to: Option<u64>,
+    },
+    /// The current release (`ReleaseRecord`, or null).
+    Release,
 }
 
 /// A failed request, as the client sees it.
@@ -121,6 +138,16 @@ pub struct RemoteError {
 
 impl From<&ContainerError> for RemoteError {
     fn from(e: &ContainerError) -> Self {
+        RemoteError {
+            message: e.to_string(),
+            bad_input: e.is_bad_input(),
+            not_found: e.is_not_found(),
+        }
+    }
+}
+
+impl From<&ReleaseError> for RemoteError {
+    fn from(e: &ReleaseError) -> Self {
         RemoteError {
             message: e.to_string(),
             bad_input: e.is_bad_input(),
@@ -146,10 +173,13 @@ pub struct Server {
 
 impl Server {
     /// Binds the socket under `root`, starts the supervisor (which first adopts what an
-    /// earlier daemon left), and serves. `note` receives what the supervisor did.
+    /// earlier daemon left), and serves — after `releases` has undone or finished a switch an
+    /// earlier daemon left half-done (requests wait meanwhile). `note` receives what the
+    /// supervisor and the recovery did.
     pub fn start(
         root: &Path,
         manager: Arc<Manager>,
+        releases: Arc<Releases>,
         note: Arc<dyn Fn(String) + Send + Sync>,
     ) -> Result<Server, PathError> {
         let path = root.join(SOCKET);
@@ -181,18 +211,23 @@ impl Server {
         }
         {
             let stop = Arc::clone(&stop);
+            let note = Arc::clone(&note);
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || {
+                    for n in releases.recover() {
+                        note(n);
+                    }
                     for conn in listener.incoming() {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
                         let Ok(conn) = conn else { continue };
                         let m = Arc::clone(&manager);
+                        let r = Arc::clone(&releases);
                         let _ = std::thread::Builder::new()
                             .name("client".into())
-                            .spawn(move || serve(conn, &m));
+                            .spawn(move || serve(conn, &m, &r));
                     }
                 })
                 .at("start the control socket", &path)?;
@@ -215,7 +250,7 @@ fn send(conn: &mut UnixStream, r: &Response) -> std::io::Result<()> {
     conn.write_all(&line)
 }
 
-fn serve(conn: UnixStream, m: &Manager) {
+fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
     let mut reader = BufReader::new(match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
@@ -245,6 +280,16 @@ fn serve(conn: UnixStream, m: &Manager) {
                 tail,
                 until_exit,
             } => stream_logs(&mut conn, m, &name, follow, tail, until_exit),
+            req @ (Request::Deploy { .. }
+            | Request::History
+            | Request::Rollback { .. }
+            | Request::Release) => {
+                let r = match handle_release(releases, req) {
+                    Ok(v) => Response::Ok(v),
+                    Err(e) => Response::Error(RemoteError::from(&e)),
+                };
+                send(&mut conn, &r)
+            }
             other => {
                 let r = match handle(m, other) {
                     Ok(v) => Response::Ok(v),
@@ -307,6 +352,19 @@ fn handle(m: &Manager, req: Request) -> Result<Value, ContainerError> {
             "version": m.runtime().version()?,
         })),
         Request::Logs { .. } => unreachable!("streamed"),
+        Request::Deploy { .. } | Request::History | Request::Rollback { .. } | Request::Release => {
+            unreachable!("releases")
+        }
+    })
+}
+
+fn handle_release(r: &Releases, req: Request) -> Result<Value, ReleaseError> {
+    Ok(match req {
+        Request::Deploy { spec } => to_value(r.apply(*spec)?),
+        Request::History => to_value(r.history()?),
+        Request::Rollback { to } => to_value(r.rollback(to)?),
+        Request::Release => to_value(r.current()?),
+        _ => unreachable!("containers"),
     })
 }
 

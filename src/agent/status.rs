@@ -23,7 +23,7 @@ pub struct Status {
     pub runtime_version: Option<String>,
     /// Bytes free on the store's file system.
     pub free_bytes: u64,
-    /// The current release: none yet, always null.
+    /// The current release's number (null before the first release is committed).
     pub release: Option<u64>,
     /// The named images.
     pub images: Vec<ImageInfo>,
@@ -41,7 +41,7 @@ pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
         runtime: runtime.as_ref().map(|r| r.command().display().to_string()),
         runtime_version: runtime.as_ref().and_then(|r| r.version().ok()),
         free_bytes: store.free_bytes()?,
-        release: None,
+        release: crate::agent::release::current_release(store.root()),
         images: store.images()?,
     })
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use super::containers::ContainerCommand;
+use super::releases::ReleaseCommand;
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
 use crate::agent::store::{AgentStore, AgentStoreError, ImportOptions};
 use crate::discover::advertise::{self, Identity, Presence, PresenceConfig};
@@ -53,6 +54,8 @@ enum Command {
     },
     #[command(flatten)]
     Container(Box<ContainerCommand>),
+    #[command(flatten)]
+    Release(ReleaseCommand),
     /// Internal: the per-container shim the daemon starts (holds a container's output and
     /// exit status while the daemon restarts)
     #[command(hide = true)]
@@ -134,6 +137,9 @@ pub fn main() -> ExitCode {
         Command::Serve { .. } => return serve(),
         Command::Container(c) => {
             return super::containers::run(c, &crate::agent::agent_root(), &printer).into();
+        }
+        Command::Release(c) => {
+            return super::releases::run(c, &crate::agent::agent_root(), &printer).into();
         }
         Command::Shim { dir } => {
             return std::process::ExitCode::from(crate::agent::container::shim::main(dir) as u8);
@@ -262,7 +268,11 @@ fn start_containers(
     let log = Arc::clone(log);
     let note: Arc<dyn Fn(String) + Send + Sync> =
         Arc::new(move |m: String| log.event(Event::note(m)));
-    let server = crate::agent::daemon::Server::start(&root, manager, note)?;
+    let releases = Arc::new(crate::agent::release::Releases::new(
+        &root,
+        Arc::clone(&manager),
+    )?);
+    let server = crate::agent::daemon::Server::start(&root, manager, releases, note)?;
     Ok(Some(server))
 }
 

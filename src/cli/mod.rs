@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod containers;
+pub mod releases;
 #[cfg(feature = "workstation")]
 pub mod dts;
 mod report;

@@ -526,7 +526,11 @@ impl Releases {
         if let Some(f) = from.and_then(|f| records.get(&f)) {
             let mut f = f.clone();
             f.state = ReleaseState::RolledBack;
-            f.reason = Some(format!("rolled back by hand to release {target}"));
+            f.reason = Some(if target < f.release {
+                format!("rolled back by hand to release {target}")
+            } else {
+                format!("replaced by hand with release {target} (`rollback --to`)")
+            });
             f.finished_at = Some(now.clone());
             self.dir.save(&f)?;
         }

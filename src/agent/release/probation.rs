@@ -171,9 +171,25 @@ pub fn quick_check(manager: &Manager, names: &[String], settle: Duration) -> Res
 fn running(manager: &Manager, name: &str) -> Result<ContainerInfo, Failure> {
     match manager.inspect(name) {
         Ok(i) if i.state == "running" && i.pid.is_none_or(pid_alive) => Ok(i),
-        Ok(i) => Err(exited(manager, name, &i, "is not running")),
+        Ok(i) => {
+            let i = settled(manager, name, i.restart_count).unwrap_or(i);
+            Err(exited(manager, name, &i, "exited right after it started"))
+        }
         Err(e) => Err(gone(name, &e)),
     }
+}
+
+/// The container once the supervisor has recorded its exit (or was restarted), waiting up to
+/// half a second.
+fn settled(manager: &Manager, name: &str, restarts: u32) -> Option<ContainerInfo> {
+    (0..10).find_map(|_| {
+        let i = manager.inspect(name).ok()?;
+        if i.exit_code.is_some() || i.restart_count != restarts {
+            return Some(i);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        None
+    })
 }
 
 fn still_running(manager: &Manager, name: &str, base: &Baseline) -> Result<(), Failure> {
@@ -189,16 +205,7 @@ fn still_running(manager: &Manager, name: &str, base: &Baseline) -> Result<(), F
         return Ok(());
     }
     // Give the supervisor a moment to record the exit code.
-    let info = (0..10)
-        .find_map(|_| {
-            let i = manager.inspect(name).ok()?;
-            if i.exit_code.is_some() || i.restart_count != base.restarts {
-                return Some(i);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            None
-        })
-        .unwrap_or(info);
+    let info = settled(manager, name, base.restarts).unwrap_or(info);
     let what = if info.restart_count != base.restarts {
         "exited and was restarted by its policy during probation"
     } else {
