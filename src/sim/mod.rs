@@ -808,15 +808,24 @@ fn down_locked(
             left.push(format!("mount {}: {e}", m.display()));
         }
     }
+    // The veth first: deleting the netns takes its peer with it, asynchronously.
+    if net::link_exists(&host_iface)
+        && let Err(e) = net::run_tool("ip", &["link", "del", &host_iface])
+        && net::link_exists(&host_iface)
+    {
+        left.push(format!("link {host_iface}: {e}"));
+    }
     if r.netns
         && let Err(e) = net::run_tool("ip", &["netns", "del", &netns])
     {
         left.push(format!("netns {netns}: {e}"));
     }
-    if net::link_exists(&host_iface)
-        && let Err(e) = net::run_tool("ip", &["link", "del", &host_iface])
-    {
-        left.push(format!("link {host_iface}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net::link_exists(&host_iface) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if net::link_exists(&host_iface) {
+        left.push(format!("link {host_iface} (still there)"));
     }
     let others_on_bridge = list(dts_home)
         .iter()

@@ -126,7 +126,7 @@ pub fn parse_rate(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bits = n * mult;
-    (bits.is_finite() && bits >= 8_000.0 && bits <= 100e9).then_some(bits as u64)
+    (bits.is_finite() && (8_000.0..=100e9).contains(&bits)).then_some(bits as u64)
 }
 
 /// The host side of a sim's veth: `sim-NAME`, or `sim-` and a hash of the name when that is too
