@@ -47,6 +47,7 @@ pub fn spawn_holder(info: &mut SimInfo) -> Result<(), SimError> {
     let mut cmd = Command::new(&exe);
     cmd.args(["sim", "__init"])
         .arg(&info.dir)
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
