@@ -135,6 +135,7 @@ impl RunArgs {
         Ok(ContainerConfig {
             name,
             image: self.image.clone(),
+            image_name: None,
             entrypoint: self.entrypoint.as_ref().map(|e| vec![e.clone()]),
             cmd: (!self.command.is_empty()).then(|| self.command.clone()),
             env: self.env.clone(),

@@ -29,6 +29,8 @@ enum Command {
     /// Images in the local store: list, inspect, tag, remove, save, load, pull, push
     #[command(subcommand)]
     Image(ImageCmd),
+    /// One robot over SSH: deploy a stack, releases, containers
+    Duckiebot(super::duckiebot::DuckiebotArgs),
     /// The robots on the LAN
     #[command(subcommand)]
     Fleet(FleetCmd),
@@ -221,6 +223,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
     match &cli.command {
         Command::Image(cmd) => image(cmd, &cli.global, p),
         Command::Devel(cmd) => devel(cmd, &cli.global, p),
+        Command::Duckiebot(a) => super::duckiebot::run(a, &cli.global, p),
         Command::Fleet(cmd) => fleet::run(cmd, p),
         Command::Sim(cmd) => crate::sim::cli::run(cmd, p),
     }

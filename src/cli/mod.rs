@@ -5,9 +5,11 @@
 
 pub mod agent;
 pub mod containers;
-pub mod releases;
 #[cfg(feature = "workstation")]
 pub mod dts;
+#[cfg(feature = "workstation")]
+pub mod duckiebot;
+pub mod releases;
 mod report;
 
 use std::io::{IsTerminal, Write};

@@ -92,7 +92,10 @@ pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Re
                 order: order as u32,
                 image_name: svc.image.clone(),
                 manifest: manifest.clone(),
-                container: container(key, svc, &manifest),
+                container: ContainerConfig {
+                    image_name: Some(svc.image.clone()),
+                    ..container(key, svc, &manifest)
+                },
                 healthcheck,
             });
         }

@@ -8,6 +8,8 @@ pub mod deploy;
 pub mod image;
 #[cfg(feature = "workstation")]
 pub mod registry;
+#[cfg(feature = "workstation")]
+pub mod robot;
 
 use std::path::PathBuf;
 

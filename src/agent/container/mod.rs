@@ -320,6 +320,8 @@ pub struct ContainerConfig {
     pub name: String,
     /// The image as named (`duckietown/dt-core:daffy-arm64v8`) or a manifest digest.
     pub image: String,
+    /// The image's name for people, when `image` is a digest (a release's services).
+    pub image_name: Option<String>,
     /// Replaces the image's ENTRYPOINT (and drops its CMD).
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's CMD.
@@ -623,7 +625,11 @@ impl Manager {
             name: name.to_string(),
             service: r.config.service.clone(),
             release: r.config.release,
-            image: r.config.image.clone(),
+            image: r
+                .config
+                .image_name
+                .clone()
+                .unwrap_or_else(|| r.config.image.clone()),
             manifest: r.manifest.clone(),
             state: s.status.to_string(),
             pid: s.pid.filter(|_| s.status == Status::Running),

@@ -1,0 +1,488 @@
+//! `dts duckiebot …`: commands for one robot over SSH — deploy a stack as a release, its
+//! history and rollback, and Docker-style container commands (`ps`, `logs`, `run`, `stop`,
+//! `rm`, `volume`) relayed to the robot's daemon through `dt-agent serve --stdio`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::containers::{RunArgs, print_line, print_ps};
+use super::{Exit, GlobalArgs, Printer, human_size, reporter};
+use crate::agent::container::{ContainerInfo, VolumeInfo};
+use crate::agent::daemon::Request;
+use crate::ops::robot::{self, RobotLink, SshArgs};
+
+/// SSH flags (cli.md "Robots").
+#[derive(Args, Debug, Clone)]
+pub struct SshFlags {
+    /// Identity file to try first
+    #[arg(short = 'i', long = "identity", global = true)]
+    identity: Option<PathBuf>,
+    /// known_hosts file (default ~/.ssh/known_hosts; $DTS_HOME/known_hosts is read too)
+    #[arg(long, global = true)]
+    known_hosts: Option<PathBuf>,
+    /// Trust and record the host key of a robot seen for the first time
+    #[arg(long, global = true)]
+    accept_new_host_key: bool,
+}
+
+impl SshFlags {
+    fn args(&self) -> SshArgs {
+        SshArgs {
+            identity: self.identity.clone(),
+            known_hosts: self.known_hosts.clone(),
+            accept_new_host_key: self.accept_new_host_key,
+        }
+    }
+}
+
+/// `dts duckiebot`.
+#[derive(Args, Debug)]
+pub struct DuckiebotArgs {
+    #[command(flatten)]
+    ssh: SshFlags,
+    #[command(subcommand)]
+    command: DuckiebotCommand,
+}
+
+/// The robot commands.
+#[derive(Subcommand, Debug)]
+enum DuckiebotCommand {
+    /// Ship what the robot lacks and apply the stack as a new release (rolled back by itself
+    /// when it fails its health checks)
+    Deploy {
+        /// The robot (a name, `[user@]host[:port]`, or a `dts sim`)
+        robot: String,
+        /// A stack file, or the name of a shipped stack (default `duckiebot`)
+        #[arg(long)]
+        stack: Option<String>,
+        /// Swap one service's image for this deploy: `SERVICE=IMAGE`
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Resolve everything, send and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// The robot's releases
+    History {
+        /// The robot
+        robot: String,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch back to the previous release (or release N); nothing is transferred
+    Rollback {
+        /// The robot
+        robot: String,
+        /// The release to go back to
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// The robot's containers
+    Ps {
+        /// The robot
+        robot: String,
+        /// Exited ones too
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// A container's output (a service key of the current release, or a container name)
+    Logs {
+        /// The robot
+        robot: String,
+        /// The container
+        name: String,
+        /// Keep streaming
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// One container, docker-run style; ships the image first if the robot lacks it
+    Run {
+        /// The robot
+        robot: String,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+    /// Stop a container
+    Stop {
+        /// The robot
+        robot: String,
+        /// The container
+        name: String,
+        /// Seconds before SIGKILL
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+    },
+    /// Delete a container and its writable layer
+    Rm {
+        /// The robot
+        robot: String,
+        /// The container
+        name: String,
+        /// Kill it first if it runs
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Named volumes on the robot
+    Volume {
+        /// `create`, `ls` or `rm`
+        action: String,
+        /// The robot
+        robot: String,
+        /// The volume (create, rm)
+        name: Option<String>,
+        /// One JSON document on stdout (ls)
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `deploy --json` (cli.md).
+#[derive(Serialize)]
+struct DeploySummary {
+    robot: String,
+    release: Option<u64>,
+    images: Vec<String>,
+    layers_total: u64,
+    layers_skipped: u64,
+    objects_sent: u64,
+    object_bytes: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    duration_ms: u64,
+    state: String,
+    message: Option<String>,
+}
+
+/// Runs a `dts duckiebot` command.
+pub fn run(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(dispatch(a, g, printer))
+}
+
+async fn link(robot: &str, ssh: &SshFlags) -> Result<RobotLink> {
+    robot::connect(robot, &ssh.args()).await
+}
+
+async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
+    match &a.command {
+        DuckiebotCommand::Deploy {
+            robot,
+            stack,
+            set,
+            dry_run,
+            json,
+        } => {
+            deploy(
+                robot,
+                stack.as_deref(),
+                set,
+                *dry_run,
+                *json,
+                &a.ssh,
+                g,
+                printer,
+            )
+            .await
+        }
+        DuckiebotCommand::History { robot, json } => {
+            let mut l = link(robot, &a.ssh).await?;
+            let v = l.conn.daemon(&Request::History).await?;
+            if *json {
+                printer.json(&v);
+            } else {
+                printer.out(&format!(
+                    "{:<8} {:<12} {:<22} {:<16} SERVICES",
+                    "RELEASE", "STATE", "CREATED", "STACK"
+                ));
+                for r in v.as_array().into_iter().flatten() {
+                    let services = r["services"]
+                        .as_object()
+                        .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    printer.out(&format!(
+                        "{:<8} {:<12} {:<22} {:<16} {}",
+                        r["release"],
+                        r["state"].as_str().unwrap_or("?"),
+                        r["created"].as_str().unwrap_or(""),
+                        r["stack"].as_str().unwrap_or(""),
+                        services
+                    ));
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        DuckiebotCommand::Rollback { robot, to } => {
+            let mut l = link(robot, &a.ssh).await?;
+            let v = l.conn.daemon(&Request::Rollback { to: *to }).await?;
+            printer.info(&format!(
+                "{robot}: release {} is {}",
+                v["release"],
+                v["state"].as_str().unwrap_or("?")
+            ));
+            Ok(outcome_exit(&v))
+        }
+        DuckiebotCommand::Ps { robot, all, json } => {
+            let mut l = link(robot, &a.ssh).await?;
+            let v = l.conn.daemon(&Request::Ps { all: *all }).await?;
+            let list: Vec<ContainerInfo> = serde_json::from_value(v)?;
+            if *json {
+                printer.json(&list);
+            } else {
+                print_ps(printer, &list);
+            }
+            Ok(Exit::Ok)
+        }
+        DuckiebotCommand::Logs {
+            robot,
+            name,
+            follow,
+            tail,
+        } => {
+            let mut l = link(robot, &a.ssh).await?;
+            l.conn
+                .daemon_logs(
+                    &Request::Logs {
+                        name: name.clone(),
+                        follow: *follow,
+                        tail: *tail,
+                        until_exit: false,
+                    },
+                    &mut print_line,
+                )
+                .await?;
+            Ok(Exit::Ok)
+        }
+        DuckiebotCommand::Run { robot, run } => run_container(robot, run, &a.ssh, g).await,
+        DuckiebotCommand::Stop { robot, name, time } => {
+            let mut l = link(robot, &a.ssh).await?;
+            l.conn
+                .daemon(&Request::Stop {
+                    name: name.clone(),
+                    timeout: *time,
+                })
+                .await?;
+            printer.out(name);
+            Ok(Exit::Ok)
+        }
+        DuckiebotCommand::Rm { robot, name, force } => {
+            let mut l = link(robot, &a.ssh).await?;
+            l.conn
+                .daemon(&Request::Rm {
+                    name: name.clone(),
+                    force: *force,
+                })
+                .await?;
+            printer.out(name);
+            Ok(Exit::Ok)
+        }
+        DuckiebotCommand::Volume {
+            action,
+            robot,
+            name,
+            json,
+        } => {
+            let need_name = || {
+                name.clone()
+                    .ok_or_else(|| anyhow::anyhow!("`volume {action}` needs a volume name"))
+            };
+            let req = match action.as_str() {
+                "create" => Request::VolumeCreate { name: need_name()? },
+                "rm" => Request::VolumeRm { name: need_name()? },
+                "ls" => Request::VolumeLs,
+                other => {
+                    return Err(anyhow::Error::new(clap::Error::raw(
+                        clap::error::ErrorKind::InvalidValue,
+                        format!("unknown volume action `{other}`: use create, ls or rm\n"),
+                    )));
+                }
+            };
+            let mut l = link(robot, &a.ssh).await?;
+            let v = l.conn.daemon(&req).await?;
+            if action == "ls" {
+                let list: Vec<VolumeInfo> = serde_json::from_value(v)?;
+                if *json {
+                    printer.json(&list);
+                } else {
+                    for v in list {
+                        printer.out(&format!("{:<32} {}", v.name, v.used_by.join(",")));
+                    }
+                }
+            } else if let Some(n) = name {
+                printer.out(n);
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn outcome_exit(v: &Value) -> Exit {
+    match v["state"].as_str() {
+        Some("committed") | Some("unchanged") | Some("planned") => Exit::Ok,
+        _ => Exit::Failed,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deploy(
+    robot: &str,
+    stack_arg: Option<&str>,
+    sets: &[String],
+    dry_run: bool,
+    json: bool,
+    ssh: &SshFlags,
+    g: &GlobalArgs,
+    printer: &Printer,
+) -> Result<Exit> {
+    let started = Instant::now();
+    let store = crate::ops::image::open_store()?;
+    let mut l = link(robot, ssh).await?;
+    let platform = l.hello.platform.clone();
+    let stack = crate::ops::deploy::load_stack(stack_arg, sets, &platform)?;
+    for w in &stack.warnings {
+        printer.info(&format!("warning: {w}"));
+    }
+    let name = crate::ops::deploy::stack_name(stack_arg);
+    let plan = crate::ops::deploy::plan(&store, &stack, &name, &platform)?;
+    let images: Vec<String> = plan.images.iter().map(|(n, _)| n.clone()).collect();
+    if dry_run {
+        let summary = DeploySummary {
+            robot: robot.to_string(),
+            release: None,
+            images,
+            layers_total: 0,
+            layers_skipped: 0,
+            objects_sent: 0,
+            object_bytes: 0,
+            bytes_sent: l.conn.counters().0,
+            bytes_received: l.conn.counters().1,
+            duration_ms: started.elapsed().as_millis() as u64,
+            state: "planned".into(),
+            message: None,
+        };
+        if json {
+            printer.json(&summary);
+        } else {
+            for s in &plan.spec.services {
+                printer.out(&format!(
+                    "stage {} {:<24} {} ({})",
+                    s.stage, s.name, s.image_name, s.manifest
+                ));
+            }
+        }
+        return Ok(Exit::Ok);
+    }
+    let log = reporter(g);
+    let report = l.conn.transfer(&store, &plan.images, &*log).await?;
+    let outcome = l
+        .conn
+        .daemon(&Request::Deploy {
+            spec: Box::new(plan.spec.clone()),
+        })
+        .await?;
+    let state = if outcome["unchanged"].as_bool() == Some(true) {
+        "unchanged".to_string()
+    } else {
+        outcome["state"].as_str().unwrap_or("unknown").to_string()
+    };
+    let summary = DeploySummary {
+        robot: robot.to_string(),
+        release: outcome["release"].as_u64(),
+        images,
+        layers_total: report.layers_total as u64,
+        layers_skipped: report.layers_skipped as u64,
+        objects_sent: report.objects_sent,
+        object_bytes: report.object_bytes,
+        bytes_sent: l.conn.counters().0,
+        bytes_received: l.conn.counters().1,
+        duration_ms: started.elapsed().as_millis() as u64,
+        message: outcome["message"].as_str().map(str::to_string),
+        state: state.clone(),
+    };
+    if json {
+        printer.json(&summary);
+    } else {
+        printer.info(&format!(
+            "{robot}: release {} {state}; sent {} in {} object(s), {} of {} layer(s) already there, {:.1}s",
+            summary.release.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            human_size(summary.bytes_sent),
+            summary.objects_sent,
+            summary.layers_skipped,
+            summary.layers_total,
+            summary.duration_ms as f64 / 1000.0
+        ));
+        if let Some(m) = &summary.message {
+            printer.info(m);
+        }
+    }
+    Ok(outcome_exit(&outcome))
+}
+
+async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs) -> Result<Exit> {
+    let store = crate::ops::image::open_store()?;
+    let mut l = link(robot, ssh).await?;
+    let mut config = a.to_config()?;
+    let record = crate::ops::image::find(&store, &a.image)?;
+    let img = store.resolve_platform(&a.image, &record.descriptor, Some(&l.hello.platform))?;
+    let manifest = img.descriptor.digest.clone();
+    let log = reporter(g);
+    l.conn
+        .transfer(&store, &[(a.image.clone(), manifest.clone())], &*log)
+        .await?;
+    config.image = manifest.to_string();
+    config.image_name = Some(a.image.clone());
+    let name = config.name.clone();
+    l.conn
+        .daemon(&Request::Create {
+            config: Box::new(config),
+            start: true,
+        })
+        .await?;
+    if a.detach {
+        println!("{name}");
+        return Ok(Exit::Ok);
+    }
+    let code = l
+        .conn
+        .daemon_logs(
+            &Request::Logs {
+                name: name.clone(),
+                follow: true,
+                tail: None,
+                until_exit: true,
+            },
+            &mut print_line,
+        )
+        .await?;
+    if a.rm {
+        l.conn
+            .daemon(&Request::Rm {
+                name: name.clone(),
+                force: true,
+            })
+            .await?;
+    }
+    Ok(match code {
+        Some(0) => Exit::Ok,
+        Some(c) => Exit::Code(c.clamp(0, 255) as u8),
+        None => Exit::Code(125),
+    })
+}
