@@ -740,9 +740,9 @@ impl Releases {
                     .map(|c| {
                         let m = &self.manager;
                         sc.spawn(move || {
-                            if c.state == "running" {
-                                let _ = m.stop(&c.name, grace);
-                            }
+                            // Also when it is not running: `stop` marks it stopped, so a
+                            // pending policy restart cannot bring it back before it is gone.
+                            let _ = m.stop(&c.name, grace);
                             match m.remove(&c.name, true) {
                                 Ok(()) | Err(ContainerError::NotFound(_)) => None,
                                 Err(e) => Some(Failure {
