@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::frame::{Frame, Kind, data_frames, read_frame_async, write_frame_async};
 use super::split::{self, LayerInfo};
 use super::{
-    ClientHello, FromRobot, MAJOR, MINOR, PATCH_MIN, ToRobot, WireError, bitmap_decode,
+    ClientHello, FromRobot, MAJOR, MINOR, PATCH_MIN, PREFIX_HEX, ToRobot, WireError, bitmap_decode,
     check_version, window_log_for,
 };
 use crate::agent::container::logs::LogLine;
@@ -67,6 +67,10 @@ pub struct TransferReport {
     pub split_deltas: usize,
     /// Manifests, indexes and configs sent.
     pub documents_sent: usize,
+    /// Bytes of compressed tar-splits sent.
+    pub split_bytes: u64,
+    /// Bytes of the content queries (both ways).
+    pub query_bytes: u64,
     /// Snapshots the robot built.
     pub snapshots_built: usize,
     /// Bytes written to the channel.
@@ -84,6 +88,9 @@ pub struct Connection<IO> {
     sent: u64,
     received: u64,
     cache: PathBuf,
+    batch_bytes: u64,
+    batch_objects: usize,
+    level: i32,
 }
 
 /// One image to send, resolved to the robot's platform.
@@ -115,6 +122,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             sent: 0,
             received: 0,
             cache: crate::ops::dts_home().join("cache/layers"),
+            batch_bytes: BATCH_BYTES,
+            batch_objects: BATCH_OBJECTS,
+            level: level(),
         };
         let hello = Frame::hello(
             MAJOR,
@@ -155,6 +165,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     /// Uses `dir` for the per-layer file index cache (default `$DTS_HOME/cache/layers`).
     pub fn set_cache_dir(&mut self, dir: PathBuf) {
         self.cache = dir;
+    }
+
+    /// Cuts object batches (one zstd stream, one commit on the robot each) at `bytes` of
+    /// content or `objects` objects, whichever comes first (defaults: 16 MiB, 4096). Smaller
+    /// batches lose less to a cut link and compress a little worse.
+    pub fn set_batch_limits(&mut self, bytes: u64, objects: usize) {
+        self.batch_bytes = bytes.max(1);
+        self.batch_objects = objects.max(1);
+    }
+
+    /// The zstd level for contents, tar-splits and patches (default 19, or `DTS_WIRE_LEVEL`).
+    pub fn set_level(&mut self, level: i32) {
+        self.level = level.clamp(1, 22);
     }
 
     async fn write(&mut self, frames: &[Frame]) -> Result<(), WireError> {
@@ -373,7 +396,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     continue;
                 }
                 changed = true;
-                let z = zstd::encode_all(&bytes[..], level()).expect("in-memory compression");
+                let z = zstd::encode_all(&bytes[..], self.level).expect("in-memory compression");
                 let mut frames = vec![Frame::control(&ToRobot::Document {
                     digest: d.clone(),
                     size: bytes.len() as u64,
@@ -626,11 +649,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let missing: Vec<ObjectSpec> = if candidates.is_empty() {
             Vec::new()
         } else {
-            let digests: Vec<Digest> = candidates.iter().map(|o| o.digest.clone()).collect();
-            let have = match self.call(&ToRobot::Contents { digests }).await? {
+            let prefixes: String = candidates
+                .iter()
+                .map(|o| &o.digest.hex()[..PREFIX_HEX])
+                .collect();
+            let before = self.sent + self.received;
+            let have = match self.call(&ToRobot::Contents { prefixes }).await? {
                 FromRobot::Contents { have } => bitmap_decode(&have, candidates.len())?,
                 other => return Err(unexpected(&other)),
             };
+            report.query_bytes += self.sent + self.received - before;
             candidates
                 .into_iter()
                 .zip(have)
@@ -640,7 +668,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         };
 
         // The tar-split, against the base's.
-        let lvl = level();
+        let lvl = self.level;
         let prefix: &[u8] = base.as_ref().map(|(b, _)| &b.split[..]).unwrap_or(&[]);
         let z = compress(&info.split, prefix, lvl)
             .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
@@ -652,6 +680,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         })];
         frames.extend(data_frames(&z));
         self.write(&frames).await?;
+        report.split_bytes += z.len() as u64;
         if base.is_some() {
             report.split_deltas += 1;
         }
@@ -712,7 +741,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 }
                 batch_bytes += bytes.len() as u64;
                 batch.push((spec, bytes));
-                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_OBJECTS {
+                if batch_bytes >= self.batch_bytes || batch.len() >= self.batch_objects {
                     done += batch_bytes;
                     self.send_batch(std::mem::take(&mut batch), lvl, report)
                         .await?;

@@ -62,6 +62,8 @@ pub const MAJOR: u16 = 1;
 pub const MINOR: u16 = 0;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
+/// Hex digits of a content digest in a [`ToRobot::Contents`] query.
+pub const PREFIX_HEX: usize = 16;
 /// Largest zstd window a decoder accepts (2 GiB: the `--patch-from` limit).
 pub const MAX_WINDOW_LOG: u32 = 31;
 
@@ -180,10 +182,13 @@ pub enum ToRobot {
         docs: Vec<Digest>,
     },
     /// Which of these contents does the robot have (any metadata variant)? Answered by
-    /// [`FromRobot::Contents`].
+    /// [`FromRobot::Contents`]. Contents are named by the first [`PREFIX_HEX`] hex digits of
+    /// their sha256, concatenated: a 2,000-file layer asks in 32 KB, not 140. A false "have"
+    /// (odds ~n·m/2^64) cannot corrupt anything: the image then fails to build, naming the
+    /// missing objects, and nothing is named.
     Contents {
-        /// Content digests.
-        digests: Vec<Digest>,
+        /// Concatenated hex prefixes.
+        prefixes: String,
     },
     /// A layer's tar-split follows as a data stream: zstd of the record stream, with the
     /// tar-split of `base` (a layer the robot has) as the reference prefix when given.

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use super::frame::{DataReader, Frame, Kind, read_frame, write_frame};
 use super::{
-    ClientHello, FromRobot, MAJOR, MAX_WINDOW_LOG, MINOR, RobotHello, RobotImage, ToRobot,
-    WireError, bitmap_encode, check_version,
+    ClientHello, FromRobot, MAJOR, MAX_WINDOW_LOG, MINOR, PREFIX_HEX, RobotHello, RobotImage,
+    ToRobot, WireError, bitmap_encode, check_version,
 };
 use crate::agent::daemon::{Client, ClientError, RemoteError, Request};
 use crate::agent::store::{AgentStore, AgentStoreError, Ingest, MAX_SPLIT_BYTES, RefEntry};
@@ -137,8 +137,16 @@ fn serve_inner(
                     },
                 )?;
             }
-            ToRobot::Contents { digests } => {
-                let have = store.has_contents(&digests)?;
+            ToRobot::Contents { prefixes } => {
+                if prefixes.len() % PREFIX_HEX != 0 {
+                    return Err(WireError::Protocol("a contents query cut short".into()).into());
+                }
+                let index = crate::agent::store::content_index_of(&store)?;
+                let known: std::collections::HashSet<&str> =
+                    index.keys().map(|d| &d.hex()[..PREFIX_HEX]).collect();
+                let have: Vec<bool> = (0..prefixes.len() / PREFIX_HEX)
+                    .map(|i| known.contains(&prefixes[i * PREFIX_HEX..(i + 1) * PREFIX_HEX]))
+                    .collect();
                 send(
                     output,
                     &FromRobot::Contents {
