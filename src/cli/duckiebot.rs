@@ -20,14 +20,38 @@ use crate::ops::robot::{self, RobotLink, SshArgs};
 #[derive(Args, Debug, Clone)]
 pub struct SshFlags {
     /// Identity file to try first
-    #[arg(short = 'i', long = "identity", global = true)]
+    #[arg(short = 'i', long = "identity")]
     identity: Option<PathBuf>,
     /// known_hosts file (default ~/.ssh/known_hosts; $DTS_HOME/known_hosts is read too)
-    #[arg(long, global = true)]
+    #[arg(long)]
     known_hosts: Option<PathBuf>,
     /// Trust and record the host key of a robot seen for the first time
-    #[arg(long, global = true)]
+    #[arg(long)]
     accept_new_host_key: bool,
+}
+
+/// [`SshFlags`] for `run`, where `-i` is Docker's `--interactive`: the identity is `--identity`.
+#[derive(Args, Debug, Clone)]
+pub struct RunSshFlags {
+    /// Identity file to try first
+    #[arg(long = "identity")]
+    identity: Option<PathBuf>,
+    /// known_hosts file (default ~/.ssh/known_hosts; $DTS_HOME/known_hosts is read too)
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Trust and record the host key of a robot seen for the first time
+    #[arg(long)]
+    accept_new_host_key: bool,
+}
+
+impl From<&RunSshFlags> for SshFlags {
+    fn from(f: &RunSshFlags) -> SshFlags {
+        SshFlags {
+            identity: f.identity.clone(),
+            known_hosts: f.known_hosts.clone(),
+            accept_new_host_key: f.accept_new_host_key,
+        }
+    }
 }
 
 impl SshFlags {
@@ -43,8 +67,6 @@ impl SshFlags {
 /// `dts duckiebot`.
 #[derive(Args, Debug)]
 pub struct DuckiebotArgs {
-    #[command(flatten)]
-    ssh: SshFlags,
     #[command(subcommand)]
     command: DuckiebotCommand,
 }
@@ -57,6 +79,8 @@ enum DuckiebotCommand {
     Deploy {
         /// The robot (a name, `[user@]host[:port]`, or a `dts sim`)
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// A stack file, or the name of a shipped stack (default `duckiebot`)
         #[arg(long)]
         stack: Option<String>,
@@ -74,6 +98,8 @@ enum DuckiebotCommand {
     History {
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
@@ -82,6 +108,8 @@ enum DuckiebotCommand {
     Rollback {
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// The release to go back to
         #[arg(long)]
         to: Option<u64>,
@@ -90,6 +118,8 @@ enum DuckiebotCommand {
     Ps {
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// Exited ones too
         #[arg(short = 'a', long)]
         all: bool,
@@ -101,6 +131,8 @@ enum DuckiebotCommand {
     Logs {
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// The container
         name: String,
         /// Keep streaming
@@ -115,12 +147,16 @@ enum DuckiebotCommand {
         /// The robot
         robot: String,
         #[command(flatten)]
+        ssh: RunSshFlags,
+        #[command(flatten)]
         run: Box<RunArgs>,
     },
     /// Stop a container
     Stop {
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// The container
         name: String,
         /// Seconds before SIGKILL
@@ -131,6 +167,8 @@ enum DuckiebotCommand {
     Rm {
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// The container
         name: String,
         /// Kill it first if it runs
@@ -143,6 +181,8 @@ enum DuckiebotCommand {
         action: String,
         /// The robot
         robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
         /// The volume (create, rm)
         name: Option<String>,
         /// One JSON document on stdout (ls)
@@ -186,6 +226,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
     match &a.command {
         DuckiebotCommand::Deploy {
             robot,
+            ssh,
             stack,
             set,
             dry_run,
@@ -197,14 +238,14 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 set,
                 *dry_run,
                 *json,
-                &a.ssh,
+                ssh,
                 g,
                 printer,
             )
             .await
         }
-        DuckiebotCommand::History { robot, json } => {
-            let mut l = link(robot, &a.ssh).await?;
+        DuckiebotCommand::History { robot, ssh, json } => {
+            let mut l = link(robot, ssh).await?;
             let v = l.conn.daemon(&Request::History).await?;
             if *json {
                 printer.json(&v);
@@ -230,8 +271,8 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             }
             Ok(Exit::Ok)
         }
-        DuckiebotCommand::Rollback { robot, to } => {
-            let mut l = link(robot, &a.ssh).await?;
+        DuckiebotCommand::Rollback { robot, ssh, to } => {
+            let mut l = link(robot, ssh).await?;
             let v = l.conn.daemon(&Request::Rollback { to: *to }).await?;
             printer.info(&format!(
                 "{robot}: release {} is {}",
@@ -240,8 +281,13 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             ));
             Ok(outcome_exit(&v))
         }
-        DuckiebotCommand::Ps { robot, all, json } => {
-            let mut l = link(robot, &a.ssh).await?;
+        DuckiebotCommand::Ps {
+            robot,
+            ssh,
+            all,
+            json,
+        } => {
+            let mut l = link(robot, ssh).await?;
             let v = l.conn.daemon(&Request::Ps { all: *all }).await?;
             let list: Vec<ContainerInfo> = serde_json::from_value(v)?;
             if *json {
@@ -253,11 +299,12 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
         }
         DuckiebotCommand::Logs {
             robot,
+            ssh,
             name,
             follow,
             tail,
         } => {
-            let mut l = link(robot, &a.ssh).await?;
+            let mut l = link(robot, ssh).await?;
             l.conn
                 .daemon_logs(
                     &Request::Logs {
@@ -271,9 +318,16 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 .await?;
             Ok(Exit::Ok)
         }
-        DuckiebotCommand::Run { robot, run } => run_container(robot, run, &a.ssh, g).await,
-        DuckiebotCommand::Stop { robot, name, time } => {
-            let mut l = link(robot, &a.ssh).await?;
+        DuckiebotCommand::Run { robot, ssh, run } => {
+            run_container(robot, run, &SshFlags::from(ssh), g).await
+        }
+        DuckiebotCommand::Stop {
+            robot,
+            ssh,
+            name,
+            time,
+        } => {
+            let mut l = link(robot, ssh).await?;
             l.conn
                 .daemon(&Request::Stop {
                     name: name.clone(),
@@ -283,8 +337,13 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             printer.out(name);
             Ok(Exit::Ok)
         }
-        DuckiebotCommand::Rm { robot, name, force } => {
-            let mut l = link(robot, &a.ssh).await?;
+        DuckiebotCommand::Rm {
+            robot,
+            ssh,
+            name,
+            force,
+        } => {
+            let mut l = link(robot, ssh).await?;
             l.conn
                 .daemon(&Request::Rm {
                     name: name.clone(),
@@ -297,6 +356,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
         DuckiebotCommand::Volume {
             action,
             robot,
+            ssh,
             name,
             json,
         } => {
@@ -315,7 +375,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                     )));
                 }
             };
-            let mut l = link(robot, &a.ssh).await?;
+            let mut l = link(robot, ssh).await?;
             let v = l.conn.daemon(&req).await?;
             if action == "ls" {
                 let list: Vec<VolumeInfo> = serde_json::from_value(v)?;

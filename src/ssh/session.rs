@@ -467,6 +467,19 @@ async fn connect_resolved(
         });
     }
 
+    // A robot that drops off the WiFi mid-transfer leaves writes blocked on a full window,
+    // where SSH keepalives never get their turn: let the kernel give up on unacknowledged
+    // data, and probe an idle connection, after the same ~30 s the keepalives allow.
+    let dead_after = options.keepalive_interval * options.keepalive_max.max(1) as u32;
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_tcp_user_timeout(Some(dead_after));
+    let _ = sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(options.keepalive_interval)
+            .with_interval(options.keepalive_interval)
+            .with_retries(options.keepalive_max.max(1) as u32),
+    );
+
     set("exchanging keys");
     let shared = Arc::new(Mutex::new(Shared::default()));
     let handler = Client {

@@ -33,7 +33,7 @@ use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
 pub use super::RobotHello;
 
 /// Uncompressed bytes per object batch (one zstd stream; committed together on the robot).
-const BATCH_BYTES: u64 = 16 << 20;
+const BATCH_BYTES: u64 = 4 << 20;
 /// Objects per batch.
 const BATCH_OBJECTS: usize = 4096;
 

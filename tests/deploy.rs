@@ -1,0 +1,404 @@
+//! `dts duckiebot deploy` end to end, the way a user runs it: images built with `dts devel
+//! build` into a temporary `DTS_HOME`, a virtual Duckiebot (`dts sim up`, behind a `tc tbf`
+//! link), SSH with pinned host keys, `dt-agent serve --stdio`, releases in the robot's daemon.
+//! Faults: a failing health check, a wrong host key, two deploys at once. (Resuming after a cut
+//! link or a killed agent is covered at the protocol level in tests/wire.rs; the end-to-end
+//! version over a downed veth is not here yet: `dts` does not notice the dead link.)
+//!
+//! Each test has its own DTS_HOME, HOME, bridge and subnet (`DTS_SIM_BRIDGE`, `DTS_SIM_SUBNET`),
+//! so the user's `dts0` is never touched. Needs root; prints a SKIP line otherwise.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+const BUSYBOX: &str = "/var/cache/dts-fixtures/busybox/amd64/busybox";
+
+fn can_run() -> bool {
+    if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
+        return false;
+    }
+    for cmd in [
+        "ip",
+        "tc",
+        "ssh-keygen",
+        "/usr/sbin/sshd",
+        "/usr/bin/sudo",
+        "runc",
+    ] {
+        if !support::require_cmd(cmd) {
+            return false;
+        }
+    }
+    if !Path::new(BUSYBOX).exists() {
+        support::skip("no static busybox fixture: run `bash scripts/fixtures`");
+        return false;
+    }
+    true
+}
+
+/// One test's laptop and robot.
+struct World {
+    dts_home: tempfile::TempDir,
+    home: tempfile::TempDir,
+    work: tempfile::TempDir,
+    bridge: String,
+    subnet: String,
+    name: String,
+    up: bool,
+}
+
+impl World {
+    fn new() -> World {
+        let pid = std::process::id();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let routes = Command::new(support::find_cmd("ip").unwrap())
+            .args(["-4", "route", "show", "table", "all"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let third = (0..250)
+            .map(|i| (pid + seq * 13 + i) % 250 + 1)
+            .find(|x| !routes.contains(&format!("10.219.{x}.")))
+            .expect("a free 10.219.x.0/24");
+        World {
+            dts_home: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            bridge: format!("dtsd{}x{seq}", pid % 100_000),
+            subnet: format!("10.219.{third}.0/24"),
+            name: format!("dep{pid}x{seq}"),
+            up: false,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dts"));
+        c.args(args)
+            .env("DTS_HOME", self.dts_home.path())
+            .env("HOME", self.home.path())
+            .env("DTS_SIM_BRIDGE", &self.bridge)
+            .env("DTS_SIM_SUBNET", &self.subnet)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn dts(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.dts(args);
+        assert!(
+            out.status.success(),
+            "dts {args:?} failed ({:?}):\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn sim_up(&mut self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["sim", "up", self.name.as_str()];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+        self.up = true;
+        let ls: serde_json::Value =
+            serde_json::from_str(&self.ok(&["sim", "ls", "--json"])).unwrap();
+        ls.as_array().unwrap()[0].clone()
+    }
+
+    /// Writes the app's build context: busybox, `files` small modules, `big` files of 1 MiB of
+    /// noise, and `run.sh` printing `version` and leaving on SIGTERM.
+    fn context(&self, version: &str, files: usize, big: usize) -> PathBuf {
+        let ctx = self.work.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("code")).unwrap();
+        std::fs::copy(BUSYBOX, ctx.join("busybox")).unwrap();
+        for i in 0..files {
+            std::fs::write(
+                ctx.join(format!("code/module_{i}.py")),
+                format!("# module {i}\n{}\n", "x = 1\n".repeat(i % 50)),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            ctx.join("code/version.py"),
+            format!("VERSION = {version:?}\n"),
+        )
+        .unwrap();
+        // `big` files of 1 MiB of noise: what a cut link interrupts.
+        std::fs::create_dir_all(ctx.join("big")).unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ (version.len() as u64);
+        for i in 0..big {
+            let data: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            std::fs::write(ctx.join(format!("big/blob_{i}.bin")), data).unwrap();
+        }
+        std::fs::write(ctx.join("big/.keep"), b"").unwrap();
+        std::fs::write(
+            ctx.join("run.sh"),
+            "trap 'exit 0' TERM\nbusybox cat /code/version.py\nbusybox touch /ready\nwhile true; do busybox sleep 1 & wait $!; done\n",
+        )
+        .unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nENV PATH=/bin\nCOPY big /opt/big/\nCOPY code /code/\nCOPY run.sh /run.sh\nCMD [\"/bin/busybox\", \"sh\", \"/run.sh\"]\n",
+        )
+        .unwrap();
+        ctx
+    }
+
+    fn build(&self, ctx: &Path, tag: &str) {
+        self.ok(&[
+            "devel",
+            "build",
+            "-C",
+            ctx.to_str().unwrap(),
+            "-t",
+            tag,
+            "--arch",
+            "amd64",
+        ]);
+    }
+
+    /// A stack of two services on `tag`; the second's health check is `health`.
+    fn stack(&self, tag: &str, health: &str) -> PathBuf {
+        let p = self.work.path().join("stack.yaml");
+        std::fs::write(
+            &p,
+            format!(
+                "services:\n  interface:\n    image: {tag}\n    x-duckiebot: {{stage: 0}}\n  core:\n    image: {tag}\n    healthcheck:\n      test: [\"CMD\", \"/bin/busybox\", \"{health}\", \"-f\", \"/ready\"]\n      interval: 1s\n      retries: 3\n    x-duckiebot: {{stage: 1}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn deploy(&self, stack: &Path) -> (Option<i32>, serde_json::Value, String) {
+        let out = self.dts(&[
+            "duckiebot",
+            "deploy",
+            &self.name,
+            "--stack",
+            stack.to_str().unwrap(),
+            "--json",
+        ]);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (
+            out.status.code(),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn deploy_spawn(&self, stack: &Path) -> Child {
+        self.command(&[
+            "duckiebot",
+            "deploy",
+            &self.name,
+            "--stack",
+            stack.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.dts(&["sim", "down", &self.name]);
+        }
+    }
+}
+
+#[test]
+fn deploy_noop_one_file_change_and_rollback_on_a_failing_health_check() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    let ctx = w.context("v1", 300, 0);
+    w.build(&ctx, "example.com/dep/app:v1");
+    w.sim_up(&[]);
+    let stack = w.stack("example.com/dep/app:v1", "test");
+
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "committed", "{v}");
+    assert_eq!(v["release"], 1);
+    for k in [
+        "robot",
+        "images",
+        "layers_total",
+        "layers_skipped",
+        "objects_sent",
+        "bytes_sent",
+        "bytes_received",
+        "duration_ms",
+    ] {
+        assert!(!v[k].is_null(), "deploy --json lacks {k}: {v}");
+    }
+    let ps: serde_json::Value =
+        serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
+    let names: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["core", "interface"], "{ps}");
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "running" && c["service"].is_string())
+    );
+    assert!(
+        w.ok(&["duckiebot", "logs", &w.name, "core"])
+            .contains("VERSION = \"v1\"")
+    );
+
+    // The same again: nothing to send, nothing to switch.
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "unchanged", "{v}");
+    assert_eq!(v["objects_sent"], 0);
+    assert!(
+        v["bytes_sent"].as_u64().unwrap() <= 8 << 10,
+        "no-op protocol bytes: {v}"
+    );
+
+    // One small file edited: a few KiB cross the link.
+    std::fs::write(ctx.join("code/version.py"), "VERSION = \"v2\"\n").unwrap();
+    w.build(&ctx, "example.com/dep/app:v1");
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "committed", "{v}");
+    assert!(
+        v["bytes_sent"].as_u64().unwrap() <= 16 << 10,
+        "one-file change: {v}"
+    );
+    assert!(
+        w.ok(&["duckiebot", "logs", &w.name, "core"])
+            .contains("VERSION = \"v2\"")
+    );
+
+    // v3 whose health check fails: rolled back by itself to v2, exit 1.
+    std::fs::write(ctx.join("code/version.py"), "VERSION = \"v3\"\n").unwrap();
+    w.build(&ctx, "example.com/dep/app:v1");
+    let bad = w.stack("example.com/dep/app:v1", "false");
+    let (code, v, err) = w.deploy(&bad);
+    assert_eq!(code, Some(1), "{v} {err}");
+    assert_eq!(v["state"], "rolled-back", "{v}");
+    let logs = w.ok(&["duckiebot", "logs", &w.name, "core"]);
+    assert!(logs.contains("VERSION = \"v2\""), "v2 runs again: {logs}");
+    let history: serde_json::Value =
+        serde_json::from_str(&w.ok(&["duckiebot", "history", &w.name, "--json"])).unwrap();
+    let states: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"rolled-back"), "{history}");
+}
+
+#[test]
+fn wrong_host_keys_and_concurrent_deploys_are_refused_safely() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    let ctx = w.context("v1", 10, 0);
+    w.build(&ctx, "example.com/dep/app:v1");
+    let sim = w.sim_up(&[]);
+    let stack = w.stack("example.com/dep/app:v1", "test");
+
+    // Two deploys at once: one applies, the other waits or is refused — never a mix.
+    let a = w.deploy_spawn(&stack);
+    let b = w.deploy_spawn(&stack);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let states: Vec<String> = [&a, &b]
+        .iter()
+        .map(|o| {
+            serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("failed: {}", String::from_utf8_lossy(&o.stderr)))
+        })
+        .collect();
+    assert!(states.contains(&"committed".to_string()), "{states:?}");
+    let ps: serde_json::Value =
+        serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
+    let releases: Vec<u64> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["release"].as_u64())
+        .collect();
+    assert!(
+        releases.windows(2).all(|p| p[0] == p[1]),
+        "one release runs: {ps}"
+    );
+
+    // A changed host key: refused before any protocol byte, whatever the flags.
+    let kh = w.dts_home.path().join("known_hosts");
+    let text = std::fs::read_to_string(&kh).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let key = other.path().join("k");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let fake = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let fake_key: Vec<&str> = fake.split_whitespace().take(2).collect();
+    let addr = sim["address"].as_str().unwrap();
+    let changed: String = text
+        .lines()
+        .map(|l| {
+            if l.contains(addr) {
+                format!(
+                    "{} {}\n",
+                    l.split_whitespace().next().unwrap(),
+                    fake_key.join(" ")
+                )
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&kh, changed).unwrap();
+    let out = w.dts(&[
+        "duckiebot",
+        "deploy",
+        &w.name,
+        "--stack",
+        stack.to_str().unwrap(),
+        "--accept-new-host-key",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.to_lowercase().contains("host key"), "{err}");
+    std::fs::write(&kh, text).unwrap();
+}
