@@ -25,9 +25,9 @@ pub mod progress;
 pub mod registry;
 pub mod runtime;
 #[cfg(feature = "workstation")]
-pub mod ssh;
-#[cfg(feature = "workstation")]
 pub mod sim;
+#[cfg(feature = "workstation")]
+pub mod ssh;
 pub mod store;
 pub mod util;
 pub mod wire;

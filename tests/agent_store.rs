@@ -321,8 +321,16 @@ fn imports_oci_and_docker_archives_as_a_hardlink_farm() {
     }
     assert!(s["release"].is_null(), "no release deployed: {s}");
     if support::find_cmd("runc").is_some() {
-        assert!(s["runtime"].as_str().is_some_and(|r| r.ends_with("runc")), "{s}");
-        assert!(s["runtime_version"].as_str().is_some_and(|v| v.contains("runc")), "{s}");
+        assert!(
+            s["runtime"].as_str().is_some_and(|r| r.ends_with("runc")),
+            "{s}"
+        );
+        assert!(
+            s["runtime_version"]
+                .as_str()
+                .is_some_and(|v| v.contains("runc")),
+            "{s}"
+        );
     }
     assert_eq!(s["images"].as_array().unwrap().len(), 2);
 
