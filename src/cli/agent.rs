@@ -252,9 +252,18 @@ fn start_containers(
             return Ok(None);
         }
     };
+    // A robot.yaml the profiles cannot serve (a watchtower, a configuration this agent does
+    // not know yet) must not keep the robot off the network: containers then get no roles.
     let roles = if config.exists() {
-        let rc = crate::profile::robot::RobotConfig::load(config)?;
-        crate::profile::robot::effective_roles(&rc)?
+        match crate::profile::robot::RobotConfig::load(config)
+            .and_then(|rc| crate::profile::robot::effective_roles(&rc))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                log.event(Event::note(format!("no device roles for containers: {e}")));
+                Default::default()
+            }
+        }
     } else {
         Default::default()
     };
