@@ -130,6 +130,8 @@ fn start_agent(robot: &Robot, dir: &Path, yaml: &str, avahi_services: Option<&Pa
     robot
         .command(&[env!("CARGO_BIN_EXE_dt-agent"), "daemon"])
         .env("DT_AGENT_CONFIG", dir.join("robot.yaml"))
+        // Each daemon keeps its state (and control socket) in its own directory.
+        .env("DT_AGENT_ROOT", dir.join("state"))
         .env("DT_AGENT_SSH_HOST_KEY", dir.join("host.pub"))
         .env("DT_AGENT_AVAHI_SERVICES", avahi)
         .stdin(Stdio::null())
