@@ -565,7 +565,8 @@ fn eight_robots_found_once_and_watch_follows_them() {
     sigterm(&children[1]);
     expect_event(
         &rx,
-        Duration::from_secs(5),
+        // avahi's goodbye goes out when it stops; under a loaded CI machine it can lag.
+        Duration::from_secs(15),
         "bot1 removed after avahi stopped",
         |e| e["event"] == "removed" && e["robot"]["hostname"] == "bot1",
     );
