@@ -5,28 +5,7 @@
 /// Whether `name` matches the glob `pattern` (`*` and `?` only; no character classes, which
 /// OpenSSH does not have either).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let n: Vec<char> = name.to_lowercase().chars().collect();
-    // Iterative matcher with one backtrack point (the last `*`): linear in practice and never
-    // exponential, whatever a config file contains.
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    crate::util::glob::wildcard_match(&pattern.to_lowercase(), &name.to_lowercase())
 }
 
 /// Whether `name` matches a list of patterns: at least one positive pattern matches and no

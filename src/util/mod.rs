@@ -1,4 +1,5 @@
 //! Small helpers shared by every module: file operations whose errors name their path.
 
 pub mod fs;
+pub mod glob;
 pub mod time;
