@@ -9,6 +9,8 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+#[cfg(feature = "workstation")]
+pub mod agents;
 pub mod archive;
 pub mod binfmt;
 #[cfg(feature = "workstation")]
