@@ -31,6 +31,9 @@ pub struct Target {
     pub rustflags: Vec<String>,
     /// Linker, when rustc's default will not do.
     pub linker: Option<String>,
+    /// C compiler for the C parts of the agent's dependencies (zstd-sys), for `scripts/cross-build`.
+    #[serde(default)]
+    pub cc: Option<String>,
     /// QEMU user-mode emulator binary, when the target is not native to x86 hosts.
     pub qemu: Option<String>,
     /// What `uname -m` prints on the target.

@@ -18,7 +18,8 @@ pub enum SimCommand {
     Up {
         /// Robot name (its hostname)
         name: String,
-        /// Agent platform (only this machine's for now)
+        /// Robot CPU: amd64, arm64 or armhf (foreign ones run their agent under QEMU; the
+        /// binary comes from `scripts/cross-build ARCH`)
         #[arg(long, default_value = "amd64", value_parser = parse_platform)]
         arch: Platform,
         /// Duckietown configuration: selects the device roles and nodes

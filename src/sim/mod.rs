@@ -20,6 +20,12 @@
 //! the holder (pid 1 follows through its parent-death signal, and the whole pid namespace with
 //! it), deletes the netns and veth (and the bridge when no port is left), the known_hosts line
 //! and the directory. Robot names are looked up here ([`resolve`]) before mDNS.
+//!
+//! A sim of another CPU (`--arch arm64|armhf`) is that robot as far as `dts` can tell: its agent
+//! is the cross-built binary ([`crate::agents`]), run by the kernel through QEMU user emulation
+//! (binfmt_misc, F flag), so `status` reports the robot's arch and deploys ship that arch's
+//! images. sshd, sudo, runc and the CNI plugins stay the host's native ones (namespaces are
+//! made natively); only the agent and the containers' own binaries are emulated.
 
 pub mod cli;
 pub mod init;
@@ -139,16 +145,28 @@ pub enum SimError {
         "`{0}` is not a robot name: letters, digits and `-`, at most 40, starting with a letter"
     )]
     BadName(String),
-    /// No agent for that arch yet.
+    /// No robot of that arch exists (dt-agent is built for amd64, arm64 and armhf only).
     #[error(
-        "no dt-agent for {arch} yet: a virtual robot runs the agent built for this machine \
-         ({host}); arm64 and armhf sims arrive with the cross-built agents"
+        "no virtual robot can be {arch}: dt-agent is built for linux/amd64, linux/arm64 and \
+         linux/arm/v7 (this machine is {host})"
     )]
     UnsupportedArch {
         /// What was asked for.
         arch: String,
         /// What this machine runs.
         host: String,
+    },
+    /// The arch is supported but no binary of the agent for it is on this machine.
+    #[error(transparent)]
+    NoAgentBinary(Box<crate::agents::AgentBinaryError>),
+    /// A foreign-arch sim needs QEMU user emulation registered in binfmt_misc.
+    #[error("a {arch} virtual robot runs its agent under QEMU: {source}")]
+    NoEmulation {
+        /// The sim's arch.
+        arch: String,
+        /// Why the kernel cannot run its binaries.
+        #[source]
+        source: Box<crate::binfmt::BinfmtError>,
     },
     /// `--link-rate` is not a tc rate.
     #[error("bad link rate `{0}`: expected a rate like 20mbit, 500kbit, 1gbit")]
@@ -390,21 +408,39 @@ fn require_root() -> Result<(), SimError> {
     Ok(())
 }
 
-/// The `dt-agent` for `arch`: the one next to the running `dts`, when `arch` is this machine's.
+/// The `dt-agent` for `arch`. For this machine's own arch, the one next to the running `dts`
+/// comes first: it is built by the same cargo run, so it always speaks the same wire protocol
+/// (and need not be static: it runs on this host). Otherwise, or when it is missing, the
+/// cross-built binary [`crate::agents::find_agent`] finds; a foreign one runs under QEMU user
+/// emulation, so binfmt_misc must have an enabled entry with the F flag for it (registered
+/// here when nothing is, as `dts devel build` does).
 fn agent_for(arch: &Platform) -> Result<PathBuf, SimError> {
+    use crate::agents::{AgentArch, find_agent};
     let host = Platform::host();
-    if !arch.matches(&host) {
+    let Some(agent_arch) = AgentArch::from_platform(arch) else {
         return Err(SimError::UnsupportedArch {
             arch: arch.to_string(),
             host: host.to_string(),
         });
+    };
+    if arch.matches(&host) {
+        let exe = std::env::current_exe().map_err(io("find", Path::new("/proc/self/exe")))?;
+        let agent = exe.with_file_name("dt-agent");
+        if agent.is_file() {
+            return Ok(agent);
+        }
+        return match find_agent(agent_arch) {
+            Ok(found) => Ok(found.path),
+            Err(crate::agents::AgentBinaryError::NoBinary { .. }) => Err(SimError::NoAgent(agent)),
+            Err(e) => Err(SimError::NoAgentBinary(Box::new(e))),
+        };
     }
-    let exe = std::env::current_exe().map_err(io("find", Path::new("/proc/self/exe")))?;
-    let agent = exe.with_file_name("dt-agent");
-    if !agent.is_file() {
-        return Err(SimError::NoAgent(agent));
-    }
-    Ok(agent)
+    let found = find_agent(agent_arch).map_err(|e| SimError::NoAgentBinary(Box::new(e)))?;
+    crate::binfmt::ensure(arch).map_err(|source| SimError::NoEmulation {
+        arch: arch.to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(found.path)
 }
 
 /// What `up` reports.
