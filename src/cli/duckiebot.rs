@@ -175,6 +175,11 @@ enum DuckiebotCommand {
         #[arg(short = 'f', long)]
         force: bool,
     },
+    /// First boot of a new robot: install dt-agent, its service, udev rules, identity and your
+    /// key, then harden it (password logins off, DT2018key removed, Docker's TCP API off, new
+    /// host keys). Safe to run again. A fresh robot's host key is unknown: pass
+    /// `--accept-new-host-key` on the first run
+    Provision(Box<ProvisionFlags>),
     /// Named volumes on the robot
     Volume {
         /// `create`, `ls` or `rm`
@@ -189,6 +194,51 @@ enum DuckiebotCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `dts duckiebot provision` flags (cli.md "Robots").
+#[derive(Args, Debug)]
+pub struct ProvisionFlags {
+    /// The robot as it is reached now (`[user@]host[:port]`, or a name found over mDNS)
+    robot: String,
+    /// The robot's new host name
+    #[arg(long, value_parser = parse_robot_hostname)]
+    hostname: String,
+    /// Its Duckietown configuration (a shipped profile: DB21J, DB21M, DBR4, DB19, DB18, virtual)
+    #[arg(long)]
+    configuration: String,
+    /// Login name (a `user@` in ROBOT wins)
+    #[arg(long, default_value = crate::ssh::target::DEFAULT_USER)]
+    user: String,
+    /// Read the login password (the image's default) from the first line of stdin
+    #[arg(long)]
+    password_stdin: bool,
+    /// Key to log in with and to install (its `.pub` beside it); default ~/.ssh/id_*, else a
+    /// key made in $DTS_HOME
+    #[arg(short = 'i', long = "identity")]
+    identity: Option<PathBuf>,
+    /// known_hosts file (default ~/.ssh/known_hosts); the robot's new host keys go here
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Trust and record the host key of a robot seen for the first time (the usual case here)
+    #[arg(long)]
+    accept_new_host_key: bool,
+    /// Ship this image from the local store once the agent is installed (repeatable)
+    #[arg(long)]
+    preload: Vec<String>,
+    /// Keep the robot's SSH host keys instead of regenerating them on the first provision
+    #[arg(long)]
+    keep_host_keys: bool,
+    /// Check every step and print the plan; change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// One JSON document on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_robot_hostname(s: &str) -> Result<String, String> {
+    crate::ops::provision::check_hostname(s).map(|()| s.to_owned())
 }
 
 /// `deploy --json` (cli.md).
@@ -353,6 +403,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             printer.out(name);
             Ok(Exit::Ok)
         }
+        DuckiebotCommand::Provision(p) => provision(p, g, printer).await,
         DuckiebotCommand::Volume {
             action,
             robot,
@@ -392,6 +443,77 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             Ok(Exit::Ok)
         }
     }
+}
+
+/// `provision --json` (cli.md): the report, whose first fields are the documented ones.
+async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
+    use crate::ops::provision::{self, ProvisionArgs};
+    crate::profile::robot::RobotProfile::builtin(&p.configuration)?;
+    let password = if p.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+        if pw.is_empty() {
+            return Err(anyhow::Error::new(clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                "--password-stdin: stdin gave no password\n",
+            )));
+        }
+        Some(pw)
+    } else {
+        None
+    };
+    let args = ProvisionArgs {
+        robot: p.robot.clone(),
+        hostname: p.hostname.clone(),
+        configuration: p.configuration.clone(),
+        user: p.user.clone(),
+        password,
+        identity: p.identity.clone(),
+        known_hosts: p.known_hosts.clone(),
+        accept_new_host_key: p.accept_new_host_key,
+        keep_host_keys: p.keep_host_keys,
+        preload: p.preload.clone(),
+        dry_run: p.dry_run,
+    };
+    let log = reporter(g);
+    let report = provision::provision(&args, &*log).await?;
+    if p.json {
+        printer.json(&report);
+    } else {
+        if report.dry_run {
+            for s in &report.steps {
+                let mark = if s.changed { "change" } else { "ok" };
+                printer.out(&format!("{mark:<7} {:<20} {}", s.step, s.detail));
+            }
+        }
+        let what = if report.already_provisioned {
+            "already provisioned; nothing changed".to_owned()
+        } else if report.dry_run {
+            format!("would change: {}", report.changed.join(", "))
+        } else if report.changed.is_empty() {
+            "nothing needed changing".to_owned()
+        } else {
+            format!(
+                "provisioned as `{}`; changed: {}",
+                p.hostname,
+                report.changed.join(", ")
+            )
+        };
+        printer.info(&format!(
+            "{} ({}, {}): {what}",
+            p.robot, report.arch, report.os
+        ));
+        if let Some(fp) = &report.host_key_fingerprint {
+            printer.info(&format!("host key: {fp}"));
+        }
+    }
+    for n in &report.notes {
+        printer.info(&format!("note: {n}"));
+    }
+    Ok(Exit::Ok)
 }
 
 fn outcome_exit(v: &Value) -> Exit {

@@ -7,6 +7,8 @@ pub mod build;
 pub mod deploy;
 pub mod image;
 #[cfg(feature = "workstation")]
+pub mod provision;
+#[cfg(feature = "workstation")]
 pub mod registry;
 #[cfg(feature = "workstation")]
 pub mod robot;

@@ -304,6 +304,68 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<(),
     Ok(())
 }
 
+/// Drops from `path` every plain entry for `host`/`port` whose key is not one of `keep`: the
+/// robot's old host keys once provisioning has replaced them (OpenSSH's `ssh-keygen -R` also
+/// drops a whole line that names other hosts besides). `@revoked` lines, comments and other
+/// hosts' lines stay as they are. The file is rewritten through a temporary file and a rename
+/// under an exclusive flock, so a crash leaves the old file or the new one. Returns how many
+/// lines went; a missing file is 0.
+pub fn forget_other_keys(
+    path: &Path,
+    host: &str,
+    port: u16,
+    keep: &[PublicKey],
+) -> Result<usize, SshError> {
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| SshError::KnownHostsIo {
+            action,
+            path,
+            source,
+        }
+    };
+    let f = match std::fs::OpenOptions::new().read(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(std::io::Error::from)
+        .map_err(io("lock", path))?;
+    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    let name = lookup_name(host, port);
+    let mut out = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for raw in text.split_inclusive('\n') {
+        let drop = match parse_line(raw) {
+            Ok(Some((Marker::None, hosts, key))) => {
+                hosts.matches(&name) && !keep.iter().any(|k| k.key_data() == key.key_data())
+            }
+            _ => false,
+        };
+        if drop {
+            dropped += 1;
+        } else {
+            out.push_str(raw);
+        }
+    }
+    if dropped == 0 {
+        return Ok(0);
+    }
+    let tmp = path.with_extension("dts-new");
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    w.write_all(out.as_bytes()).map_err(io("write", &tmp))?;
+    w.sync_data().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("replace", path))?;
+    Ok(dropped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +492,26 @@ mod tests {
             k.check("127.0.0.1", 2222, &key(ED_B)),
             HostKeyStatus::Known(_)
         ));
+    }
+
+    #[test]
+    fn forget_other_keys_keeps_the_new_key_and_other_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("known_hosts");
+        std::fs::write(
+            &p,
+            format!("# c\nbot1 {ED_A}\nbot2 {ED_A}\nbot1 {ED_B}\n@revoked bot1 {ED_A}\n"),
+        )
+        .unwrap();
+        assert_eq!(forget_other_keys(&p, "bot1", 22, &[key(ED_B)]).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("# c\nbot2 {ED_A}\nbot1 {ED_B}\n@revoked bot1 {ED_A}\n")
+        );
+        assert_eq!(forget_other_keys(&p, "bot1", 22, &[key(ED_B)]).unwrap(), 0);
+        assert_eq!(
+            forget_other_keys(&dir.path().join("none"), "bot1", 22, &[]).unwrap(),
+            0
+        );
     }
 }
