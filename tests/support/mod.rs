@@ -2,12 +2,14 @@
 //!
 //! Owns the skip conventions (a test that cannot run prints one `SKIP: <test>: <reason>` line to
 //! stderr and returns early, so `cargo test` passes as non-root) and shared fixtures:
-//! [`netns`] (throwaway network namespaces on a private bridge), [`images`] (OCI images made in
+//! [`netns`] (throwaway network namespaces on a private bridge), [`fresh_robot`] (a stock
+//! Duckiebot booted from a cached Debian root file system), [`images`] (OCI images made in
 //! code) and [`registry`] (a real local registry). It does not own fixtures of any one module.
 //!
 //! Not every test file uses every item, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod fresh_robot;
 pub mod hostile;
 pub mod images;
 pub mod netns;
