@@ -403,29 +403,69 @@ fn start(what: &str) -> Option<u32> {
     }
 }
 
-/// Starts sshd and the agent, restarts them when they die, reaps every orphan.
+/// How long an orphan pid 1 inherited stays a zombie before pid 1 collects it.
+///
+/// A shim that cannot be the child subreaper (an arm64 or armhf agent under QEMU user
+/// emulation, which does not pass `PR_SET_CHILD_SUBREAPER` on before QEMU 8) loses its
+/// container's init to pid 1 here; it reads the exit status from `/proc/PID/stat` while the
+/// zombie is still there (it polls every 100 ms), so pid 1 leaves orphans a moment first.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// Starts sshd and the agent, restarts them when they die, reaps every orphan (after
+/// [`ORPHAN_GRACE`]).
 fn supervise() -> ! {
     let names = ["sshd", "dt-agent"];
     let mut pids: Vec<Option<u32>> = names.iter().map(|n| start(n)).collect();
+    let mut orphans: Vec<(i32, Instant)> = Vec::new();
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid on any child with a valid status pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid <= 0 {
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        // Ours first, by pid: collected and restarted at once.
         for (i, p) in pids.iter_mut().enumerate() {
-            if p.is_none() || *p == Some(pid as u32) {
-                if p.is_some() {
-                    eprintln!(
-                        "dts sim: {} (pid {pid}) ended ({status:#x}); restarting",
-                        names[i]
-                    );
-                    std::thread::sleep(Duration::from_secs(1));
+            if let Some(pid) = *p {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child with a valid status pointer.
+                if unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } <= 0 {
+                    continue;
                 }
-                *p = start(names[i]);
+                eprintln!(
+                    "dts sim: {} (pid {pid}) ended ({status:#x}); restarting",
+                    names[i]
+                );
+                std::thread::sleep(Duration::from_secs(1));
             }
+            *p = start(names[i]);
         }
+        // Then any other dead child, without collecting it yet (WNOWAIT): an orphan.
+        // SAFETY: siginfo_t is plain data; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid siginfo pointer; P_ALL ignores the id.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        // SAFETY: si_pid is set for a waitable child, zero when there is none.
+        let dead = if r == 0 { unsafe { info.si_pid() } } else { 0 };
+        if dead > 0
+            && !pids.contains(&Some(dead as u32))
+            && !orphans.iter().any(|(o, _)| *o == dead)
+        {
+            orphans.push((dead, Instant::now()));
+        }
+        orphans.retain(|(o, since)| {
+            if since.elapsed() < ORPHAN_GRACE {
+                return true;
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on a zombie child of ours.
+            unsafe { libc::waitpid(*o, &mut status, libc::WNOHANG) };
+            false
+        });
+        // waitid(P_ALL, WNOWAIT) keeps naming the same child while an orphan waits out its
+        // grace, so this polls rather than blocks.
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

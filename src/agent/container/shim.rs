@@ -98,10 +98,14 @@ pub fn main(dir: &Path) -> i32 {
     };
     // SAFETY: prctl with these arguments only sets a flag on this process.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return fail(format!(
-            "cannot become a subreaper: {}",
-            std::io::Error::last_os_error()
-        ));
+        let err = std::io::Error::last_os_error();
+        // QEMU user emulation before 8.x (an arm64 agent on an x86 test host: `dts sim up
+        // --arch arm64`) answers EINVAL: it does not pass this prctl on. The container's init
+        // then goes to the namespace's reaper, and `wait_for` reads its status from /proc.
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return fail(format!("cannot become a subreaper: {err}"));
+        }
+        eprintln!("shim: cannot become a subreaper ({err}); watching the container through /proc");
     }
     let runtime = Runtime::new(&cfg.runtime, &cfg.runtime_root);
     let pipes = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -218,13 +222,7 @@ fn wait_for(pid: u32) -> i32 {
         // SAFETY: waitpid writes only to `status`.
         let got = unsafe { libc::waitpid(-1, &mut status, 0) };
         if got == pid as i32 {
-            return if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else if libc::WIFSIGNALED(status) {
-                128 + libc::WTERMSIG(status)
-            } else {
-                255
-            };
+            return decode_status(status);
         }
         if got < 0 {
             let err = std::io::Error::last_os_error();
@@ -232,14 +230,40 @@ fn wait_for(pid: u32) -> i32 {
                 continue;
             }
             // Not our child after all (no subreaper support): watch it until it is gone. Its
-            // status is lost.
+            // status can be read while it is a zombie its reaper has not collected yet
+            // (`exit_code`, field 52 of /proc/PID/stat, Linux 3.5+); otherwise it is lost.
             eprintln!("shim: waitpid: {err}; polling pid {pid}");
-            while Path::new(&format!("/proc/{pid}")).exists() {
+            while let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                if let Some(status) = zombie_status(&stat) {
+                    return decode_status(status);
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             return 255;
         }
     }
+}
+
+/// A wait status as an exit code: `128 + n` for signal `n`.
+fn decode_status(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// The wait status in a `/proc/PID/stat` line, if the process is a zombie.
+fn zombie_status(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); exit_code is field 52.
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    fields.get(52 - 3)?.parse().ok()
 }
 
 /// Copies `f` into the log line by line (`\n`-terminated, or [`MAX_LINE`] pieces).
