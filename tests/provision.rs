@@ -1,0 +1,599 @@
+//! Acceptance tests of issue 7 (`dts duckiebot provision`) against fresh robots
+//! (tests/support/fresh_robot.rs): a stock Debian root file system in its own namespaces with
+//! the Duckietown defaults — `duckie`/`quackquack` with NOPASSWD sudo, the shared DT2018key,
+//! password SSH, Docker's API on 2375, host keys shared by every robot of the image.
+//!
+//! - end to end (amd64 and arm64 under QEMU with the cross-compiled agent): after provisioning,
+//!   a key login works, a password login is refused, DT2018key is gone, 2375 is closed, the
+//!   agent's unit runs, hostname and /data/config are set, the host key changed and the new one
+//!   is the only one known_hosts holds, `dts fleet discover` (run in a namespace on the same
+//!   bridge) finds the robot under its new name, and a deploy of a busybox stack commits; a
+//!   second provision exits 0, says "already provisioned" and leaves the root file system as it
+//!   was;
+//! - faults: an unreachable host, a wrong password, an unsupported arch (a fake `uname`), and a
+//!   run killed half-way — each a clear error naming the host, the robot still reachable, and a
+//!   re-run finishing the job.
+//!
+//! The laptop is the test process's host side with a HOME and DTS_HOME of its own; its key is
+//! `HOME/.ssh/id_ed25519`. Needs root; prints a SKIP line otherwise.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::fresh_robot::{self, FreshRobot, STOCK_PASSWORD, STOCK_USER};
+use support::netns::TestNet;
+
+const DT2018_BLOB: &str = "AAAAB3NzaC1yc2EAAAADAQABAAABAQDFiaiFeU0Pc3ZjiGbjJOIx28ghcWPoem8jU1OSeJnbTkKT79vrzjIbYjkBg7uBlXb6kLnbHLWHUnPlLk2IUQTxHHvakubEJkJxePdN6XO+q1sKpEvz+1GL60iBKhRljCZ9h/CcJ78kkyNQkexHT15ZDMhOnUd8c9zxwUHxSjzPSOH5ns8bxjU3oSjmzDEojPnQJmY6Evhf5DVcKXenxkzs4XgDEo+ldKo37i30iUoFCL30OsXCP2tPcn1j39qjL7vnaUBO9WqY8eOssOHAX7/K1dNN1lDvNCKspq/2f05Ss8LopSpe6hOiMnPB0RlotJbZn+784kV1B4nJpqLj+EQr";
+
+fn can_run() -> bool {
+    support::require_root("boots fresh robots: namespaces, mounts, links")
+        && support::require_cmd("ssh-keygen")
+}
+
+/// The laptop: a HOME with a key pair, a DTS_HOME, a work dir.
+struct Laptop {
+    home: tempfile::TempDir,
+    dts_home: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Laptop {
+    fn new() -> Laptop {
+        let l = Laptop {
+            home: tempfile::tempdir().unwrap(),
+            dts_home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+        };
+        let ssh = l.home.path().join(".ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let st = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "student@laptop",
+                "-f",
+            ])
+            .arg(ssh.join("id_ed25519"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        l
+    }
+
+    fn key(&self) -> PathBuf {
+        self.home.path().join(".ssh/id_ed25519")
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.home.path().join(".ssh/known_hosts")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dts"));
+        c.args(args)
+            .env("DTS_HOME", self.dts_home.path())
+            .env("HOME", self.home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("DTS_AGENT_DIR");
+        c
+    }
+
+    /// `dts ARGS` with `stdin` fed in.
+    fn dts(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut i = child.stdin.take().unwrap();
+        let _ = i.write_all(stdin.as_bytes());
+        drop(i);
+        child.wait_with_output().unwrap()
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str], stdin: &str) -> (String, String) {
+        let out = self.dts(args, stdin);
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "dts {args:?} failed ({:?}):\n{o}\n{e}",
+            out.status.code()
+        );
+        (o, e)
+    }
+
+    /// `dts duckiebot provision` of `robot` with the stock password; returns the JSON report.
+    #[track_caller]
+    fn provision(&self, robot: &FreshRobot, hostname: &str, cfg: &str, extra: &[&str]) -> Value {
+        let target = format!("{STOCK_USER}@{}", robot.addr());
+        let mut args = vec![
+            "duckiebot",
+            "provision",
+            &target,
+            "--hostname",
+            hostname,
+            "--configuration",
+            cfg,
+            "--accept-new-host-key",
+            "--password-stdin",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (out, _) = self.ok(&args, &format!("{STOCK_PASSWORD}\n"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Logs in with exactly these credentials (the library's SSH client, host key checked
+    /// against the laptop's known_hosts); the error text on failure.
+    fn login(
+        &self,
+        robot: &FreshRobot,
+        key: Option<&Path>,
+        password: Option<&str>,
+    ) -> Result<String, String> {
+        let mut o = dts::ssh::SshOptions::with_home(self.home.path());
+        o.config_file = Some(self.home.path().join("no-config"));
+        o.default_identities = false;
+        o.identities = key.map(|k| vec![k.to_owned()]).unwrap_or_default();
+        o.password = password.map(str::to_owned);
+        o.connect_timeout = Duration::from_secs(20);
+        let target = dts::ssh::Target::parse(&format!("{STOCK_USER}@{}", robot.addr())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = dts::ssh::Session::connect(&target, &o)
+                .await
+                .map_err(|e| e.to_string())?;
+            let out = s.run("hostname").await.map_err(|e| e.to_string())?;
+            let _ = s.close().await;
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+    }
+}
+
+fn read(robot: &FreshRobot, path: &str) -> String {
+    std::fs::read_to_string(robot.root().join(path.trim_start_matches('/'))).unwrap_or_default()
+}
+
+fn exec_ok(robot: &FreshRobot, cmd: &[&str]) -> String {
+    let out = robot.exec(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} in the robot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every acceptance check of a provisioned robot but discovery and deploy.
+fn assert_provisioned(l: &Laptop, robot: &FreshRobot, hostname: &str, cfg: &str, hardware: &str) {
+    // Key login works and sees the new name; the password is refused.
+    assert_eq!(
+        l.login(robot, Some(&l.key()), None).as_deref(),
+        Ok(hostname)
+    );
+    let pw = l.login(robot, None, Some(STOCK_PASSWORD));
+    let err = pw.expect_err("password login still works");
+    assert!(err.contains("refused every authentication method"), "{err}");
+    // DT2018key gone from every authorized_keys; ours is there.
+    let ak = read(robot, "/home/duckie/.ssh/authorized_keys");
+    assert!(
+        !ak.contains(DT2018_BLOB),
+        "DT2018key still in authorized_keys:\n{ak}"
+    );
+    let ours = std::fs::read_to_string(l.key().with_extension("pub")).unwrap();
+    assert!(ak.contains(ours.split_whitespace().nth(1).unwrap()), "{ak}");
+    // Docker's TCP API is closed.
+    assert!(
+        robot.wait_port(fresh_robot::DOCKER_TCP_PORT, false, Duration::from_secs(15)),
+        "port 2375 still open"
+    );
+    assert!(!read(robot, fresh_robot::DOCKER_DROPIN).contains("tcp://"));
+    // Identity.
+    assert_eq!(exec_ok(robot, &["hostname"]).trim(), hostname);
+    assert_eq!(read(robot, "/etc/hostname").trim(), hostname);
+    assert!(read(robot, "/etc/hosts").contains(&format!("127.0.1.1\t{hostname}")));
+    assert_eq!(read(robot, "/data/config/robot_type").trim(), "duckiebot");
+    assert_eq!(read(robot, "/data/config/robot_configuration").trim(), cfg);
+    assert_eq!(read(robot, "/data/config/robot_hardware").trim(), hardware);
+    let yaml = read(robot, "/etc/dt-agent/robot.yaml");
+    assert!(yaml.contains(&format!("hostname: {hostname}\n")), "{yaml}");
+    assert!(yaml.contains(&format!("configuration: {cfg}\n")), "{yaml}");
+    // The agent: installed, its unit enabled and running, its status answering.
+    assert_eq!(
+        exec_ok(robot, &["systemctl", "is-enabled", "dt-agent.service"]).trim(),
+        "enabled"
+    );
+    assert_eq!(
+        exec_ok(robot, &["systemctl", "is-active", "dt-agent.service"]).trim(),
+        "active"
+    );
+    let status: Value = serde_json::from_str(&exec_ok(
+        robot,
+        &["/usr/local/bin/dt-agent", "status", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        status["arch"],
+        format!("linux/{}", robot.arch()),
+        "{status}"
+    );
+    assert_eq!(status["hostname"], hostname, "{status}");
+    // sudoers: exactly the agent's protocol end.
+    let sudoers = read(robot, "/etc/sudoers.d/dt-agent");
+    assert!(
+        sudoers.contains("duckie ALL=(root) NOPASSWD: /usr/local/bin/dt-agent serve --stdio"),
+        "{sudoers}"
+    );
+    // Host keys: new ones, and only they are known for the robot.
+    let kh = std::fs::read_to_string(l.known_hosts()).unwrap();
+    let ed = read(robot, "/etc/ssh/ssh_host_ed25519_key.pub");
+    let blob = ed.split_whitespace().nth(1).unwrap();
+    let lines: Vec<&str> = kh
+        .lines()
+        .filter(|x| x.starts_with(&robot.addr().to_string()))
+        .collect();
+    assert!(lines.iter().any(|x| x.contains(blob)), "{kh}");
+    assert!(
+        lines.iter().all(|x| {
+            let b = x.split_whitespace().nth(2).unwrap_or_default();
+            read(robot, "/etc/ssh/ssh_host_rsa_key.pub").contains(b)
+                || read(robot, "/etc/ssh/ssh_host_ecdsa_key.pub").contains(b)
+                || ed.contains(b)
+        }),
+        "known_hosts keeps an old key of the robot:\n{kh}"
+    );
+}
+
+/// The agent's state on a file system of its own, as on a robot's SD card (ext4): the fresh
+/// robot's root is an overlayfs, and a container's overlay cannot have its upper directory on
+/// one.
+fn data_partition(robot: &FreshRobot) {
+    // The image has no `mount`: the static busybox fixture of the robot's arch does it.
+    let busybox = format!("/var/cache/dts-fixtures/busybox/{}/busybox", robot.arch());
+    std::fs::copy(&busybox, robot.root().join("tmp/busybox"))
+        .unwrap_or_else(|e| panic!("{busybox}: {e} (run `bash scripts/fixtures`)"));
+    exec_ok(
+        robot,
+        &[
+            "sh",
+            "-c",
+            "chmod 755 /tmp/busybox && mkdir -p /var/lib/dt-agent && \
+             /tmp/busybox mount -t tmpfs -o mode=0700,size=512m dt-agent /var/lib/dt-agent",
+        ],
+    );
+}
+
+/// A robot's host keys as the image shipped them (shared by every robot of the image).
+fn host_keys(robot: &FreshRobot) -> String {
+    read(robot, "/etc/ssh/ssh_host_ed25519_key.pub")
+}
+
+/// `dts fleet discover --json` from a namespace on `net`: the hostnames found.
+fn discovered(net: &mut TestNet) -> Vec<String> {
+    let laptop = net.robot("laptop");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = laptop.exec(&[
+            env!("CARGO_BIN_EXE_dts"),
+            "fleet",
+            "discover",
+            "--json",
+            "--timeout",
+            "4",
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let names: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["hostname"].as_str().map(str::to_owned))
+            .collect();
+        if !names.is_empty() || Instant::now() > deadline {
+            return names;
+        }
+    }
+}
+
+/// Builds a busybox image for `arch` and deploys a one-service stack to `robot`.
+fn deploy(l: &Laptop, robot: &FreshRobot, arch: &str) -> Value {
+    let busybox = format!("/var/cache/dts-fixtures/busybox/{arch}/busybox");
+    if !Path::new(&busybox).exists() {
+        support::skip("no static busybox fixture: run `bash scripts/fixtures`; deploy not checked");
+        return Value::Null;
+    }
+    let ctx = l.work.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n",
+    )
+    .unwrap();
+    let dt_arch = if arch == "arm64" { "arm64v8" } else { "amd64" };
+    l.ok(
+        &[
+            "devel",
+            "build",
+            "-C",
+            ctx.to_str().unwrap(),
+            "-t",
+            "me/app:1",
+            "--arch",
+            dt_arch,
+        ],
+        "",
+    );
+    let stack = l.work.path().join("stack.yaml");
+    std::fs::write(
+        &stack,
+        "services:\n  app:\n    image: me/app:1\n    network_mode: host\n",
+    )
+    .unwrap();
+    let (out, _) = l.ok(
+        &[
+            "duckiebot",
+            "deploy",
+            &robot.addr().to_string(),
+            "--stack",
+            stack.to_str().unwrap(),
+            "--json",
+        ],
+        "",
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
+    if !can_run() {
+        return;
+    }
+    let mut net = TestNet::new();
+    let Some(robot) = FreshRobot::boot_on(&mut net, arch, &format!("prov-{arch}")) else {
+        return;
+    };
+    data_partition(&robot);
+    let l = Laptop::new();
+    let shared_host_key = host_keys(&robot);
+    let name = format!("bot{arch}");
+
+    // --dry-run changes nothing.
+    let before = robot.snapshot();
+    let plan = l.provision(&robot, &name, cfg, &["--dry-run"]);
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    assert!(plan["changed"].as_array().unwrap().len() > 5, "{plan}");
+    let d = fresh_robot::diff(&before, &robot.snapshot());
+    assert!(d.is_empty(), "--dry-run changed the robot:\n{d}");
+
+    let report = l.provision(&robot, &name, cfg, &[]);
+    assert_eq!(report["robot"], format!("{STOCK_USER}@{}", robot.addr()));
+    assert_eq!(report["arch"], arch, "{report}");
+    assert_eq!(report["already_provisioned"], false);
+    let changed: Vec<&str> = report["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for step in [
+        "authorized-key",
+        "agent",
+        "udev-rules",
+        "robot-yaml",
+        "data-config",
+        "hostname",
+        "sudoers",
+        "host-keys",
+        "ssh-password-login",
+        "shared-key",
+        "password-lock",
+        "docker-tcp",
+        "systemd-unit",
+        "agent-service",
+        "marker",
+    ] {
+        assert!(changed.contains(&step), "`{step}` not in {changed:?}");
+    }
+    assert_ne!(
+        host_keys(&robot),
+        shared_host_key,
+        "host keys not regenerated"
+    );
+    assert_provisioned(&l, &robot, &name, cfg, hardware);
+
+    // Discovered under the new name by a laptop on the same LAN.
+    let names = discovered(&mut net);
+    assert!(
+        names.contains(&name),
+        "discover found {names:?}, not `{name}`"
+    );
+
+    // A deploy works (key login, `sudo -n dt-agent serve --stdio`, the daemon).
+    let dep = deploy(&l, &robot, arch);
+    if !dep.is_null() {
+        assert_eq!(dep["state"], "committed", "{dep}");
+    }
+
+    // Second run: key login only, nothing changes, "already provisioned".
+    let before = robot.snapshot();
+    let (out, err) = l.ok(
+        &[
+            "duckiebot",
+            "provision",
+            &robot.addr().to_string(),
+            "--hostname",
+            &name,
+            "--configuration",
+            cfg,
+            "--json",
+        ],
+        "",
+    );
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["already_provisioned"], true, "{again}\n{err}");
+    assert_eq!(again["changed"], Value::Array(vec![]), "{again}");
+    let d = fresh_robot::diff(&before, &robot.snapshot());
+    assert!(d.is_empty(), "the second provision changed the robot:\n{d}");
+    let (_, human) = l.ok(
+        &[
+            "duckiebot",
+            "provision",
+            &robot.addr().to_string(),
+            "--hostname",
+            &name,
+            "--configuration",
+            cfg,
+        ],
+        "",
+    );
+    assert!(human.contains("already provisioned"), "{human}");
+}
+
+#[test]
+fn provision_amd64_end_to_end() {
+    end_to_end("amd64", "virtual", "virtual");
+}
+
+/// The robot is arm64 under QEMU and gets the cross-compiled aarch64 agent.
+#[test]
+fn provision_arm64_end_to_end() {
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agents/arm64/dt-agent");
+    if !agent.exists() && std::env::var_os("DTS_AGENT_DIR").is_none() {
+        support::skip("no cross-compiled arm64 dt-agent: run `scripts/cross-build arm64`");
+        return;
+    }
+    end_to_end("arm64", "DB21J", "jetson_nano");
+}
+
+/// `dts duckiebot provision` expecting failure: (exit code, stderr).
+fn provision_fails(l: &Laptop, target: &str, password: &str) -> (Option<i32>, String) {
+    let out = l.dts(
+        &[
+            "duckiebot",
+            "provision",
+            target,
+            "--hostname",
+            "faulty",
+            "--configuration",
+            "virtual",
+            "--accept-new-host-key",
+            "--password-stdin",
+        ],
+        &format!("{password}\n"),
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn faults_are_clear_and_a_rerun_finishes() {
+    if !can_run() {
+        return;
+    }
+    let Some(robot) = FreshRobot::boot("amd64", "prov-faults") else {
+        return;
+    };
+    let l = Laptop::new();
+    let target = format!("{STOCK_USER}@{}", robot.addr());
+    let pristine = robot.snapshot();
+
+    // Unreachable: an address on the robot's LAN where nothing answers.
+    let octets = robot.addr().octets();
+    let nobody = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], 250);
+    let (code, err) = provision_fails(&l, &format!("{STOCK_USER}@{nobody}"), STOCK_PASSWORD);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&nobody), "{err}");
+    assert!(
+        err.contains("cannot connect") || err.contains("timed out"),
+        "{err}"
+    );
+
+    // Wrong password: an authentication error naming user and host; nothing changed.
+    let (code, err) = provision_fails(&l, &target, "not-the-password");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{target}:22")), "{err}");
+    assert!(err.contains("password: refused"), "{err}");
+    let d = fresh_robot::diff(&pristine, &robot.snapshot());
+    assert!(d.is_empty(), "a refused login changed the robot:\n{d}");
+
+    // Unsupported arch: a `uname` that says mips.
+    let fake = robot.root().join("usr/local/bin/uname");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = -m ]; then echo mips; else exec /bin/uname \"$@\"; fi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, err) = provision_fails(&l, &target, STOCK_PASSWORD);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`mips` machine"), "{err}");
+    assert!(err.contains(&robot.addr().to_string()), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    std::fs::remove_file(&fake).unwrap();
+    assert!(read(&robot, "/etc/dt-agent/robot.yaml").is_empty());
+
+    // Killed half-way: once robot.yaml is written (the agent is in, nothing is hardened yet).
+    let mut child = l
+        .command(&[
+            "duckiebot",
+            "provision",
+            &target,
+            "--hostname",
+            "survivor",
+            "--configuration",
+            "virtual",
+            "--accept-new-host-key",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(format!("{STOCK_PASSWORD}\n").as_bytes())
+            .unwrap();
+    }
+    let yaml = robot.root().join("etc/dt-agent/robot.yaml");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !yaml.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "provision never wrote robot.yaml"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "provision ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Still reachable with the stock password (nothing was hardened) and with the key.
+    assert!(l.login(&robot, None, Some(STOCK_PASSWORD)).is_ok());
+    assert!(l.login(&robot, Some(&l.key()), None).is_ok());
+    assert!(!Path::new(&robot.root().join("etc/dt-agent/provisioned.json")).exists());
+
+    // The re-run finishes the job.
+    let report = l.provision(&robot, "survivor", "virtual", &[]);
+    assert_eq!(report["already_provisioned"], false, "{report}");
+    assert_provisioned(&l, &robot, "survivor", "virtual", "virtual");
+}
