@@ -292,8 +292,23 @@ impl FreshRobot {
             }
             "arm64" => {
                 let st = fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64");
-                if !st.is_ok_and(|s| s.lines().next() == Some("enabled")) {
+                let Ok(st) = st else {
                     skip("qemu-aarch64 is not registered in binfmt_misc (scripts/test does it)");
+                    return false;
+                };
+                let flags = st
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flags: "))
+                    .unwrap_or("");
+                // F: the interpreter is found from inside the robot's root; C: setuid works
+                // under emulation (sudo is an aarch64 setuid binary there).
+                if st.lines().next() != Some("enabled")
+                    || !flags.contains('F')
+                    || !flags.contains('C')
+                {
+                    skip(&format!(
+                        "qemu-aarch64 in binfmt_misc needs to be enabled with the F and C flags (has `{flags}`; scripts/test registers it so)"
+                    ));
                     return false;
                 }
             }
