@@ -339,6 +339,26 @@ fn systemctl_double_closes_2375_and_snapshot_sees_it() {
         !zombies.lines().any(|s| s.starts_with('Z')),
         "zombies: {zombies}"
     );
+
+    // sshd, as provisioning handles it: reload keeps the main process (Debian's ExecReload sends
+    // HUP), and a restart from inside an SSH session leaves that session alive
+    // (KillMode=process in ssh.service).
+    let main_pid =
+        |r: &FreshRobot| exec_ok(r, &["systemctl", "show", "ssh", "-p", "MainPID", "--value"]);
+    let pid = main_pid(&robot);
+    exec_ok(&robot, &["systemctl", "reload", "ssh"]);
+    assert_eq!(main_pid(&robot), pid);
+    assert!(robot.wait_port(22, true, Duration::from_secs(10)));
+    if support::find_cmd("sshpass").is_some() && support::find_cmd("ssh").is_some() {
+        let out = ssh_password(
+            &robot,
+            "sudo -n systemctl restart ssh && sleep 1 && echo survived",
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
+        assert_ne!(main_pid(&robot), pid);
+        assert!(banner(&robot, 22).starts_with("SSH-2.0-"));
+    }
 }
 
 /// Two robots from one cached image share its SSH host keys (the "baked-in keys" case
