@@ -1,6 +1,7 @@
 //! The part of `~/.ssh/config` people use to reach robots: `Host` blocks (patterns with `*`, `?`,
 //! `!`, several per line), `HostName` (with `%h`), `User`, `Port`, `IdentityFile` (with `~`,
-//! `%d %h %u %r %p %n`), `Include` (globs, relative to `~/.ssh`). Other keywords are ignored,
+//! `%d %h %u %r %p %n`), `Include` (globs, relative to `~/.ssh`), `ServerAliveInterval` and
+//! `ServerAliveCountMax` (how soon a robot that left the WiFi is given up on). Other keywords are ignored,
 //! and `Match` blocks never apply (we cannot evaluate `exec`, so we claim nothing).
 //!
 //! As in OpenSSH the first value obtained for a keyword wins and `IdentityFile` accumulates;
@@ -28,6 +29,10 @@ pub struct HostConfig {
     pub port: Option<u16>,
     /// Every `IdentityFile`, in file order, unexpanded.
     pub identity_files: Vec<String>,
+    /// `ServerAliveInterval`, seconds (0 turns keepalives off, as in OpenSSH).
+    pub server_alive_interval: Option<u64>,
+    /// `ServerAliveCountMax`.
+    pub server_alive_count_max: Option<usize>,
 }
 
 /// A destination with every default applied: what the connection actually uses.
@@ -43,6 +48,10 @@ pub struct Resolved {
     pub port: u16,
     /// `IdentityFile`s from the config, expanded, in order (command-line ones are not here).
     pub identity_files: Vec<PathBuf>,
+    /// `ServerAliveInterval` in seconds, when the config sets it.
+    pub server_alive_interval: Option<u64>,
+    /// `ServerAliveCountMax`, when the config sets it.
+    pub server_alive_count_max: Option<usize>,
 }
 
 impl HostConfig {
@@ -131,6 +140,17 @@ fn apply(
                     _ => return Err(err(format!("`Port {v}` is not a port (1-65535)"))),
                 };
                 cfg.port.get_or_insert(port);
+            }
+            "serveraliveinterval" | "serveralivecountmax" => {
+                let v = one_arg(&keyword, &args).map_err(&err)?;
+                let Ok(n) = v.parse::<u64>() else {
+                    return Err(err(format!("`{keyword} {v}` is not a whole number")));
+                };
+                if keyword == "serveraliveinterval" {
+                    cfg.server_alive_interval.get_or_insert(n);
+                } else {
+                    cfg.server_alive_count_max.get_or_insert(n as usize);
+                }
             }
             "identityfile" => {
                 let v = one_arg(&keyword, &args).map_err(&err)?;
@@ -323,6 +343,8 @@ pub fn resolve(
         user,
         port,
         identity_files,
+        server_alive_interval: cfg.server_alive_interval,
+        server_alive_count_max: cfg.server_alive_count_max,
     })
 }
 
@@ -433,6 +455,25 @@ Host *
             .unwrap_err()
             .to_string();
         assert!(e.contains("%q"), "{e}");
+    }
+
+    #[test]
+    fn server_alive_settings_first_value_wins() {
+        let text = "Host bot1\n  ServerAliveInterval 2\nHost *\n  ServerAliveInterval 60\n  ServerAliveCountMax 4\n";
+        let c = HostConfig::parse(text, Path::new("c"), "bot1", Path::new("/")).unwrap();
+        assert_eq!(
+            (c.server_alive_interval, c.server_alive_count_max),
+            (Some(2), Some(4))
+        );
+        let e = HostConfig::parse(
+            "ServerAliveCountMax many\n",
+            Path::new("/c"),
+            "a",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/c:1") && e.contains("many"), "{e}");
     }
 
     #[test]

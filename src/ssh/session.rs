@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use russh::client::{self, Handle};
 use russh::keys::agent::client::AgentClient;
@@ -327,7 +328,9 @@ impl Session {
             session: self.counters.clone(),
         };
         let (pipe_rx, pipe_tx) = tokio::io::simplex(STDOUT_PIPE_BYTES);
+        let (alive, pump_gone) = tokio::sync::oneshot::channel();
         let pump = Pump {
+            _alive: alive,
             addr: self.addr.clone(),
             command: command.to_owned(),
             shared: self.shared.clone(),
@@ -338,6 +341,7 @@ impl Session {
             stdin: ExecStdin {
                 inner: Box::pin(write.make_writer()),
                 count: count.clone(),
+                pump_gone: Some(pump_gone),
             },
             stdout: ExecStdout { inner: pipe_rx },
             waiter: ExitWaiter {
@@ -470,15 +474,28 @@ async fn connect_resolved(
     // A robot that drops off the WiFi mid-transfer leaves writes blocked on a full window,
     // where SSH keepalives never get their turn: let the kernel give up on unacknowledged
     // data, and probe an idle connection, after the same ~30 s the keepalives allow.
-    let dead_after = options.keepalive_interval * options.keepalive_max.max(1) as u32;
+    // `ServerAliveInterval`/`ServerAliveCountMax` in the user's config beat our defaults, as
+    // they do for OpenSSH; an interval of 0 turns keepalives off there, so it does here.
+    let interval = match r.server_alive_interval {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => Some(options.keepalive_interval),
+    };
+    let keepalive_max = r
+        .server_alive_count_max
+        .unwrap_or(options.keepalive_max)
+        .max(1);
+    let dead_after = interval.map(|i| i * keepalive_max as u32);
     let sock = socket2::SockRef::from(&stream);
-    let _ = sock.set_tcp_user_timeout(Some(dead_after));
-    let _ = sock.set_tcp_keepalive(
-        &socket2::TcpKeepalive::new()
-            .with_time(options.keepalive_interval)
-            .with_interval(options.keepalive_interval)
-            .with_retries(options.keepalive_max.max(1) as u32),
-    );
+    if let (Some(interval), Some(dead_after)) = (interval, dead_after) {
+        let _ = sock.set_tcp_user_timeout(Some(dead_after));
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(interval)
+                .with_interval(interval)
+                .with_retries(keepalive_max as u32),
+        );
+    }
 
     set("exchanging keys");
     let shared = Arc::new(Mutex::new(Shared::default()));
@@ -492,8 +509,8 @@ async fn connect_resolved(
         shared: shared.clone(),
     };
     let config = client::Config {
-        keepalive_interval: Some(options.keepalive_interval),
-        keepalive_max: options.keepalive_max,
+        keepalive_interval: interval,
+        keepalive_max,
         nodelay: true,
         ..Default::default()
     };
@@ -756,6 +773,39 @@ impl ExecChannel {
 pub struct ExecStdin {
     inner: Pin<Box<dyn AsyncWrite + Send>>,
     count: Count,
+    /// Completes when the channel's pump ends (the channel closed or the connection died).
+    /// russh's writer waits for window space that a dead connection never grants, so a
+    /// blocked write must also wake on this. `None` once it has completed.
+    pump_gone: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl ExecStdin {
+    /// Polls `op` on the writer, failing it instead once the channel is gone.
+    fn poll_alive<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut (dyn AsyncWrite + Send)>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let gone = || {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the channel closed (the command ended or the connection was lost)",
+            )
+        };
+        let Some(rx) = self.pump_gone.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        match op(self.inner.as_mut(), cx) {
+            Poll::Pending => {
+                if Pin::new(rx).poll(cx).is_ready() {
+                    self.pump_gone = None;
+                    return Poll::Ready(Err(gone()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
 }
 
 /// Remote stdout; ends (reads 0) when the remote side sends EOF or the channel closes.
@@ -788,17 +838,17 @@ impl AsyncWrite for ExecStdin {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = self.inner.as_mut().poll_write(cx, buf);
+        let r = self.poll_alive(cx, |w, cx| w.poll_write(cx, buf));
         if let Poll::Ready(Ok(n)) = &r {
             self.count.sent(*n);
         }
         r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.as_mut().poll_flush(cx)
+        self.poll_alive(cx, |w, cx| w.poll_flush(cx))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.as_mut().poll_shutdown(cx)
+        self.poll_alive(cx, |w, cx| w.poll_shutdown(cx))
     }
 }
 
@@ -848,6 +898,8 @@ fn sig_name(sig: &russh::Sig) -> String {
 
 /// The task that owns a channel's incoming messages.
 struct Pump {
+    /// Dropped when the pump ends: wakes a writer blocked on a window that will never open.
+    _alive: tokio::sync::oneshot::Sender<()>,
     addr: String,
     command: String,
     shared: Arc<Mutex<Shared>>,
