@@ -21,17 +21,20 @@
 //! ```
 //!
 //! For arm64 every binary of the robot (its bash, sshd, sudo, runc, python) runs under
-//! qemu-aarch64 through binfmt_misc (registered with the F flag by `scripts/test`).
+//! qemu-aarch64 through binfmt_misc, registered by `scripts/test` with the F flag (the
+//! interpreter is found from inside the robot's root) and the C flag (setuid sudo works).
 //!
-//! **systemd.** There is no systemd as pid 1 in the robot: the host is not booted with systemd
-//! (pid 1 is not systemd, cgroups are hybrid v1), `systemd-nspawn` only runs here with
-//! `--keep-unit --register=no` and without `--boot`, and systemd as pid 1 under qemu-user is not
-//! dependable for arm64. Instead the robot carries test doubles under `/usr/local/bin`:
-//! `systemctl` (tests/data/fresh-robot/systemctl: daemon-reload, start/stop/restart/reload,
-//! enable/disable [--now], mask, is-active/is-enabled/is-failed, status, show — on the real unit
-//! files and drop-ins, each service's ExecStartPre=/ExecStart= run with a pidfile, a changed unit
-//! ignored until daemon-reload as systemd does), `journalctl -u UNIT` and `hostnamectl
-//! set-hostname`. `/run/systemd/system` exists, so code that checks for a running systemd the
+//! **systemd.** There is no systemd as pid 1 in the robot. Checked on the development VM (pid 1
+//! not systemd, hybrid cgroups): `systemd-nspawn --keep-unit --register=no --private-network
+//! --boot` does boot an amd64 Debian with systemd-sysv (without `--keep-unit` it fails: no system
+//! bus), but systemd as pid 1 under qemu-user for arm64 was not tried and is not known to be
+//! dependable, a systemd boot is slower, and one harness for both arches is simpler. Instead the
+//! robot carries test doubles under `/usr/local/bin`: `systemctl`
+//! (tests/data/fresh-robot/systemctl: daemon-reload, start/stop/restart/reload, enable/disable
+//! [--now], mask, is-active/is-enabled/is-failed, status, show — on the real unit files and
+//! drop-ins, each service's ExecStartPre=/ExecStart= run with a pidfile, KillMode=process
+//! honoured, a changed unit ignored until daemon-reload as systemd does), `journalctl -u UNIT`
+//! and `hostnamectl set-hostname`. `/run/systemd/system` exists, so code that checks for a running systemd the
 //! usual way finds one: provisioning just calls `systemctl` (`daemon-reload`, `enable --now
 //! dt-agent.service`, `restart docker`, `reload ssh`) as on a real robot. `Restart=` is not
 //! modelled: nothing restarts a service that dies. [`FreshRobot::start_unit`] starts a unit by
