@@ -312,16 +312,15 @@ fn discovered(net: &mut TestNet) -> Vec<String> {
     }
 }
 
-/// Builds a busybox image for `arch` and deploys a one-service stack to `robot`.
-fn deploy(l: &Laptop, robot: &FreshRobot, arch: &str) -> Value {
-    let busybox = format!("/var/cache/dts-fixtures/busybox/{arch}/busybox");
-    if !Path::new(&busybox).exists() {
-        support::skip("no static busybox fixture: run `bash scripts/fixtures`; deploy not checked");
-        return Value::Null;
-    }
+fn busybox(arch: &str) -> String {
+    format!("/var/cache/dts-fixtures/busybox/{arch}/busybox")
+}
+
+/// Builds `me/app:1`, busybox sleeping, for `arch` into the laptop's store.
+fn build_image(l: &Laptop, arch: &str) {
     let ctx = l.work.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
+    std::fs::copy(busybox(arch), ctx.join("busybox")).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n",
@@ -341,6 +340,10 @@ fn deploy(l: &Laptop, robot: &FreshRobot, arch: &str) -> Value {
         ],
         "",
     );
+}
+
+/// Deploys a one-service stack of `me/app:1` to `robot`: the deploy summary.
+fn deploy(l: &Laptop, robot: &FreshRobot) -> Value {
     let stack = l.work.path().join("stack.yaml");
     std::fs::write(
         &stack,
@@ -365,6 +368,10 @@ fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
     if !can_run() {
         return;
     }
+    if !Path::new(&busybox(arch)).exists() {
+        support::skip("no static busybox fixture: run `bash scripts/fixtures`");
+        return;
+    }
     let mut net = TestNet::new();
     let Some(robot) = FreshRobot::boot_on(&mut net, arch, &format!("prov-{arch}")) else {
         return;
@@ -382,7 +389,8 @@ fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
     let d = fresh_robot::diff(&before, &robot.snapshot());
     assert!(d.is_empty(), "--dry-run changed the robot:\n{d}");
 
-    let report = l.provision(&robot, &name, cfg, &[]);
+    build_image(&l, arch);
+    let report = l.provision(&robot, &name, cfg, &["--preload", "me/app:1"]);
     assert_eq!(report["robot"], format!("{STOCK_USER}@{}", robot.addr()));
     assert_eq!(report["arch"], arch, "{report}");
     assert_eq!(report["already_provisioned"], false);
@@ -407,6 +415,7 @@ fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
         "docker-tcp",
         "systemd-unit",
         "agent-service",
+        "preload",
         "marker",
     ] {
         assert!(changed.contains(&step), "`{step}` not in {changed:?}");
@@ -425,10 +434,34 @@ fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
         "discover found {names:?}, not `{name}`"
     );
 
-    // A deploy works (key login, `sudo -n dt-agent serve --stdio`, the daemon).
-    let dep = deploy(&l, &robot, arch);
-    if !dep.is_null() {
+    // The agent is reached the way every robot command reaches it (key login, `sudo -n
+    // dt-agent serve --stdio`, the daemon), and holds the preloaded image.
+    let (ps, _) = l.ok(
+        &["duckiebot", "ps", &robot.addr().to_string(), "--json"],
+        "",
+    );
+    assert_eq!(ps.trim(), "[]");
+    let images = exec_ok(
+        &robot,
+        &["/usr/local/bin/dt-agent", "image", "ls", "--json"],
+    );
+    assert!(
+        images.contains("me/app:1"),
+        "--preload did not ship the image: {images}"
+    );
+    if arch == "amd64" {
+        // A deploy works, and sends nothing: the image is there.
+        let dep = deploy(&l, &robot);
         assert_eq!(dep["state"], "committed", "{dep}");
+        assert_eq!(dep["objects_sent"], 0, "{dep}");
+    } else {
+        // Under qemu-user the container shim cannot become a child subreaper
+        // (PR_SET_CHILD_SUBREAPER is EINVAL there), so containers do not start on an
+        // emulated robot; the amd64 variant deploys.
+        support::write_stderr_line(&format!(
+            "NOTE: {}: no deploy on an emulated {arch} robot (qemu-user lacks PR_SET_CHILD_SUBREAPER)",
+            support::test_name()
+        ));
     }
 
     // Second run: key login only, nothing changes, "already provisioned".
@@ -596,4 +629,58 @@ fn faults_are_clear_and_a_rerun_finishes() {
     let report = l.provision(&robot, "survivor", "virtual", &[]);
     assert_eq!(report["already_provisioned"], false, "{report}");
     assert_provisioned(&l, &robot, "survivor", "virtual", "virtual");
+}
+
+/// A robot whose sudo wants the password (no NOPASSWD rule): provisioning feeds it to
+/// `sudo -S`, keeps the password (sudo needs it) while SSH stops taking it, and the sudoers
+/// drop-in still lets `dts` reach the agent without one.
+#[test]
+fn provision_with_a_sudo_password() {
+    if !can_run() {
+        return;
+    }
+    let Some(robot) = FreshRobot::boot("amd64", "prov-sudopw") else {
+        return;
+    };
+    exec_ok(
+        &robot,
+        &[
+            "sed",
+            "-i",
+            "s/^duckie ALL=(ALL) NOPASSWD:ALL$/duckie ALL=(ALL) ALL/",
+            "/etc/sudoers",
+        ],
+    );
+    assert!(!read(&robot, "/etc/sudoers").contains("NOPASSWD"));
+    let l = Laptop::new();
+    let report = l.provision(&robot, "pwbot", "DB21M", &[]);
+    assert_eq!(report["already_provisioned"], false, "{report}");
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("sudo needs it"), "{report}");
+    // SSH refuses the password, the key works, DT2018key is gone, the password is intact.
+    assert!(l.login(&robot, None, Some(STOCK_PASSWORD)).is_err());
+    assert_eq!(
+        l.login(&robot, Some(&l.key()), None).as_deref(),
+        Ok("pwbot")
+    );
+    assert!(!read(&robot, "/home/duckie/.ssh/authorized_keys").contains(DT2018_BLOB));
+    let shadow = exec_ok(&robot, &["getent", "shadow", "duckie"]);
+    assert!(
+        !shadow
+            .split(':')
+            .nth(1)
+            .unwrap_or("*")
+            .starts_with(['*', '!']),
+        "{shadow}"
+    );
+    assert_eq!(
+        read(&robot, "/data/config/robot_hardware").trim(),
+        "jetson_nano"
+    );
+    // The agent is reachable through the drop-in: `ps` over `sudo -n dt-agent serve --stdio`.
+    let (out, _) = l.ok(
+        &["duckiebot", "ps", &robot.addr().to_string(), "--json"],
+        "",
+    );
+    assert_eq!(out.trim(), "[]");
 }

@@ -983,6 +983,35 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
             )
             .await?;
     }
+    // sudo obeys the LAST rule that matches, and stock images append the user's own rule to
+    // /etc/sudoers after its `@includedir`: a password-wanting `duckie ALL=(ALL) ALL` there
+    // would shadow the drop-in. Asking sudo itself is the only reliable check; the fix is an
+    // `#include` of the drop-in at the very end of /etc/sudoers (validated first).
+    let mut need = need;
+    if !matches!(root, Root::Already) && (!need || !dry) && !sudo_serve_works(&session).await? {
+        need = true;
+        if !dry {
+            robot
+                .root_ok(
+                    "sudoers",
+                    &format!(
+                        "s=/etc/sudoers; tmp=$(mktemp /etc/.sudoers.dts.XXXXXX); trap 'rm -f \"$tmp\"' EXIT; \
+                         cat \"$s\" > \"$tmp\"; \
+                         if [ -n \"$(tail -c1 \"$s\")\" ]; then echo >> \"$tmp\"; fi; \
+                         printf '%s\\n' '# dts duckiebot provision: the dt-agent rule, last so that it wins' '#include {SUDOERS_PATH}' >> \"$tmp\"; \
+                         chown root:root \"$tmp\"; chmod 440 \"$tmp\"; visudo -cf \"$tmp\" >&2; mv -f \"$tmp\" \"$s\"; trap - EXIT"
+                    ),
+                    &[],
+                )
+                .await?;
+            if !sudo_serve_works(&session).await? {
+                return Err(robot.fail(
+                    "sudoers",
+                    format!("{user} still cannot run `sudo -n {AGENT_PATH} serve --stdio`"),
+                ));
+            }
+        }
+    }
     steps.done(
         "sudoers",
         need,
@@ -1366,6 +1395,17 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
         host_key_fingerprint: fingerprint,
         notes,
     })
+}
+
+/// Whether the login user may run `sudo -n dt-agent serve --stdio` (as `dts` does) without a
+/// password. The agent answers a closed stdin by ending; only sudo's refusal says `sudo:`.
+async fn sudo_serve_works(session: &Session) -> Result<bool> {
+    let out = session
+        .run(&format!(
+            "LC_ALL=C sudo -n {AGENT_PATH} serve --stdio </dev/null 2>&1 >/dev/null | grep -c '^sudo:' || true"
+        ))
+        .await?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// `host` of a `host:port` / `[v6]:port` address.
