@@ -280,7 +280,7 @@ pub enum SshError {
     /// Every authentication method was refused.
     #[error(
         "`{user}@{addr}` refused every authentication method; tried: {}; give a key the robot \
-         accepts with `-i FILE`, add it to ssh-agent, or check the user name",
+         accepts with `-i FILE`, add it to ssh-agent, or check the user name (and the password, if one was given)",
         if tried.is_empty() { "nothing (no agent, no key files, no password)".to_owned() }
         else { tried.join("; ") }
     )]
