@@ -585,41 +585,7 @@ fn faults_are_clear_and_a_rerun_finishes() {
     assert!(read(&robot, "/etc/dt-agent/robot.yaml").is_empty());
 
     // Killed half-way: once robot.yaml is written (the agent is in, nothing is hardened yet).
-    let mut child = l
-        .command(&[
-            "duckiebot",
-            "provision",
-            &target,
-            "--hostname",
-            "survivor",
-            "--configuration",
-            "virtual",
-            "--accept-new-host-key",
-            "--password-stdin",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut i = child.stdin.take().unwrap();
-        i.write_all(format!("{STOCK_PASSWORD}\n").as_bytes())
-            .unwrap();
-    }
-    let yaml = robot.root().join("etc/dt-agent/robot.yaml");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !yaml.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "provision never wrote robot.yaml"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "provision ended early");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_provision_when(&l, &robot, &target, "survivor", "etc/dt-agent/robot.yaml");
     // Still reachable with the stock password (nothing was hardened) and with the key.
     assert!(l.login(&robot, None, Some(STOCK_PASSWORD)).is_ok());
     assert!(l.login(&robot, Some(&l.key()), None).is_ok());
@@ -683,4 +649,79 @@ fn provision_with_a_sudo_password() {
         "",
     );
     assert_eq!(out.trim(), "[]");
+}
+
+/// Starts a provision of `robot` as `hostname` and kills it (SIGKILL) as soon as `path` (in
+/// the robot's root) exists.
+fn kill_provision_when(l: &Laptop, robot: &FreshRobot, target: &str, hostname: &str, path: &str) {
+    let mut child = l
+        .command(&[
+            "duckiebot",
+            "provision",
+            target,
+            "--hostname",
+            hostname,
+            "--configuration",
+            "virtual",
+            "--accept-new-host-key",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(format!("{STOCK_PASSWORD}\n").as_bytes())
+            .unwrap();
+    }
+    let file = robot.root().join(path);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "provision never wrote /{path}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "provision ended before writing /{path}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Killed right after the robot got its new host keys (sshd reloading, known_hosts holding old
+/// and new): the robot stays reachable with the recorded keys, and a re-run finishes, leaving
+/// only the new keys in known_hosts.
+#[test]
+fn killed_after_new_host_keys_a_rerun_finishes() {
+    if !can_run() {
+        return;
+    }
+    let Some(robot) = FreshRobot::boot("amd64", "prov-hostkeys") else {
+        return;
+    };
+    let l = Laptop::new();
+    let target = format!("{STOCK_USER}@{}", robot.addr());
+    let old = host_keys(&robot);
+    kill_provision_when(
+        &l,
+        &robot,
+        &target,
+        "keys",
+        "etc/dt-agent/host-keys-regenerated",
+    );
+    assert_ne!(host_keys(&robot), old, "host keys not regenerated");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match l.login(&robot, Some(&l.key()), None) {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "robot unreachable: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report = l.provision(&robot, "keys", "virtual", &[]);
+    assert_eq!(report["already_provisioned"], false, "{report}");
+    assert_provisioned(&l, &robot, "keys", "virtual", "virtual");
 }
