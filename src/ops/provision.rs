@@ -713,6 +713,15 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
     );
 
     let mut notes = Vec::new();
+    if key.private.starts_with(&dts_home) {
+        // Other robot commands try ~/.ssh's keys and the agent, not this one.
+        notes.push(format!(
+            "you have no ~/.ssh/id_* key, so dts made `{}` and installed it; give it to later \
+             commands with `--identity {}` (or as IdentityFile in ~/.ssh/config)",
+            key.private.display(),
+            key.private.display()
+        ));
+    }
     let dry = args.dry_run;
     let home_of = format!("$(getent passwd {u} | cut -d: -f6)", u = sh_quote(&user));
 
