@@ -452,6 +452,7 @@ fn apply_layer(
     let mut sink = LinkSink {
         staging,
         recorder: recorder.clone(),
+        known: None,
     };
     let stats =
         unpack_with(tee, rootfs, &opts, &mut sink).map_err(|source| AgentStoreError::Layer {

@@ -172,7 +172,16 @@ pub(crate) struct Staging {
 enum Body {
     Mem(Vec<u8>),
     Spilled(PathBuf),
+    /// Already stored, at this path (some variant of the content): read only when a new
+    /// variant must be made.
+    Stored(PathBuf),
 }
+
+/// The content of the file being unpacked, when the reader already knows it: a layer the store
+/// committed (and verified) before, replayed from its tar-split to build another snapshot.
+/// The reader sets it as each file's first body byte is read; [`LinkSink`] takes it instead of
+/// reading and hashing the body again.
+pub(crate) type KnownContent = std::rc::Rc<std::cell::RefCell<Option<(Digest, PathBuf)>>>;
 
 impl Staging {
     pub(crate) fn new(dir: PathBuf, objects: PathBuf) -> Staging {
@@ -269,6 +278,12 @@ impl Staging {
                     std::fs::rename(&s, &p)?;
                     File::options().write(true).open(&p)?
                 }
+                Body::Stored(s) => {
+                    let mut from = File::open(&s)?;
+                    let mut f = File::options().write(true).create_new(true).open(&p)?;
+                    io::copy(&mut from, &mut f)?;
+                    f
+                }
             };
             apply_meta(file.as_fd(), key, meta)?;
             drop(file);
@@ -362,6 +377,8 @@ fn copy_into(
 pub(crate) struct LinkSink<'a> {
     pub staging: &'a mut Staging,
     pub recorder: Option<SharedRecorder>,
+    /// Set for layers replayed from a committed tar-split (see [`KnownContent`]).
+    pub known: Option<KnownContent>,
 }
 
 impl FileSink for LinkSink<'_> {
@@ -388,6 +405,29 @@ impl FileSink for LinkSink<'_> {
     ) -> io::Result<bool> {
         if let Some(r) = &self.recorder {
             r.borrow_mut().in_body = true;
+        }
+        if let Some(known) = self.known.as_ref().filter(|_| file.size > 0) {
+            // The reader announces a body when its first byte is read (the unpacker never
+            // reads past a header before placing the file), then gives zeros: drain them.
+            let mut first = [0u8; 1];
+            content.read_exact(&mut first)?;
+            let Some((digest, path)) = known.borrow_mut().take() else {
+                return Err(io::Error::other(format!(
+                    "`{}`: the layer's tar-split announced no content",
+                    file.path.display()
+                )));
+            };
+            io::copy(content, &mut io::sink())?;
+            let (uid, gid) = file.owner.unwrap_or(self.staging.ids);
+            let key = ObjectKey {
+                digest,
+                mode: file.mode,
+                uid,
+                gid,
+                xattrs: xattrs_key(&file.xattrs),
+            };
+            self.staging.place(&key, Body::Stored(path), file, dir, name)?;
+            return Ok(true);
         }
         let body = self.staging.read_body(content, file.size);
         if let Some(r) = &self.recorder {
