@@ -1,9 +1,10 @@
 //! `dts duckiebot deploy` end to end, the way a user runs it: images built with `dts devel
 //! build` into a temporary `DTS_HOME`, a virtual Duckiebot (`dts sim up`, behind a `tc tbf`
 //! link), SSH with pinned host keys, `dt-agent serve --stdio`, releases in the robot's daemon.
-//! Faults: a failing health check, a wrong host key, two deploys at once. (Resuming after a cut
-//! link or a killed agent is covered at the protocol level in tests/wire.rs; the end-to-end
-//! version over a downed veth is not here yet: `dts` does not notice the dead link.)
+//! Faults: a failing health check, a wrong host key, two deploys at once, the link cut (the host
+//! end of the robot's veth taken down) at 10, 50 and 90 % of a transfer, the robot's `dt-agent
+//! serve` killed mid-transfer, and the robot's disk full — each followed by the deploy that
+//! finishes the job sending only what did not arrive.
 //!
 //! Each test has its own DTS_HOME, HOME, bridge and subnet (`DTS_SIM_BRIDGE`, `DTS_SIM_SUBNET`),
 //! so the user's `dts0` is never touched. Needs root; prints a SKIP line otherwise.
@@ -13,6 +14,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -135,7 +137,9 @@ impl World {
         .unwrap();
         // `big` files of 1 MiB of noise: what a cut link interrupts.
         std::fs::create_dir_all(ctx.join("big")).unwrap();
-        let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ (version.len() as u64);
+        let mut state = version.bytes().fold(0x2545_f491_4f6c_dd1d_u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         for i in 0..big {
             let data: Vec<u8> = (0..1 << 20)
                 .map(|_| {
@@ -200,6 +204,79 @@ impl World {
         (
             out.status.code(),
             v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts a deploy, and once `at` bytes have gone out of the host end `host_if` of the
+    /// robot's link, calls `cut`. Returns the bytes out at the cut and the deploy's end, which
+    /// must come by itself within a minute: a dead link or agent is noticed, not waited on.
+    fn deploy_cut(
+        &self,
+        stack: &Path,
+        host_if: &str,
+        at: u64,
+        cut: impl FnOnce(),
+    ) -> (u64, Option<i32>, String) {
+        let before = tx_bytes(host_if);
+        let started = Instant::now();
+        let mut child = self.deploy_spawn(stack);
+        // Getting to the cut may be slow on a loaded machine; noticing the cut must not be.
+        let mut deadline = started + Duration::from_secs(600);
+        let mut cut = Some(cut);
+        let mut at_cut = 0;
+        loop {
+            let sent = tx_bytes(host_if) - before;
+            if cut.is_some() && sent >= at {
+                at_cut = sent;
+                (cut.take().unwrap())();
+                deadline = Instant::now() + Duration::from_secs(60);
+                eprintln!("cut after {:?} at {sent} bytes", started.elapsed());
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let sockets = Command::new("ss")
+                    .args(["-tnpoi"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let pid = format!("pid={},", child.id());
+                for (i, l) in sockets.lines().enumerate() {
+                    if l.contains(&pid) {
+                        eprintln!("{l}\n{}", sockets.lines().nth(i + 1).unwrap_or(""));
+                    }
+                }
+                if let Ok(o) = Command::new("gdb")
+                    .args([
+                        "-p",
+                        &child.id().to_string(),
+                        "-batch",
+                        "-ex",
+                        "thread apply all bt 25",
+                    ])
+                    .output()
+                {
+                    eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+                }
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the deploy did not end {:?} after its start (cut: {}, {} bytes out):\n{}",
+                    started.elapsed(),
+                    cut.is_none(),
+                    tx_bytes(host_if) - before,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(cut.is_none(), "the deploy ended before {at} bytes were out");
+        (
+            at_cut,
+            out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
@@ -401,4 +478,205 @@ fn wrong_host_keys_and_concurrent_deploys_are_refused_safely() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.to_lowercase().contains("host key"), "{err}");
     std::fs::write(&kh, text).unwrap();
+}
+
+/// Bytes the host has sent out of `iface` (towards the robot).
+fn tx_bytes(iface: &str) -> u64 {
+    let p = format!("/sys/class/net/{iface}/statistics/tx_bytes");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{p}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new(support::find_cmd("ip").unwrap())
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// Waits for the robot's sshd to take connections again after its link came back (its
+/// neighbour entry may have gone stale meanwhile), as a user would before retrying.
+fn wait_reachable(addr: &str) {
+    let sock: std::net::SocketAddr = format!("{addr}:22").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr}:22 unreachable 30 s after the link came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What one cold transfer of the `big`-MiB image sends at most: the noise (incompressible),
+/// busybox and the small files compressed, protocol and SSH framing.
+fn payload(big: usize) -> u64 {
+    (big as u64) << 20 | 1 << 20
+}
+
+/// Uncompressed bytes per object batch in `src/wire/client.rs`: at most this much of what was
+/// on the way when a transfer broke is lost and sent again.
+const BATCH: u64 = 4 << 20;
+
+#[test]
+fn a_link_cut_at_10_50_and_90_percent_resumes_with_only_the_rest() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    // The user's own knobs for how soon a silent robot is given up on (OpenSSH's), so the
+    // test does not wait out the 30 s default three times.
+    let ssh = w.home.path().join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(
+        ssh.join("config"),
+        "Host *\n  ServerAliveInterval 1\n  ServerAliveCountMax 3\n",
+    )
+    .unwrap();
+    let sim = w.sim_up(&["--link-rate", "40mbit"]);
+    let host_if = sim["host_interface"].as_str().unwrap().to_owned();
+    let big = 12;
+    for (i, percent) in [10u64, 50, 90].into_iter().enumerate() {
+        let tag = format!("example.com/dep/cut:v{i}");
+        let ctx = w.context(&format!("cut-{i}-{percent}"), 20, big);
+        w.build(&ctx, &tag);
+        let stack = w.stack(&tag, "test");
+        let at = payload(big) * percent / 100;
+        let (at_cut, code, err) = w.deploy_cut(&stack, &host_if, at, || {
+            ip(&["link", "set", &host_if, "down"])
+        });
+        ip(&["link", "set", &host_if, "up"]);
+        wait_reachable(sim["address"].as_str().unwrap());
+        assert_eq!(code, Some(1), "cut at {percent} %: {err}");
+        assert!(
+            err.contains("connection") || err.contains("lost") || err.contains("closed"),
+            "cut at {percent} %: the error says the link went away: {err}"
+        );
+
+        let (code, v, err) = w.deploy(&stack);
+        assert_eq!(code, Some(0), "after the cut at {percent} %: {v} {err}");
+        assert_eq!(v["state"], "committed", "{v}");
+        let again = v["bytes_sent"].as_u64().unwrap();
+        // What arrived before the cut, but for the batch that was on its way, is not sent again.
+        let bound = payload(big).saturating_sub(at_cut) + BATCH + (256 << 10);
+        assert!(
+            again <= bound,
+            "cut at {percent} % ({at_cut} bytes out): the next deploy sent {again} > {bound}: {v}"
+        );
+        eprintln!("cut at {percent} %: {at_cut} bytes out before, {again} after");
+    }
+}
+
+/// The pid of `dt-agent serve` running in the network namespace `netns`.
+fn agent_serve_pid(netns: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let want = std::fs::metadata(format!("/run/netns/{netns}")).ok()?.ino();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
+        (ns == want && cmd.contains("dt-agent") && cmd.contains("serve") && !cmd.contains("sudo"))
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn an_agent_killed_mid_transfer_resumes_with_only_the_rest() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    let sim = w.sim_up(&["--link-rate", "40mbit"]);
+    let host_if = sim["host_interface"].as_str().unwrap().to_owned();
+    let netns = format!("dts-sim-{}", w.name);
+    let big = 12;
+    let ctx = w.context("killed", 20, big);
+    w.build(&ctx, "example.com/dep/app:v1");
+    let stack = w.stack("example.com/dep/app:v1", "test");
+    let at = payload(big) * 6 / 10;
+    let (at_cut, code, err) = w.deploy_cut(&stack, &host_if, at, || {
+        let pid = agent_serve_pid(&netns).expect("dt-agent serve runs on the robot");
+        // SAFETY: kill(2) on a pid just read from /proc; the worst case is ESRCH.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("dt-agent") || err.contains("closed") || err.contains("ended"),
+        "{err}"
+    );
+
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "committed", "{v}");
+    let again = v["bytes_sent"].as_u64().unwrap();
+    let bound = payload(big).saturating_sub(at_cut) + BATCH + (256 << 10);
+    assert!(
+        again <= bound,
+        "{at_cut} bytes out before the kill; then {again} > {bound}: {v}"
+    );
+}
+
+#[test]
+fn a_full_robot_disk_is_a_clear_error_and_the_running_release_stays() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    // The robot's root file system lives under DTS_HOME/sims: a small tmpfs there is an SD card
+    // with little room left, while the laptop's own store stays on the real disk.
+    let sims = w.dts_home.path().join("sims");
+    std::fs::create_dir_all(&sims).unwrap();
+    let Some(_card) = support::Tmpfs::mount(&sims, "256m") else {
+        return;
+    };
+    let ctx = w.context("small", 20, 0);
+    w.build(&ctx, "example.com/dep/app:v1");
+    w.sim_up(&[]);
+    let stack = w.stack("example.com/dep/app:v1", "test");
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+
+    // Leave 4 MiB free, then ship 12 MiB more.
+    let filler = sims.join("filler");
+    let free = {
+        let st = rustix::fs::statvfs(&sims).unwrap();
+        st.f_bavail * st.f_frsize
+    };
+    std::fs::write(&filler, vec![0u8; (free - (4 << 20)) as usize]).unwrap();
+    let ctx = w.context("big", 20, 12);
+    w.build(&ctx, "example.com/dep/app:v2");
+    let stack2 = w.stack("example.com/dep/app:v2", "test");
+    let (code, v, err) = w.deploy(&stack2);
+    assert_eq!(code, Some(1), "{v} {err}");
+    assert!(
+        err.contains("No space left") || err.contains("no space") || err.contains("full"),
+        "the error says the robot's disk is full: {err}"
+    );
+
+    // v1 still runs, as release 1, and nothing else was switched to.
+    let ps: serde_json::Value =
+        serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
+    let ps = ps.as_array().unwrap();
+    assert_eq!(ps.len(), 2, "{ps:?}");
+    for c in ps {
+        assert_eq!(c["state"], "running", "{c}");
+        assert_eq!(c["release"], 1, "{c}");
+    }
+    assert!(
+        w.ok(&["duckiebot", "logs", &w.name, "core"])
+            .contains("VERSION = \"small\"")
+    );
+
+    // Room again: the deploy finishes the job.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, v, err) = w.deploy(&stack2);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "committed", "{v}");
+    w.ok(&["sim", "down", &w.name.clone()]);
+    w.up = false;
 }

@@ -573,13 +573,14 @@ async fn deploy(
         return Ok(Exit::Ok);
     }
     let log = reporter(g);
-    let report = l.conn.transfer(&store, &plan.images, &*log).await?;
-    let outcome = l
-        .conn
-        .daemon(&Request::Deploy {
+    let report = robot::guarded(&l.session, l.conn.transfer(&store, &plan.images, &*log)).await?;
+    let outcome = robot::guarded(
+        &l.session,
+        l.conn.daemon(&Request::Deploy {
             spec: Box::new(plan.spec.clone()),
-        })
-        .await?;
+        }),
+    )
+    .await?;
     let state = if outcome["unchanged"].as_bool() == Some(true) {
         "unchanged".to_string()
     } else {
@@ -626,9 +627,12 @@ async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs)
     let img = store.resolve_platform(&a.image, &record.descriptor, Some(&l.hello.platform))?;
     let manifest = img.descriptor.digest.clone();
     let log = reporter(g);
-    l.conn
-        .transfer(&store, &[(a.image.clone(), manifest.clone())], &*log)
-        .await?;
+    robot::guarded(
+        &l.session,
+        l.conn
+            .transfer(&store, &[(a.image.clone(), manifest.clone())], &*log),
+    )
+    .await?;
     config.image = manifest.to_string();
     config.image_name = Some(a.image.clone());
     let name = config.name.clone();

@@ -714,11 +714,10 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
 
     let mut notes = Vec::new();
     if key.private.starts_with(&dts_home) {
-        // Other robot commands try ~/.ssh's keys and the agent, not this one.
+        // Other robot commands try it after ~/.ssh's keys and the agent (ops::robot::resolve).
         notes.push(format!(
-            "you have no ~/.ssh/id_* key, so dts made `{}` and installed it; give it to later \
-             commands with `--identity {}` (or as IdentityFile in ~/.ssh/config)",
-            key.private.display(),
+            "you have no ~/.ssh/id_* key, so dts made `{}` and installed it; later dts \
+             commands use it (for ssh, add it as IdentityFile in ~/.ssh/config)",
             key.private.display()
         ));
     }

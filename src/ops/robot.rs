@@ -63,6 +63,12 @@ pub fn resolve(robot: &str, args: &SshArgs) -> Result<(Target, SshOptions)> {
         }
         return Ok((sim.target(), opts));
     }
+    // The key `dts duckiebot provision` made for a user who had none is this user's key for
+    // every robot it provisioned.
+    let provisioned_key = home.join("robot_key");
+    if provisioned_key.is_file() {
+        opts.identities.push(provisioned_key);
+    }
     let mut target = Target::parse(robot)?;
     let bare = !target.host.contains('.')
         && !target.host.contains(':')
@@ -111,4 +117,16 @@ pub async fn connect(robot: &str, args: &SshArgs) -> Result<RobotLink> {
         conn,
         hello,
     })
+}
+
+/// Runs `work` (protocol traffic on `session`'s channel), failing it if the connection dies
+/// first: a cut link must end a deploy with an error, never leave it waiting.
+pub async fn guarded<T, E>(session: &Session, work: impl Future<Output = Result<T, E>>) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::select! {
+        r = work => Ok(r?),
+        lost = session.closed() => Err(lost.into()),
+    }
 }

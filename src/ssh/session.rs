@@ -384,6 +384,22 @@ impl Session {
         })
     }
 
+    /// Resolves once the connection has ended (keepalives unanswered, the link gone), with
+    /// why. Race long protocol work against it: a channel of a dead connection can stay
+    /// pending forever inside russh.
+    pub async fn closed(&self) -> SshError {
+        while !self.handle.is_closed() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let reason = lock(&self.shared).disconnect.clone().unwrap_or_else(|| {
+            "the connection was lost (no answer to keepalives: robot off or out of range)".into()
+        });
+        SshError::Disconnected {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
     /// Says goodbye to the server. Dropping a session also closes it, without the goodbye.
     pub async fn close(self) -> Result<(), SshError> {
         if self.handle.is_closed() {

@@ -41,6 +41,8 @@ pub use super::RobotHello;
 const BATCH_BYTES: u64 = 4 << 20;
 /// Objects per batch.
 const BATCH_OBJECTS: usize = 4096;
+/// zstd level of `--patch-from` deltas of large changed files.
+const PATCH_LEVEL: i32 = 3;
 
 /// zstd level for file contents and tar-splits (`DTS_WIRE_LEVEL` overrides).
 fn level() -> i32 {
@@ -789,7 +791,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     continue;
                 };
                 let old_content = &old_bytes[old];
-                let z = compress(&bytes, old_content, lvl)
+                // Against its old version a changed file is mostly long matches, which every
+                // level finds: level 3 makes an 8 MB binary's patch in 0.1 s, 19 in 10 s for
+                // 20 % fewer of very few bytes.
+                let z = compress(&bytes, old_content, lvl.min(PATCH_LEVEL))
                     .map_err(|e| WireError::Protocol(format!("compressing a patch: {e}")))?;
                 let mut frames = vec![Frame::control(&ToRobot::Patch {
                     object: spec.clone(),

@@ -696,7 +696,9 @@ impl Read for SplitTar<'_> {
                 return Ok(n);
             }
             if self.zeros > 0 {
-                let n = buf.len().min(usize::try_from(self.zeros).unwrap_or(usize::MAX));
+                let n = buf
+                    .len()
+                    .min(usize::try_from(self.zeros).unwrap_or(usize::MAX));
                 buf[..n].fill(0);
                 self.zeros -= n as u64;
                 return Ok(n);

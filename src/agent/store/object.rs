@@ -426,7 +426,8 @@ impl FileSink for LinkSink<'_> {
                 gid,
                 xattrs: xattrs_key(&file.xattrs),
             };
-            self.staging.place(&key, Body::Stored(path), file, dir, name)?;
+            self.staging
+                .place(&key, Body::Stored(path), file, dir, name)?;
             return Ok(true);
         }
         let body = self.staging.read_body(content, file.size);
