@@ -406,7 +406,7 @@ impl FileSink for LinkSink<'_> {
         if let Some(r) = &self.recorder {
             r.borrow_mut().in_body = true;
         }
-        if let Some(known) = self.known.as_ref().filter(|_| file.size > 0) {
+        let (body, digest) = if let Some(known) = self.known.as_ref().filter(|_| file.size > 0) {
             // The reader announces a body when its first byte is read (the unpacker never
             // reads past a header before placing the file), then gives zeros: drain them.
             let mut first = [0u8; 1];
@@ -418,27 +418,10 @@ impl FileSink for LinkSink<'_> {
                 )));
             };
             io::copy(content, &mut io::sink())?;
-            let (uid, gid) = file.owner.unwrap_or(self.staging.ids);
-            let key = ObjectKey {
-                digest,
-                mode: file.mode,
-                uid,
-                gid,
-                xattrs: xattrs_key(&file.xattrs),
-            };
-            self.staging
-                .place(&key, Body::Stored(path), file, dir, name)?;
-            return Ok(true);
-        }
-        let body = self.staging.read_body(content, file.size);
-        if let Some(r) = &self.recorder {
-            let mut r = r.borrow_mut();
-            r.in_body = false;
-            if let Ok((_, d)) = &body {
-                r.split.file(file.size, d)?;
-            }
-        }
-        let (body, digest) = body?;
+            (Body::Stored(path), digest)
+        } else {
+            self.read_recorded(content, file.size)?
+        };
         let (uid, gid) = file.owner.unwrap_or(self.staging.ids);
         let key = ObjectKey {
             digest,
@@ -449,6 +432,21 @@ impl FileSink for LinkSink<'_> {
         };
         self.staging.place(&key, body, file, dir, name)?;
         Ok(true)
+    }
+}
+
+impl LinkSink<'_> {
+    /// Reads and hashes a body, recording it in the tar-split being written, if any.
+    fn read_recorded(&mut self, content: &mut dyn Read, size: u64) -> io::Result<(Body, Digest)> {
+        let body = self.staging.read_body(content, size);
+        if let Some(r) = &self.recorder {
+            let mut r = r.borrow_mut();
+            r.in_body = false;
+            if let Ok((_, d)) = &body {
+                r.split.file(size, d)?;
+            }
+        }
+        body
     }
 }
 
