@@ -445,6 +445,22 @@ async fn agent_auth_and_encrypted_keys() {
     assert_eq!(s.run("true").await.unwrap().status, ExitStatus::Code(0));
     s.close().await.unwrap();
     assert!(sshd.log().contains("RSA SHA256:"), "{}", sshd.log());
+
+    // IdentitiesOnly: with a key sshd does not know, the agent's (accepted) key is not offered,
+    // so proving that one key logs in cannot be fooled by another key in the agent.
+    keygen(&sshd.path("unknown"), "ed25519", "");
+    o.identities = vec![sshd.path("unknown")];
+    o.identities_only = true;
+    let err = connect(&sshd, &o)
+        .await
+        .err()
+        .expect("only the unknown key");
+    assert!(matches!(err, SshError::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("agent key"), "{err}");
+    // …and the agent still signs for the identity when it holds it.
+    o.identities = vec![sshd.path("client_rsa")];
+    let s = connect(&sshd, &o).await.unwrap();
+    s.close().await.unwrap();
 }
 
 #[tokio::test]

@@ -65,6 +65,10 @@ pub struct SshOptions {
     pub accept_new_host_key: bool,
     /// A password to try last (provisioning a fresh robot with `--password-stdin`).
     pub password: Option<String>,
+    /// OpenSSH's `IdentitiesOnly`: only the `identities` are tried — the config's
+    /// `IdentityFile`s are skipped and the agent may only sign with the same keys. Provisioning
+    /// uses it to prove that the user's own key logs in before passwords are turned off.
+    pub identities_only: bool,
     /// See [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
     /// See [`DEFAULT_KEEPALIVE_INTERVAL`].
@@ -106,6 +110,7 @@ impl SshOptions {
             extra_known_hosts: Vec::new(),
             accept_new_host_key: false,
             password: None,
+            identities_only: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_max: DEFAULT_KEEPALIVE_MAX,

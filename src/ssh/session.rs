@@ -572,6 +572,22 @@ async fn authenticate(s: &mut Session, r: &Resolved, o: &SshOptions) -> Result<(
     let mut rsa_hash: Option<HashAlg> = None;
     let user = r.user.clone();
 
+    // IdentitiesOnly: the agent may sign only with the identities' own keys.
+    let only: Option<Vec<PublicKey>> = o.identities_only.then(|| {
+        o.identities
+            .iter()
+            .filter_map(|p| {
+                let public = std::fs::read_to_string(format!("{}.pub", p.display())).ok();
+                match public.and_then(|t| PublicKey::from_openssh(t.trim()).ok()) {
+                    Some(k) => Some(k),
+                    None => match load_key(p, false) {
+                        Ok(KeyFile::Key(k)) => Some(k.public_key().clone()),
+                        _ => None,
+                    },
+                }
+            })
+            .collect()
+    });
     if let Some(sock) = &o.agent_socket {
         match AgentClient::connect_uds(sock).await {
             Err(e) => tried.push(format!(
@@ -587,6 +603,11 @@ async fn authenticate(s: &mut Session, r: &Resolved, o: &SshOptions) -> Result<(
                 Ok(ids) => {
                     for id in ids {
                         let key = id.public_key().into_owned();
+                        if let Some(only) = &only
+                            && !only.iter().any(|k| k.key_data() == key.key_data())
+                        {
+                            continue;
+                        }
                         let hash = rsa_hash_for(s, &key, &mut rsa_hash).await?;
                         let what = format!("agent key {}", describe_key(&key));
                         match s
@@ -607,8 +628,10 @@ async fn authenticate(s: &mut Session, r: &Resolved, o: &SshOptions) -> Result<(
     }
 
     let mut files: Vec<(PathBuf, bool)> = o.identities.iter().map(|p| (p.clone(), true)).collect();
-    files.extend(r.identity_files.iter().map(|p| (p.clone(), false)));
-    if o.default_identities {
+    if !o.identities_only {
+        files.extend(r.identity_files.iter().map(|p| (p.clone(), false)));
+    }
+    if o.default_identities && !o.identities_only {
         files.extend(DEFAULT_KEYS.iter().map(|k| (o.ssh_dir.join(k), false)));
     }
     let mut seen: Vec<PathBuf> = Vec::new();
