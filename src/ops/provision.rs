@@ -557,12 +557,14 @@ fn user_key(identity: Option<&Path>, ssh_dir: &Path, dts_home: &Path) -> Result<
     from(&p)
 }
 
-/// SSH options that log in with `key` only: no password, no other keys, the agent kept (it
-/// may hold `key` when the file is passphrase-protected), host keys strictly checked.
+/// SSH options that log in with `key` only: no password, no other keys (not the config's,
+/// and the agent signs only with `key`: it may hold it when the file is passphrase-protected,
+/// and it may hold DT2018key, whose success would prove nothing), host keys strictly checked.
 fn key_only(opts: &SshOptions, key: &Path) -> SshOptions {
     let mut o = opts.clone();
     o.password = None;
     o.identities = vec![key.to_owned()];
+    o.identities_only = true;
     o.default_identities = false;
     o.accept_new_host_key = false;
     o
@@ -940,40 +942,6 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
         ),
     );
 
-    // ---- hostname
-    steps.start("hostname", &format!("hostname {}", args.hostname));
-    let name = sh_quote(&args.hostname);
-    let state = robot
-        .root_ok(
-            "hostname",
-            &format!(
-                "[ \"$(cat /etc/hostname 2>/dev/null)\" = {name} ] && echo file; \
-                 [ \"$(hostname)\" = {name} ] && echo kernel; \
-                 grep -Eq \"^127\\.0\\.1\\.1[[:space:]]+\"{name}\"([[:space:]]|\\$)\" /etc/hosts 2>/dev/null && echo hosts; true"
-            ),
-            &[],
-        )
-        .await?;
-    let need = !(state.contains("file") && state.contains("kernel") && state.contains("hosts"));
-    if need && !dry {
-        // /etc/hostname and /etc/hosts are written in place, not renamed over: in a container
-        // they are bind mounts.
-        robot
-            .root_ok(
-                "hostname",
-                &format!(
-                    "tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; \
-                     o=$(cat /etc/hostname 2>/dev/null || true); [ -n \"$o\" ] || o=$(hostname); \
-                     awk -v n={name} -v o=\"$o\" '{HOSTS_AWK}' /etc/hosts > \"$tmp\"; \
-                     cat \"$tmp\" > /etc/hosts; printf '%s\\n' {name} > /etc/hostname; hostname {name}; \
-                     if [ -d /run/systemd/system ] && systemctl -q is-active avahi-daemon 2>/dev/null; then systemctl restart avahi-daemon; fi"
-                ),
-                &[],
-            )
-            .await?;
-    }
-    steps.done("hostname", need, args.hostname.clone());
-
     // ---- sudoers
     steps.start("sudoers", "sudoers drop-in for dt-agent serve");
     let text = sudoers(&user);
@@ -1097,6 +1065,13 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
             return Err(e);
         }
     }
+    if first_provision && !on && !dry {
+        // The drop-in may be on disk from a run killed before the reload: `sshd -T` reads the
+        // files, the running sshd may not have.
+        robot
+            .root_ok("ssh-password-login", RELOAD_SSHD, &[])
+            .await?;
+    }
     steps.done(
         "ssh-password-login",
         on,
@@ -1137,7 +1112,7 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
                 &format!(
                     "{files_glob} | while read -r f; do \
                      if grep -qF {b} \"$f\"; then \
-                       tmp=\"$f.dts-new\"; awk -v b={b} '{{for(i=1;i<=NF;i++) if($i==b) next}} {{print}}' \"$f\" > \"$tmp\"; \
+                       tmp=$(mktemp \"$f.XXXXXX\"); awk -v b={b} '{{for(i=1;i<=NF;i++) if($i==b) next}} {{print}}' \"$f\" > \"$tmp\"; \
                        chown --reference=\"$f\" \"$tmp\"; chmod --reference=\"$f\" \"$tmp\"; mv -f \"$tmp\" \"$f\"; \
                      fi; done",
                     b = sh_quote(blob)
@@ -1232,23 +1207,39 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
             "/etc/docker/daemon.json on `{addr}` lists a tcp:// host; remove it by hand and restart docker"
         ));
     }
-    let need = !tcp_files.is_empty();
+    // A run killed between the edit and the restart left docker listening: while the robot is
+    // not provisioned yet, a listener on 2375 is reason enough to restart it.
+    let listening = first_provision && docker_tcp_listening(&robot).await?;
+    let need = !tcp_files.is_empty() || listening;
     if need && !dry {
         let quoted: Vec<String> = tcp_files.iter().map(|f| sh_quote(f)).collect();
+        let edit = if quoted.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "sed -E -i 's#[[:space:]]+(-H|--host)(=|[[:space:]]+)tcp://[^[:space:]\"]*##g' {}; ",
+                quoted.join(" ")
+            )
+        };
         let restarted = robot
             .root_ok(
                 "docker-tcp",
                 &format!(
-                    "sed -E -i 's#[[:space:]]+(-H|--host)(=|[[:space:]]+)tcp://[^[:space:]\"]*##g' {files}; \
-                     if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
-                       if systemctl -q is-active docker; then systemctl restart docker; fi; echo restarted; fi",
-                    files = quoted.join(" ")
+                    "{edit}if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+                       if systemctl -q is-active docker; then systemctl restart docker; fi; echo restarted; fi"
                 ),
                 &[],
             )
             .await?;
         if restarted.trim() != "restarted" {
             notes.push("systemd is not running: docker listens on TCP until it restarts".into());
+        } else if docker_tcp_listening(&robot).await? {
+            return Err(robot.fail(
+                "docker-tcp",
+                format!(
+                    "something still listens on TCP {DOCKER_TCP_PORT} after docker was restarted without its tcp:// host; check /etc/docker/daemon.json and docker.service"
+                ),
+            ));
         }
     }
     steps.done(
@@ -1260,6 +1251,41 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
             "not listening on TCP".into()
         },
     );
+
+    // ---- hostname. After hardening: renaming restarts avahi, and the re-logins that prove
+    // the key still works may be going to the old NAME.local.
+    steps.start("hostname", &format!("hostname {}", args.hostname));
+    let name = sh_quote(&args.hostname);
+    let state = robot
+        .root_ok(
+            "hostname",
+            &format!(
+                "[ \"$(cat /etc/hostname 2>/dev/null)\" = {name} ] && echo file; \
+                 [ \"$(hostname)\" = {name} ] && echo kernel; \
+                 grep -Eq \"^127\\.0\\.1\\.1[[:space:]]+\"{name}\"([[:space:]]|\\$)\" /etc/hosts 2>/dev/null && echo hosts; true"
+            ),
+            &[],
+        )
+        .await?;
+    let need = !(state.contains("file") && state.contains("kernel") && state.contains("hosts"));
+    if need && !dry {
+        // /etc/hostname and /etc/hosts are written in place, not renamed over: in a container
+        // they are bind mounts.
+        robot
+            .root_ok(
+                "hostname",
+                &format!(
+                    "tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; \
+                     o=$(cat /etc/hostname 2>/dev/null || true); [ -n \"$o\" ] || o=$(hostname); \
+                     awk -v n={name} -v o=\"$o\" '{HOSTS_AWK}' /etc/hosts > \"$tmp\"; \
+                     cat \"$tmp\" > /etc/hosts; printf '%s\\n' {name} > /etc/hostname; hostname {name}; \
+                     if [ -d /run/systemd/system ] && systemctl -q is-active avahi-daemon 2>/dev/null; then systemctl restart avahi-daemon; fi"
+                ),
+                &[],
+            )
+            .await?;
+    }
+    steps.done("hostname", need, args.hostname.clone());
 
     // ---- the agent's service
     steps.start("systemd-unit", UNIT_PATH);
@@ -1287,7 +1313,9 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
         "host-keys",
     ]
     .iter()
-    .any(|s| steps.changed(s));
+    .any(|s| steps.changed(s))
+        // A run killed after replacing the agent or unit but before the restart.
+        || first_provision;
     let state = robot
         .root_ok(
             "agent-service",
@@ -1450,8 +1478,10 @@ async fn robot_host_keys(robot: &Robot<'_>) -> Result<Vec<PublicKey>> {
 }
 
 /// Host keys made on the robot (`ssh-keygen`, as `ssh-keygen -A` makes them) in a staging
-/// directory, recorded in known_hosts next to the old ones, then moved into place and sshd
-/// reloaded; a run killed anywhere in between leaves a robot whose key known_hosts accepts.
+/// directory, recorded in known_hosts next to the old ones, checked with `sshd -t -h`, then
+/// each renamed over its old file (sshd has a key at every moment a crash or power cut could
+/// pick), other old key types removed last, sshd reloaded; a run killed anywhere in between
+/// leaves a robot whose key known_hosts accepts.
 async fn regenerate_host_keys(
     robot: &Robot<'_>,
     hostname: &str,
@@ -1493,9 +1523,10 @@ async fn regenerate_host_keys(
             "host-keys",
             &format!(
                 "d={staging}; mkdir -p /etc/dt-agent; \
-                 for f in /etc/ssh/ssh_host_*; do case \"$f\" in *_key|*_key.pub) rm -f \"$f\";; esac; done; \
-                 for f in \"$d\"/*; do mv -f \"$f\" /etc/ssh/; done; rmdir \"$d\"; \
-                 sshd -t >&2; date -u +%Y-%m-%dT%H:%M:%SZ > {HOST_KEYS_RECORD}; {reload}",
+                 sshd -t -h \"$d/ssh_host_rsa_key\" -h \"$d/ssh_host_ecdsa_key\" -h \"$d/ssh_host_ed25519_key\" >&2; \
+                 for f in \"$d\"/*; do mv -f \"$f\" /etc/ssh/; done; \
+                 for f in /etc/ssh/ssh_host_*; do case \"${{f##*/}}\" in ssh_host_rsa_key*|ssh_host_ecdsa_key*|ssh_host_ed25519_key*) ;; *_key|*_key.pub) rm -f \"$f\";; esac; done; \
+                 rmdir \"$d\"; sync; sshd -t >&2; date -u +%Y-%m-%dT%H:%M:%SZ > {HOST_KEYS_RECORD}; {reload}",
                 reload = RELOAD_SSHD
             ),
             &[],
@@ -1510,6 +1541,23 @@ async fn regenerate_host_keys(
 const HOSTS_AWK: &str = "/^127\\.0\\.1\\.1[ \\t]/ { if (!d) { print \"127.0.1.1\\t\" n; d = 1 }; next } \
 /^127\\./ && o != \"\" && o != \"localhost\" && o != n { l = $1; for (i = 2; i <= NF; i++) if ($i != o && $i != o \".local\") l = l \"\\t\" $i; if (l != $1) print l; next } \
 { print } END { if (!d) print \"127.0.1.1\\t\" n }";
+
+/// Docker's unauthenticated API port on Duckiebot images.
+const DOCKER_TCP_PORT: u16 = 2375;
+
+/// Whether anything listens on [`DOCKER_TCP_PORT`] (from /proc: `ss` may be missing).
+async fn docker_tcp_listening(robot: &Robot<'_>) -> Result<bool> {
+    let out = robot
+        .root_ok(
+            "docker-tcp",
+            &format!(
+                "awk '$2 ~ /:{DOCKER_TCP_PORT:04X}$/ && $4 == \"0A\" {{ f = 1 }} END {{ if (f) print \"listening\" }}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; true"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(out.contains("listening"))
+}
 
 /// Makes sshd re-read its configuration and host keys (existing sessions stay).
 const RELOAD_SSHD: &str = "if [ -d /run/systemd/system ]; then systemctl reload ssh 2>/dev/null || systemctl reload sshd; \
