@@ -866,12 +866,15 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
         }
     }
     if need && !dry {
-        // Without a running udevd (a container) the rules apply at the next boot.
+        // Without a running udevd (a container) the rules apply at the next boot. Only the
+        // subsystems the rules name are re-added: all of them would include the WiFi interface
+        // this session runs over.
         robot
             .root_ok(
                 "udev-rules",
                 "if [ -S /run/udev/control ] && command -v udevadm >/dev/null; then \
-                 udevadm control --reload-rules && udevadm trigger --action=add; fi",
+                 udevadm control --reload-rules && \
+                 udevadm trigger --action=add --subsystem-match=i2c-dev --subsystem-match=gpio --subsystem-match=video4linux; fi",
                 &[],
             )
             .await?;
