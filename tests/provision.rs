@@ -81,8 +81,7 @@ impl Laptop {
         c.args(args)
             .env("DTS_HOME", self.dts_home.path())
             .env("HOME", self.home.path())
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("DTS_AGENT_DIR");
+            .env_remove("SSH_AUTH_SOCK");
         c
     }
 
