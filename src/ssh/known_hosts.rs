@@ -248,18 +248,20 @@ fn parse_hosts(field: &str) -> Result<Hosts, String> {
     ))
 }
 
+/// An I/O error of `action` on the known_hosts file `path`, for `map_err`.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SshError {
+    let path = path.to_owned();
+    move |source| SshError::KnownHostsIo {
+        action,
+        path,
+        source,
+    }
+}
+
 /// Records `key` for `host`/`port` at the end of `path` (created 0600, its directory 0700, if
 /// missing). The line is appended in one write under an exclusive flock, after a newline if the
 /// file lacks a final one, and synced: a crash leaves the file as it was or with the whole line.
 pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<(), SshError> {
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| SshError::KnownHostsIo {
-            action,
-            path,
-            source,
-        }
-    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -316,14 +318,6 @@ pub fn forget_other_keys(
     port: u16,
     keep: &[PublicKey],
 ) -> Result<usize, SshError> {
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| SshError::KnownHostsIo {
-            action,
-            path,
-            source,
-        }
-    };
     let f = match std::fs::OpenOptions::new().read(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
