@@ -83,6 +83,16 @@ fn busybox_archive(dir: &Path, arch: &str, platform: &Platform, name: &str) -> P
             0o644,
             b"hello from the container\n".to_vec(),
         ),
+        // What real images have: an absolute symlink and an internal hard link.
+        Entry::Hardlink("www/copy.html", "www/index.html"),
+        Entry::Dir("usr/", 0o755),
+        Entry::Dir("usr/lib/", 0o755),
+        Entry::File(
+            "usr/lib/data.txt",
+            0o644,
+            b"through an absolute symlink\n".to_vec(),
+        ),
+        Entry::Symlink("lib", "/usr/lib"),
     ];
     for a in APPLETS {
         let path: &'static str = Box::leak(format!("bin/{a}").into_boxed_str());
@@ -563,6 +573,163 @@ fn containers_outlive_a_killed_agent_and_are_adopted() {
     agent.ok(&["stop", "-t", "1", "survivor"]);
     assert_eq!(agent.inspect("survivor")["state"], "exited");
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn restart_policies_hold_across_an_agent_restart() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let mut agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    // A crash loop: each restart waits twice as long as the one before.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "crashloop",
+        "--restart",
+        "always",
+        image,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    // Stopped by hand: Docker brings `always` back when its daemon starts, not `unless-stopped`.
+    for (name, policy) in [("steady", "always"), ("parked", "unless-stopped")] {
+        agent.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--restart",
+            policy,
+            image,
+            "sleep",
+            "1000",
+        ]);
+        agent.wait_for(name, "running", |c| c["state"] == "running");
+        agent.ok(&["stop", "-t", "1", name]);
+    }
+    // Between two restarts, with a back-off of seconds ahead: the daemon dies there.
+    agent.wait_for("crashloop", "in a long back-off", |c| {
+        c["state"] == "exited" && c["restart_count"].as_u64().unwrap_or(0) >= 5
+    });
+    agent.kill_daemon();
+    let state = agent.state().join("containers/crashloop/state.json");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let restarts = state["restart_count"].as_u64().unwrap();
+    agent.start_daemon();
+    agent.wait_for("crashloop", "restarted by the new daemon", |c| {
+        c["restart_count"].as_u64().unwrap() > restarts
+    });
+    agent.wait_for("steady", "back", |c| c["state"] == "running");
+    let parked = agent.inspect("parked");
+    assert_eq!(
+        parked["state"], "exited",
+        "unless-stopped came back: {parked}"
+    );
+    // And the daemon still controls what it brought back.
+    agent.ok(&["stop", "-t", "1", "steady"]);
+    assert_eq!(agent.inspect("steady")["state"], "exited");
+}
+
+#[test]
+fn volumes_binds_and_overrides_reach_the_container() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    let bind = agent.state().join("from-host");
+    std::fs::create_dir_all(&bind).unwrap();
+    std::fs::write(bind.join("in.txt"), "from the host\n").unwrap();
+    let bind_ro = format!("{}:/host:ro", bind.display());
+
+    let script = "echo $GREETING > note; pwd; hostname; cat /host/in.txt; \
+                  touch /host/out 2>/dev/null && echo writable || echo read-only; \
+                  cat /lib/data.txt /www/copy.html; ls -i /www/index.html /www/copy.html";
+    let out = agent.ok(&[
+        "run",
+        "--name",
+        "first",
+        "-v",
+        "notes:/data",
+        "-v",
+        &bind_ro,
+        "-e",
+        "GREETING=quack",
+        "-w",
+        "/data",
+        "--hostname",
+        "duckie1",
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "-c",
+        script,
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..6],
+        &[
+            "/data",
+            "duckie1",
+            "from the host",
+            "read-only",
+            "through an absolute symlink",
+            "hello from the container",
+        ],
+        "{out}"
+    );
+    // The image's hard link stays one inode.
+    let inode = |l: &str| l.split_whitespace().next().map(str::to_string);
+    assert_eq!(inode(lines[6]), inode(lines[7]), "{out}");
+    assert!(!bind.join("out").exists());
+
+    // The named volume outlives its container; a new one reads what the first wrote.
+    agent.ok(&["rm", "first"]);
+    let volumes: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["volume", "ls", "--json"])).unwrap();
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "notes"),
+        "{volumes}"
+    );
+    let out = agent.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "notes:/data",
+        image,
+        "cat",
+        "/data/note",
+    ]);
+    assert_eq!(out, "quack\n");
+    // A bind mount without :ro is writable.
+    let bind_rw = format!("{}:/host", bind.display());
+    agent.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &bind_rw,
+        image,
+        "sh",
+        "-c",
+        "echo back > /host/out",
+    ]);
+    assert_eq!(std::fs::read_to_string(bind.join("out")).unwrap(), "back\n");
+    // The image's CMD runs when nothing overrides it; an entrypoint alone drops it.
+    assert_eq!(agent.ok(&["run", "--rm", image]), "default command\n");
+    assert_eq!(
+        agent.ok(&["run", "--rm", "--entrypoint", "/bin/echo", image]),
+        "\n"
+    );
 }
 
 /// Makes a character device node (a real one, not a file) at `path`.

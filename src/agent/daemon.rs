@@ -192,7 +192,7 @@ impl Server {
             .at("chmod", &path)?;
         let stop = Arc::new(AtomicBool::new(false));
 
-        for n in manager.supervise() {
+        for n in manager.resume() {
             note(n);
         }
         {

@@ -71,6 +71,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A container that ran this long before it exited restarts without waiting.
 const BACKOFF_RESET: Duration = Duration::from_secs(10);
 
+/// The wait before the restart after `restarts` earlier ones.
+fn backoff(restarts: u32) -> Duration {
+    BACKOFF_START
+        .saturating_mul(1 << restarts.min(16))
+        .min(BACKOFF_MAX)
+}
+
 /// Why a container operation failed. Callers branch on [`ContainerError::is_bad_input`] and
 /// [`ContainerError::is_not_found`].
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +231,7 @@ pub enum RestartPolicy {
         /// The limit, if any.
         max_retries: Option<u32>,
     },
-    /// Always, unless stopped by hand.
+    /// Always; one stopped by hand comes back when the daemon starts (Docker's rule).
     Always,
     /// Always, unless stopped by hand (also across agent restarts).
     UnlessStopped,
@@ -1224,8 +1231,30 @@ impl Manager {
         Ok(diff::diff(&self.dir(name).join("upper"), &lower, &skip)?)
     }
 
+    /// The daemon's first pass: adopts what an earlier daemon left running and, as Docker
+    /// does when its daemon starts, brings back `restart: always` containers that were stopped
+    /// by hand (`unless-stopped` ones stay stopped).
+    pub fn resume(&self) -> Vec<String> {
+        for name in self.names().unwrap_or_default() {
+            let _g = self.lock();
+            let (Ok(record), Ok(mut state)) = (self.record(&name), self.state(&name)) else {
+                continue;
+            };
+            if record.config.restart == RestartPolicy::Always
+                && state.stopped_by_user
+                && state.status == Status::Exited
+            {
+                state.stopped_by_user = false;
+                if let Err(e) = self.save_state(&name, &state) {
+                    return vec![format!("{name}: {e}")];
+                }
+            }
+        }
+        self.supervise()
+    }
+
     /// Notices exited containers and applies restart policies; the daemon calls this a few
-    /// times a second, and once at start-up to adopt what an earlier daemon left running.
+    /// times a second.
     pub fn supervise(&self) -> Vec<String> {
         let mut notes = Vec::new();
         let Ok(names) = self.names() else {
@@ -1275,9 +1304,7 @@ impl Manager {
                 let delay = if ran as u64 >= BACKOFF_RESET.as_secs() {
                     Duration::ZERO
                 } else {
-                    BACKOFF_START
-                        .saturating_mul(1 << state.restart_count.min(16))
-                        .min(BACKOFF_MAX)
+                    backoff(state.restart_count)
                 };
                 self.inner()
                     .restart_at
@@ -1294,7 +1321,17 @@ impl Manager {
                     .map_or("an unknown status".to_string(), |c| format!("code {c}"))
             )));
         }
-        let due = self.inner().restart_at.get(name).copied();
+        let mut due = self.inner().restart_at.get(name).copied();
+        // Back-offs live in this process: a restart an earlier daemon had scheduled (or a
+        // policy restart whose start failed) is scheduled again here.
+        if due.is_none()
+            && state.status == Status::Exited
+            && self.should_restart(&record.config, &state)
+        {
+            let at = now + backoff(state.restart_count);
+            self.inner().restart_at.insert(name.to_string(), at);
+            due = Some(at);
+        }
         if let Some(at) = due
             && at <= now
         {
@@ -1307,12 +1344,9 @@ impl Manager {
                         let mut s = self.state(name)?;
                         s.restart_count += 1;
                         self.save_state(name, &s)?;
-                        let delay = BACKOFF_START
-                            .saturating_mul(1 << s.restart_count.min(16))
-                            .min(BACKOFF_MAX);
                         self.inner()
                             .restart_at
-                            .insert(name.to_string(), now + delay);
+                            .insert(name.to_string(), now + backoff(s.restart_count));
                         Ok(Some(format!("{name}: restart failed: {e}")))
                     }
                 };
