@@ -991,6 +991,20 @@ fn gc_keeps_names_and_roots_and_removes_the_rest() {
     let stale = root.join("tmp/import-1-0-0.tmp");
     std::fs::create_dir_all(stale.join("objects")).unwrap();
     std::fs::write(stale.join("objects/x"), b"junk").unwrap();
+    let live = root.join("tmp/import-2-0-0.tmp");
+    std::fs::create_dir_all(live.join("objects")).unwrap();
+    std::fs::write(live.join("objects/y"), b"arriving").unwrap();
+    let live_lock = std::fs::File::open(&live).unwrap();
+    rustix::fs::flock(&live_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // An object committed ahead of its layer by a transfer that was then cut: no layer names
+    // it yet, and the next deploy resumes with it.
+    let early = b"sent before the link was cut";
+    let early_digest = Digest::of(early);
+    let early_dir = root.join("objects/sha256").join(&early_digest.hex()[..2]);
+    std::fs::create_dir_all(&early_dir).unwrap();
+    let early_path = early_dir.join(format!("{}.0644.0.0", early_digest.hex()));
+    std::fs::write(&early_path, early).unwrap();
+    std::fs::set_permissions(&early_path, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     // Unnamed but listed under roots/ (what a release will do): kept.
     ok(&agent(&root, &["image", "rm", "duckietown/b:v1"]));
@@ -1005,7 +1019,15 @@ fn gc_keeps_names_and_roots_and_removes_the_rest() {
         (Some(2), Some(0))
     );
     assert_eq!(g["tmp_removed"], 1);
+    assert_eq!(g["objects_in_flight"], 1);
+    assert!(early_path.is_file(), "gc removed a cut transfer's object");
     assert!(!stale.exists());
+    assert_eq!(
+        std::fs::read(live.join("objects/y")).unwrap(),
+        b"arriving",
+        "gc removed a live import's staging"
+    );
+    drop(live_lock);
     assert!(object_of(&root, b"only in b").is_file());
     fsck_clean(&root);
 
@@ -1017,6 +1039,9 @@ fn gc_keeps_names_and_roots_and_removes_the_rest() {
     assert_eq!(g["objects_removed"], 1);
     assert_eq!(g["documents_removed"], 2);
     fsck_clean(&root);
+    assert!(early_path.is_file());
+    std::fs::remove_file(&early_path).unwrap();
+    std::fs::remove_dir(&early_dir).unwrap();
     let mut now = store_state(&root);
     now.remove("roots/release-1");
     let mut want = a_state.clone();

@@ -1,8 +1,9 @@
 //! `dt-agent gc`: mark and sweep, under the store's exclusive lock (no import, fsck or ls runs
 //! meanwhile: they hold the shared one).
 //!
-//! Roots: every name in `refs.json` and every manifest digest listed under `roots/` (where
-//! releases will list the current and previous release). From each root manifest: its
+//! Roots: every name in `refs.json`, every manifest digest listed under `roots/` (where
+//! releases list the current and previous release), and transfers in flight: a live session's
+//! staging is flocked, and objects that no layer names yet are kept for [`IN_FLIGHT_GRACE`]. From each root manifest: its
 //! documents, the layers of its config's diff_ids, its snapshot, and every object those layers'
 //! tar-splits name. Everything is marked before anything is removed, and a root that cannot be
 //! read stops the collection (containerd#1674: never collect from an index that did not load).
@@ -43,7 +44,14 @@ pub struct GcReport {
     pub documents_removed: usize,
     /// Abandoned staging directories removed.
     pub tmp_removed: usize,
+    /// Objects kept because no layer names them yet and they are younger than
+    /// [`IN_FLIGHT_GRACE`]: a transfer in flight or cut.
+    pub objects_in_flight: usize,
 }
+
+/// How long an object no layer names survives gc: a deploy cut by the link resumes with what
+/// it had sent if it comes back within a day (containerd's leases expire after 24 h too).
+pub const IN_FLIGHT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 pub(super) fn gc(store: &AgentStore) -> Result<GcReport, AgentStoreError> {
     let mut report = GcReport::default();
@@ -79,6 +87,28 @@ pub(super) fn gc(store: &AgentStore) -> Result<GcReport, AgentStoreError> {
         contents.extend(objects);
     }
 
+    // Objects the layers about to go name: removed with them. Objects no layer names at all
+    // arrived ahead of their layer (a transfer in flight, or one cut and waiting for the next
+    // deploy to resume it): kept while they are young.
+    let mut claimed = BTreeSet::new();
+    let layers_dir = store.layers_dir();
+    for e in fs::read_dir(&layers_dir).at("list", &layers_dir)? {
+        let e = e.at("list", &layers_dir)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let doomed = Digest::from_hex(name.trim_start_matches(".gc-"))
+            .map_or(true, |d| !layers.contains(&d));
+        if doomed {
+            // A half-removed layer (a crash during an earlier gc) may have lost its tar-split.
+            if let Ok(objects) = tarsplit::objects_of(&e.path().join(tarsplit::FILE_NAME)) {
+                claimed.extend(objects);
+            }
+        }
+    }
+    let young_after = std::time::SystemTime::now()
+        .checked_sub(IN_FLIGHT_GRACE)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64);
+
     // Sweep.
     report.tmp_removed = clean_tmp(store)?;
     report.snapshots_removed = sweep_dirs(&store.snapshots_dir(), &snaps)?;
@@ -99,6 +129,14 @@ pub(super) fn gc(store: &AgentStore) -> Result<GcReport, AgentStoreError> {
                 continue;
             };
             let m = f.metadata().at("stat", &f.path())?;
+            if !contents.contains(&key.digest)
+                && !claimed.contains(&key.digest)
+                && m.ctime() >= young_after
+            {
+                report.objects_in_flight += 1;
+                others += 1;
+                continue;
+            }
             variants
                 .entry(key.digest)
                 .or_default()
