@@ -61,12 +61,14 @@ pub(crate) const EXTRA_PATH: [&str; 6] = [
 pub enum RuntimeError {
     /// Neither runc nor crun is installed.
     #[error(
-        "no OCI runtime found: looked for {} in `{searched}`; install one (`apt-get install runc`) or set {RUNTIME_ENV} to its path",
+        "no OCI runtime found: looked for {} in `{searched}`{skipped}; install one (`apt-get install runc`) or set {RUNTIME_ENV} to its path",
         RUNTIMES.join(" and ")
     )]
     NoRuntime {
         /// The directories searched.
         searched: String,
+        /// Why a runtime that was found is not used (empty, or starting with "; ").
+        skipped: String,
     },
     /// `DTS_RUNTIME` names nothing executable.
     #[error(
@@ -308,6 +310,12 @@ pub(crate) fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Whether `/sys/fs/cgroup` is the unified (v2) hierarchy alone, not v1 or hybrid.
+fn cgroup_v2_only() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type as i64 == CGROUP2_SUPER_MAGIC)
+}
+
 impl Runtime {
     /// A client for `command` (runc or crun) with state under `root`.
     pub fn new(command: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Runtime {
@@ -317,21 +325,33 @@ impl Runtime {
         }
     }
 
-    /// Picks the runtime: `DTS_RUNTIME` when set (a name or a path), else runc, else crun. Its
-    /// state goes to `state_dir/<name>` (runc and crun state formats differ).
+    /// Picks the runtime: `DTS_RUNTIME` when set (a name or a path), else runc, else crun where
+    /// the cgroup hierarchy is v2 only (crun refuses v1 and hybrid ones). Its state goes to `state_dir/<name>` (runc and crun state formats differ).
     pub fn detect(state_dir: &Path) -> Result<Runtime, RuntimeError> {
         let command = match std::env::var_os(RUNTIME_ENV).filter(|v| !v.is_empty()) {
             Some(value) => find_executable(&value).ok_or_else(|| RuntimeError::BadOverride {
                 value: value.to_string_lossy().into_owned(),
             })?,
-            None => RUNTIMES
-                .iter()
-                .find_map(|n| find_executable(OsStr::new(n)))
-                .ok_or_else(|| RuntimeError::NoRuntime {
+            None => {
+                let mut skipped = String::new();
+                let found = RUNTIMES.iter().find_map(|n| {
+                    let path = find_executable(OsStr::new(n))?;
+                    if *n == "crun" && !cgroup_v2_only() {
+                        skipped = format!(
+                            "; {} is there but does not start containers on cgroup v1 or hybrid hosts like this one (set {RUNTIME_ENV}=crun to try anyway)",
+                            path.display()
+                        );
+                        return None;
+                    }
+                    Some(path)
+                });
+                found.ok_or_else(|| RuntimeError::NoRuntime {
                     searched: std::env::join_paths(search_dirs())
                         .map(|p| p.to_string_lossy().into_owned())
                         .unwrap_or_default(),
-                })?,
+                    skipped,
+                })?
+            }
         };
         let name = command
             .file_name()
