@@ -5,14 +5,14 @@
 //! id and document digest), then for each missing layer: picks a base layer the robot has (the
 //! same position in the robot's current image of that name, else of any image), asks about just
 //! the contents that are not in the base, sends the tar-split as a zstd delta against the
-//! base's, the missing contents in batches (one zstd stream per batch, level 19 with a long
-//! window), and large changed files as `--patch-from`-style deltas. Bytes are counted on the
-//! channel (after compression).
+//! base's, the missing contents in batches through the session's one object stream
+//! (`wire::stream`: compressed on a thread of its own while the link carries the previous
+//! output, the level adapting to whichever of the two is slower), and large changed files as
+//! `--patch-from`-style deltas. Bytes are counted on the channel (after compression).
 //!
-//! Batches are compressed on a blocking thread while the previous one is on the link, and the
-//! level adapts between them ([`Adapt`]): zstd's best levels run at a few MB/s on a laptop
-//! core, slower than a good WiFi link, so a cold transfer would otherwise wait on the CPU.
-//! Batches that level 1 cannot shrink (already compressed files, noise) go as level 1.
+//! A robot that had no object at all when the session began (a first deploy) is not asked
+//! anything: each layer is read once, its files streamed as they are found, and its tar-split,
+//! made on the way, follows its objects.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::frame::{Frame, Kind, data_frames, read_frame_async, write_frame_async};
+use super::frame::{DATA_CHUNK, Frame, Kind, data_frames, read_frame_async, write_frame_async};
 use super::split::{self, LayerInfo};
+use super::stream::{Adapt, Compressor, Job, Out};
 use super::{
     ClientHello, FromRobot, MAJOR, MINOR, PATCH_MIN, PREFIX_HEX, ToRobot, WireError, bitmap_decode,
     check_version, window_log_for,
@@ -43,14 +44,20 @@ const BATCH_BYTES: u64 = 4 << 20;
 const BATCH_OBJECTS: usize = 4096;
 /// zstd level of `--patch-from` deltas of large changed files.
 const PATCH_LEVEL: i32 = 3;
+/// zstd level of tar-splits and documents (small; deltas are long matches any level finds).
+const META_LEVEL: i32 = 9;
+/// Where the object stream's level starts, and how high it may adapt.
+const START_LEVEL: i32 = 9;
+const MAX_LEVEL: i32 = 19;
+/// The object stream's window: 128 MiB at most (the robot's decoder holds one window).
+const MAX_STREAM_WINDOW_LOG: u32 = 27;
 
-/// zstd level for file contents and tar-splits (`DTS_WIRE_LEVEL` overrides).
-fn level() -> i32 {
+/// The object stream's level when `DTS_WIRE_LEVEL` fixes it.
+fn fixed_level() -> Option<i32> {
     std::env::var("DTS_WIRE_LEVEL")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|l| (1..=22).contains(l))
-        .unwrap_or(19)
 }
 
 /// What a transfer did. Byte counts are the connection's totals (hello included).
@@ -97,8 +104,9 @@ pub struct Connection<IO> {
     cache: PathBuf,
     batch_bytes: u64,
     batch_objects: usize,
-    level: i32,
     adapt: Adapt,
+    window_log: u32,
+    compressor: Option<Compressor>,
 }
 
 /// One image to send, resolved to the robot's platform.
@@ -122,6 +130,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             agent_version: String::new(),
             free_bytes: 0,
             images: Vec::new(),
+            has_objects: true,
             protocol: String::new(),
         };
         let mut c = Connection {
@@ -132,8 +141,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             cache: crate::ops::dts_home().join("cache/layers"),
             batch_bytes: BATCH_BYTES,
             batch_objects: BATCH_OBJECTS,
-            level: level(),
-            adapt: Adapt::new(level()),
+            adapt: fixed_level().map_or(Adapt::new(START_LEVEL, MAX_LEVEL), Adapt::fixed),
+            window_log: MAX_STREAM_WINDOW_LOG,
+            compressor: None,
         };
         let hello = Frame::hello(
             MAJOR,
@@ -176,19 +186,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         self.cache = dir;
     }
 
-    /// Cuts object batches (one zstd stream, one commit on the robot each) at `bytes` of
-    /// content or `objects` objects, whichever comes first (defaults: 16 MiB, 4096). Smaller
-    /// batches lose less to a cut link and compress a little worse.
+    /// Cuts object batches (one commit on the robot each; the object stream is flushed at
+    /// each) at `bytes` of content or `objects` objects, whichever comes first (defaults:
+    /// 4 MiB, 4096). Smaller batches lose less to a cut link and compress a little worse.
     pub fn set_batch_limits(&mut self, bytes: u64, objects: usize) {
         self.batch_bytes = bytes.max(1);
         self.batch_objects = objects.max(1);
     }
 
-    /// The zstd level for contents, tar-splits and patches (default 19, or `DTS_WIRE_LEVEL`).
-    /// Object batches start there and adapt to the link; this fixes them at `level` too.
+    /// Fixes the object stream's zstd level (otherwise it starts at 9 and adapts to the
+    /// link; `DTS_WIRE_LEVEL` fixes it too). Takes effect before the first object is sent.
     pub fn set_level(&mut self, level: i32) {
-        self.level = level.clamp(1, 22);
-        self.adapt = Adapt::fixed(self.level);
+        self.adapt = Adapt::fixed(level.clamp(1, 22));
     }
 
     async fn write(&mut self, frames: &[Frame]) -> Result<(), WireError> {
@@ -365,15 +374,49 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             .filter(|(_, h)| **h)
             .map(|(d, _)| d.clone())
             .collect();
+        // The object stream's window: what is about to be sent (blobs are compressed, ~4×),
+        // so a small deploy does not make the robot's decoder hold 128 MiB.
+        let expected: u64 = plans
+            .iter()
+            .flat_map(|p| &p.layers)
+            .filter(|(_, d)| !robot_splits.contains_key(d))
+            .map(|(desc, _)| desc.size.saturating_mul(4))
+            .sum();
+        self.window_log = window_log_for(expected).clamp(20, MAX_STREAM_WINDOW_LOG);
         let mut sent_docs: HashSet<Digest> = HashSet::new();
         let mut sent_contents: HashSet<Digest> = HashSet::new();
         let mut sent_layers: HashSet<Digest> = HashSet::new();
         let mut blobs: Option<HashMap<Digest, Descriptor>> = None;
+        let mut whole: HashSet<Digest> = HashSet::new();
+        if !self.hello.has_objects {
+            let mut layers = Vec::new();
+            for p in &plans {
+                for (i, (desc, diff_id)) in p.layers.iter().enumerate() {
+                    if robot_splits.contains_key(diff_id) || !whole.insert(diff_id.clone()) {
+                        continue;
+                    }
+                    let label = format!(
+                        "send layer {}/{} of {}",
+                        i + 1,
+                        p.layers.len(),
+                        p.names.first().map(String::as_str).unwrap_or("")
+                    );
+                    layers.push((desc.clone(), diff_id.clone(), label));
+                }
+            }
+            report.layers_sent += layers.len();
+            self.send_all_whole(store, layers, &mut sent_contents, &mut report, reporter)
+                .await?;
+        }
         for (pi, p) in plans.iter().enumerate() {
             report.images += 1;
             let mut changed = !have_chains[pi];
             for (i, (desc, diff_id)) in p.layers.iter().enumerate() {
                 report.layers_total += 1;
+                if whole.contains(diff_id) {
+                    changed = true;
+                    continue;
+                }
                 if robot_splits.contains_key(diff_id) || sent_layers.contains(diff_id) {
                     report.layers_skipped += 1;
                     continue;
@@ -407,7 +450,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     continue;
                 }
                 changed = true;
-                let z = zstd::encode_all(&bytes[..], self.level).expect("in-memory compression");
+                let z = zstd::encode_all(&bytes[..], META_LEVEL).expect("in-memory compression");
                 let mut frames = vec![Frame::control(&ToRobot::Document {
                     digest: d.clone(),
                     size: bytes.len() as u64,
@@ -678,23 +721,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 .collect()
         };
 
-        // The tar-split, against the base's.
-        let lvl = self.level;
-        let prefix: &[u8] = base.as_ref().map(|(b, _)| &b.split[..]).unwrap_or(&[]);
-        let z = compress(&info.split, prefix, lvl)
-            .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
-        let mut frames = vec![Frame::control(&ToRobot::Layer {
-            diff_id: diff_id.clone(),
-            split_digest: info.split_digest.clone(),
-            split_size: info.split.len() as u64,
-            base: base.as_ref().map(|(b, _)| b.diff_id.clone()),
-        })];
-        frames.extend(data_frames(&z));
-        self.write(&frames).await?;
-        report.split_bytes += z.len() as u64;
-        if base.is_some() {
-            report.split_deltas += 1;
-        }
+        self.send_split(&info, base.as_ref().map(|(b, _)| b), report)
+            .await?;
 
         // Large changed files at a path the base has: patches against the old content.
         let base_paths: HashMap<&str, &ObjectSpec> = base
@@ -724,62 +752,46 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             }
         }
 
-        // Everything else, in batches of one zstd stream each.
+        // Everything else through the object stream.
         let wanted: HashSet<Digest> = missing.iter().map(|o| o.digest.clone()).collect();
-        let mut batch: Vec<(ObjectSpec, Vec<u8>)> = Vec::new();
-        let mut batch_bytes = 0u64;
-        let mut compressing: Option<Compressing> = None;
         let mut patch_new: HashMap<Digest, (ObjectSpec, Vec<u8>)> = HashMap::new();
-        let mut done = 0u64;
         if !wanted.is_empty() {
-            // The blob is read on a blocking thread; batches come back through a channel.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectSpec, Vec<u8>)>(64);
+            let mut batcher = self.batcher();
             let store_root = store.root().to_path_buf();
-            let desc2 = desc.clone();
-            let diff2 = diff_id.clone();
-            let wanted2 = wanted.clone();
-            let reader = tokio::task::spawn_blocking(move || -> Result<(), WireError> {
-                let store = Store::open(&store_root)?;
-                split::read_contents(&store, &desc2, &diff2, &wanted2, &mut |spec, bytes| {
-                    tx.blocking_send((spec, bytes))
-                        .map_err(|_| WireError::Protocol("the sender stopped".into()))
-                })
+            let (desc2, diff2) = (desc.clone(), diff_id.clone());
+            let patched: HashSet<Digest> = patch_of.keys().cloned().collect();
+            let reader = tokio::task::spawn_blocking(move || {
+                let mut aside = HashMap::new();
+                let r = Store::open(&store_root)
+                    .map_err(WireError::from)
+                    .and_then(|store| {
+                        split::read_contents(&store, &desc2, &diff2, &wanted, &mut |spec, bytes| {
+                            if patched.contains(&spec.digest) {
+                                aside.insert(spec.digest.clone(), (spec, bytes));
+                                return Ok(());
+                            }
+                            batcher.push(spec, bytes)
+                        })
+                    });
+                batcher.finish();
+                r.map(|()| aside)
             });
-            while let Some((spec, bytes)) = rx.recv().await {
-                sent_contents.insert(spec.digest.clone());
-                if patch_of.contains_key(&spec.digest) {
-                    patch_new.insert(spec.digest.clone(), (spec, bytes));
-                    continue;
-                }
-                batch_bytes += bytes.len() as u64;
-                batch.push((spec, bytes));
-                if batch_bytes >= self.batch_bytes || batch.len() >= self.batch_objects {
-                    let next = self.compress_batch(std::mem::take(&mut batch));
-                    if let Some(prev) = compressing.replace(next) {
-                        done += self.send_batch(prev, report).await?;
-                        reporter.event(Event::advance(id.clone(), done));
-                    }
-                    batch_bytes = 0;
-                }
+            let pumped = self.pump(report, reporter, &id).await.map(|_| ());
+            if pumped.is_err() {
+                // The reader may be blocked handing the compressor a batch: stopping the
+                // compressor frees it.
+                self.compressor = None;
             }
-            reader
+            let read = reader
                 .await
-                .map_err(|e| WireError::Protocol(format!("reading a layer: {e}")))??;
-            if !batch.is_empty() {
-                let next = self.compress_batch(std::mem::take(&mut batch));
-                if let Some(prev) = compressing.replace(next) {
-                    done += self.send_batch(prev, report).await?;
-                }
-            }
-            if let Some(last) = compressing.take() {
-                done += self.send_batch(last, report).await?;
-                reporter.event(Event::advance(id.clone(), done));
-            }
+                .map_err(|e| WireError::Protocol(format!("reading a layer: {e}")))?;
+            pumped?;
+            patch_new = read?;
+            sent_contents.extend(missing.iter().map(|o| o.digest.clone()));
         }
         if !patch_new.is_empty() {
-            let (_, base_desc) = base.as_ref().expect("patches have a base");
+            let (base_info, base_desc) = base.as_ref().expect("patches have a base");
             let base_desc = base_desc.as_ref().expect("patches have a base blob");
-            let (_, base_info) = (0, &base.as_ref().expect("base").0);
             let olds: HashSet<Digest> = patch_of.values().cloned().collect();
             let mut old_bytes: HashMap<Digest, Vec<u8>> = HashMap::new();
             split::read_contents(store, base_desc, &base_info.diff_id, &olds, &mut |s, b| {
@@ -790,11 +802,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 let Some((spec, bytes)) = patch_new.remove(new) else {
                     continue;
                 };
-                let old_content = &old_bytes[old];
                 // Against its old version a changed file is mostly long matches, which every
                 // level finds: level 3 makes an 8 MB binary's patch in 0.1 s, 19 in 10 s for
                 // 20 % fewer of very few bytes.
-                let z = compress(&bytes, old_content, lvl.min(PATCH_LEVEL))
+                let z = compress(&bytes, &old_bytes[old], PATCH_LEVEL)
                     .map_err(|e| WireError::Protocol(format!("compressing a patch: {e}")))?;
                 let mut frames = vec![Frame::control(&ToRobot::Patch {
                     object: spec.clone(),
@@ -807,10 +818,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 report.object_bytes += spec.size;
             }
         }
-        match self.call(&ToRobot::Sync).await? {
-            FromRobot::Synced { .. } => {}
-            other => return Err(unexpected(&other)),
-        }
         reporter.event(Event::finish(
             id,
             format!("{} object(s) sent", missing.len()),
@@ -818,127 +825,235 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         Ok(())
     }
 
-    /// Starts compressing `batch` on a blocking thread at the current adaptive level.
-    fn compress_batch(&self, batch: Vec<(ObjectSpec, Vec<u8>)>) -> Compressing {
-        let level = self.adapt.level;
-        tokio::task::spawn_blocking(move || {
-            let total: u64 = batch.iter().map(|(s, _)| s.size).sum();
-            let started = Instant::now();
-            let stream = |level: i32| -> std::io::Result<Vec<u8>> {
-                let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-                enc.window_log(window_log_for(total).clamp(17, 27))?;
-                enc.long_distance_matching(true)?;
-                enc.set_pledged_src_size(Some(total))?;
-                for (_, bytes) in &batch {
-                    std::io::Write::write_all(&mut enc, bytes)?;
-                }
-                enc.finish()
-            };
-            // Level 1 runs at hundreds of MB/s; when it saves under 3 %, the high levels
-            // would spend seconds for nothing.
-            let quick = stream(1)?;
-            let z = if level <= 1 || quick.len() as u64 * 100 >= total * 97 {
-                quick
-            } else {
-                stream(level)?
-            };
-            Ok(Batch {
-                specs: batch.into_iter().map(|(s, _)| s).collect(),
-                total,
-                z,
-                took: started.elapsed(),
-            })
-        })
-    }
-
-    /// Waits for a batch's compression and writes it; returns its uncompressed bytes. The
-    /// wait (the link idle, waiting on the CPU) and the write (the CPU idle, waiting on the
-    /// link) steer the level of the batches after it.
-    async fn send_batch(
+    /// Every layer in `layers` to a robot that had no object when the session began: it has
+    /// exactly what this session sent, so nothing needs asking. One reader thread reads each
+    /// layer once, in order, finding each file's content and handing the new ones to the
+    /// object stream, and makes the layer's tar-split on the way (cached, and sent after its
+    /// objects); it goes on to the next layer while the link still carries the last one's.
+    async fn send_all_whole(
         &mut self,
-        batch: Compressing,
+        store: &Store,
+        layers: Vec<(Descriptor, Digest, String)>,
+        sent_contents: &mut HashSet<Digest>,
         report: &mut TransferReport,
-    ) -> Result<u64, WireError> {
-        let waiting = Instant::now();
-        let b = batch
+        reporter: &dyn Reporter,
+    ) -> Result<(), WireError> {
+        if layers.is_empty() {
+            return Ok(());
+        }
+        let mut batcher = self.batcher();
+        let store_root = store.root().to_path_buf();
+        let cache = self.cache.clone();
+        let todo: Vec<(Descriptor, Digest)> = layers
+            .iter()
+            .map(|(d, i, _)| (d.clone(), i.clone()))
+            .collect();
+        let mut sent = sent_contents.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let read_all = |batcher: &mut Batcher, sent: &mut HashSet<Digest>| {
+                let store = Store::open(&store_root)?;
+                for (desc, diff_id) in todo {
+                    let layer = split::open_layer(&store, &desc)?;
+                    let info = split::analyze_with(layer, &diff_id, &mut |spec, bytes| {
+                        if !sent.insert(spec.digest.clone()) {
+                            return Ok(());
+                        }
+                        batcher.push(spec, bytes)
+                    })?;
+                    split::save(&cache, &info)?;
+                    batcher.mark(info)?;
+                }
+                Ok::<(), WireError>(())
+            };
+            let r = read_all(&mut batcher, &mut sent);
+            batcher.finish();
+            r.map(|()| sent)
+        });
+        let start = |(desc, diff_id, label): &(Descriptor, Digest, String)| {
+            reporter.event(Event::start(
+                format!("layer {}", diff_id.short()),
+                label.clone(),
+                Some(desc.size),
+            ));
+        };
+        let mut labels = layers.into_iter();
+        let mut current = labels.next();
+        current.iter().for_each(start);
+        let mut pumped = Ok(());
+        while let Some((_, diff_id, _)) = &current {
+            let id = format!("layer {}", diff_id.short());
+            let objects_before = report.objects_sent;
+            let info = match self.pump(report, reporter, &id).await {
+                Ok(Some(info)) => info,
+                // The reader stopped early; it says why.
+                Ok(None) => break,
+                Err(e) => {
+                    pumped = Err(e);
+                    break;
+                }
+            };
+            if let Err(e) = self.send_split(&info, None, report).await {
+                pumped = Err(e);
+                break;
+            }
+            let n = report.objects_sent - objects_before;
+            reporter.event(Event::finish(id, format!("{n} object(s) sent")));
+            current = labels.next();
+            current.iter().for_each(start);
+        }
+        if pumped.is_ok() && current.is_none() {
+            // The reader's final marker.
+            pumped = self.pump(report, reporter, "").await.map(|_| ());
+        }
+        if pumped.is_err() {
+            // The reader may be blocked handing the compressor a batch: stopping the
+            // compressor frees it.
+            self.compressor = None;
+        }
+        let read = reader
             .await
-            .map_err(|e| WireError::Protocol(format!("compressing a batch: {e}")))?
-            .map_err(|e| WireError::Protocol(format!("compressing a batch: {e}")))?;
-        let waited = waiting.elapsed();
-        report.objects_sent += b.specs.len() as u64;
-        report.object_bytes += b.total;
-        let mut frames = vec![Frame::control(&ToRobot::Objects { objects: b.specs })];
-        frames.extend(data_frames(&b.z));
-        let writing = Instant::now();
-        self.write(&frames).await?;
-        self.adapt.observe(waited, b.took, writing.elapsed());
-        Ok(b.total)
-    }
-}
-
-/// An object batch being compressed.
-type Compressing = tokio::task::JoinHandle<std::io::Result<Batch>>;
-
-/// A compressed object batch.
-struct Batch {
-    specs: Vec<ObjectSpec>,
-    total: u64,
-    z: Vec<u8>,
-    took: std::time::Duration,
-}
-
-/// The zstd levels batches move between, one rung per batch: each rung roughly doubles the
-/// speed of the one above it (on binaries: 19 ≈ 2.7×, 15 ≈ 3×, 12 ≈ 2.5× the time of the next).
-const LADDER: [i32; 7] = [3, 6, 9, 12, 15, 17, 19];
-
-/// Picks the level of the next batch from how the last one went: the link waiting on the
-/// compressor means a rung down, the compressor done well before the link a rung up, never
-/// above the configured level. The same idea as `zstd --adapt`, per batch.
-#[derive(Debug, Clone, Copy)]
-struct Adapt {
-    level: i32,
-    max: i32,
-    fixed: bool,
-}
-
-impl Adapt {
-    fn new(max: i32) -> Adapt {
-        Adapt {
-            level: max,
-            max,
-            fixed: false,
-        }
+            .map_err(|e| WireError::Protocol(format!("reading a layer: {e}")))?;
+        pumped?;
+        *sent_contents = read?;
+        Ok(())
     }
 
-    fn fixed(level: i32) -> Adapt {
-        Adapt {
-            level,
-            max: level,
-            fixed: true,
-        }
-    }
-
-    /// `waited`: the link idle until the batch was compressed; `took`: its compression;
-    /// `wrote`: its time on the link.
-    fn observe(
+    /// Sends a layer's tar-split, as a delta against `base`'s when given.
+    async fn send_split(
         &mut self,
-        waited: std::time::Duration,
-        took: std::time::Duration,
-        wrote: std::time::Duration,
-    ) {
-        if self.fixed {
-            return;
+        info: &LayerInfo,
+        base: Option<&LayerInfo>,
+        report: &mut TransferReport,
+    ) -> Result<(), WireError> {
+        let prefix: &[u8] = base.map(|b| &b.split[..]).unwrap_or(&[]);
+        let z = compress(&info.split, prefix, META_LEVEL)
+            .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
+        let mut frames = vec![Frame::control(&ToRobot::Layer {
+            diff_id: info.diff_id.clone(),
+            split_digest: info.split_digest.clone(),
+            split_size: info.split.len() as u64,
+            base: base.map(|b| b.diff_id.clone()),
+        })];
+        frames.extend(data_frames(&z));
+        self.write(&frames).await?;
+        report.split_bytes += z.len() as u64;
+        if base.is_some() {
+            report.split_deltas += 1;
         }
-        let rung = LADDER.iter().rposition(|l| *l <= self.level).unwrap_or(0);
-        if waited > wrote / 10 && waited.as_millis() >= 20 {
-            self.level = LADDER[rung.saturating_sub(1)].min(self.max);
-        } else if took * 2 < wrote {
-            self.level = LADDER
-                .get(rung + 1)
-                .copied()
-                .unwrap_or(self.max)
-                .min(self.max);
+        Ok(())
+    }
+
+    /// A batcher feeding this session's object stream (started on first use).
+    fn batcher(&mut self) -> Batcher {
+        let (adapt, window_log) = (self.adapt, self.window_log);
+        let jobs = self
+            .compressor
+            .get_or_insert_with(|| Compressor::start(adapt, window_log))
+            .jobs();
+        Batcher {
+            jobs,
+            batch: Vec::new(),
+            bytes: 0,
+            max_bytes: self.batch_bytes,
+            max_objects: self.batch_objects,
         }
+    }
+
+    /// Writes what the compressor hands on, batch by batch, until the next marker; returns
+    /// the layer info it carries.
+    async fn pump(
+        &mut self,
+        report: &mut TransferReport,
+        reporter: &dyn Reporter,
+        id: &str,
+    ) -> Result<Option<Box<LayerInfo>>, WireError> {
+        let mut done = 0u64;
+        loop {
+            let out = match self.compressor.as_mut() {
+                Some(c) => c.next().await,
+                None => None,
+            };
+            match out {
+                Some(Out::Begin(objects)) => {
+                    report.objects_sent += objects.len() as u64;
+                    self.write(&[Frame::control(&ToRobot::Objects { objects })])
+                        .await?;
+                }
+                Some(Out::Chunk(z)) => {
+                    let frames: Vec<Frame> = z
+                        .chunks(DATA_CHUNK)
+                        .map(|c| Frame::data(c.to_vec()))
+                        .collect();
+                    self.write(&frames).await?;
+                }
+                Some(Out::End(total)) => {
+                    self.write(&[Frame::data(Vec::new())]).await?;
+                    report.object_bytes += total;
+                    done += total;
+                    reporter.event(Event::advance(id.to_string(), done));
+                }
+                Some(Out::Marker(info)) => return Ok(info),
+                Some(Out::Failed(e)) => {
+                    self.compressor = None;
+                    return Err(WireError::Protocol(format!("compressing objects: {e}")));
+                }
+                None => {
+                    self.compressor = None;
+                    return Err(WireError::Protocol("the compressor stopped".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Cuts a layer's contents into batches for the compressor thread; always ends with a
+/// marker, so the link side knows the layer's objects are all out.
+struct Batcher {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    batch: Vec<(ObjectSpec, Vec<u8>)>,
+    bytes: u64,
+    max_bytes: u64,
+    max_objects: usize,
+}
+
+impl Batcher {
+    fn push(&mut self, spec: ObjectSpec, bytes: Vec<u8>) -> Result<(), WireError> {
+        self.bytes += bytes.len() as u64;
+        self.batch.push((spec, bytes));
+        if self.bytes >= self.max_bytes || self.batch.len() >= self.max_objects {
+            self.bytes = 0;
+            let batch = std::mem::take(&mut self.batch);
+            self.jobs
+                .send(Job::Batch(batch))
+                .map_err(|_| WireError::Protocol("the compressor stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), WireError> {
+        self.bytes = 0;
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.jobs
+                .send(Job::Batch(batch))
+                .map_err(|_| WireError::Protocol("the compressor stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Ends a layer read whole: its last batch, then a marker with its info.
+    fn mark(&mut self, info: LayerInfo) -> Result<(), WireError> {
+        self.flush()?;
+        self.jobs
+            .send(Job::Marker(Some(Box::new(info))))
+            .map_err(|_| WireError::Protocol("the compressor stopped".into()))
+    }
+
+    /// Sends the last batch and the final marker (also after a failed read: the link side
+    /// waits for a marker).
+    fn finish(mut self) {
+        let _ = self.flush();
+        let _ = self.jobs.send(Job::Marker(None));
     }
 }
 
@@ -964,38 +1079,4 @@ fn unexpected(m: &FromRobot) -> WireError {
         "an unexpected answer: {}",
         s.chars().take(200).collect::<String>()
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn the_level_follows_the_bottleneck_within_its_bounds() {
-        let mut a = Adapt::new(19);
-        // The link waits on the compressor: down a rung per batch, never below the ladder.
-        a.observe(500 * MS, 2000 * MS, 1000 * MS);
-        assert_eq!(a.level, 17);
-        for _ in 0..10 {
-            a.observe(500 * MS, 2000 * MS, 1000 * MS);
-        }
-        assert_eq!(a.level, 3);
-        // The compressor idles while the link works: back up, never above the configured level.
-        for _ in 0..10 {
-            a.observe(Duration::ZERO, 100 * MS, 1000 * MS);
-        }
-        assert_eq!(a.level, 19);
-        // Balanced: stays.
-        a.observe(Duration::ZERO, 800 * MS, 1000 * MS);
-        assert_eq!(a.level, 19);
-        let mut capped = Adapt::new(9);
-        capped.observe(Duration::ZERO, MS, 1000 * MS);
-        assert_eq!(capped.level, 9);
-        let mut fixed = Adapt::fixed(3);
-        fixed.observe(500 * MS, 2000 * MS, 1000 * MS);
-        assert_eq!(fixed.level, 3);
-    }
 }

@@ -4,22 +4,25 @@
 //!
 //! ```text
 //! laptop                                         robot (dt-agent serve --stdio)
-//! H  magic, 1.0, {client}               ──▶
-//!                                       ◀──      H  magic, 1.0, {platform, hostname,
+//! H  magic, 2.0, {client}               ──▶
+//!                                       ◀──      H  magic, 2.0, {platform, hostname,
 //!                                                   agent_version, images: name → manifest,
-//!                                                   diff_ids}
+//!                                                   diff_ids, has_objects}
 //! query {layers, chains, docs}          ──▶                      one round trip: what the
 //!                                       ◀──      have {split digests, snapshots, documents}
-//! per missing layer:
+//! per missing layer (a robot without objects: no contents query, and the
+//! layer's tar-split follows its objects):
 //!   contents {digests not in the base}  ──▶
 //!                                       ◀──      contents {have: bitmap}
 //!   layer {diff_id, split digest, base} + D…     the tar-split, zstd against the base
 //!                                                layer's tar-split (ref prefix)
-//!   objects {specs} + D…                         one zstd stream of the batch's contents;
-//!                                                committed (final names) per batch
+//!   objects {specs} + D…                         the batch's contents: the next part of the
+//!                                                session's one zstd stream, flushed at the
+//!                                                batch's end; committed (final names) per batch
 //!   patch {spec, base content} + D…              a large changed file: zstd with the old
 //!                                                file as ref prefix (`--patch-from`)
-//!   sync                                ──▶ ◀──  synced {objects committed}
+//! sync                                  ──▶ ◀──  synced {objects committed} (a barrier;
+//!                                                a transfer needs none: `image` is one)
 //! document {digest} + D…                         manifests, configs (verified, stored)
 //! image {names, digest, manifest}       ──▶ ◀──  image {chain id, snapshot built, …}
 //! daemon {request}                      ──▶ ◀──  daemon_ok | daemon_line… daemon_end |
@@ -29,8 +32,9 @@
 //! The first frame each way is a hello with a magic and the protocol version; a different
 //! major version fails with both versions named and the fix. Minor versions only add optional
 //! fields. Every payload is verified on the robot before it gets a final name: objects by their
-//! content digest, tar-splits by the digest the laptop sent, documents by theirs; the snapshot
-//! build re-checks each new layer's diff_id. Objects are committed per batch, so a cut link or a
+//! content digest, tar-splits by the digest the laptop sent (and their end record's diff_id),
+//! documents by theirs; rebuilding a layer's whole tar to recompute its diff_id is `dt-agent
+//! fsck`'s, off the deploy's critical path. Objects are committed per batch, so a cut link or a
 //! killed agent loses at most the batch in flight, and the next deploy's queries find the rest.
 //!
 //! **Deltas.** A changed file at a path the base layer also has, of at least
@@ -46,6 +50,8 @@ pub mod frame;
 pub mod serve;
 #[cfg(feature = "workstation")]
 pub mod split;
+#[cfg(feature = "workstation")]
+mod stream;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +62,9 @@ use crate::oci::{Digest, Platform};
 
 /// The first bytes of each hello.
 pub const MAGIC: &[u8; 8] = b"DTSWIRE\n";
-/// Protocol major version: a different one on the other end cannot talk to us.
-pub const MAJOR: u16 = 1;
+/// Protocol major version: a different one on the other end cannot talk to us. 2: one object
+/// stream per session instead of one zstd stream per batch.
+pub const MAJOR: u16 = 2;
 /// Protocol minor version: only optional additions.
 pub const MINOR: u16 = 0;
 /// Changed files at least this large travel as zstd patches against the base's version.
@@ -163,9 +170,17 @@ pub struct RobotHello {
     pub free_bytes: u64,
     /// Its named images.
     pub images: Vec<RobotImage>,
+    /// Whether its store holds any object. When it holds none, the laptop sends every content
+    /// of a layer without asking which it has, reading each layer once.
+    #[serde(default = "yes")]
+    pub has_objects: bool,
     /// The protocol version it speaks (`major.minor`), filled in from the hello frame.
     #[serde(default)]
     pub protocol: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Laptop → robot.
@@ -202,7 +217,10 @@ pub enum ToRobot {
         /// The base layer.
         base: Option<Digest>,
     },
-    /// The contents of `objects`, in order, follow as one zstd stream. Committed as a batch.
+    /// The contents of `objects`, in order, follow as data frames: the next part of the
+    /// session's object stream. Every `objects` batch of a session continues one zstd stream
+    /// (a new frame may begin at any batch, when the laptop changes level), flushed at the
+    /// end of each batch, so each decodes whole on arrival. Committed as a batch.
     Objects {
         /// The objects.
         objects: Vec<ObjectSpec>,

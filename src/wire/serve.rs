@@ -53,8 +53,29 @@ pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         free_bytes: store.free_bytes().unwrap_or(0),
         images,
+        has_objects: has_objects(store),
         protocol: format!("{MAJOR}.{MINOR}"),
     })
+}
+
+/// Whether any object is stored (a cut transfer leaves objects without images). Unreadable
+/// counts as yes: the laptop then asks about contents rather than assuming.
+fn has_objects(store: &AgentStore) -> bool {
+    let Ok(dirs) = std::fs::read_dir(store.objects_dir()) else {
+        return true;
+    };
+    for d in dirs {
+        let Ok(d) = d else { return true };
+        match std::fs::read_dir(d.path()) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return true;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// Serves one session on `input`/`output` with the store at `root`. Returns at `bye` or at
@@ -107,6 +128,8 @@ fn serve_inner(
     }
     let _client: ClientHello = serde_json::from_slice(body).unwrap_or_default();
     let mut ingest: Option<Ingest<'_>> = None;
+    // The session's object stream: one zstd decoder across every `objects` batch.
+    let mut stream: Option<zstd::stream::raw::Decoder<'static>> = None;
     loop {
         let Some(frame) = read_frame(input)? else {
             return Ok(());
@@ -185,21 +208,30 @@ fn serve_inner(
             }
             ToRobot::Objects { objects } => {
                 let ing = ingest_of(&store, &mut ingest)?;
-                let mut data = DataReader::new(input);
-                {
-                    let mut dec = decoder(&mut data, &[])?;
-                    for spec in &objects {
-                        ing.put_object(spec, &mut dec)?;
-                    }
-                    let mut extra = [0u8; 1];
-                    if dec.read(&mut extra).map_err(WireError::Io)? != 0 {
-                        return Err(WireError::Protocol(
-                            "more object bytes than the batch announced".into(),
-                        )
-                        .into());
-                    }
+                if stream.is_none() {
+                    let mut dec = zstd::stream::raw::Decoder::new().map_err(WireError::Io)?;
+                    dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                        .map_err(WireError::Io)?;
+                    stream = Some(dec);
                 }
-                data.finish()?;
+                let mut batch = BatchReader {
+                    dec: stream.as_mut().expect("just set"),
+                    data: DataReader::new(input),
+                    input: Vec::new(),
+                    pos: 0,
+                    done: false,
+                };
+                for spec in &objects {
+                    ing.put_object(spec, &mut batch)?;
+                }
+                let mut extra = [0u8; 1];
+                if batch.read(&mut extra).map_err(WireError::Io)? != 0 {
+                    return Err(WireError::Protocol(
+                        "more object bytes than the batch announced".into(),
+                    )
+                    .into());
+                }
+                batch.data.finish()?;
                 ing.commit_objects()?;
             }
             ToRobot::Patch { object, base } => {
@@ -260,6 +292,44 @@ fn serve_inner(
                 send(output, &FromRobot::Image(built))?;
             }
             ToRobot::Daemon { request } => relay(root, &request, output)?,
+        }
+    }
+}
+
+/// One batch's part of the session's object stream, as the plain bytes of its contents: reads
+/// the batch's data frames into the session's decoder until they end.
+struct BatchReader<'s, 'd> {
+    dec: &'s mut zstd::stream::raw::Decoder<'static>,
+    data: DataReader<'d>,
+    input: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for BatchReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos == self.input.len() && !self.done {
+                self.input.resize(64 * 1024, 0);
+                let n = self.data.read(&mut self.input)?;
+                self.input.truncate(n);
+                self.pos = 0;
+                self.done = n == 0;
+            }
+            let mut input = InBuffer::around(&self.input[self.pos..]);
+            let mut output = OutBuffer::around(buf);
+            self.dec.run(&mut input, &mut output)?;
+            self.pos += input.pos();
+            if output.pos() > 0 {
+                return Ok(output.pos());
+            }
+            if self.done && self.pos == self.input.len() {
+                return Ok(0);
+            }
         }
     }
 }

@@ -127,8 +127,31 @@ fn spec_of(e: &TarEntry, digest: Digest) -> ObjectSpec {
     }
 }
 
+/// Takes each file content a layer reader finds.
+pub type OnFile<'a> = &'a mut dyn FnMut(ObjectSpec, Vec<u8>) -> Result<(), WireError>;
+
 /// Reads an uncompressed layer tar; checks it hashes to `diff_id`.
 pub fn analyze(layer: impl Read, diff_id: &Digest) -> Result<LayerInfo, WireError> {
+    analyze_inner(layer, diff_id, None)
+}
+
+/// [`analyze`], handing each regular file's content to `on_file` as it is read (every file,
+/// in tar order, duplicates included). The layer is only known to hash to `diff_id` once this
+/// returns `Ok`: contents handed on before are each checked by their digest on the robot, and
+/// no image can use them until the tar-split (sent only after this) names them.
+pub fn analyze_with(
+    layer: impl Read,
+    diff_id: &Digest,
+    on_file: OnFile<'_>,
+) -> Result<LayerInfo, WireError> {
+    analyze_inner(layer, diff_id, Some(on_file))
+}
+
+fn analyze_inner(
+    layer: impl Read,
+    diff_id: &Digest,
+    mut on_file: Option<OnFile<'_>>,
+) -> Result<LayerInfo, WireError> {
     let bad = |reason: String| WireError::Layer {
         diff_id: diff_id.clone(),
         reason,
@@ -155,21 +178,33 @@ pub fn analyze(layer: impl Read, diff_id: &Digest) -> Result<LayerInfo, WireErro
         b.borrow_mut().in_body = true;
         let mut h = Sha256::new();
         let mut body = tr.body();
-        loop {
-            let n = body.read(&mut buf).map_err(|e| bad(e.to_string()))?;
-            if n == 0 {
-                break;
+        let mut content = Vec::new();
+        if on_file.is_some() {
+            content.reserve(usize::try_from(e.size).unwrap_or(0));
+            body.read_to_end(&mut content)
+                .map_err(|e| bad(e.to_string()))?;
+            h.update(&content);
+        } else {
+            loop {
+                let n = body.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
             }
-            h.update(&buf[..n]);
         }
         let digest = Digest::from_hex(&hex::encode(h.finalize())).expect("sha256 hex");
         let mut bm = b.borrow_mut();
         bm.in_body = false;
         bm.file(e.size, &digest);
         drop(bm);
+        let object = spec_of(&e, digest);
+        if let Some(f) = on_file.as_mut() {
+            f(object.clone(), content)?;
+        }
         files.push(FileEntry {
             path: String::from_utf8_lossy(&e.path).into_owned(),
-            object: spec_of(&e, digest),
+            object,
         });
     }
     let (got, len) = tr.finish().map_err(|e| bad(e.to_string()))?;
@@ -240,14 +275,20 @@ pub fn layer_info(
         return Ok(i);
     }
     let info = analyze(open_layer(store, desc)?, diff_id)?;
-    let dir = cache_dir(cache, diff_id);
+    save(cache, &info)?;
+    Ok(info)
+}
+
+/// Caches a layer's info in `cache` for [`cached`].
+pub fn save(cache: &Path, info: &LayerInfo) -> Result<(), WireError> {
+    let dir = cache_dir(cache, &info.diff_id);
     create_dir_all(&dir)?;
     let split = zstd::encode_all(&info.split[..], 3).at("compress", &dir)?;
     atomic_write(&dir.join("tar-split.zst"), &split)?;
-    let index = zstd::encode_all(&serde_json::to_vec(&info).expect("serialisable")[..], 3)
+    let index = zstd::encode_all(&serde_json::to_vec(info).expect("serialisable")[..], 3)
         .at("compress", &dir)?;
     atomic_write(&dir.join("files.json.zst"), &index)?;
-    Ok(info)
+    Ok(())
 }
 
 /// Reads the layer once and hands each wanted content (first file with it) to `on_file`.
@@ -256,7 +297,7 @@ pub fn read_contents(
     desc: &Descriptor,
     diff_id: &Digest,
     wanted: &HashSet<Digest>,
-    on_file: &mut dyn FnMut(ObjectSpec, Vec<u8>) -> Result<(), WireError>,
+    on_file: OnFile<'_>,
 ) -> Result<(), WireError> {
     let bad = |reason: String| WireError::Layer {
         diff_id: diff_id.clone(),
