@@ -313,6 +313,8 @@ pub(crate) fn search_dirs() -> Vec<PathBuf> {
 /// Whether `/sys/fs/cgroup` is the unified (v2) hierarchy alone, not v1 or hybrid.
 fn cgroup_v2_only() -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // f_type is i64 here, i32 on 32-bit ARM.
+    #[allow(clippy::unnecessary_cast)]
     rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type as i64 == CGROUP2_SUPER_MAGIC)
 }
 
