@@ -777,16 +777,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 r.map(|()| aside)
             });
             let pumped = self.pump(report, reporter, &id).await.map(|_| ());
-            if pumped.is_err() {
-                // The reader may be blocked handing the compressor a batch: stopping the
-                // compressor frees it.
-                self.compressor = None;
-            }
-            let read = reader
-                .await
-                .map_err(|e| WireError::Protocol(format!("reading a layer: {e}")))?;
-            pumped?;
-            patch_new = read?;
+            patch_new = self.join_reader(pumped, reader).await?;
             sent_contents.extend(missing.iter().map(|o| o.digest.clone()));
         }
         if !patch_new.is_empty() {
@@ -905,17 +896,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             // The reader's final marker.
             pumped = self.pump(report, reporter, "").await.map(|_| ());
         }
+        *sent_contents = self.join_reader(pumped, reader).await?;
+        Ok(())
+    }
+
+    /// Waits for a reader thread once its output was pumped: after a failed pump the
+    /// compressor is stopped first (the reader may be blocked handing it a batch). The pump's
+    /// error wins over the reader's.
+    async fn join_reader<T>(
+        &mut self,
+        pumped: Result<(), WireError>,
+        reader: tokio::task::JoinHandle<Result<T, WireError>>,
+    ) -> Result<T, WireError> {
         if pumped.is_err() {
-            // The reader may be blocked handing the compressor a batch: stopping the
-            // compressor frees it.
             self.compressor = None;
         }
         let read = reader
             .await
             .map_err(|e| WireError::Protocol(format!("reading a layer: {e}")))?;
         pumped?;
-        *sent_contents = read?;
-        Ok(())
+        read
     }
 
     /// Sends a layer's tar-split, as a delta against `base`'s when given.
