@@ -407,6 +407,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             report.layers_sent += layers.len();
             self.send_all_whole(store, layers, &mut sent_contents, &mut report, reporter)
                 .await?;
+            // A later transfer of this session must ask again.
+            self.hello.has_objects = true;
         }
         for (pi, p) in plans.iter().enumerate() {
             report.images += 1;
