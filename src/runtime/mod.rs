@@ -318,6 +318,32 @@ fn cgroup_v2_only() -> bool {
     rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type as i64 == CGROUP2_SUPER_MAGIC)
 }
 
+/// The first of [`RUNTIMES`] that `find` finds and that can run here: crun only on a v2-only
+/// cgroup hierarchy.
+fn pick_default(
+    find: impl Fn(&str) -> Option<PathBuf>,
+    v2_only: bool,
+) -> Result<PathBuf, RuntimeError> {
+    let mut skipped = String::new();
+    for n in RUNTIMES {
+        let Some(path) = find(n) else { continue };
+        if n == "crun" && !v2_only {
+            skipped = format!(
+                "; {} is there but does not start containers on cgroup v1 or hybrid hosts like this one (set {RUNTIME_ENV}=crun to try anyway)",
+                path.display()
+            );
+            continue;
+        }
+        return Ok(path);
+    }
+    Err(RuntimeError::NoRuntime {
+        searched: std::env::join_paths(search_dirs())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        skipped,
+    })
+}
+
 impl Runtime {
     /// A client for `command` (runc or crun) with state under `root`.
     pub fn new(command: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Runtime {
@@ -328,32 +354,14 @@ impl Runtime {
     }
 
     /// Picks the runtime: `DTS_RUNTIME` when set (a name or a path), else runc, else crun where
-    /// the cgroup hierarchy is v2 only (crun refuses v1 and hybrid ones). Its state goes to `state_dir/<name>` (runc and crun state formats differ).
+    /// the cgroup hierarchy is v2 only (crun refuses v1 and hybrid ones). Its state goes to
+    /// `state_dir/<name>` (runc and crun state formats differ).
     pub fn detect(state_dir: &Path) -> Result<Runtime, RuntimeError> {
         let command = match std::env::var_os(RUNTIME_ENV).filter(|v| !v.is_empty()) {
             Some(value) => find_executable(&value).ok_or_else(|| RuntimeError::BadOverride {
                 value: value.to_string_lossy().into_owned(),
             })?,
-            None => {
-                let mut skipped = String::new();
-                let found = RUNTIMES.iter().find_map(|n| {
-                    let path = find_executable(OsStr::new(n))?;
-                    if *n == "crun" && !cgroup_v2_only() {
-                        skipped = format!(
-                            "; {} is there but does not start containers on cgroup v1 or hybrid hosts like this one (set {RUNTIME_ENV}=crun to try anyway)",
-                            path.display()
-                        );
-                        return None;
-                    }
-                    Some(path)
-                });
-                found.ok_or_else(|| RuntimeError::NoRuntime {
-                    searched: std::env::join_paths(search_dirs())
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    skipped,
-                })?
-            }
+            None => pick_default(|n| find_executable(OsStr::new(n)), cgroup_v2_only())?,
         };
         let name = command
             .file_name()
@@ -898,6 +906,31 @@ pub(crate) fn pump_lines(mut r: File, tx: &mpsc::Sender<String>) -> io::Result<(
 mod tests {
     use super::*;
     use std::os::fd::OwnedFd;
+
+    #[test]
+    fn crun_is_passed_over_on_v1_and_hybrid_hosts_and_the_error_says_so() {
+        let only_crun = |n: &str| (n == "crun").then(|| PathBuf::from("/usr/bin/crun"));
+        let both = |n: &str| Some(PathBuf::from(format!("/usr/bin/{n}")));
+        assert_eq!(
+            pick_default(both, false).unwrap(),
+            PathBuf::from("/usr/bin/runc")
+        );
+        assert_eq!(
+            pick_default(only_crun, true).unwrap(),
+            PathBuf::from("/usr/bin/crun")
+        );
+        let e = pick_default(only_crun, false).unwrap_err().to_string();
+        assert!(e.starts_with("no OCI runtime found"), "{e}");
+        assert!(
+            e.contains(
+                "/usr/bin/crun is there but does not start containers on cgroup v1 or hybrid hosts"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("DTS_RUNTIME=crun"), "{e}");
+        let none = pick_default(|_| None, false).unwrap_err().to_string();
+        assert!(!none.contains("crun is there"), "{none}");
+    }
 
     #[test]
     fn lines_split_on_newline_and_carriage_return() {
