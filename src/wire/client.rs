@@ -1023,31 +1023,29 @@ impl Batcher {
         self.bytes += bytes.len() as u64;
         self.batch.push((spec, bytes));
         if self.bytes >= self.max_bytes || self.batch.len() >= self.max_objects {
-            self.bytes = 0;
-            let batch = std::mem::take(&mut self.batch);
-            self.jobs
-                .send(Job::Batch(batch))
-                .map_err(|_| WireError::Protocol("the compressor stopped".into()))?;
+            self.flush()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), WireError> {
         self.bytes = 0;
-        if !self.batch.is_empty() {
-            let batch = std::mem::take(&mut self.batch);
-            self.jobs
-                .send(Job::Batch(batch))
-                .map_err(|_| WireError::Protocol("the compressor stopped".into()))?;
+        if self.batch.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let batch = std::mem::take(&mut self.batch);
+        self.send(Job::Batch(batch))
     }
 
     /// Ends a layer read whole: its last batch, then a marker with its info.
     fn mark(&mut self, info: LayerInfo) -> Result<(), WireError> {
         self.flush()?;
+        self.send(Job::Marker(Some(Box::new(info))))
+    }
+
+    fn send(&self, job: Job) -> Result<(), WireError> {
         self.jobs
-            .send(Job::Marker(Some(Box::new(info))))
+            .send(job)
             .map_err(|_| WireError::Protocol("the compressor stopped".into()))
     }
 
