@@ -22,6 +22,7 @@
 pub mod container;
 pub mod daemon;
 pub mod devices;
+pub mod memory;
 pub mod net;
 pub mod release;
 pub mod status;

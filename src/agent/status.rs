@@ -23,6 +23,8 @@ pub struct Status {
     pub runtime_version: Option<String>,
     /// Bytes free on the store's file system.
     pub free_bytes: u64,
+    /// Memory the agent may use: RAM, or its cgroup's smaller limit (null when unknown).
+    pub memory_bytes: Option<u64>,
     /// The current release's number (null before the first release is committed).
     pub release: Option<u64>,
     /// The named images.
@@ -41,6 +43,7 @@ pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
         runtime: runtime.as_ref().map(|r| r.command().display().to_string()),
         runtime_version: runtime.as_ref().and_then(|r| r.version().ok()),
         free_bytes: store.free_bytes()?,
+        memory_bytes: super::memory::memory_bytes(),
         release: crate::agent::release::current_release(store.root()),
         images: store.images()?,
     })
