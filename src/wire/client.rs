@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{DATA_CHUNK, Frame, Kind, data_frames, read_frame_async, write_frame_async};
 use super::split::{self, LayerInfo};
-use super::stream::{Adapt, Compressor, Job, Out};
+use super::stream::{Adapt, Compressor, Job, Out, compress};
 use super::{
     ClientHello, FromRobot, MAJOR, MINOR, PATCH_MIN, PREFIX_HEX, ToRobot, WireError, bitmap_decode,
     check_version, window_log_for,
@@ -132,6 +132,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             images: Vec::new(),
             has_objects: true,
             protocol: String::new(),
+            window_log_max: super::LEGACY_WINDOW_LOG,
         };
         let mut c = Connection {
             io,
@@ -382,7 +383,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             .filter(|(_, d)| !robot_splits.contains_key(d))
             .map(|(desc, _)| desc.size.saturating_mul(4))
             .sum();
-        self.window_log = window_log_for(expected).clamp(20, MAX_STREAM_WINDOW_LOG);
+        self.window_log = window_log_for(expected)
+            .clamp(20, MAX_STREAM_WINDOW_LOG)
+            .min(self.hello.window_log_max);
         let mut sent_docs: HashSet<Digest> = HashSet::new();
         let mut sent_contents: HashSet<Digest> = HashSet::new();
         let mut sent_layers: HashSet<Digest> = HashSet::new();
@@ -452,7 +455,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     continue;
                 }
                 changed = true;
-                let z = zstd::encode_all(&bytes[..], META_LEVEL).expect("in-memory compression");
+                let z = compress(bytes, &[], META_LEVEL, self.hello.window_log_max)
+                    .map_err(|e| WireError::Protocol(format!("compressing a document: {e}")))?;
                 let mut frames = vec![Frame::control(&ToRobot::Document {
                     digest: d.clone(),
                     size: bytes.len() as u64,
@@ -743,9 +747,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 {
                     continue;
                 }
+                // The robot decodes a patch with the old file and the new one in one window.
                 if let Some(old) = base_paths.get(f.path.as_str())
                     && old.digest != f.object.digest
                     && old.size > 0
+                    && old.size.saturating_add(f.object.size) <= 1 << self.hello.window_log_max
                 {
                     patch_of
                         .entry(f.object.digest.clone())
@@ -798,8 +804,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 // Against its old version a changed file is mostly long matches, which every
                 // level finds: level 3 makes an 8 MB binary's patch in 0.1 s, 19 in 10 s for
                 // 20 % fewer of very few bytes.
-                let z = compress(&bytes, &old_bytes[old], PATCH_LEVEL)
-                    .map_err(|e| WireError::Protocol(format!("compressing a patch: {e}")))?;
+                let z = compress(
+                    &bytes,
+                    &old_bytes[old],
+                    PATCH_LEVEL,
+                    self.hello.window_log_max,
+                )
+                .map_err(|e| WireError::Protocol(format!("compressing a patch: {e}")))?;
                 let mut frames = vec![Frame::control(&ToRobot::Patch {
                     object: spec.clone(),
                     base: old.clone(),
@@ -928,7 +939,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         report: &mut TransferReport,
     ) -> Result<(), WireError> {
         let prefix: &[u8] = base.map(|b| &b.split[..]).unwrap_or(&[]);
-        let z = compress(&info.split, prefix, META_LEVEL)
+        let z = compress(&info.split, prefix, META_LEVEL, self.hello.window_log_max)
             .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
         let mut frames = vec![Frame::control(&ToRobot::Layer {
             diff_id: info.diff_id.clone(),
@@ -1055,22 +1066,6 @@ impl Batcher {
         let _ = self.flush();
         let _ = self.jobs.send(Job::Marker(None));
     }
-}
-
-/// zstd at `level` with a window covering `prefix` and `data`, long-distance matching, and
-/// `prefix` as the reference prefix (zstd's `--patch-from`) when it is not empty.
-fn compress(data: &[u8], prefix: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    let window = window_log_for((prefix.len() + data.len()) as u64).max(17);
-    let mut enc = if prefix.is_empty() {
-        zstd::stream::write::Encoder::new(Vec::new(), level)?
-    } else {
-        zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, prefix)?
-    };
-    enc.window_log(window)?;
-    enc.long_distance_matching(true)?;
-    enc.set_pledged_src_size(Some(data.len() as u64))?;
-    std::io::Write::write_all(&mut enc, data)?;
-    enc.finish()
 }
 
 fn unexpected(m: &FromRobot) -> WireError {

@@ -65,14 +65,28 @@ pub const MAGIC: &[u8; 8] = b"DTSWIRE\n";
 /// Protocol major version: a different one on the other end cannot talk to us. 2: one object
 /// stream per session instead of one zstd stream per batch.
 pub const MAJOR: u16 = 2;
-/// Protocol minor version: only optional additions.
-pub const MINOR: u16 = 0;
+/// Protocol minor version: only optional additions. 1: the robot's hello says the largest
+/// zstd window it decodes ([`RobotHello::window_log_max`]).
+pub const MINOR: u16 = 1;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
 pub const PREFIX_HEX: usize = 16;
-/// Largest zstd window a decoder accepts (2 GiB: the `--patch-from` limit).
+/// Largest zstd window any decoder accepts (2 GiB: the `--patch-from` limit of 64-bit zstd).
 pub const MAX_WINDOW_LOG: u32 = 31;
+/// Largest zstd window 32-bit zstd accepts (`ZSTD_WINDOWLOG_MAX_32`): asking an armhf
+/// decoder for more fails with "Parameter is out of bound".
+pub const MAX_WINDOW_LOG_32: u32 = 30;
+/// The window a robot below [`SMALL_ROBOT_BYTES`] of memory decodes: 16 MiB. The session's
+/// object stream holds one window, a patch holds the old file and its own window beside it,
+/// so `dt-agent serve` stays under 64 MiB resident next to ROS on a 1 GB Raspberry Pi 3. On
+/// the bench's 367 MB cold deploy a 16 MiB window costs ~4 % more bytes than 128 MiB.
+pub const SMALL_ROBOT_WINDOW_LOG: u32 = 24;
+/// Robots with less memory than this get [`SMALL_ROBOT_WINDOW_LOG`].
+pub const SMALL_ROBOT_BYTES: u64 = 2 << 30;
+/// What a robot whose hello does not say (protocol 2.0) is sent at most: the object stream's
+/// window before 2.1 (its patches could ask for more; a 2.0 armhf robot fails either way).
+pub const LEGACY_WINDOW_LOG: u32 = 27;
 
 /// Why the wire failed.
 #[derive(Debug, thiserror::Error)]
@@ -177,10 +191,38 @@ pub struct RobotHello {
     /// The protocol version it speaks (`major.minor`), filled in from the hello frame.
     #[serde(default)]
     pub protocol: String,
+    /// The largest zstd window (log2 bytes) its decoders accept ([`robot_window_log`]): no
+    /// frame the laptop sends may need more. Absent before protocol 2.1.
+    #[serde(default = "legacy_window_log")]
+    pub window_log_max: u32,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn legacy_window_log() -> u32 {
+    LEGACY_WINDOW_LOG
+}
+
+/// The largest zstd window a robot decodes, from its word size (`usize::BITS`) and the memory
+/// the agent may use (RAM, or a smaller cgroup limit; `None` when unknown): what 32-bit zstd
+/// accepts at most, 16 MiB below 2 GiB of memory, and above that an eighth of the memory
+/// (4 GiB → 512 MiB), so that a patch against a large file cannot crowd out the robot's
+/// software.
+pub fn robot_window_log(word_bits: u32, memory: Option<u64>) -> u32 {
+    let word_cap = if word_bits < 64 {
+        MAX_WINDOW_LOG_32
+    } else {
+        MAX_WINDOW_LOG
+    };
+    let memory_cap = match memory {
+        Some(m) if m < SMALL_ROBOT_BYTES => SMALL_ROBOT_WINDOW_LOG,
+        // floor(log2(m / 8)); at least the small robots' window.
+        Some(m) => (63 - (m / 8).leading_zeros()).max(SMALL_ROBOT_WINDOW_LOG),
+        None => LEGACY_WINDOW_LOG,
+    };
+    word_cap.min(memory_cap)
 }
 
 /// Laptop → robot.
@@ -381,6 +423,41 @@ mod tests {
         assert_eq!(window_log_for(1 << 20), 20);
         assert_eq!(window_log_for((1 << 20) + 1), 21);
         assert_eq!(window_log_for(1), 10);
+    }
+
+    #[test]
+    fn robot_windows_follow_word_size_and_memory() {
+        const GIB: u64 = 1 << 30;
+        // A Raspberry Pi 3 on a 32-bit OS: 1 GB.
+        assert_eq!(
+            robot_window_log(32, Some(GIB - (64 << 20))),
+            SMALL_ROBOT_WINDOW_LOG
+        );
+        // A 1 GB robot on a 64-bit OS too.
+        assert_eq!(robot_window_log(64, Some(GIB)), SMALL_ROBOT_WINDOW_LOG);
+        // Just under 2 GiB is small; 2 GiB is not (256 MiB).
+        assert_eq!(
+            robot_window_log(64, Some(2 * GIB - 1)),
+            SMALL_ROBOT_WINDOW_LOG
+        );
+        assert_eq!(robot_window_log(64, Some(2 * GIB)), 28);
+        // A Jetson Nano (4 GB): 512 MiB.
+        assert_eq!(robot_window_log(64, Some(4 * GIB)), 29);
+        // Lots of memory: 64-bit zstd's limit, 32-bit zstd's on 32 bits.
+        assert_eq!(robot_window_log(64, Some(64 * GIB)), MAX_WINDOW_LOG);
+        assert_eq!(robot_window_log(32, Some(64 * GIB)), MAX_WINDOW_LOG_32);
+        // Unknown memory: what 2.0 robots were sent.
+        assert_eq!(robot_window_log(64, None), LEGACY_WINDOW_LOG);
+        assert_eq!(robot_window_log(32, None), LEGACY_WINDOW_LOG);
+    }
+
+    #[test]
+    fn a_hello_without_a_window_is_a_legacy_robot() {
+        let json = r#"{"platform":{"architecture":"arm","os":"linux","variant":"v7"},
+            "hostname":"hf","agent_version":"0.1.0","free_bytes":1,"images":[]}"#;
+        let h: RobotHello = serde_json::from_str(json).unwrap();
+        assert_eq!(h.window_log_max, LEGACY_WINDOW_LOG);
+        assert!(h.has_objects);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use super::frame::{DataReader, Frame, Kind, read_frame, write_frame};
 use super::{
-    ClientHello, FromRobot, MAJOR, MAX_WINDOW_LOG, MINOR, PREFIX_HEX, RobotHello, RobotImage,
-    ToRobot, WireError, bitmap_encode, check_version,
+    ClientHello, FromRobot, MAJOR, MINOR, PREFIX_HEX, RobotHello, RobotImage, ToRobot, WireError,
+    bitmap_encode, check_version, robot_window_log,
 };
 use crate::agent::daemon::{Client, ClientError, RemoteError, Request};
 use crate::agent::store::{AgentStore, AgentStoreError, Ingest, MAX_SPLIT_BYTES, RefEntry};
@@ -55,7 +55,15 @@ pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
         images,
         has_objects: has_objects(store),
         protocol: format!("{MAJOR}.{MINOR}"),
+        window_log_max: window_log_max(),
     })
+}
+
+/// The largest zstd window this robot's decoders take: from its word size and the memory the
+/// agent may use. Every decoder of the session is held to it, so a frame asking for more is
+/// refused instead of allocated.
+pub fn window_log_max() -> u32 {
+    robot_window_log(usize::BITS, crate::agent::memory::memory_bytes())
 }
 
 /// Whether any object is stored (a cut transfer leaves objects without images). Unreadable
@@ -127,6 +135,7 @@ fn serve_inner(
         .into());
     }
     let _client: ClientHello = serde_json::from_slice(body).unwrap_or_default();
+    let window_log = hello.window_log_max;
     let mut ingest: Option<Ingest<'_>> = None;
     // The session's object stream: one zstd decoder across every `objects` batch.
     let mut stream: Option<zstd::stream::raw::Decoder<'static>> = None;
@@ -194,7 +203,7 @@ fn serve_inner(
                     None => Vec::new(),
                 };
                 let mut data = DataReader::new(input);
-                let split = decode_all(&mut data, &prefix, split_size + 1)?;
+                let split = decode_all(&mut data, &prefix, split_size + 1, window_log)?;
                 data.finish()?;
                 if split.len() as u64 != split_size {
                     return Err(WireError::Protocol(format!(
@@ -210,7 +219,7 @@ fn serve_inner(
                 let ing = ingest_of(&store, &mut ingest)?;
                 if stream.is_none() {
                     let mut dec = zstd::stream::raw::Decoder::new().map_err(WireError::Io)?;
-                    dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                    dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(window_log))
                         .map_err(WireError::Io)?;
                     stream = Some(dec);
                 }
@@ -235,11 +244,11 @@ fn serve_inner(
                 ing.commit_objects()?;
             }
             ToRobot::Patch { object, base } => {
-                let old = read_content(&store, &base, object.size)?;
+                let old = read_content(&store, &base, object.size, window_log)?;
                 let ing = ingest_of(&store, &mut ingest)?;
                 let mut data = DataReader::new(input);
                 {
-                    let mut dec = decoder(&mut data, &old)?;
+                    let mut dec = decoder(&mut data, &old, window_log)?;
                     ing.put_object(&object, &mut dec)?;
                 }
                 data.finish()?;
@@ -263,7 +272,7 @@ fn serve_inner(
                     .into());
                 }
                 let mut data = DataReader::new(input);
-                let bytes = decode_all(&mut data, &[], size + 1)?;
+                let bytes = decode_all(&mut data, &[], size + 1, window_log)?;
                 data.finish()?;
                 store.put_document(&digest, &bytes)?;
             }
@@ -347,6 +356,7 @@ fn ingest_of<'s, 'a>(
 fn decoder<'a, R: Read + 'a>(
     r: R,
     prefix: &'a [u8],
+    window_log: u32,
 ) -> Result<zstd::stream::read::Decoder<'a, std::io::BufReader<R>>, WireError> {
     let mut dec = if prefix.is_empty() {
         zstd::stream::read::Decoder::new(r)
@@ -354,13 +364,18 @@ fn decoder<'a, R: Read + 'a>(
         zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(r), prefix)
     }
     .map_err(WireError::Io)?;
-    dec.window_log_max(MAX_WINDOW_LOG).map_err(WireError::Io)?;
+    dec.window_log_max(window_log).map_err(WireError::Io)?;
     Ok(dec)
 }
 
-/// Decodes a whole zstd stream of at most `limit` bytes.
-fn decode_all(data: &mut DataReader<'_>, prefix: &[u8], limit: u64) -> Result<Vec<u8>, WireError> {
-    let dec = decoder(data, prefix)?;
+/// Decodes a whole zstd stream of at most `limit` bytes, whose window is at most 2^`window_log`.
+fn decode_all(
+    data: &mut DataReader<'_>,
+    prefix: &[u8],
+    limit: u64,
+    window_log: u32,
+) -> Result<Vec<u8>, WireError> {
+    let dec = decoder(data, prefix, window_log)?;
     let mut out = Vec::new();
     dec.take(limit)
         .read_to_end(&mut out)
@@ -368,11 +383,14 @@ fn decode_all(data: &mut DataReader<'_>, prefix: &[u8], limit: u64) -> Result<Ve
     Ok(out)
 }
 
-/// Any variant of content `d`, read whole (the reference prefix of a patch).
+/// Any variant of content `d`, read whole (the reference prefix of a patch). The old and the
+/// new file must fit the session's window together (the laptop only patches when they do),
+/// checked before anything is read: a 32-bit robot cannot even hold a 4 GiB file in memory.
 fn read_content(
     store: &AgentStore,
     d: &crate::oci::Digest,
     new_size: u64,
+    window_log: u32,
 ) -> Result<Vec<u8>, ServeError> {
     let index = crate::agent::store::content_index_of(store)?;
     let Some(p) = index.get(d) else {
@@ -381,20 +399,25 @@ fn read_content(
         ))
         .into());
     };
-    let bytes = std::fs::read(p).map_err(|e| {
-        AgentStoreError::Io(crate::util::fs::PathError {
-            action: "read",
-            path: p.clone(),
-            source: e,
-        })
-    })?;
-    if bytes.len() as u64 + new_size > 1u64 << MAX_WINDOW_LOG {
+    let io = |action: &'static str| {
+        move |e| {
+            AgentStoreError::Io(crate::util::fs::PathError {
+                action,
+                path: p.clone(),
+                source: e,
+            })
+        }
+    };
+    let old_size = std::fs::metadata(p).map_err(io("stat"))?.len();
+    let window = 1u64 << window_log;
+    if old_size.saturating_add(new_size) > window {
         return Err(WireError::Protocol(format!(
-            "a patch against {d} larger than the 2 GiB window"
+            "a patch of {new_size} bytes against {d} ({old_size} bytes): more than this robot's {} MiB window",
+            window >> 20
         ))
         .into());
     }
-    Ok(bytes)
+    Ok(std::fs::read(p).map_err(io("read"))?)
 }
 
 /// Relays one request to the daemon and its answer (or log lines) back.

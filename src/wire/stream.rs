@@ -1,5 +1,7 @@
-//! The laptop's object stream: every object batch of a session goes through one zstd stream,
-//! compressed on a thread of its own while the link carries what it already made.
+//! The laptop's zstd: the object stream, through which every object batch of a session goes,
+//! compressed on a thread of its own while the link carries what it already made; and
+//! [`compress`], for the single frames of patches, tar-splits and documents. Every frame stays
+//! within the window the robot said it decodes.
 //!
 //! One stream rather than one per batch because most of what zstd finds in a layer is far
 //! apart: the same library in two directories, a file and its older copy, a header in 500
@@ -251,6 +253,31 @@ impl Adapt {
     }
 }
 
+/// zstd at `level` with a window covering `prefix` and `data` (at most 2^`max_window_log`,
+/// what the robot decodes: a longer reference then only reaches back that far), long-distance
+/// matching, and `prefix` as the reference prefix (zstd's `--patch-from`) when it is not
+/// empty.
+pub(super) fn compress(
+    data: &[u8],
+    prefix: &[u8],
+    level: i32,
+    max_window_log: u32,
+) -> std::io::Result<Vec<u8>> {
+    let window = super::window_log_for((prefix.len() + data.len()) as u64)
+        .max(17)
+        .min(max_window_log);
+    let mut enc = if prefix.is_empty() {
+        zstd::stream::write::Encoder::new(Vec::new(), level)?
+    } else {
+        zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), level, prefix)?
+    };
+    enc.window_log(window)?;
+    enc.long_distance_matching(true)?;
+    enc.set_pledged_src_size(Some(data.len() as u64))?;
+    std::io::Write::write_all(&mut enc, data)?;
+    enc.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +369,34 @@ mod tests {
             }
             assert_eq!(batches.len(), 2);
         });
+    }
+
+    #[test]
+    fn a_patch_larger_than_the_robots_window_still_decodes_within_it() {
+        // 3 MiB of noise and its edited copy: together more than a 2^21 window.
+        let mut state = 7u64;
+        let old: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let mut new = old.clone();
+        new[1 << 20..(1 << 20) + 5].copy_from_slice(b"edits");
+        let z = compress(&new, &old, 3, 21).unwrap();
+        let mut dec = zstd::stream::read::Decoder::with_ref_prefix(&z[..], &old[..]).unwrap();
+        dec.window_log_max(21).unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut dec, &mut got).unwrap();
+        assert_eq!(got, new);
+        // A window that covers both finds the whole old file: a few hundred bytes.
+        let small = compress(&new, &old, 3, 23).unwrap();
+        assert!(small.len() < 4096, "{}", small.len());
+        // The robot refuses a frame wider than its window instead of allocating it.
+        let mut dec = zstd::stream::read::Decoder::with_ref_prefix(&small[..], &old[..]).unwrap();
+        dec.window_log_max(21).unwrap();
+        assert!(std::io::Read::read_to_end(&mut dec, &mut Vec::new()).is_err());
     }
 }
