@@ -11,6 +11,8 @@ use crate::cli::{Exit, Printer};
 use crate::oci::Platform;
 
 /// `dts sim …`.
+// Parsed once per process: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
     /// Start a virtual Duckiebot: its own network namespace and file system, sshd, dt-agent,
@@ -28,6 +30,10 @@ pub enum SimCommand {
         /// Limit its link both ways with tc tbf (e.g. 20mbit)
         #[arg(long, value_name = "RATE")]
         link_rate: Option<String>,
+        /// Its memory (e.g. 1g, a Raspberry Pi 3): a memory cgroup everything in it runs in,
+        /// which its agent sizes itself by
+        #[arg(long, value_name = "SIZE", value_parser = crate::profile::stack::parse_bytes)]
+        memory: Option<u64>,
         /// One JSON document on stdout: the sim's record and the agent's status
         #[arg(long)]
         json: bool,
@@ -89,6 +95,7 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
             arch,
             configuration,
             link_rate,
+            memory,
             json,
         } => {
             let args = UpArgs {
@@ -96,6 +103,7 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
                 arch: arch.clone(),
                 configuration: configuration.clone(),
                 link_rate: link_rate.clone(),
+                memory: *memory,
             };
             let r = super::up(&home, &args)?;
             if r.replaced_dead {
@@ -114,6 +122,7 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
                     "host_interface": r.sim.host_interface,
                     "configuration": r.sim.configuration,
                     "link_rate": r.sim.link_rate,
+                    "memory_bytes": r.sim.memory,
                     "status": r.status,
                 }));
             } else {

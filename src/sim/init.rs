@@ -44,6 +44,12 @@ pub fn spawn_holder(info: &mut SimInfo) -> Result<(), SimError> {
     let log = fs::File::create(&log_path).map_err(io("create", &log_path))?;
     let log2 = log.try_clone().map_err(io("open", &log_path))?;
     let _ = fs::remove_file(info.dir.join(INIT_PID));
+    // The holder enters the sim's memory cgroup (`--memory`) before it starts anything.
+    let procs = info
+        .cgroup
+        .as_deref()
+        .map(super::memory::procs_file)
+        .transpose()?;
     let mut cmd = Command::new(&exe);
     cmd.args(["sim", "__init"])
         .arg(&info.dir)
@@ -54,8 +60,11 @@ pub fn spawn_holder(info: &mut SimInfo) -> Result<(), SimError> {
     // SAFETY: setsid is async-signal-safe; the holder leaves the terminal's session so Ctrl-C
     // in the shell that ran `dts sim up` does not reach it.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            if let Some(fd) = &procs {
+                super::memory::enter(fd)?;
+            }
             Ok(())
         });
     }

@@ -29,6 +29,7 @@
 
 pub mod cli;
 pub mod init;
+pub mod memory;
 pub mod net;
 pub mod rootfs;
 
@@ -99,6 +100,12 @@ pub struct SimInfo {
     pub devices: Vec<DevNode>,
     /// Host directories bind-mounted read-only at the same place (a non-merged `/bin`, `/opt/cni`).
     pub ro_binds: Vec<PathBuf>,
+    /// `--memory`, when given: the limit of its memory cgroup.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// That cgroup's directory ([`memory`]).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// One device node a sim's `/dev` gets: a role node with a real driver's numbers.
@@ -171,6 +178,9 @@ pub enum SimError {
     /// `--link-rate` is not a tc rate.
     #[error("bad link rate `{0}`: expected a rate like 20mbit, 500kbit, 1gbit")]
     BadRate(String),
+    /// `--memory` cannot be given.
+    #[error("{0}")]
+    BadMemory(String),
     /// `--configuration` names no shipped profile.
     #[error("{0}")]
     BadConfiguration(String),
@@ -269,6 +279,7 @@ impl SimError {
             SimError::BadName(_)
                 | SimError::UnsupportedArch { .. }
                 | SimError::BadRate(_)
+                | SimError::BadMemory(_)
                 | SimError::BadNetConfig(_)
                 | SimError::BadConfiguration(_)
         )
@@ -369,6 +380,8 @@ pub struct UpArgs {
     pub configuration: String,
     /// `tc` rate for both ends of its link.
     pub link_rate: Option<String>,
+    /// Its memory size (a memory cgroup's limit), when given.
+    pub memory: Option<u64>,
 }
 
 /// An exclusive lock on `$DTS_HOME/sims/.lock` (address choice, known_hosts edits).
@@ -467,6 +480,9 @@ pub fn up(dts_home: &Path, args: &UpArgs) -> Result<UpReport, SimError> {
     if let Some(r) = &args.link_rate {
         net::parse_rate(r).ok_or_else(|| SimError::BadRate(r.clone()))?;
     }
+    if let Some(m) = args.memory {
+        memory::check(m)?;
+    }
     let netcfg = net::NetConfig::from_env()?;
     require_root()?;
 
@@ -518,6 +534,8 @@ pub fn up(dts_home: &Path, args: &UpArgs) -> Result<UpReport, SimError> {
         agent,
         devices,
         ro_binds: rootfs::ro_binds(),
+        memory: args.memory,
+        cgroup: None,
     };
     // Recorded first, so a half-made sim can be taken down.
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -534,6 +552,10 @@ pub fn up(dts_home: &Path, args: &UpArgs) -> Result<UpReport, SimError> {
         keys.push(read_pub(&key.with_extension("pub"))?);
         rootfs::build(&info, &profile, &keys.join(""))?;
         record_host_key(dts_home, &info)?;
+        if let Some(bytes) = info.memory {
+            info.cgroup = Some(memory::make(&info.name, bytes)?);
+            save(&info)?;
+        }
         init::spawn_holder(&mut info)?;
         save(&info)?;
         Ok(())
@@ -863,6 +885,11 @@ fn down_locked(
     if net::link_exists(&host_iface) {
         left.push(format!("link {host_iface} (still there)"));
     }
+    if let Some(cg) = info.as_ref().and_then(|i| i.cgroup.as_ref())
+        && let Err(e) = memory::remove(cg)
+    {
+        left.push(e);
+    }
     let others_on_bridge = list(dts_home)
         .iter()
         .any(|s| s.name != name && s.bridge == bridge);
@@ -948,6 +975,8 @@ mod tests {
                 group: Some("i2c".into()),
             }],
             ro_binds: vec![],
+            memory: Some(1 << 30),
+            cgroup: Some("/sys/fs/cgroup/memory/dts-sim-b".into()),
         };
         let j = serde_json::to_string(&i).unwrap();
         assert!(j.contains("\"host_interface\":\"sim-b\""));
