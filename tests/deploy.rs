@@ -20,6 +20,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 const BUSYBOX: &str = "/var/cache/dts-fixtures/busybox/amd64/busybox";
 
+/// The static busybox of a Debian arch (`amd64`, `arm64`, `armhf`).
+fn busybox(arch: &str) -> String {
+    BUSYBOX.replace("/amd64/", &format!("/{arch}/"))
+}
+
 fn can_run() -> bool {
     if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
         return false;
@@ -52,6 +57,8 @@ struct World {
     subnet: String,
     name: String,
     up: bool,
+    /// The robot's Debian arch (`amd64`, `arm64`, `armhf`): its busybox and images.
+    arch: &'static str,
 }
 
 impl World {
@@ -75,7 +82,15 @@ impl World {
             subnet: format!("10.219.{third}.0/24"),
             name: format!("dep{pid}x{seq}"),
             up: false,
+            arch: "amd64",
         }
+    }
+
+    /// A world whose robot is `arch` (`arm64`, `armhf`: its agent under QEMU).
+    fn for_arch(arch: &'static str) -> World {
+        let mut w = World::new();
+        w.arch = arch;
+        w
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -122,7 +137,7 @@ impl World {
     fn context(&self, version: &str, files: usize, big: usize) -> PathBuf {
         let ctx = self.work.path().join("ctx");
         std::fs::create_dir_all(ctx.join("code")).unwrap();
-        std::fs::copy(BUSYBOX, ctx.join("busybox")).unwrap();
+        std::fs::copy(busybox(self.arch), ctx.join("busybox")).unwrap();
         for i in 0..files {
             std::fs::write(
                 ctx.join(format!("code/module_{i}.py")),
@@ -166,6 +181,11 @@ impl World {
     }
 
     fn build(&self, ctx: &Path, tag: &str) {
+        let dt_arch = match self.arch {
+            "arm64" => "arm64v8",
+            "armhf" => "arm32v7",
+            other => other,
+        };
         self.ok(&[
             "devel",
             "build",
@@ -174,7 +194,7 @@ impl World {
             "-t",
             tag,
             "--arch",
-            "amd64",
+            dt_arch,
         ]);
     }
 
@@ -679,4 +699,136 @@ fn a_full_robot_disk_is_a_clear_error_and_the_running_release_stays() {
     assert_eq!(v["state"], "committed", "{v}");
     w.ok(&["sim", "down", &w.name.clone()]);
     w.up = false;
+}
+
+/// Whether a cross-built `dt-agent` for `arch` is where `dts sim up --arch` looks (and QEMU
+/// can run it); prints a SKIP line otherwise.
+fn has_agent(arch: &str) -> bool {
+    let dir = std::env::var_os("DTS_AGENT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agents"));
+    if !dir.join(arch).join("dt-agent").is_file() {
+        support::skip(&format!(
+            "no cross-built {arch} dt-agent in {}: run `scripts/cross-build {arch}`",
+            dir.display()
+        ));
+        return false;
+    }
+    let qemu = if arch == "arm64" { "aarch64" } else { "arm" };
+    if !Path::new(&format!("/proc/sys/fs/binfmt_misc/qemu-{qemu}")).exists() {
+        support::skip(&format!("qemu-{qemu} is not registered in binfmt_misc"));
+        return false;
+    }
+    if !Path::new(&busybox(arch)).exists() {
+        support::skip(&format!(
+            "no {arch} busybox fixture: run `bash scripts/fixtures`"
+        ));
+        return false;
+    }
+    true
+}
+
+/// `bytes` of noise from `seed`.
+fn noise(seed: u64, bytes: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Deploy, no-op, a change of one small file and two binaries, and a rollback on a robot of
+/// `arch` (its agent under QEMU), with `memory` when given. A 6 MiB and a 9 MiB binary change
+/// by a few bytes: on a robot with less than 2 GB (16 MiB zstd windows) only the 6 MiB one can
+/// travel as a patch (old and new must fit one window), the 9 MiB one goes whole; on a big
+/// robot both are patches.
+fn deploy_round_trip_on(arch: &'static str, memory: Option<&str>) {
+    if !can_run() || !has_agent(arch) {
+        return;
+    }
+    let mut w = World::for_arch(arch);
+    let ctx = w.context("v1", 100, 0);
+    let six = noise(6, 6 << 20);
+    let nine = noise(9, 9 << 20);
+    std::fs::write(ctx.join("big/six.bin"), &six).unwrap();
+    std::fs::write(ctx.join("big/nine.bin"), &nine).unwrap();
+    let tag = "example.com/dep/app:v1";
+    w.build(&ctx, tag);
+
+    let mut args = vec!["sim", "up", w.name.as_str(), "--arch", arch, "--json"];
+    if let Some(m) = memory {
+        args.extend(["--memory", m]);
+    }
+    let up: serde_json::Value = serde_json::from_str(&w.ok(&args)).unwrap();
+    w.up = true;
+    let want_arch = if arch == "arm64" {
+        "linux/arm64"
+    } else {
+        "linux/arm/v7"
+    };
+    assert_eq!(up["status"]["arch"], want_arch, "{up}");
+    if memory.is_some() {
+        assert_eq!(up["status"]["memory_bytes"], 1u64 << 30, "{up}");
+    }
+    let stack = w.stack(tag, "test");
+
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "committed", "{v}");
+    assert!(
+        w.ok(&["duckiebot", "logs", &w.name, "core"])
+            .contains("VERSION = \"v1\"")
+    );
+
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "unchanged", "{v}");
+    assert_eq!(v["objects_sent"], 0, "{v}");
+
+    // One small file and a few bytes of each binary.
+    std::fs::write(ctx.join("code/version.py"), "VERSION = \"v2\"\n").unwrap();
+    for (name, old) in [("six.bin", &six), ("nine.bin", &nine)] {
+        let mut new = old.clone();
+        new[old.len() / 2..old.len() / 2 + 12].copy_from_slice(b"edited by v2");
+        std::fs::write(ctx.join("big").join(name), new).unwrap();
+    }
+    w.build(&ctx, tag);
+    let (code, v, err) = w.deploy(&stack);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "committed", "{v}");
+    assert_eq!(v["objects_sent"], 3, "{v}");
+    let sent = v["bytes_sent"].as_u64().unwrap();
+    if memory.is_some() {
+        assert!(
+            (9 << 20..10 << 20).contains(&sent),
+            "the 9 MiB binary goes whole, the rest as patches: {v}"
+        );
+    } else {
+        assert!(sent < 256 << 10, "both binaries as patches: {v}");
+    }
+    assert!(
+        w.ok(&["duckiebot", "logs", &w.name, "core"])
+            .contains("VERSION = \"v2\"")
+    );
+
+    w.ok(&["duckiebot", "rollback", &w.name]);
+    let logs = w.ok(&["duckiebot", "logs", &w.name, "core"]);
+    assert!(logs.contains("VERSION = \"v1\""), "v1 runs again: {logs}");
+}
+
+/// A DB18/DB19: Raspberry Pi 3 with 1 GB on a 32-bit OS. 32-bit zstd refuses windows above
+/// 1 GiB (asking for 2 GiB failed every deploy), and 1 GB holds 16 MiB windows at most.
+#[test]
+fn an_armhf_robot_with_1_gb_deploys_noops_patches_and_rolls_back() {
+    deploy_round_trip_on("armhf", Some("1g"));
+}
+
+/// A DB21 (Jetson Nano, arm64).
+#[test]
+fn an_arm64_robot_deploys_noops_patches_and_rolls_back() {
+    deploy_round_trip_on("arm64", None);
 }
