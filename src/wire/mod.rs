@@ -82,6 +82,9 @@ pub const MAX_WINDOW_LOG_32: u32 = 30;
 /// so `dt-agent serve` stays under 64 MiB resident next to ROS on a 1 GB Raspberry Pi 3. On
 /// the bench's 367 MB cold deploy a 16 MiB window costs ~4 % more bytes than 128 MiB.
 pub const SMALL_ROBOT_WINDOW_LOG: u32 = 24;
+/// The smallest window a robot asks for, however little memory is free: 1 MiB (the object
+/// stream's smallest).
+pub const MIN_WINDOW_LOG: u32 = 20;
 /// Robots with less memory than this get [`SMALL_ROBOT_WINDOW_LOG`].
 pub const SMALL_ROBOT_BYTES: u64 = 2 << 30;
 /// What a robot whose hello does not say (protocol 2.0) is sent at most: the object stream's
@@ -205,12 +208,13 @@ fn legacy_window_log() -> u32 {
     LEGACY_WINDOW_LOG
 }
 
-/// The largest zstd window a robot decodes, from its word size (`usize::BITS`) and the memory
-/// the agent may use (RAM, or a smaller cgroup limit; `None` when unknown): what 32-bit zstd
-/// accepts at most, 16 MiB below 2 GiB of memory, and above that an eighth of the memory
-/// (4 GiB → 512 MiB), so that a patch against a large file cannot crowd out the robot's
-/// software.
-pub fn robot_window_log(word_bits: u32, memory: Option<u64>) -> u32 {
+/// The largest zstd window a robot decodes, from its word size (`usize::BITS`), the memory the
+/// agent may use (RAM, or a smaller cgroup limit) and the memory available now (`None` when
+/// unknown): what 32-bit zstd accepts at most; 16 MiB below 2 GiB of memory, and above that an
+/// eighth of the memory (4 GiB → 512 MiB), so that a patch against a large file cannot crowd out
+/// the robot's software; and at most a quarter of what is available now, but never under
+/// [`MIN_WINDOW_LOG`].
+pub fn robot_window_log(word_bits: u32, memory: Option<u64>, available: Option<u64>) -> u32 {
     let word_cap = if word_bits < 64 {
         MAX_WINDOW_LOG_32
     } else {
@@ -219,10 +223,19 @@ pub fn robot_window_log(word_bits: u32, memory: Option<u64>) -> u32 {
     let memory_cap = match memory {
         Some(m) if m < SMALL_ROBOT_BYTES => SMALL_ROBOT_WINDOW_LOG,
         // floor(log2(m / 8)); at least the small robots' window.
-        Some(m) => (63 - (m / 8).leading_zeros()).max(SMALL_ROBOT_WINDOW_LOG),
+        Some(m) => floor_log2(m / 8).max(SMALL_ROBOT_WINDOW_LOG),
         None => LEGACY_WINDOW_LOG,
     };
-    word_cap.min(memory_cap)
+    let available_cap = available.map_or(MAX_WINDOW_LOG, |a| floor_log2(a / 4));
+    word_cap
+        .min(memory_cap)
+        .min(available_cap)
+        .max(MIN_WINDOW_LOG)
+}
+
+/// floor(log2(n)); 0 for 0.
+fn floor_log2(n: u64) -> u32 {
+    63u32.saturating_sub(n.leading_zeros())
 }
 
 /// Laptop → robot.
@@ -430,25 +443,43 @@ mod tests {
         const GIB: u64 = 1 << 30;
         // A Raspberry Pi 3 on a 32-bit OS: 1 GB.
         assert_eq!(
-            robot_window_log(32, Some(GIB - (64 << 20))),
+            robot_window_log(32, Some(GIB - (64 << 20)), None),
             SMALL_ROBOT_WINDOW_LOG
         );
         // A 1 GB robot on a 64-bit OS too.
-        assert_eq!(robot_window_log(64, Some(GIB)), SMALL_ROBOT_WINDOW_LOG);
-        // Just under 2 GiB is small; 2 GiB is not (256 MiB).
         assert_eq!(
-            robot_window_log(64, Some(2 * GIB - 1)),
+            robot_window_log(64, Some(GIB), None),
             SMALL_ROBOT_WINDOW_LOG
         );
-        assert_eq!(robot_window_log(64, Some(2 * GIB)), 28);
+        // Just under 2 GiB is small; 2 GiB is not (256 MiB).
+        assert_eq!(
+            robot_window_log(64, Some(2 * GIB - 1), None),
+            SMALL_ROBOT_WINDOW_LOG
+        );
+        assert_eq!(robot_window_log(64, Some(2 * GIB), None), 28);
         // A Jetson Nano (4 GB): 512 MiB.
-        assert_eq!(robot_window_log(64, Some(4 * GIB)), 29);
+        assert_eq!(robot_window_log(64, Some(4 * GIB), None), 29);
         // Lots of memory: 64-bit zstd's limit, 32-bit zstd's on 32 bits.
-        assert_eq!(robot_window_log(64, Some(64 * GIB)), MAX_WINDOW_LOG);
-        assert_eq!(robot_window_log(32, Some(64 * GIB)), MAX_WINDOW_LOG_32);
+        assert_eq!(robot_window_log(64, Some(64 * GIB), None), MAX_WINDOW_LOG);
+        assert_eq!(
+            robot_window_log(32, Some(64 * GIB), None),
+            MAX_WINDOW_LOG_32
+        );
         // Unknown memory: what 2.0 robots were sent.
-        assert_eq!(robot_window_log(64, None), LEGACY_WINDOW_LOG);
-        assert_eq!(robot_window_log(32, None), LEGACY_WINDOW_LOG);
+        assert_eq!(robot_window_log(64, None, None), LEGACY_WINDOW_LOG);
+        assert_eq!(robot_window_log(32, None, None), LEGACY_WINDOW_LOG);
+        // A Jetson whose ROS stack left 200 MiB: 32 MiB (a quarter, rounded down to a power
+        // of two); a robot with next to nothing free still gets the smallest window.
+        assert_eq!(robot_window_log(64, Some(4 * GIB), Some(200 << 20)), 25);
+        assert_eq!(
+            robot_window_log(32, Some(GIB), Some(1 << 20)),
+            MIN_WINDOW_LOG
+        );
+        // Plenty available changes nothing.
+        assert_eq!(
+            robot_window_log(32, Some(GIB), Some(GIB)),
+            SMALL_ROBOT_WINDOW_LOG
+        );
     }
 
     #[test]

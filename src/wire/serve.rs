@@ -59,11 +59,12 @@ pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
     })
 }
 
-/// The largest zstd window this robot's decoders take: from its word size and the memory the
-/// agent may use. Every decoder of the session is held to it, so a frame asking for more is
+/// The largest zstd window this robot's decoders take: from its word size, the memory the agent
+/// may use and what is available now. Every decoder of the session is held to it, so a frame asking for more is
 /// refused instead of allocated.
 pub fn window_log_max() -> u32 {
-    robot_window_log(usize::BITS, crate::agent::memory::memory_bytes())
+    use crate::agent::memory::{available_bytes, memory_bytes};
+    robot_window_log(usize::BITS, memory_bytes(), available_bytes())
 }
 
 /// Whether any object is stored (a cut transfer leaves objects without images). Unreadable
