@@ -11,6 +11,7 @@
 //!         proc; sysfs + rbind of the host's /sys/fs/cgroup (runc needs it); tmpfs /dev with
 //!         null zero full random urandom tty ptmx+pts shm and the role nodes (mknod); tmpfs /run
 //!         pivot_root; old root detached
+//!         ├── /usr/sbin/avahi-daemon               (restarted if it dies; see super::avahi)
 //!         ├── /usr/sbin/sshd -D -e                 (restarted if it dies)
 //!         └── /usr/local/bin/dt-agent daemon       (restarted if it dies)
 //! ```
@@ -379,6 +380,13 @@ fn log_file(name: &str) -> Stdio {
 
 fn start(what: &str) -> Option<u32> {
     let mut cmd = match what {
+        // In the foreground, logging to stderr; it drops to the sim's `avahi` user and
+        // makes /run/avahi-daemon itself, as on a robot.
+        "avahi-daemon" => {
+            let mut c = Command::new(super::avahi::AVAHI_DAEMON);
+            c.args(["-f", super::avahi::CONFIG]);
+            c
+        }
         "sshd" => {
             let mut c = Command::new("/usr/sbin/sshd");
             c.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"]);
@@ -420,10 +428,11 @@ fn start(what: &str) -> Option<u32> {
 /// zombie is still there (it polls every 100 ms), so pid 1 leaves orphans a moment first.
 const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 
-/// Starts sshd and the agent, restarts them when they die, reaps every orphan (after
-/// [`ORPHAN_GRACE`]).
+/// Starts avahi, sshd and the agent, restarts them when they die, reaps every orphan (after
+/// [`ORPHAN_GRACE`]). avahi comes first: the agent's own advert then finds `NAME.local`
+/// already claimed by it, as on a robot where avahi starts at boot.
 fn supervise() -> ! {
-    let names = ["sshd", "dt-agent"];
+    let names = ["avahi-daemon", "sshd", "dt-agent"];
     let mut pids: Vec<Option<u32>> = names.iter().map(|n| start(n)).collect();
     let mut orphans: Vec<(i32, Instant)> = Vec::new();
     loop {

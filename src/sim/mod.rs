@@ -12,8 +12,9 @@
 //!       holder `dts sim __init DIR` (own session; sim.json: holder_pid)
 //!         └── pid 1 of a new pid namespace `dts sim __pid1 DIR` (init_pid): new mount + UTS
 //!             namespaces, hostname NAME, pivot_root into DIR/root, then supervises
+//!               ├── /usr/sbin/avahi-daemon          (a robot's mDNS: DT::PRESENCE, …, [`avahi`])
 //!               ├── /usr/sbin/sshd -D -e            (ListenAddress 10.213.0.N:22)
-//!               └── /usr/local/bin/dt-agent daemon  (mDNS adverts inside the netns)
+//!               └── /usr/local/bin/dt-agent daemon  (DT::AGENT adverts inside the netns)
 //! ```
 //!
 //! `up` returns once `sudo -n dt-agent status --json` answers over SSH as `duckie`; `down` kills
@@ -24,9 +25,11 @@
 //! A sim of another CPU (`--arch arm64|armhf`) is that robot as far as `dts` can tell: its agent
 //! is the cross-built binary ([`crate::agents`]), run by the kernel through QEMU user emulation
 //! (binfmt_misc, F flag), so `status` reports the robot's arch and deploys ship that arch's
-//! images. sshd, sudo, runc and the CNI plugins stay the host's native ones (namespaces are
-//! made natively); only the agent and the containers' own binaries are emulated.
+//! images. avahi-daemon, sshd, sudo, runc and the CNI plugins stay the host's native ones
+//! (namespaces are made natively); only the agent and the containers' own binaries are
+//! emulated.
 
+pub mod avahi;
 pub mod cli;
 pub mod init;
 pub mod memory;
@@ -594,6 +597,7 @@ fn with_logs(e: SimError, info: &SimInfo) -> SimError {
     let mut logs = Vec::new();
     for p in [
         info.dir.join("sim.log"),
+        info.root.join("var/log/avahi-daemon.log"),
         info.root.join("var/log/sshd.log"),
         info.root.join("var/log/dt-agent.log"),
     ] {

@@ -6,10 +6,10 @@
 //!   usr            mount point: the host's /usr, read-only (private /usr/local on top:
 //!                  DIR/local, with dt-agent bind-mounted at bin/dt-agent)
 //!   bin sbin lib lib64 …  symlinks into usr, as on merged-/usr Debian (or read-only binds)
-//!   etc/           private: passwd group shadow (root, duckie 1000, sshd), sudoers(.d),
+//!   etc/           private: passwd group shadow (root, duckie 1000, sshd, avahi), sudoers(.d),
 //!                  pam.d, hosts hostname resolv.conf nsswitch.conf ld.so.cache alternatives,
-//!                  ssh/sshd_config + host key, dt-agent/robot.yaml
-//!   home/duckie/.ssh/authorized_keys   root/   var/ (lib/dt-agent, log)   data/   tmp/
+//!                  ssh/sshd_config + host key, dt-agent/robot.yaml, avahi/ ([`super::avahi`])
+//!   home/duckie/.ssh/authorized_keys   root/   var/ (lib/dt-agent, log, run -> /run)   data/   tmp/
 //!   proc sys dev run                    mount points: proc, sysfs + the host's cgroups,
 //!                                       a tmpfs /dev (see init), a tmpfs /run
 //! ```
@@ -19,6 +19,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt as _, symlink};
 use std::path::{Path, PathBuf};
 
+use super::avahi::AVAHI_ID;
 use super::{DevNode, SimError, SimInfo, io};
 use crate::profile::RobotProfile;
 
@@ -36,6 +37,7 @@ const BASE_GROUPS: &[(&str, u32)] = &[
     ("sudo", 27),
     ("video", 44),
     ("shadow", 42),
+    ("avahi", AVAHI_ID),
     ("i2c", 998),
     ("gpio", 997),
     ("nogroup", 65534),
@@ -121,7 +123,7 @@ pub fn ro_binds() -> Vec<PathBuf> {
     v
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), SimError> {
+pub(super) fn write(path: &Path, text: &str, mode: u32) -> Result<(), SimError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io("create", parent))?;
     }
@@ -129,7 +131,7 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), SimError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), SimError> {
+pub(super) fn mkdir(path: &Path, mode: u32) -> Result<(), SimError> {
     fs::create_dir_all(path).map_err(io("create", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
@@ -203,6 +205,9 @@ pub fn build(
     for d in ["var/lib/dt-agent", "var/log", "var/cache", "etc/dt-agent"] {
         mkdir(&root.join(d), 0o755)?;
     }
+    // As on Debian: stacks name `/var/run/avahi-daemon/socket`, which lives in the tmpfs /run.
+    let var_run = root.join("var/run");
+    symlink("/run", &var_run).map_err(io("make symlink", &var_run))?;
     let ro = ro_binds();
     for d in USR_LINKS {
         let host = Path::new("/").join(d);
@@ -248,13 +253,14 @@ pub fn build(
             "root:x:0:0:root:/root:/bin/bash\n\
              sshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n\
              nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+             avahi:x:{AVAHI_ID}:{AVAHI_ID}:Avahi mDNS daemon,,,:/run/avahi-daemon:/usr/sbin/nologin\n\
              duckie:x:{DUCKIE_ID}:{DUCKIE_ID}:Duckie:/home/duckie:/bin/bash\n"
         ),
         0o644,
     )?;
     let mut group = String::new();
     for (g, id) in &groups {
-        let members = if matches!(g.as_str(), "root" | "tty" | "shadow" | "nogroup") {
+        let members = if matches!(g.as_str(), "root" | "tty" | "shadow" | "nogroup" | "avahi") {
             ""
         } else {
             "duckie"
@@ -267,7 +273,8 @@ pub fn build(
     write(
         &etc.join("shadow"),
         "root:*:19000:0:99999:7:::\nsshd:*:19000:0:99999:7:::\n\
-         nobody:*:19000:0:99999:7:::\nduckie:*:19000:0:99999:7:::\n",
+         nobody:*:19000:0:99999:7:::\navahi:*:19000:0:99999:7:::\n\
+         duckie:*:19000:0:99999:7:::\n",
         0o640,
     )?;
     chown(&etc.join("shadow"), 0, gid("shadow").unwrap_or(0))?;
@@ -382,6 +389,8 @@ pub fn build(
             &key.to_string_lossy(),
         ],
     )?;
+
+    super::avahi::write_config(root, name, profile)?;
 
     write(
         &etc.join("dt-agent/robot.yaml"),
