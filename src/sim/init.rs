@@ -388,7 +388,7 @@ fn start(what: &str) -> Option<u32> {
             c
         }
         "sshd" => {
-            let mut c = Command::new("/usr/sbin/sshd");
+            let mut c = Command::new(super::tools::SSHD);
             c.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"]);
             c
         }

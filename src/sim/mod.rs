@@ -3,9 +3,11 @@
 //!
 //! Owns: the sim's records under `$DTS_HOME/sims/NAME/` ([`SimInfo`] in `sim.json`), its network
 //! (a veth from the `dts0` bridge into the netns `dts-sim-NAME`, [`net`]), its root file system
-//! ([`rootfs`]), its processes (a holder per sim, [`init`]), its host key line in
-//! `$DTS_HOME/known_hosts`, and the key dts makes for its sims (`$DTS_HOME/sim_key`). Does not
-//! own: what runs on the robot (`dt-agent`), how robots are reached (`ssh`), printing (`cli`).
+//! ([`rootfs`], its avahi in [`avahi`]), its processes (a holder per sim, [`init`]), its host
+//! key line in `$DTS_HOME/known_hosts` and the key dts makes for its sims
+//! (`$DTS_HOME/sim_key`, both in `keys`), and the check that this machine has every program a
+//! sim runs ([`tools`]). Does not own: what runs on the robot (`dt-agent`), how robots are
+//! reached (`ssh`), printing (`cli`).
 //!
 //! ```text
 //! host: bridge dts0 10.213.0.1/24 ── veth sim-NAME ══ eth0 10.213.0.N/24 (netns dts-sim-NAME)
@@ -32,12 +34,13 @@
 pub mod avahi;
 pub mod cli;
 pub mod init;
+mod keys;
 pub mod memory;
 pub mod net;
 pub mod rootfs;
+pub mod tools;
 
 use std::fs;
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
@@ -177,6 +180,19 @@ pub enum SimError {
         /// Why the kernel cannot run its binaries.
         #[source]
         source: Box<crate::binfmt::BinfmtError>,
+    },
+    /// Programs the sim runs are not installed on this machine.
+    #[error(
+        "virtual robot `{name}` cannot start: this machine lacks {}; install {} (as root): `{}`",
+        .missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        if .missing.len() == 1 { "it" } else { "them" },
+        tools::apt_line(.missing)
+    )]
+    MissingPrograms {
+        /// The sim's name.
+        name: String,
+        /// What is missing, and its package.
+        missing: Vec<tools::Missing>,
     },
     /// `--link-rate` is not a tc rate.
     #[error("bad link rate `{0}`: expected a rate like 20mbit, 500kbit, 1gbit")]
@@ -488,6 +504,15 @@ pub fn up(dts_home: &Path, args: &UpArgs) -> Result<UpReport, SimError> {
     }
     let netcfg = net::NetConfig::from_env()?;
     require_root()?;
+    // Before anything is made: a missing sudo or sshd would otherwise show only as an agent
+    // that never answers, a minute later.
+    let missing = tools::missing(args.link_rate.is_some());
+    if !missing.is_empty() {
+        return Err(SimError::MissingPrograms {
+            name: args.name.clone(),
+            missing,
+        });
+    }
 
     let lock = Lock::take(dts_home)?;
     let mut replaced_dead = false;
@@ -550,11 +575,11 @@ pub fn up(dts_home: &Path, args: &UpArgs) -> Result<UpReport, SimError> {
         if let Some(rate) = &info.link_rate {
             net::set_rate(&info.host_interface, &info.netns, rate)?;
         }
-        let key = ensure_sim_key(dts_home)?;
-        let mut keys = user_public_keys();
-        keys.push(read_pub(&key.with_extension("pub"))?);
-        rootfs::build(&info, &profile, &keys.join(""))?;
-        record_host_key(dts_home, &info)?;
+        let key = keys::ensure_sim_key(dts_home)?;
+        let mut authorized = keys::user_public_keys();
+        authorized.push(keys::read_pub(&key.with_extension("pub"))?);
+        rootfs::build(&info, &profile, &authorized.join(""))?;
+        keys::record(dts_home, &info)?;
         if let Some(bytes) = info.memory {
             info.cgroup = Some(memory::make(&info.name, bytes)?);
             save(&info)?;
@@ -678,122 +703,6 @@ fn wait_for_agent(dts_home: &Path, info: &SimInfo) -> Result<serde_json::Value, 
     }
 }
 
-/// `$DTS_HOME/sim_key`, made with ssh-keygen when missing.
-fn ensure_sim_key(dts_home: &Path) -> Result<PathBuf, SimError> {
-    let key = sim_key(dts_home);
-    if key.exists() && key.with_extension("pub").exists() {
-        return Ok(key);
-    }
-    let _ = fs::remove_file(&key);
-    let _ = fs::remove_file(key.with_extension("pub"));
-    fs::create_dir_all(dts_home).map_err(io("create", dts_home))?;
-    net::run_tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "dts-sim",
-            "-f",
-            &key.to_string_lossy(),
-        ],
-    )?;
-    Ok(key)
-}
-
-fn read_pub(p: &Path) -> Result<String, SimError> {
-    let mut t = fs::read_to_string(p).map_err(io("read", p))?;
-    if !t.ends_with('\n') {
-        t.push('\n');
-    }
-    Ok(t)
-}
-
-/// The user's `~/.ssh/id_*.pub`.
-fn user_public_keys() -> Vec<String> {
-    let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
-        return Vec::new();
-    };
-    let dir = Path::new(&home).join(".ssh");
-    let mut keys = Vec::new();
-    let Ok(rd) = fs::read_dir(&dir) else {
-        return keys;
-    };
-    let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for p in paths {
-        let n = p.file_name().unwrap_or_default().to_string_lossy();
-        if n.starts_with("id_")
-            && n.ends_with(".pub")
-            && let Ok(k) = read_pub(&p)
-        {
-            keys.push(k);
-        }
-    }
-    keys
-}
-
-/// Appends `NAME,ADDRESS KEYTYPE BASE64 dts-sim:NAME` to `$DTS_HOME/known_hosts`, replacing
-/// any earlier line of that sim.
-fn record_host_key(dts_home: &Path, info: &SimInfo) -> Result<(), SimError> {
-    let key = fs::read_to_string(&info.host_key).map_err(io("read", &info.host_key))?;
-    let mut parts = key.split_whitespace();
-    let (Some(kt), Some(b64)) = (parts.next(), parts.next()) else {
-        return Err(io("parse", &info.host_key)(std::io::Error::other(
-            "not an OpenSSH public key",
-        )));
-    };
-    forget_host_key(dts_home, &info.name)?;
-    let p = dts_home.join("known_hosts");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p)
-        .map_err(io("open", &p))?;
-    writeln!(
-        f,
-        "{},{} {kt} {b64} {KNOWN_HOSTS_MARK}{}",
-        info.name, info.address, info.name
-    )
-    .map_err(io("append to", &p))
-}
-
-/// Removes the lines [`record_host_key`] wrote for `name`. Returns whether any was there.
-fn forget_host_key(dts_home: &Path, name: &str) -> Result<bool, SimError> {
-    let p = dts_home.join("known_hosts");
-    let text = match fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io("read", &p)(e)),
-    };
-    let (kept, removed) = strip_known_hosts(&text, name);
-    if removed {
-        let tmp = dts_home.join(".known_hosts.tmp");
-        fs::write(&tmp, kept).map_err(io("write", &tmp))?;
-        fs::rename(&tmp, &p).map_err(io("rename into place", &p))?;
-    }
-    Ok(removed)
-}
-
-/// `text` without the lines marked for sim `name`.
-fn strip_known_hosts(text: &str, name: &str) -> (String, bool) {
-    let mark = format!("{KNOWN_HOSTS_MARK}{name}");
-    let mut removed = false;
-    let mut out = String::new();
-    for line in text.lines() {
-        if line.split_whitespace().nth(3) == Some(mark.as_str()) {
-            removed = true;
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    (out, removed)
-}
-
 /// What `down` removed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DownReport {
@@ -903,7 +812,7 @@ fn down_locked(
             Err(e) => left.push(format!("bridge {bridge}: {e}")),
         }
     }
-    match forget_host_key(dts_home, name) {
+    match keys::forget(dts_home, name) {
         Ok(k) => r.known_hosts = k,
         Err(e) => left.push(e.to_string()),
     }
@@ -938,19 +847,6 @@ mod tests {
         for bad in ["", "1bot", "-x", "x-", "a b", "a/b", "a.b", &"x".repeat(41)] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn known_hosts_lines_of_one_sim_go() {
-        let text = "other ssh-ed25519 AAA\nbot,10.0.0.2 ssh-ed25519 BBB dts-sim:bot\n\
-                    bot2,10.0.0.3 ssh-ed25519 CCC dts-sim:bot2\n";
-        let (kept, removed) = strip_known_hosts(text, "bot");
-        assert!(removed);
-        assert_eq!(
-            kept,
-            "other ssh-ed25519 AAA\nbot2,10.0.0.3 ssh-ed25519 CCC dts-sim:bot2\n"
-        );
-        assert!(!strip_known_hosts(&kept, "bot").1);
     }
 
     #[test]

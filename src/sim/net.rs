@@ -145,10 +145,17 @@ pub fn host_iface_name(name: &str) -> String {
     format!("sim-{h:08x}")
 }
 
-fn tool_path(name: &str) -> std::path::PathBuf {
+/// Where the host's tools are looked for: `$PATH`, then [`TOOL_DIRS`].
+pub fn tool_dirs() -> Vec<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(TOOL_DIRS.iter().map(std::path::PathBuf::from))
+        .collect()
+}
+
+fn tool_path(name: &str) -> std::path::PathBuf {
+    tool_dirs()
+        .into_iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| name.into())
