@@ -21,7 +21,14 @@ fn can_run() -> bool {
     if !support::require_root("makes namespaces, mounts, device nodes and links") {
         return false;
     }
-    for cmd in ["ip", "tc", "ssh-keygen", "/usr/sbin/sshd", "/usr/bin/sudo"] {
+    for cmd in [
+        "ip",
+        "tc",
+        "ssh-keygen",
+        "/usr/sbin/sshd",
+        "/usr/bin/sudo",
+        "/usr/sbin/avahi-daemon",
+    ] {
         if !support::require_cmd(cmd) {
             return false;
         }
@@ -36,6 +43,8 @@ struct World {
     bridge: String,
     subnet: String,
     name: String,
+    /// `DTS_AGENT_DIR` for a foreign-arch sim's agent.
+    agent_dir: Option<PathBuf>,
 }
 
 impl World {
@@ -57,18 +66,30 @@ impl World {
             bridge: format!("dtst{}x{seq}", pid % 100_000),
             subnet: format!("10.218.{third}.0/24"),
             name: format!("simt{pid}x{seq}"),
+            agent_dir: None,
         }
     }
 
-    fn dts(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dts"))
-            .args(args)
+    /// `program ARGS` with this world's environment.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args)
             .env("DTS_HOME", self.dts_home.path())
             .env("HOME", self.home.path())
             .env("DTS_SIM_BRIDGE", &self.bridge)
             .env("DTS_SIM_SUBNET", &self.subnet)
             .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null())
+            // The shipped stacks name `${DISTRO:-daffy}` images.
+            .env_remove("DISTRO")
+            .stdin(Stdio::null());
+        if let Some(d) = &self.agent_dir {
+            c.env("DTS_AGENT_DIR", d);
+        }
+        c
+    }
+
+    fn dts(&self, args: &[&str]) -> Output {
+        self.command(env!("CARGO_BIN_EXE_dts"), args)
             .output()
             .unwrap()
     }
@@ -342,6 +363,7 @@ fn bad_input_is_exit_2_before_anything_is_made() {
         bridge: "dtsnever0".into(),
         subnet: "10.218.0.0/24".into(),
         name: "unused".into(),
+        agent_dir: None,
     };
     for (args, says) in [
         (vec!["sim", "up", "1bad"], "not a robot name"),
@@ -359,4 +381,467 @@ fn bad_input_is_exit_2_before_anything_is_made() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert!(!w.dts_home.path().join("sims").exists());
+}
+
+#[test]
+fn up_without_sudo_sshd_or_avahi_says_what_to_install_and_makes_nothing() {
+    if !can_run() || !support::require_cmd("unshare") || !support::require_cmd("mount") {
+        return;
+    }
+    let w = World::new();
+    // This machine as one without sudo, sshd and avahi-daemon: in a mount namespace of the
+    // command's own, /dev/null (not a program) is bound over each. The host sees nothing.
+    let script = "mount --bind /dev/null /usr/bin/sudo && \
+                  mount --bind /dev/null /usr/sbin/sshd && \
+                  mount --bind /dev/null /usr/sbin/avahi-daemon && \
+                  exec \"$0\" sim up \"$1\"";
+    let out = w
+        .command(
+            support::find_cmd("unshare").unwrap(),
+            &[
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                env!("CARGO_BIN_EXE_dts"),
+                &w.name,
+            ],
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for says in [
+        "sudo (not in /usr/sbin:/usr/bin:/sbin:/bin)",
+        "sshd (not in /usr/sbin)",
+        "avahi-daemon (not in /usr/sbin)",
+        "`apt-get install openssh-server avahi-daemon sudo`",
+    ] {
+        assert!(err.contains(says), "no `{says}` in: {err}");
+    }
+    assert!(!err.contains("did not come up"), "{err}");
+    // Nothing was made: no sim directory, namespace, link, bridge, known_hosts line, process.
+    assert!(!w.sim_dir().exists());
+    assert!(!Path::new("/run/netns").join(w.netns()).exists());
+    assert!(!Path::new("/sys/class/net").join(&w.bridge).exists());
+    assert!(
+        !Path::new("/sys/class/net")
+            .join(dts::sim::net::host_iface_name(&w.name))
+            .exists()
+    );
+    assert!(!w.dts_home.path().join("known_hosts").exists());
+    let left = processes_naming(&w.sim_dir().to_string_lossy());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shipped stacks on a sim, and the sim in `dts fleet discover`.
+
+/// The sample pipeline under the names the shipped stacks give (`duckietown/dt-…:daffy-ARCH`),
+/// built for one Duckietown arch from the static busybox fixture with COPY steps only (no RUN:
+/// no emulation, a few seconds). As in Duckietown, each module is built on the one before it
+/// with its tag chosen by `--build-arg ARCH`; every module runs `/run.sh`, which says which
+/// module it is, on which CPU, and whether the robot's avahi socket is mounted, then waits for
+/// SIGTERM. dt-core carries `dt-launcher-lane_following`, the lane-following stack's command.
+fn build_stack_images(w: &World, dt_arch: &str, busybox: &Path) {
+    let ctx = w.dts_home.path().join("pipeline");
+    let base = ctx.join("dt-ros-commons");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::copy(busybox, base.join("busybox")).unwrap();
+    std::fs::write(
+        base.join("run.sh"),
+        "trap 'exit 0' TERM\n\
+         echo \"$DT_MODULE ${1:-default} on $(busybox uname -m)\"\n\
+         if [ -S /var/run/avahi-daemon/socket ]; then echo 'avahi socket mounted'; fi\n\
+         while true; do busybox sleep 1 & wait $!; done\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\n\
+         ENV PATH=/usr/local/bin:/bin DT_MODULE=dt-ros-commons\nCOPY run.sh /run.sh\n\
+         CMD [\"/bin/sh\", \"/run.sh\"]\n",
+    )
+    .unwrap();
+    let mut from = "dt-ros-commons";
+    for module in ["dt-duckiebot-interface", "dt-car-interface", "dt-core"] {
+        let dir = ctx.join(module);
+        std::fs::create_dir_all(dir.join("packages")).unwrap();
+        std::fs::write(dir.join(format!("packages/{module}.py")), "print('ok')\n").unwrap();
+        let mut dockerfile = format!(
+            "ARG ARCH\nFROM duckietown/{from}:daffy-${{ARCH}}\nENV DT_MODULE={module}\n\
+             COPY packages /code/{module}/packages/\n"
+        );
+        if module == "dt-core" {
+            let launcher = dir.join("dt-launcher-lane_following");
+            std::fs::write(
+                &launcher,
+                "#!/bin/sh\nexec /bin/sh /run.sh lane_following\n",
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+            dockerfile.push_str("COPY dt-launcher-lane_following /usr/local/bin/\n");
+        }
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        from = module;
+    }
+    for module in [
+        "dt-ros-commons",
+        "dt-duckiebot-interface",
+        "dt-car-interface",
+        "dt-core",
+    ] {
+        let tag = format!("duckietown/{module}:daffy-{dt_arch}");
+        let arg = format!("ARCH={dt_arch}");
+        let dir = ctx.join(module);
+        w.ok(&[
+            "devel",
+            "build",
+            "-C",
+            dir.to_str().unwrap(),
+            "-t",
+            &tag,
+            "--arch",
+            dt_arch,
+            "--build-arg",
+            &arg,
+        ]);
+    }
+}
+
+/// `dts duckiebot ps NAME --json`: (name, state) by name.
+fn containers(w: &World) -> Vec<(String, String)> {
+    let ps: serde_json::Value =
+        serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
+    let mut v: Vec<(String, String)> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `dts duckiebot deploy NAME [ARGS] --json`, which must commit release `release`.
+#[track_caller]
+fn deploy_commits(w: &World, args: &[&str], release: u64) -> serde_json::Value {
+    let mut a = vec!["duckiebot", "deploy", w.name.as_str()];
+    a.extend_from_slice(args);
+    a.push("--json");
+    let v: serde_json::Value = serde_json::from_str(&w.ok(&a)).unwrap();
+    assert_eq!(v["state"], "committed", "{v}");
+    assert_eq!(v["release"], release, "{v}");
+    v
+}
+
+/// `sim up` (`--arch arch`), the default stack with no `--stack`, then lane-following: every
+/// service runs the image built for the robot's CPU (`uname`) with the avahi socket mounted.
+fn shipped_stacks_run(w: &World, arch: &str, dt_arch: &str, busybox: &Path, uname: &str) {
+    build_stack_images(w, dt_arch, busybox);
+    w.ok(&["sim", "up", &w.name, "--arch", arch]);
+
+    let v = deploy_commits(w, &[], 1);
+    let images: Vec<&str> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    for m in [
+        "dt-ros-commons",
+        "dt-duckiebot-interface",
+        "dt-car-interface",
+    ] {
+        let tag = format!("duckietown/{m}:daffy-{dt_arch}");
+        assert!(images.contains(&tag.as_str()), "{tag} not shipped: {v}");
+    }
+    let running = |names: &[&str]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "running".to_string()))
+            .collect()
+    };
+    assert_eq!(
+        containers(w),
+        running(&["car-interface", "duckiebot-interface", "ros"])
+    );
+    for (service, module) in [
+        ("ros", "dt-ros-commons"),
+        ("duckiebot-interface", "dt-duckiebot-interface"),
+        ("car-interface", "dt-car-interface"),
+    ] {
+        let logs = w.ok(&["duckiebot", "logs", &w.name, service]);
+        assert!(
+            logs.contains(&format!("{module} default on {uname}"))
+                && logs.contains("avahi socket mounted"),
+            "{service}: {logs}"
+        );
+    }
+
+    deploy_commits(w, &["--stack", "lane-following"], 2);
+    assert_eq!(
+        containers(w),
+        running(&["car-interface", "core", "duckiebot-interface", "ros"])
+    );
+    let logs = w.ok(&["duckiebot", "logs", &w.name, "core"]);
+    assert!(
+        logs.contains(&format!("dt-core lane_following on {uname}"))
+            && logs.contains("avahi socket mounted"),
+        "core: {logs}"
+    );
+    w.ok(&["sim", "down", &w.name]);
+}
+
+fn busybox_fixture(arch: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("DTS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/dts-fixtures"));
+    let p = dir.join("busybox").join(arch).join("busybox");
+    if p.exists() {
+        return Some(p);
+    }
+    support::skip(&format!(
+        "no {arch} busybox fixture at `{}`: run `bash scripts/fixtures`",
+        p.display()
+    ));
+    None
+}
+
+fn can_deploy() -> bool {
+    can_run() && support::require_cmd("runc")
+}
+
+#[test]
+fn the_shipped_stacks_run_on_an_amd64_sim() {
+    if !can_deploy() {
+        return;
+    }
+    let Some(busybox) = busybox_fixture("amd64") else {
+        return;
+    };
+    let w = World::new();
+    shipped_stacks_run(&w, "amd64", "amd64", &busybox, "x86_64");
+}
+
+/// arm64: the cross-built agent (`DTS_AGENT_DIR`, which scripts/test sets, or
+/// `target/agents`) and the containers' busybox run under QEMU.
+#[test]
+fn the_shipped_stacks_run_on_an_arm64_sim() {
+    if !can_deploy() {
+        return;
+    }
+    let Some(busybox) = busybox_fixture("arm64") else {
+        return;
+    };
+    let dir = std::env::var_os("DTS_AGENT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agents"));
+    if !dir.join("arm64/dt-agent").is_file() {
+        support::skip(&format!(
+            "no cross-built arm64 dt-agent in `{}`: run `scripts/cross-build arm64`",
+            dir.display()
+        ));
+        return;
+    }
+    if let Err(e) = dts::binfmt::ensure(&dts::oci::Platform::arm64()) {
+        support::skip(&format!("QEMU for arm64: {e}"));
+        return;
+    }
+    let mut w = World::new();
+    w.agent_dir = Some(dir);
+    shipped_stacks_run(&w, "arm64", "arm64v8", &busybox, "aarch64");
+}
+
+/// A laptop on a sim's bridge: a network namespace of its own with a veth into the bridge and
+/// the subnet's last address, so `dts fleet discover` browses the sims' network and nothing
+/// else. Removed when dropped.
+struct Laptop {
+    netns: String,
+    host_iface: String,
+}
+
+impl Laptop {
+    fn on(w: &World) -> Laptop {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}x{seq}", std::process::id() % 100_000);
+        let l = Laptop {
+            netns: format!("dtslap{tag}"),
+            host_iface: format!("dtl{tag}"),
+        };
+        let peer = format!("dtp{tag}");
+        let net: Ipv4Addr = w.subnet.split('/').next().unwrap().parse().unwrap();
+        let addr = Ipv4Addr::from(u32::from(net) + 254);
+        let ip = support::find_cmd("ip").unwrap();
+        for args in [
+            vec!["netns", "add", &l.netns],
+            vec![
+                "link",
+                "add",
+                &l.host_iface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+            vec!["link", "set", &peer, "netns", &l.netns],
+            vec!["link", "set", &l.host_iface, "master", &w.bridge, "up"],
+            vec!["-n", &l.netns, "link", "set", &peer, "name", "eth0"],
+            vec!["-n", &l.netns, "link", "set", "lo", "up"],
+            vec!["-n", &l.netns, "link", "set", "eth0", "up"],
+        ] {
+            let out = Command::new(&ip).args(&args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cidr = format!("{addr}/24");
+        for args in [
+            vec!["-n", &l.netns, "addr", "add", &cidr, "dev", "eth0"],
+            vec!["-n", &l.netns, "route", "add", "224.0.0.0/4", "dev", "eth0"],
+        ] {
+            let out = Command::new(&ip).args(&args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        l
+    }
+}
+
+impl Drop for Laptop {
+    fn drop(&mut self) {
+        let ip = support::find_cmd("ip").unwrap();
+        let _ = Command::new(&ip)
+            .args(["link", "del", &self.host_iface])
+            .output();
+        let _ = Command::new(&ip)
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+/// Waits until `path` contains `needle` (a daemon's log line): what is waited for, not how
+/// long it took, is the test.
+fn wait_for_log(path: &Path, needle: &str) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no `{needle}` in {}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fleet_discover_finds_a_sim_through_its_avahi() {
+    if !can_run() {
+        return;
+    }
+    let w = World::new();
+    let name = w.name.clone();
+    let up: serde_json::Value =
+        serde_json::from_str(&w.ok(&["sim", "up", &name, "--json"])).unwrap();
+    let address = up["address"].as_str().unwrap().to_owned();
+    let info = dts::sim::resolve_in(w.dts_home.path(), &name).unwrap();
+
+    // The sim's own avahi-daemon publishes what a Duckiebot image's service files say, as
+    // `NAME.local` (no `NAME-2`: the agent does not contend for the name) ...
+    let logs = w.sim_dir().join("root/var/log");
+    for service in ["PRESENCE", "ROBOT_TYPE", "ROBOT_CONFIGURATION"] {
+        wait_for_log(
+            &logs.join("avahi-daemon.log"),
+            &format!("Service \"DT::{service}::{name}\" (/services/dt."),
+        );
+    }
+    let avahi = std::fs::read_to_string(logs.join("avahi-daemon.log")).unwrap();
+    assert!(
+        avahi.contains(&format!("Host name is {name}.local.")),
+        "{avahi}"
+    );
+    // ... and the agent leaves those to it, advertising only itself.
+    let agent = std::fs::read_to_string(logs.join("dt-agent.log")).unwrap();
+    assert!(
+        agent.contains("avahi publishes PRESENCE, ROBOT_TYPE, ROBOT_CONFIGURATION already"),
+        "{agent}"
+    );
+    assert!(agent.contains("advertising AGENT on mDNS"), "{agent}");
+    // Its socket, which the stacks mount into containers, resolves the robot's name.
+    let socket = format!(
+        "/proc/{}/root/run/avahi-daemon/socket",
+        info.init_pid.unwrap()
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    use std::io::{BufRead as _, Write as _};
+    writeln!(s, "RESOLVE-HOSTNAME-IPV4 {name}.local").unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+    assert!(
+        answer.starts_with('+')
+            && answer
+                .trim_end()
+                .ends_with(&format!("{name}.local {address}")),
+        "{answer}"
+    );
+
+    // A laptop on the sims' network (with a DTS_HOME of its own: found by mDNS, not by the
+    // sim's record) lists it like a real robot.
+    let laptop = Laptop::on(&w);
+    let laptop_home = tempfile::tempdir().unwrap();
+    let out = w
+        .command(
+            support::find_cmd("ip").unwrap(),
+            &[
+                "netns",
+                "exec",
+                &laptop.netns,
+                env!("CARGO_BIN_EXE_dts"),
+                "fleet",
+                "discover",
+                "--timeout",
+                "3",
+                "--json",
+            ],
+        )
+        .env("DTS_HOME", laptop_home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let robots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let robots = robots.as_array().unwrap();
+    assert_eq!(robots.len(), 1, "{robots:#?}");
+    let r = &robots[0];
+    assert_eq!(r["hostname"], name.as_str(), "{r}");
+    assert_eq!(r["type"], "duckiebot", "{r}");
+    assert_eq!(r["configuration"], "virtual", "{r}");
+    assert_eq!(r["status"], "ready", "{r}");
+    assert!(
+        r["addresses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == address.as_str())),
+        "{r}"
+    );
+    assert_eq!(r["agent"]["ssh_port"], 22, "{r}");
+    drop(laptop);
+    w.ok(&["sim", "down", &name]);
 }
