@@ -199,6 +199,7 @@ fn can_sim(platform: &Platform) -> bool {
         "ssh-keygen",
         "/usr/sbin/sshd",
         "/usr/bin/sudo",
+        "/usr/sbin/avahi-daemon",
         "runc",
     ] {
         if !support::require_cmd(cmd) {

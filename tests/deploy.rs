@@ -35,6 +35,7 @@ fn can_run() -> bool {
         "ssh-keygen",
         "/usr/sbin/sshd",
         "/usr/bin/sudo",
+        "/usr/sbin/avahi-daemon",
         "runc",
     ] {
         if !support::require_cmd(cmd) {
