@@ -11,6 +11,7 @@ pub mod dts;
 pub mod duckiebot;
 pub mod releases;
 mod report;
+pub mod table;
 
 use std::io::{IsTerminal, Write};
 
@@ -109,6 +110,13 @@ impl Printer {
     pub fn out(&self, text: &str) {
         let mut o = std::io::stdout().lock();
         let _ = writeln!(o, "{text}");
+    }
+
+    /// A table on stdout; shortened to the terminal's width only when stdout is a terminal.
+    pub fn table(&self, t: &table::Table) {
+        for line in t.render(table::stdout_width()) {
+            self.out(&line);
+        }
     }
 
     /// A JSON document on stdout.
