@@ -739,3 +739,41 @@ fn sigkill_during_load_never_leaves_a_bad_blob() {
     assert_eq!(r["images"][0]["digest"], w.manifest.digest.to_string());
     assert_blobs_verified(&home);
 }
+
+/// Issue 20: `dts image ls` cut its NAME column at a fixed 50 characters' worth of padding, so a
+/// longer name pushed DIGEST, PLATFORMS and SIZE out of line. Piped (as here), nothing is
+/// shortened either: the whole name is printed.
+#[test]
+fn image_ls_keeps_columns_in_line_with_a_long_name() {
+    let t = tempfile::tempdir().unwrap();
+    let long = "registry.duckietown.example.com/duckietown/dt-duckiebot-interface:daffy-arm64v8";
+    let (_, _) = multi_arch_layout(&t.path().join("long"), long);
+    let (_, _) = multi_arch_layout(&t.path().join("short"), "dt-core:v1");
+    let home = t.path().join("home");
+    for d in ["long", "short"] {
+        ok(&dts(&home, &["image", "load", "-i", p(&t.path().join(d))]));
+    }
+    let out = ok(&dts(&home, &["image", "ls"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let at = |l: &str, s: &str| l.find(s).unwrap_or_else(|| panic!("`{s}` in:\n{out}"));
+    let (digest, platforms) = (at(lines[0], "DIGEST"), at(lines[0], "PLATFORMS"));
+    for row in &lines[1..] {
+        let d = &row[digest..digest + 13];
+        assert!(
+            d[..12].chars().all(|c| c.is_ascii_hexdigit()) && d.ends_with(' '),
+            "DIGEST out of line:\n{out}"
+        );
+        assert!(
+            row[platforms..].starts_with("linux/arm64,linux/arm/v7"),
+            "{out}"
+        );
+        // SIZE is right-aligned: every line ends in the same column, with no trailing blank.
+        assert_eq!(row.len(), lines[0].len(), "{out}");
+        assert!(!row.ends_with(' '), "{out}");
+    }
+    assert!(
+        out.contains(&format!("{long} ")),
+        "a pipe gets the whole name:\n{out}"
+    );
+}

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::containers::ContainerCommand;
 use super::releases::ReleaseCommand;
+use super::table::Table;
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
 use crate::agent::store::{AgentStore, AgentStoreError, ImportOptions};
 use crate::discover::advertise::{self, Identity, Presence, PresenceConfig};
@@ -380,19 +381,16 @@ fn image(c: &ImageCommand, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
             if a.json {
                 printer.json(&images);
             } else {
-                printer.out(&format!(
-                    "{:<48} {:<14} {:<14} {:>10}",
-                    "NAME", "PLATFORM", "DIGEST", "SIZE"
-                ));
+                let mut t = Table::new(&["NAME", "PLATFORM", "DIGEST", "SIZE"]).right(3);
                 for i in images {
-                    printer.out(&format!(
-                        "{:<48} {:<14} {:<14} {:>10}",
+                    t.row([
                         i.name,
-                        i.platform,
-                        i.digest.short(),
-                        human_size(i.size)
-                    ));
+                        i.platform.to_string(),
+                        i.digest.short().to_string(),
+                        human_size(i.size),
+                    ]);
                 }
+                printer.table(&t);
             }
             Ok(Exit::Ok)
         }

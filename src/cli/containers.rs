@@ -7,6 +7,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use super::table::Table;
 use super::{Exit, Printer};
 use crate::agent::container::{
     ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, RestartPolicy, VolumeInfo,
@@ -418,10 +419,7 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
                 if *json {
                     printer.json(&list);
                 } else {
-                    printer.out(&format!("{:<32} USED BY", "NAME"));
-                    for v in list {
-                        printer.out(&format!("{:<32} {}", v.name, v.used_by.join(",")));
-                    }
+                    printer.table(&volumes_table(&list));
                 }
                 Ok(Exit::Ok)
             }
@@ -446,27 +444,40 @@ pub fn print_line(l: LogLine) {
     };
 }
 
-/// The `ps` table.
+/// The `ps` table (`dt-agent ps`, `dts duckiebot ps`).
 pub fn print_ps(printer: &Printer, list: &[ContainerInfo]) {
-    printer.out(&format!(
-        "{:<24} {:<40} {:<10} {:>8} {:<8} ROLES",
-        "NAME", "IMAGE", "STATE", "PID", "RESTARTS"
-    ));
+    printer.table(&ps_table(list));
+}
+
+/// The rows of `ps`: columns as wide as their longest value.
+pub fn ps_table(list: &[ContainerInfo]) -> Table {
+    let mut t = Table::new(&["NAME", "IMAGE", "STATE", "PID", "RESTARTS", "ROLES"])
+        .right(3)
+        .right(4);
     for c in list {
         let state = match (c.state.as_str(), c.exit_code) {
             ("exited", Some(code)) => format!("exited({code})"),
             (s, _) => s.to_string(),
         };
-        printer.out(&format!(
-            "{:<24} {:<40} {:<10} {:>8} {:<8} {}",
-            c.name,
-            c.image,
+        t.row([
+            c.name.clone(),
+            c.image.clone(),
             state,
             c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            c.restart_count,
-            c.device_roles.join(",")
-        ));
+            c.restart_count.to_string(),
+            c.device_roles.join(","),
+        ]);
     }
+    t
+}
+
+/// The `volume ls` table (`dt-agent volume ls`, `dts duckiebot volume ls`).
+pub fn volumes_table(list: &[VolumeInfo]) -> Table {
+    let mut t = Table::new(&["NAME", "USED BY"]);
+    for v in list {
+        t.row([v.name.clone(), v.used_by.join(",")]);
+    }
+    t
 }
 
 #[cfg(test)]
@@ -485,5 +496,81 @@ mod tests {
             n.starts_with("dt-core-") && n.len() == "dt-core-".len() + 4,
             "{n}"
         );
+    }
+
+    fn container(name: &str, image: &str, state: &str, pid: Option<u32>) -> ContainerInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "service": name, "release": 1, "image": image,
+            "manifest": crate::oci::Digest::of(image.as_bytes()), "state": state, "pid": pid,
+            "device_roles": ["camera", "motors"], "started_at": null, "finished_at": null,
+            "exit_code": if state == "exited" { Some(1) } else { None },
+            "restart_count": 0, "restart": {"policy": "no"}, "ip": null, "error": null,
+        }))
+        .unwrap()
+    }
+
+    /// The display column of `cell` in `line`.
+    fn col(line: &str, cell: &str) -> usize {
+        let at = line
+            .find(cell)
+            .unwrap_or_else(|| panic!("`{cell}` in `{line}`"));
+        line[..at].chars().count()
+    }
+
+    /// Issue 20: a real Duckietown image name (longer than the old fixed 40 columns) pushed
+    /// every later column of `ps` out of line.
+    #[test]
+    fn ps_keeps_its_columns_in_line_with_real_image_names() {
+        let list = [
+            container(
+                "interface",
+                "duckietown/dt-duckiebot-interface:daffy-arm64v8",
+                "running",
+                Some(4242),
+            ),
+            container("core", "duckietown/dt-core:daffy-arm64v8", "exited", None),
+        ];
+        let lines = ps_table(&list).render(None);
+        let state = col(&lines[0], "STATE");
+        assert_eq!(col(&lines[1], "running"), state, "{lines:#?}");
+        assert_eq!(col(&lines[2], "exited(1)"), state, "{lines:#?}");
+        let roles = col(&lines[0], "ROLES");
+        assert_eq!(col(&lines[1], "camera,motors"), roles, "{lines:#?}");
+        assert_eq!(col(&lines[2], "camera,motors"), roles, "{lines:#?}");
+        // PID is right-aligned under its header.
+        let pid_end = col(&lines[0], "PID") + 3;
+        assert_eq!(col(&lines[1], "4242") + 4, pid_end, "{lines:#?}");
+        assert_eq!(col(&lines[2], " - ") + 2, pid_end, "{lines:#?}");
+        // A pipe gets the whole name.
+        assert!(lines[1].contains("duckietown/dt-duckiebot-interface:daffy-arm64v8"));
+        // A narrow terminal gets it shortened, the other columns still in line.
+        let narrow = ps_table(&list).render(Some(80));
+        assert!(
+            narrow.iter().all(|l| l.chars().count() <= 80),
+            "{narrow:#?}"
+        );
+        assert!(narrow[1].contains('…'), "{narrow:#?}");
+        let state = col(&narrow[0], "STATE");
+        assert_eq!(col(&narrow[1], "running"), state, "{narrow:#?}");
+    }
+
+    #[test]
+    fn volume_ls_has_a_header_and_long_names_stay_in_line() {
+        let list: Vec<VolumeInfo> = serde_json::from_value(serde_json::json!([
+            {"name": "a-very-long-volume-name-for-the-camera-calibration-data", "path": "/x", "used_by": ["core"]},
+            {"name": "logs", "path": "/y", "used_by": []},
+        ]))
+        .unwrap();
+        let lines = volumes_table(&list).render(None);
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["NAME", "USED", "BY"]
+        );
+        assert_eq!(
+            col(&lines[1], "core"),
+            col(&lines[0], "USED BY"),
+            "{lines:#?}"
+        );
+        assert_eq!(lines[2], "logs");
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::table::Table;
 use super::{Exit, GlobalArgs, Printer, exit_for, human_size, reporter};
 use crate::archive::SaveFormat;
 use crate::oci::Platform;
@@ -279,6 +280,20 @@ fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// The `image ls` table: columns as wide as the longest name, digest, platform list.
+pub fn image_table(rows: &[ops::image::ImageSummary]) -> Table {
+    let mut t = Table::new(&["NAME", "DIGEST", "PLATFORMS", "SIZE"]).right(3);
+    for r in rows {
+        t.row([
+            r.name.clone(),
+            r.digest.short().to_string(),
+            r.platforms.join(","),
+            human_size(r.size),
+        ]);
+    }
+    t
+}
+
 fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
     let store = ops::image::open_store()?;
     match cmd {
@@ -287,19 +302,7 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
             if *json {
                 p.json(&rows);
             } else {
-                p.out(&format!(
-                    "{:<50} {:<14} {:<28} {:>10}",
-                    "NAME", "DIGEST", "PLATFORMS", "SIZE"
-                ));
-                for r in rows {
-                    p.out(&format!(
-                        "{:<50} {:<14} {:<28} {:>10}",
-                        r.name,
-                        r.digest.short(),
-                        r.platforms.join(","),
-                        human_size(r.size)
-                    ));
-                }
+                p.table(&image_table(&rows));
             }
         }
         ImageCmd::Inspect {
@@ -459,6 +462,7 @@ mod fleet {
     use anyhow::Result;
     use clap::Args;
 
+    use super::super::table::{Style, Table, stdout_width};
     use super::{Exit, FleetCmd, Printer};
     use crate::discover::{self, BrowseOptions, Browser, Change, Robot, Status};
 
@@ -618,50 +622,19 @@ mod fleet {
     /// What the Duckietown shell shows (first column unlabeled: the host name; "ND" for no
     /// data), plus the agent.
     pub(super) fn table(robots: &[Robot]) -> String {
-        let header = ["", "Type", "Model", "Status", "Hostname", "Agent"];
-        let rows: Vec<[String; 6]> = robots
-            .iter()
-            .map(|r| {
-                [
-                    r.hostname.clone(),
-                    r.robot_type.clone().unwrap_or_else(|| "ND".into()),
-                    r.configuration.clone().unwrap_or_else(|| "ND".into()),
-                    status(r.status).to_string(),
-                    host_cell(r),
-                    agent_cell(r),
-                ]
-            })
-            .collect();
-        let mut widths = header.map(|h| h.chars().count());
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
+        let mut t =
+            Table::new(&["", "Type", "Model", "Status", "Hostname", "Agent"]).style(Style::Ruled);
+        for r in robots {
+            t.row([
+                r.hostname.clone(),
+                r.robot_type.clone().unwrap_or_else(|| "ND".into()),
+                r.configuration.clone().unwrap_or_else(|| "ND".into()),
+                status(r.status).to_string(),
+                host_cell(r),
+                agent_cell(r),
+            ]);
         }
-        let join = |cells: Vec<String>| cells.join(" | ").trim_end().to_string();
-        let mut out = vec![join(
-            header
-                .iter()
-                .zip(widths)
-                .map(|(h, w)| format!("{h:^w$}"))
-                .collect(),
-        )];
-        out.push(
-            widths
-                .iter()
-                .map(|w| "-".repeat(*w))
-                .collect::<Vec<_>>()
-                .join("-|-"),
-        );
-        for row in rows {
-            out.push(join(
-                row.iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect(),
-            ));
-        }
-        out.join("\n")
+        t.render(stdout_width()).join("\n")
     }
 
     fn status(s: Status) -> &'static str {

@@ -10,10 +10,13 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::containers::{RunArgs, print_line, print_ps};
+use super::containers::{RunArgs, print_line, print_ps, volumes_table};
+use super::releases::print_history;
+use super::table::{Style, Table};
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
 use crate::agent::container::{ContainerInfo, VolumeInfo};
 use crate::agent::daemon::Request;
+use crate::agent::release::{ReleaseRecord, ReleaseSpec};
 use crate::ops::robot::{self, RobotLink, SshArgs};
 
 /// SSH flags (cli.md "Robots").
@@ -300,24 +303,9 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             if *json {
                 printer.json(&v);
             } else {
-                printer.out(&format!(
-                    "{:<8} {:<12} {:<22} {:<16} SERVICES",
-                    "RELEASE", "STATE", "CREATED", "STACK"
-                ));
-                for r in v.as_array().into_iter().flatten() {
-                    let services = r["services"]
-                        .as_object()
-                        .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
-                        .unwrap_or_default();
-                    printer.out(&format!(
-                        "{:<8} {:<12} {:<22} {:<16} {}",
-                        r["release"],
-                        r["state"].as_str().unwrap_or("?"),
-                        r["created"].as_str().unwrap_or(""),
-                        r["stack"].as_str().unwrap_or(""),
-                        services
-                    ));
-                }
+                let list: Vec<ReleaseRecord> = serde_json::from_value(v)
+                    .context("the robot's release history is not what this dts reads")?;
+                print_history(printer, &list, false);
             }
             Ok(Exit::Ok)
         }
@@ -433,9 +421,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 if *json {
                     printer.json(&list);
                 } else {
-                    for v in list {
-                        printer.out(&format!("{:<32} {}", v.name, v.used_by.join(",")));
-                    }
+                    printer.table(&volumes_table(&list));
                 }
             } else if let Some(n) = name {
                 printer.out(n);
@@ -484,10 +470,12 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
         printer.json(&report);
     } else {
         if report.dry_run {
+            let mut t = Table::new(&["", "STEP", "DETAIL"]).style(Style::Headless);
             for s in &report.steps {
                 let mark = if s.changed { "change" } else { "ok" };
-                printer.out(&format!("{mark:<7} {:<20} {}", s.step, s.detail));
+                t.row([mark, s.step.as_str(), s.detail.as_str()]);
             }
+            printer.table(&t);
         }
         let what = if report.already_provisioned {
             "already provisioned; nothing changed".to_owned()
@@ -514,6 +502,20 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
         printer.info(&format!("note: {n}"));
     }
     Ok(Exit::Ok)
+}
+
+/// `deploy --dry-run`: what would run, in start order.
+fn plan_table(spec: &ReleaseSpec) -> Table {
+    let mut t = Table::new(&["STAGE", "SERVICE", "IMAGE", "MANIFEST"]).right(0);
+    for s in &spec.services {
+        t.row([
+            s.stage.to_string(),
+            s.name.clone(),
+            s.image_name.clone(),
+            s.manifest.to_string(),
+        ]);
+    }
+    t
 }
 
 fn outcome_exit(v: &Value) -> Exit {
@@ -563,12 +565,7 @@ async fn deploy(
         if json {
             printer.json(&summary);
         } else {
-            for s in &plan.spec.services {
-                printer.out(&format!(
-                    "stage {} {:<24} {} ({})",
-                    s.stage, s.name, s.image_name, s.manifest
-                ));
-            }
+            printer.table(&plan_table(&plan.spec));
         }
         return Ok(Exit::Ok);
     }

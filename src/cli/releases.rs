@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
 
+use super::table::Table;
 use super::{Exit, Printer};
 use crate::agent::daemon::{Client, ClientError, Request};
 use crate::agent::release::{DeployOutcome, ReleaseRecord, ReleaseSpec, ReleaseState};
@@ -143,26 +144,123 @@ pub fn print_history(printer: &Printer, list: &[ReleaseRecord], json: bool) {
         printer.json(&entries);
         return;
     }
-    printer.out(&format!(
-        "{:<9} {:<12} {:<21} {:<20} SERVICES",
-        "RELEASE", "STATE", "CREATED", "STACK"
-    ));
+    for line in history_lines(list, super::table::stdout_width()) {
+        printer.out(&line);
+    }
+}
+
+/// The `history` table for a terminal `width` wide (`None`: never shortened), newest last; a
+/// release's reason follows its row on a line of its own, indented under STATE, because it is
+/// a sentence, not a column.
+pub fn history_lines(list: &[ReleaseRecord], width: Option<usize>) -> Vec<String> {
+    let mut t = Table::new(&["RELEASE", "STATE", "CREATED", "STACK", "SERVICES"]);
     for r in list {
         let services: Vec<String> = r
             .services
             .iter()
             .map(|(k, v)| format!("{k}={}", v.short()))
             .collect();
-        printer.out(&format!(
-            "{:<9} {:<12} {:<21} {:<20} {}",
+        t.row([
             format!("{}{}", r.release, if r.current { " *" } else { "" }),
-            r.state.as_str(),
-            r.created,
-            r.stack,
-            services.join(",")
-        ));
+            r.state.as_str().to_string(),
+            r.created.clone(),
+            r.stack.clone(),
+            services.join(","),
+        ]);
+    }
+    let mut lines = t.render(width).into_iter();
+    let mut out: Vec<String> = lines.next().into_iter().collect();
+    let indent = out
+        .first()
+        .and_then(|h| h.find("STATE"))
+        .unwrap_or_default();
+    for (r, line) in list.iter().zip(lines) {
+        out.push(line);
         if let Some(reason) = &r.reason {
-            printer.out(&format!("          {reason}"));
+            let text = format!("{}{reason}", " ".repeat(indent));
+            out.push(match width {
+                Some(w) => super::table::fit(&text, w),
+                None => text,
+            });
         }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u64, state: ReleaseState, stack: &str, reason: Option<&str>) -> ReleaseRecord {
+        let services = ["interface", "car-interface", "core"]
+            .iter()
+            .map(|s| (s.to_string(), Digest::of(format!("{s}{n}").as_bytes())))
+            .collect();
+        ReleaseRecord {
+            release: n,
+            state,
+            created: "2026-12-03T09:41:07Z".into(),
+            stack: stack.into(),
+            services,
+            previous: n.checked_sub(1).filter(|p| *p > 0),
+            committed_at: None,
+            finished_at: None,
+            reason: reason.map(str::to_string),
+            current: false,
+            spec: ReleaseSpec {
+                stack: stack.into(),
+                services: Vec::new(),
+                probation: std::time::Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// Issue 20: `dts duckiebot history` printed the release number unpadded (a JSON value
+    /// ignores `{:<8}`), so its first column was out of line; a long stack name did the same to
+    /// the rest.
+    #[test]
+    fn history_columns_stay_in_line() {
+        let mut list: Vec<ReleaseRecord> = (1..=10)
+            .map(|n| record(n, ReleaseState::Committed, "duckiebot", None))
+            .collect();
+        list[8] = record(
+            9,
+            ReleaseState::RolledBack,
+            "lane-following-with-obstacle-avoidance",
+            Some("service `core` failed its health check"),
+        );
+        list[9].current = true;
+        let lines = history_lines(&list, None);
+        let at = |l: &str, s: &str| l.find(s).unwrap_or_else(|| panic!("`{s}` in `{l}`"));
+        let state = at(&lines[0], "STATE");
+        let stack = at(&lines[0], "STACK");
+        let services = at(&lines[0], "SERVICES");
+        let rows: Vec<&String> = lines[1..].iter().filter(|l| !l.starts_with(' ')).collect();
+        assert_eq!(rows.len(), 10, "{lines:#?}");
+        for row in &rows {
+            assert!(
+                row[state..].starts_with("committed") || row[state..].starts_with("rolled-back"),
+                "{lines:#?}"
+            );
+            assert!(
+                row[stack..].starts_with("duckiebot") || row[stack..].starts_with("lane-"),
+                "{lines:#?}"
+            );
+            assert!(row[services..].starts_with("car-interface="), "{lines:#?}");
+        }
+        assert!(rows[9].starts_with("10 *"), "{lines:#?}");
+        // The reason sits under STATE, after its release's row.
+        let reason = lines
+            .iter()
+            .position(|l| l.contains("health check"))
+            .unwrap();
+        assert!(lines[reason - 1].starts_with("9 "), "{lines:#?}");
+        assert_eq!(lines[reason].find("service"), Some(state), "{lines:#?}");
+        // A narrow terminal: lines fit, the reason too.
+        let narrow = history_lines(&list, Some(60));
+        assert!(
+            narrow.iter().all(|l| l.chars().count() <= 60),
+            "{narrow:#?}"
+        );
     }
 }
