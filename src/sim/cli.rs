@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{SimError, UpArgs};
+use crate::cli::table::Table;
 use crate::cli::{Exit, Printer};
 use crate::oci::Platform;
 
@@ -170,21 +171,26 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
             } else if sims.is_empty() {
                 p.info("No virtual robots.");
             } else {
-                p.out(&format!(
-                    "{:<20} {:<15} {:<12} {:<14} {:<12} {:<8}",
-                    "NAME", "ADDRESS", "ARCH", "CONFIGURATION", "INTERFACE", "STATE"
-                ));
+                let mut t = Table::new(&[
+                    "NAME",
+                    "ADDRESS",
+                    "ARCH",
+                    "CONFIGURATION",
+                    "INTERFACE",
+                    "STATE",
+                ]);
                 for s in sims {
-                    p.out(&format!(
-                        "{:<20} {:<15} {:<12} {:<14} {:<12} {:<8}",
-                        s.name,
+                    let state = if s.is_running() { "running" } else { "dead" };
+                    t.row([
+                        s.name.clone(),
                         s.address.to_string(),
-                        s.arch,
-                        s.configuration,
-                        s.host_interface,
-                        if s.is_running() { "running" } else { "dead" }
-                    ));
+                        s.arch.to_string(),
+                        s.configuration.clone(),
+                        s.host_interface.clone(),
+                        state.to_string(),
+                    ]);
                 }
+                p.table(&t);
             }
         }
         SimCommand::Init { dir } => {
