@@ -614,3 +614,86 @@ fn a_daemon_killed_during_probation_rolls_back_when_it_starts_again() {
     assert!(!agent.state().join("releases/switch.json").exists());
     assert_eq!(agent.ps().len(), 2, "{:?}", agent.ps());
 }
+
+/// Issue 20: `deploy --detach` answers as soon as every service runs (state `probation`), and
+/// the daemon sees probation through by itself: a good release is committed, one whose health
+/// check fails is rolled back. A client that goes away in the middle of a deploy that waits
+/// changes nothing either: the daemon still commits.
+#[test]
+fn a_detached_deploy_answers_on_probation_and_the_daemon_decides_by_itself() {
+    if !can_run() {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net);
+    let v1 = agent.image("v1", "example.com/test/busybox:one");
+    let v2 = agent.image("v2", "example.com/test/busybox:two");
+    let detached = |spec: &ReleaseSpec, tag: &str| {
+        let file = agent.spec_file(spec, tag);
+        let out = agent.cli(&["deploy", "--detach", &file, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), v, err)
+    };
+
+    // Release 1: `iface` has no health check, so probation lasts 2 s; the answer comes as
+    // soon as both services run.
+    let spec1 = two_stage(&v1, &v1, Duration::from_secs(2));
+    let (code, out, err) = detached(&spec1, "1");
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert_eq!(out["release"], 1, "{out}");
+    assert_eq!(out["state"], "probation", "{out}");
+    assert!(err.contains("on probation"), "{err}");
+    let actions: Vec<&str> = out["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["started", "started"], "{out}");
+    for c in ["iface", "core"] {
+        assert_eq!(agent.container(c)["state"], "running");
+    }
+    agent.wait_state(1, "committed");
+    assert_eq!(release_of(&agent.history(), 1)["current"], true);
+
+    // Release 2: core's health check never passes. Detached, the answer is still `probation`
+    // (exit 0); the daemon then rolls back to release 1 by itself.
+    let mut spec2 = two_stage(&v1, &v2, Duration::from_secs(2));
+    spec2.services[0].healthcheck = health(&["sh", "-c", "echo not ready yet; exit 1"]);
+    let (code, out, err) = detached(&spec2, "2");
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert_eq!(out["release"], 2, "{out}");
+    assert_eq!(out["state"], "probation", "{out}");
+    agent.wait_state(2, "rolled-back");
+    let h = agent.history();
+    assert!(
+        release_of(&h, 2)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not ready yet"),
+        "{h:?}"
+    );
+    assert_eq!(release_of(&h, 1)["current"], true, "{h:?}");
+    let core = agent.container("core");
+    assert_eq!(core["state"], "running", "{core}");
+    assert_eq!(core["release"], 1, "{core}");
+    assert_eq!(core["manifest"], v1.to_string());
+
+    // Release 3, not detached: its client is killed during probation; the daemon commits
+    // anyway.
+    let mut spec3 = two_stage(&v1, &v2, Duration::from_secs(2));
+    spec3.services[1].container.env = vec!["VERSION=3".into()];
+    let f = agent.spec_file(&spec3, "3");
+    let mut client = agent
+        .command(&["deploy", &f])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    agent.wait_state(3, "probation");
+    client.kill().unwrap();
+    let _ = client.wait();
+    agent.wait_state(3, "committed");
+    assert_eq!(agent.container("iface")["release"], 3);
+}

@@ -112,6 +112,11 @@ pub enum Request {
     Deploy {
         /// What to run.
         spec: Box<ReleaseSpec>,
+        /// Answer as soon as every service runs (state `probation`) instead of when the
+        /// release is committed or rolled back; the daemon finishes probation by itself either
+        /// way. Absent from older clients: they wait.
+        #[serde(default)]
+        detach: bool,
     },
     /// Every release, oldest first (`ReleaseRecord`s).
     History,
@@ -280,6 +285,7 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
                 tail,
                 until_exit,
             } => stream_logs(&mut conn, m, &name, follow, tail, until_exit),
+            Request::Deploy { spec, detach: true } => deploy_detached(&mut conn, releases, *spec),
             req @ (Request::Deploy { .. }
             | Request::History
             | Request::Rollback { .. }
@@ -360,12 +366,37 @@ fn handle(m: &Manager, req: Request) -> Result<Value, ContainerError> {
 
 fn handle_release(r: &Releases, req: Request) -> Result<Value, ReleaseError> {
     Ok(match req {
-        Request::Deploy { spec } => to_value(r.apply(*spec)?),
+        Request::Deploy { spec, .. } => to_value(r.apply(*spec)?),
         Request::History => to_value(r.history()?),
         Request::Rollback { to } => to_value(r.rollback(to)?),
         Request::Release => to_value(r.current()?),
         _ => unreachable!("containers"),
     })
+}
+
+/// A detached deploy: the answer goes out when probation begins, then this thread sees the
+/// release through probation to its commit or rollback — whether or not the client is still
+/// there, since nothing after the answer reads or writes the connection. A deploy that ends
+/// before probation (nothing to do, a failed switch) is answered when it ends.
+fn deploy_detached(
+    conn: &mut UnixStream,
+    releases: &Releases,
+    spec: ReleaseSpec,
+) -> std::io::Result<()> {
+    let mut answered = false;
+    let r = releases.apply_notify(spec, &mut |out| {
+        answered = true;
+        // A client that went away meanwhile changes nothing: probation goes on.
+        let _ = send(conn, &Response::Ok(to_value(out)));
+    });
+    if answered {
+        return Ok(());
+    }
+    let r = match r {
+        Ok(out) => Response::Ok(to_value(out)),
+        Err(e) => Response::Error(RemoteError::from(&e)),
+    };
+    send(conn, &r)
 }
 
 fn stream_logs(

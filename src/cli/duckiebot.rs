@@ -575,6 +575,7 @@ async fn deploy(
         &l.session,
         l.conn.daemon(&Request::Deploy {
             spec: Box::new(plan.spec.clone()),
+            detach: false,
         }),
     )
     .await?;

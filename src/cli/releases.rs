@@ -26,6 +26,10 @@ pub enum ReleaseCommand {
     Deploy {
         /// The release spec: `stack`, `services`, `probation` (for tests and offline use)
         file: PathBuf,
+        /// Return as soon as every service runs (state `probation`): the daemon then commits
+        /// the release or rolls it back by itself (see `dt-agent history`)
+        #[arg(short = 'd', long)]
+        detach: bool,
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
@@ -65,13 +69,14 @@ pub fn run(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Exit {
 
 fn dispatch(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Result<Exit> {
     match c {
-        ReleaseCommand::Deploy { file, json } => {
+        ReleaseCommand::Deploy { file, detach, json } => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("read `{}`", file.display()))?;
             let spec: ReleaseSpec = serde_json::from_slice(&bytes)
                 .with_context(|| format!("`{}` is not a release spec", file.display()))?;
             let v = Client::connect(root)?.call(&Request::Deploy {
                 spec: Box::new(spec),
+                detach: *detach,
             })?;
             let out: DeployOutcome = serde_json::from_value(v)?;
             Ok(print_outcome(printer, &out, *json))
@@ -91,9 +96,11 @@ fn dispatch(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Result<Exit> 
 }
 
 /// Prints a deploy's or rollback's outcome and returns its exit: 0 when committed (or
-/// unchanged), 1 when rolled back or failed, with the reason on stderr.
+/// unchanged, or on probation: the answer to a detached deploy), 1 when rolled back or failed,
+/// with the reason on stderr.
 pub fn print_outcome(printer: &Printer, out: &DeployOutcome, json: bool) -> Exit {
-    let ok = out.unchanged || out.state == ReleaseState::Committed;
+    let ok =
+        out.unchanged || matches!(out.state, ReleaseState::Committed | ReleaseState::Probation);
     if json {
         printer.json(out);
     } else {

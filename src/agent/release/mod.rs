@@ -172,7 +172,8 @@ pub struct ServiceOutcome {
 pub struct DeployOutcome {
     /// The release applied (for a rollback: the release that runs now).
     pub release: u64,
-    /// Its state: `committed`, `rolled-back` or `failed`.
+    /// Its state: `committed`, `rolled-back` or `failed`; `probation` in the answer to a
+    /// detached deploy, which comes before probation ends.
     pub state: ReleaseState,
     /// Nothing was done: that release already ran.
     pub unchanged: bool,
@@ -231,6 +232,18 @@ impl Releases {
     /// its switch or probation is an `Ok` outcome in state `rolled-back` or `failed`; `Err` means
     /// nothing was switched (a bad spec, a missing image, a name taken) or the robot failed.
     pub fn apply(&self, spec: ReleaseSpec) -> Result<DeployOutcome, ReleaseError> {
+        self.apply_notify(spec, &mut |_| {})
+    }
+
+    /// [`Releases::apply`], calling `on_probation` once every service runs and probation
+    /// begins, with an outcome in state `probation`: what a detached deploy answers with
+    /// before the release commits or rolls back by itself. It is not called when nothing
+    /// changes or the switch fails before probation.
+    pub fn apply_notify(
+        &self,
+        spec: ReleaseSpec,
+        on_probation: &mut dyn FnMut(&DeployOutcome),
+    ) -> Result<DeployOutcome, ReleaseError> {
         let spec = normalize(spec)?;
         let (_g, waited_ms) = self.lock();
         let records = self.dir.all()?;
@@ -307,6 +320,20 @@ impl Releases {
             let outcomes = self.converge(Some((&spec, n)), &records, false)?;
             rec.state = ReleaseState::Probation;
             self.save_or_fail(&rec)?;
+            let (started, kept) = counts(&outcomes);
+            on_probation(&DeployOutcome {
+                release: n,
+                state: ReleaseState::Probation,
+                unchanged: false,
+                message: format!(
+                    "release {n} (stack {}) is on probation: {started} service(s) started, {kept} kept running; the robot commits it or rolls it back by itself",
+                    spec.stack
+                ),
+                services: outcomes.clone(),
+                reason: None,
+                rolled_back_to: None,
+                waited_ms,
+            });
             probation::watch(&self.manager, &spec)?;
             Ok::<_, Failure>(outcomes)
         })();
@@ -322,18 +349,14 @@ impl Releases {
                 let mut roots = vec![n];
                 roots.extend(current);
                 self.write_roots(&records, &roots)?;
-                let started = services
-                    .iter()
-                    .filter(|s| s.action == ServiceAction::Started)
-                    .count();
+                let (started, kept) = counts(&services);
                 Ok(DeployOutcome {
                     release: n,
                     state: ReleaseState::Committed,
                     unchanged: false,
                     message: format!(
-                        "release {n} (stack {}) committed: {started} service(s) started, {} kept running",
-                        spec.stack,
-                        services.len() - started
+                        "release {n} (stack {}) committed: {started} service(s) started, {kept} kept running",
+                        spec.stack
                     ),
                     services,
                     reason: None,
@@ -815,6 +838,15 @@ impl Releases {
         }
         Ok(out)
     }
+}
+
+/// How many services of a switch were started and how many kept.
+fn counts(services: &[ServiceOutcome]) -> (usize, usize) {
+    let started = services
+        .iter()
+        .filter(|s| s.action == ServiceAction::Started)
+        .count();
+    (started, services.len() - started)
 }
 
 #[cfg(test)]

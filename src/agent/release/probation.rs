@@ -270,13 +270,7 @@ fn check_until_decided(
     h: &HealthSpec,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let interval = nonzero(h.interval, DEFAULT_INTERVAL);
-    let timeout = nonzero(h.timeout, DEFAULT_TIMEOUT);
-    let retries = if h.retries == 0 {
-        DEFAULT_RETRIES
-    } else {
-        h.retries
-    };
+    let (interval, timeout, retries) = (self::interval(h), self::timeout(h), self::retries(h));
     let start = Instant::now();
     let mut failures = 0;
     loop {
@@ -322,6 +316,25 @@ fn check_until_decided(
             }
             std::thread::sleep(Duration::from_millis(20).min(wait));
         }
+    }
+}
+
+/// Time between checks, Docker's default for zero.
+pub fn interval(h: &HealthSpec) -> Duration {
+    nonzero(h.interval, DEFAULT_INTERVAL)
+}
+
+/// How long one check may take, Docker's default for zero.
+pub fn timeout(h: &HealthSpec) -> Duration {
+    nonzero(h.timeout, DEFAULT_TIMEOUT)
+}
+
+/// Failed checks in a row that fail the service, Docker's default for zero.
+pub fn retries(h: &HealthSpec) -> u32 {
+    if h.retries == 0 {
+        DEFAULT_RETRIES
+    } else {
+        h.retries
     }
 }
 
