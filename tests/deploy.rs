@@ -213,20 +213,53 @@ impl World {
     }
 
     fn deploy(&self, stack: &Path) -> (Option<i32>, serde_json::Value, String) {
-        let out = self.dts(&[
+        self.deploy_with(stack, &[])
+    }
+
+    /// `deploy --stack STACK --json EXTRA…`: (exit code, JSON, stderr).
+    fn deploy_with(
+        &self,
+        stack: &Path,
+        extra: &[&str],
+    ) -> (Option<i32>, serde_json::Value, String) {
+        let mut args = vec![
             "duckiebot",
             "deploy",
             &self.name,
             "--stack",
             stack.to_str().unwrap(),
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = self.dts(&args);
         let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (
             out.status.code(),
             v,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `history --json`, polled until release `n` is in `state` (the robot decides by itself
+    /// after a detached deploy); the deadline only stops a test that would hang.
+    fn wait_history(&self, n: u64, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let h: serde_json::Value =
+                serde_json::from_str(&self.ok(&["duckiebot", "history", &self.name, "--json"]))
+                    .unwrap();
+            let r = h
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["release"] == n)
+                .cloned();
+            if r.as_ref().is_some_and(|r| r["state"] == state) {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "release {n} never {state}: {h}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Starts a deploy, and once `at` bytes have gone out of the host end `host_if` of the
@@ -416,6 +449,77 @@ fn deploy_noop_one_file_change_and_rollback_on_a_failing_health_check() {
         .map(|r| r["state"].as_str().unwrap())
         .collect();
     assert!(states.contains(&"rolled-back"), "{history}");
+}
+
+/// Issue 20: a deploy says on stderr what probation watches and for how long, and with
+/// `--detach` returns as soon as every service runs (`state: probation` in its JSON, exit 0);
+/// the robot then commits the release, or rolls back one whose health check fails, by itself —
+/// as `history` shows afterwards.
+#[test]
+fn a_detached_deploy_returns_on_probation_and_the_robot_decides_by_itself() {
+    if !can_run() {
+        return;
+    }
+    let mut w = World::new();
+    let ctx = w.context("v1", 3, 0);
+    w.build(&ctx, "example.com/dep/app:v1");
+    w.sim_up(&[]);
+    let stack = w.stack("example.com/dep/app:v1", "test");
+
+    let (code, v, err) = w.deploy_with(&stack, &["--detach"]);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "probation", "{v}");
+    assert_eq!(v["release"], 1, "{v}");
+    assert!(
+        err.contains("watching `interface` for 5 s: no health check"),
+        "{err}"
+    );
+    assert!(
+        err.contains("watching `core` until its health check `/bin/busybox test -f /ready` passes"),
+        "{err}"
+    );
+    assert!(err.contains("dts duckiebot history"), "{err}");
+    let ps: serde_json::Value =
+        serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "running"),
+        "{ps}"
+    );
+    let h = w.wait_history(1, "committed");
+    assert_eq!(h[0]["current"], true, "{h}");
+    let table = w.ok(&["duckiebot", "history", &w.name]);
+    assert!(
+        table.contains("1 *") && table.contains("committed"),
+        "{table}"
+    );
+
+    // A new core whose health check fails: detached, the deploy still returns on probation;
+    // the robot rolls back to release 1 by itself.
+    std::fs::write(ctx.join("code/version.py"), "VERSION = \"v2\"\n").unwrap();
+    w.build(&ctx, "example.com/dep/app:v1");
+    let bad = w.stack("example.com/dep/app:v1", "false");
+    let (code, v, err) = w.deploy_with(&bad, &["-d"]);
+    assert_eq!(code, Some(0), "{v} {err}");
+    assert_eq!(v["state"], "probation", "{v}");
+    assert_eq!(v["release"], 2, "{v}");
+    let h = w.wait_history(2, "rolled-back");
+    let r1 = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["release"] == 1)
+        .unwrap();
+    assert_eq!(r1["current"], true, "{h}");
+    let logs = w.ok(&["duckiebot", "logs", &w.name, "core"]);
+    assert!(
+        logs.contains("VERSION = \"v1\""),
+        "release 1 runs again: {logs}"
+    );
+    let table = w.ok(&["duckiebot", "history", &w.name]);
+    assert!(table.contains("rolled-back"), "{table}");
 }
 
 #[test]

@@ -91,8 +91,12 @@ enum DuckiebotCommand {
         #[arg(long = "set")]
         set: Vec<String>,
         /// Resolve everything, send and change nothing
-        #[arg(long)]
+        #[arg(long, conflicts_with = "detach")]
         dry_run: bool,
+        /// Return as soon as every service runs (state `probation`): the robot then commits
+        /// the release or rolls it back by itself (see `dts duckiebot history`)
+        #[arg(short = 'd', long)]
+        detach: bool,
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
@@ -257,6 +261,8 @@ struct DeploySummary {
     bytes_sent: u64,
     bytes_received: u64,
     duration_ms: u64,
+    /// `committed`, `rolled-back`, `failed`, `unchanged` (a no-op), `planned` (`--dry-run`), or
+    /// `probation` (`--detach`: every service runs; the robot commits or rolls back by itself).
     state: String,
     message: Option<String>,
 }
@@ -283,19 +289,15 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             stack,
             set,
             dry_run,
+            detach,
             json,
         } => {
-            deploy(
-                robot,
-                stack.as_deref(),
-                set,
-                *dry_run,
-                *json,
-                ssh,
-                g,
-                printer,
-            )
-            .await
+            let how = DeployHow {
+                dry_run: *dry_run,
+                detach: *detach,
+                json: *json,
+            };
+            deploy(robot, stack.as_deref(), set, how, ssh, g, printer).await
         }
         DuckiebotCommand::History { robot, ssh, json } => {
             let mut l = link(robot, ssh).await?;
@@ -520,22 +522,34 @@ fn plan_table(spec: &ReleaseSpec) -> Table {
 
 fn outcome_exit(v: &Value) -> Exit {
     match v["state"].as_str() {
-        Some("committed") | Some("unchanged") | Some("planned") => Exit::Ok,
+        // `probation` only answers a detached deploy: every service runs, the robot decides.
+        Some("committed") | Some("unchanged") | Some("planned") | Some("probation") => Exit::Ok,
         _ => Exit::Failed,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `deploy`'s switches.
+#[derive(Clone, Copy, Debug)]
+struct DeployHow {
+    dry_run: bool,
+    detach: bool,
+    json: bool,
+}
+
 async fn deploy(
     robot: &str,
     stack_arg: Option<&str>,
     sets: &[String],
-    dry_run: bool,
-    json: bool,
+    how: DeployHow,
     ssh: &SshFlags,
     g: &GlobalArgs,
     printer: &Printer,
 ) -> Result<Exit> {
+    let DeployHow {
+        dry_run,
+        detach,
+        json,
+    } = how;
     let started = Instant::now();
     let store = crate::ops::image::open_store()?;
     let mut l = link(robot, ssh).await?;
@@ -571,14 +585,7 @@ async fn deploy(
     }
     let log = reporter(g);
     let report = robot::guarded(&l.session, l.conn.transfer(&store, &plan.images, &*log)).await?;
-    let outcome = robot::guarded(
-        &l.session,
-        l.conn.daemon(&Request::Deploy {
-            spec: Box::new(plan.spec.clone()),
-            detach: false,
-        }),
-    )
-    .await?;
+    let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, detach, &*log).await?;
     let state = if outcome["unchanged"].as_bool() == Some(true) {
         "unchanged".to_string()
     } else {
@@ -613,6 +620,12 @@ async fn deploy(
         if let Some(m) = &summary.message {
             printer.info(m);
         }
+    }
+    if state == "probation" {
+        printer.info(&format!(
+            "{robot}: not waiting for probation (--detach); `dts duckiebot history {robot}` shows whether release {} was committed or rolled back",
+            summary.release.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+        ));
     }
     Ok(outcome_exit(&outcome))
 }
@@ -669,4 +682,50 @@ async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs)
         Some(c) => Exit::Code(c.clamp(0, 255) as u8),
         None => Exit::Code(125),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: DuckiebotArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<DuckiebotCommand, clap::Error> {
+        let argv = std::iter::once("duckiebot").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|c| c.args.command)
+    }
+
+    /// `-d/--detach` as `run` spells it; `--dry-run` changes nothing, so it cannot detach.
+    #[test]
+    fn deploy_detach_is_spelled_like_runs_and_refuses_dry_run() {
+        for flag in ["-d", "--detach"] {
+            match parse(&["deploy", "bot", flag]).unwrap() {
+                DuckiebotCommand::Deploy {
+                    detach, dry_run, ..
+                } => assert!(detach && !dry_run),
+                other => panic!("{other:?}"),
+            }
+        }
+        let e = parse(&["deploy", "bot", "--dry-run", "--detach"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        match parse(&["run", "bot", "-d", "busybox"]).unwrap() {
+            DuckiebotCommand::Run { run, .. } => assert!(run.detach),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_detached_deploy_on_probation_exits_0() {
+        let v = |s: &str| serde_json::json!({ "state": s });
+        assert_eq!(outcome_exit(&v("probation")), Exit::Ok);
+        assert_eq!(outcome_exit(&v("committed")), Exit::Ok);
+        assert_eq!(outcome_exit(&v("rolled-back")), Exit::Failed);
+        assert_eq!(outcome_exit(&v("failed")), Exit::Failed);
+    }
 }

@@ -1,6 +1,11 @@
 //! Turning a stack file into what a robot runs: each service's image resolved in the laptop's
 //! store for the robot's platform, its compose settings mapped onto a container, its health
-//! check taken from the stack or the image — a [`ReleaseSpec`] plus the list of images to ship.
+//! check taken from the stack or the image — a [`ReleaseSpec`] plus the list of images to ship —
+//! and [`apply`]ing it on the robot, saying what probation will wait for while it does.
+//!
+//! The robot's daemon runs the release's probation by itself: the laptop only waits for its
+//! answer (or, with `detach`, for the answer that every service runs). A laptop that goes away
+//! during probation changes nothing on the robot; the release still commits or rolls back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,10 +15,12 @@ use anyhow::{Context, Result};
 use crate::agent::container::{
     ContainerConfig, LogConfig, NetworkMode, RestartPolicy, VolumeSource, VolumeSpec,
 };
+use crate::agent::daemon::Request;
 use crate::agent::net::{PortMapping, Proto};
-use crate::agent::release::{HealthSpec, ReleaseSpec, ServiceSpec};
+use crate::agent::release::{HealthSpec, ReleaseSpec, ServiceSpec, probation};
 use crate::oci::{Digest, Platform, Reference};
 use crate::profile::stack::{self, HealthTest, Stack, StackSource};
+use crate::progress::{Event, Reporter};
 use crate::store::Store;
 
 /// How long a service without a health check must keep running before a release is committed.
@@ -109,6 +116,90 @@ pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Re
         images,
         warnings: stack.warnings.clone(),
     })
+}
+
+/// Switches the robot to `spec` and returns the daemon's `DeployOutcome` (as JSON): once the
+/// release is committed or rolled back, or with `detach` once every service runs (state
+/// `probation`; the robot finishes probation by itself). Tells `log` what probation watches
+/// first, so a deploy is never silent for the probation time.
+pub async fn apply(
+    link: &mut crate::ops::robot::RobotLink,
+    spec: &ReleaseSpec,
+    detach: bool,
+    log: &dyn Reporter,
+) -> Result<serde_json::Value> {
+    for line in watch_lines(spec) {
+        log.event(Event::note(line));
+    }
+    let label = if detach {
+        "starting the release's services"
+    } else {
+        "starting the release's services and watching them"
+    };
+    log.event(Event::start("release", label, None));
+    let request = Request::Deploy {
+        spec: Box::new(spec.clone()),
+        detach,
+    };
+    let outcome = crate::ops::robot::guarded(&link.session, link.conn.daemon(&request)).await;
+    let how = match &outcome {
+        Ok(v) if v["unchanged"].as_bool() == Some(true) => "unchanged".to_string(),
+        Ok(v) => v["state"].as_str().unwrap_or("unknown").to_string(),
+        Err(_) => "failed".to_string(),
+    };
+    log.event(Event::finish("release", how));
+    outcome
+}
+
+/// What probation waits for on each service of `spec`, one line each, for people: how long a
+/// service without a health check must keep running, or which check must pass and when it
+/// counts as failed.
+pub fn watch_lines(spec: &ReleaseSpec) -> Vec<String> {
+    spec.services
+        .iter()
+        .map(|s| {
+            match s
+                .healthcheck
+                .as_ref()
+                .and_then(|h| probation::command(h).map(|c| (h, c)))
+            {
+                None => format!(
+                    "watching `{}` for {}: no health check",
+                    s.name,
+                    human_duration(spec.probation)
+                ),
+                Some((h, cmd)) => {
+                    let grace = if h.start_period.is_zero() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", not counting the first {}",
+                            human_duration(h.start_period)
+                        )
+                    };
+                    format!(
+                        "watching `{}` until its health check `{}` passes (every {}, each up to {}); it fails after {} failed check(s) in a row{grace}",
+                        s.name,
+                        cmd.join(" "),
+                        human_duration(probation::interval(h)),
+                        human_duration(probation::timeout(h)),
+                        probation::retries(h),
+                    )
+                }
+            }
+        })
+        .collect()
+}
+
+/// `5 s`, `1.5 s`, `200 ms`.
+fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn container(key: &str, svc: &stack::Service, manifest: &Digest) -> ContainerConfig {
@@ -219,4 +310,54 @@ fn health(
             Duration::ZERO,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, healthcheck: Option<HealthSpec>) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            stage: 0,
+            order: 0,
+            image_name: "busybox".into(),
+            manifest: Digest::of(name.as_bytes()),
+            container: ContainerConfig::default(),
+            healthcheck,
+        }
+    }
+
+    /// Issue 20: a deploy sat silent for the probation time; it now says what it waits for.
+    #[test]
+    fn probation_says_what_it_watches_and_for_how_long() {
+        let check = |test: &[&str], start_period| HealthSpec {
+            test: test.iter().map(|s| s.to_string()).collect(),
+            interval: Duration::from_millis(1500),
+            timeout: Duration::ZERO,
+            retries: 0,
+            start_period,
+        };
+        let spec = ReleaseSpec {
+            stack: "duckiebot".into(),
+            services: vec![
+                service("interface", None),
+                service(
+                    "core",
+                    Some(check(&["test", "-f", "/ready"], Duration::from_secs(10))),
+                ),
+                service("car", Some(check(&["NONE"], Duration::ZERO))),
+            ],
+            probation: DEFAULT_PROBATION,
+        };
+        assert_eq!(
+            watch_lines(&spec),
+            [
+                "watching `interface` for 5 s: no health check",
+                "watching `core` until its health check `test -f /ready` passes (every 1.5 s, each up to 30 s); it fails after 3 failed check(s) in a row, not counting the first 10 s",
+                "watching `car` for 5 s: no health check",
+            ]
+        );
+        assert_eq!(human_duration(Duration::from_millis(200)), "200 ms");
+    }
 }
