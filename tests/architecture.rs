@@ -1,5 +1,5 @@
-//! The direction of dependencies (architecture.md, "Suggested src/ modules"): robot-side code
-//! never reaches for laptop-only modules, and pure modules do no I/O. Checked on the source
+//! The direction of dependencies (docs/architecture.md, "Direction of dependencies"): robot-side
+//! code never reaches for laptop-only modules, and pure modules do no I/O. Checked on the source
 //! text, so a violation fails here with the file and line rather than on a robot's build.
 
 use std::path::{Path, PathBuf};

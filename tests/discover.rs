@@ -42,7 +42,7 @@ fn need_avahi() -> bool {
 // ---------------------------------------------------------------------------------------------
 // Robots.
 
-/// What a real Duckiebot's image carries in /etc/avahi/services (research §1.1).
+/// What a real Duckiebot's image carries in /etc/avahi/services (docs/duckietown.md).
 fn avahi_file(service: &str, txt: Option<&str>) -> String {
     let txt = txt
         .map(|t| format!("    <txt-record>{t}</txt-record>\n"))

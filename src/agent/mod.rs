@@ -1,10 +1,10 @@
 //! The robot side: what `dt-agent` keeps and does on a Duckiebot.
 //!
-//! Owns the robot's state directory (`/var/lib/dt-agent`, override `DT_AGENT_ROOT`; cli.md
-//! "Agent"): the object store ([`store`]: images as content-addressed file objects, tar-split
-//! metadata and hardlink-farm snapshots), containers ([`container`]: overlay roots, runtime
-//! bundles, per-container shims, logs), their networks ([`net`]: CNI), device roles
-//! ([`devices`]), and the daemon's control socket ([`daemon`]).
+//! Owns the robot's state directory (`/var/lib/dt-agent`, override `DT_AGENT_ROOT`;
+//! docs/architecture.md, "The robot's state"): the object store ([`store`]: images as
+//! content-addressed file objects, tar-split metadata and hardlink-farm snapshots), containers
+//! ([`container`]: overlay roots, runtime bundles, per-container shims, logs), their networks
+//! ([`net`]: CNI), device roles ([`devices`]), and the daemon's control socket ([`daemon`]).
 //!
 //! ```text
 //! $DT_AGENT_ROOT/            (0700: snapshots hold setuid files and capabilities)

@@ -1,5 +1,5 @@
 //! `dt-agent status`: what a laptop (or a person on the robot) needs to know about this robot
-//! at a glance. The JSON field names are a contract (cli.md, "Agent").
+//! at a glance. The JSON field names are a contract (docs/cli.md, "`dt-agent` (on the robot)").
 
 use serde::Serialize;
 

@@ -1,7 +1,7 @@
-//! The `dt-agent` command tree. `daemon` runs the robot's long-lived side; for now its job is
-//! discovery (mDNS adverts and the UDP 11411 responder, in [`crate::discover::advertise`]).
-//! The other robot-side commands (serve, image, run…) arrive with the agent issue and hang off
-//! [`Command`].
+//! The `dt-agent` command tree. `daemon` runs the robot's long-lived side (containers,
+//! releases, the control socket, and discovery: mDNS adverts and the UDP 11411 responder in
+//! [`crate::discover::advertise`]); `serve --stdio` is the wire protocol's robot end; the
+//! others are for a person on the robot (docs/cli.md, "`dt-agent` (on the robot)").
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

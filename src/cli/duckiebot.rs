@@ -19,7 +19,7 @@ use crate::agent::daemon::Request;
 use crate::agent::release::{ReleaseRecord, ReleaseSpec};
 use crate::ops::robot::{self, RobotLink, SshArgs};
 
-/// SSH flags (cli.md "Robots").
+/// SSH flags (docs/cli.md, "Robots").
 #[derive(Args, Debug, Clone)]
 pub struct SshFlags {
     /// Identity file to try first
@@ -203,7 +203,7 @@ enum DuckiebotCommand {
     },
 }
 
-/// `dts duckiebot provision` flags (cli.md "Robots").
+/// `dts duckiebot provision` flags (docs/cli.md, "Robots").
 #[derive(Args, Debug)]
 pub struct ProvisionFlags {
     /// The robot as it is reached now (`[user@]host[:port]`, or a name found over mDNS)
@@ -248,7 +248,7 @@ fn parse_robot_hostname(s: &str) -> Result<String, String> {
     crate::ops::provision::check_hostname(s).map(|()| s.to_owned())
 }
 
-/// `deploy --json` (cli.md).
+/// `deploy --json` (docs/cli.md).
 #[derive(Serialize)]
 struct DeploySummary {
     robot: String,
@@ -433,7 +433,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
     }
 }
 
-/// `provision --json` (cli.md): the report, whose first fields are the documented ones.
+/// `provision --json` (docs/cli.md): the report, whose first fields are the documented ones.
 async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
     use crate::ops::provision::{self, ProvisionArgs};
     crate::profile::robot::RobotProfile::builtin(&p.configuration)?;

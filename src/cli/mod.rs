@@ -1,7 +1,7 @@
 //! The command line: clap trees, output, progress rendering, error rendering and exit codes.
 //! This is the only code that writes to stdout or stderr.
 //!
-//! Exit codes (cli.md): 0 ok, 1 the operation failed, 2 usage or input error.
+//! Exit codes (docs/cli.md): 0 ok, 1 the operation failed, 2 usage or input error.
 
 pub mod agent;
 pub mod containers;
@@ -155,7 +155,7 @@ impl Printer {
 }
 
 /// Parses the process arguments; on failure prints clap's message and returns the exit
-/// (`--help`/`--version` are 0, usage errors 2 as cli.md says, not clap's own codes).
+/// (`--help`/`--version` are 0, usage errors 2 as docs/cli.md says, not clap's own codes).
 pub fn parse_args<C: clap::Parser>() -> Result<C, Exit> {
     C::try_parse().map_err(|e| {
         let _ = e.print();

@@ -115,7 +115,7 @@ pub fn print_outcome(printer: &Printer, out: &DeployOutcome, json: bool) -> Exit
     }
 }
 
-/// `history --json`: the fields of cli.md and the rest of the record, without the spec.
+/// `history --json`: the fields of docs/cli.md and the rest of the record, without the spec.
 #[derive(Serialize)]
 struct HistoryEntry<'a> {
     release: u64,

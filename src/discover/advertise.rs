@@ -29,7 +29,7 @@ use super::{AgentInfo, Status};
 use crate::progress::{Event, Reporter};
 use crate::util::fs::{PathContext, PathError, read_limited};
 
-/// Where the robot's identity lives (cli.md; override with `DT_AGENT_CONFIG`).
+/// Where the robot's identity lives (docs/formats.md; override with `DT_AGENT_CONFIG`).
 pub const DEFAULT_CONFIG: &str = "/etc/dt-agent/robot.yaml";
 /// The host key whose fingerprint is advertised.
 pub const DEFAULT_HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key.pub";
@@ -61,7 +61,7 @@ pub enum AdvertiseError {
     /// A file could not be read.
     #[error(transparent)]
     Io(#[from] PathError),
-    /// `robot.yaml` is not what cli.md describes.
+    /// `robot.yaml` is not what docs/formats.md describes.
     #[error("`{path}`: {message}")]
     BadIdentity {
         /// The file.
@@ -474,7 +474,7 @@ fn register(
 mod tests {
     use super::*;
 
-    /// The files real Duckiebots carry (research/duckietown.md §1.1).
+    /// The files real Duckiebots carry (docs/duckietown.md, "Discovery").
     const PRESENCE: &str = r#"<?xml version="1.0" standalone='no'?>
 <!DOCTYPE service-group SYSTEM "avahi-service.dtd">
 <service-group>

@@ -1,7 +1,7 @@
 //! Finding robots on the LAN, and being found: mDNS browse (laptop) and advertise (agent) with
 //! `mdns-sd`, plus the UDP ping/pong fallback on port 11411. Returns values; never prints.
 //!
-//! What real Duckiebots say (research/duckietown.md §1): one DNS-SD service type,
+//! What real Duckiebots say (docs/duckietown.md, "Discovery"): one DNS-SD service type,
 //! `_duckietown._tcp.local.`, with the information in the instance names
 //! `DT::<SERVICE>::<hostname>` and in TXT records holding one JSON string each:
 //!
@@ -39,7 +39,7 @@ pub use browse::{BrowseOptions, Browser, Change, Discovery, discover, resolve};
 pub use fleet::Source;
 pub use parse::SERVICE_TYPE;
 
-/// A robot as discovery sees it. `--json` of `dts fleet discover` prints these (cli.md: at
+/// A robot as discovery sees it. `--json` of `dts fleet discover` prints these (docs/cli.md: at
 /// least `hostname`, `type`, `configuration`, `status`, `addresses`, `agent`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Robot {

@@ -1,7 +1,8 @@
 //! Overlayfs upper directory → layer changes, after a RUN.
 //!
-//! The upper dir of an `overlay` mount holds exactly what the RUN changed
-//! (research/builder.md §1.4), in overlayfs's own encoding, which we translate to OCI's:
+//! The upper dir of an `overlay` mount holds exactly what the RUN changed (BuildKit's overlay
+//! differ, `util/overlay`, walks only it too), in overlayfs's own encoding, which we translate
+//! to OCI's:
 //!
 //! | upper dir                                              | layer                              |
 //! |--------------------------------------------------------|------------------------------------|

@@ -4,7 +4,7 @@
 //! prefixes); the entry loop, PAX records and GNU long names are handled here so that every size
 //! is bounded before memory is allocated (a 10 GiB PAX header must not become a 10 GiB `Vec`) and
 //! so that ambiguous archives are refused instead of being read one way here and another way by
-//! Go's `archive/tar` (research/reliability.md §2.1: TARmageddon, CVE-2026-33055,
+//! Go's `archive/tar` (parser differentials such as TARmageddon, CVE-2026-33055,
 //! GHSA-3pv8-6f4r-ffg2 — parser differentials):
 //!
 //! - a header-only entry (link, symlink, device, directory, FIFO) that declares data is refused

@@ -7,7 +7,7 @@
 //!   RESOLVE_NO_MAGICLINKS)` call (Linux ≥ 5.6). The kernel does the walk, race-free.
 //! - [`Resolver::Userspace`]: a component-by-component walk with `openat(O_PATH | O_NOFOLLOW)`,
 //!   reading each symlink ourselves and keeping `..` on our own stack. For kernels without
-//!   `openat2` (Jetson Nano's 4.9, Ubuntu 20.04's 5.4 on the Pi; research/reliability.md §2.5).
+//!   `openat2` (Jetson Nano's 4.9, Ubuntu 20.04's 5.4 on the Pi; docs/duckietown.md).
 //!   It is exact unless another process renames directories inside the root during the walk;
 //!   like containerd we assume a root under extraction is not shared.
 //!

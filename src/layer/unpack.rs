@@ -2,7 +2,7 @@
 //! below it — whatever the layer contains.
 //!
 //! Guarantee: nothing is written, linked, chmodded, chowned or deleted outside `root`, for any
-//! input bytes. How (research/reliability.md §2):
+//! input bytes. How:
 //!
 //! - Every entry name is normalised first (`path::clean`): leading `/` dropped, `..`
 //!   resolved lexically, and a `..` that climbs above the root, a NUL, an over-long name refuse

@@ -1,7 +1,7 @@
 //! The canonical layer writer: same tree in, same bytes out, on any machine.
 //!
-//! Normalisation follows BuildKit's layer writer (containerd `archive.ChangeWriter`, see
-//! research/builder.md §1.3 and §7.3), written with the field encodings of Go's `archive/tar` in
+//! Normalisation follows BuildKit's layer writer (containerd `archive.ChangeWriter`, with
+//! BuildKit's `rewrite-timestamp`), written with the field encodings of Go's `archive/tar` in
 //! PAX format:
 //!
 //! - ustar headers (`ustar\0` `00`), a PAX `x` header only when a value does not fit (a name

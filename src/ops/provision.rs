@@ -37,9 +37,10 @@ use crate::profile::robot::RobotProfile;
 use crate::progress::{Event, Reporter};
 use crate::ssh::{Output, Session, SshOptions, Target, known_hosts};
 
-/// The shared public key of every Duckietown SD-card image (`DT2018key`), as
-/// `../shared/research/dt2018key.pub` records it. Provisioning removes every line carrying its
-/// key blob, whatever the line's options or comment.
+/// The shared public key of every Duckietown SD-card image (`DT2018key`), as the images'
+/// cloud-config installs it (duckietown-shell-commands `init_sd_card/placeholders/v1.0/
+/// CLOUD_CONFIG`; docs/duckietown.md). Provisioning removes every line carrying its key blob,
+/// whatever the line's options or comment.
 pub const DT2018_KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDFiaiFeU0Pc3ZjiGbjJOIx28ghcWPoem8jU1OSeJnbTkKT79vrzjIbYjkBg7uBlXb6kLnbHLWHUnPlLk2IUQTxHHvakubEJkJxePdN6XO+q1sKpEvz+1GL60iBKhRljCZ9h/CcJ78kkyNQkexHT15ZDMhOnUd8c9zxwUHxSjzPSOH5ns8bxjU3oSjmzDEojPnQJmY6Evhf5DVcKXenxkzs4XgDEo+ldKo37i30iUoFCL30OsXCP2tPcn1j39qjL7vnaUBO9WqY8eOssOHAX7/K1dNN1lDvNCKspq/2f05Ss8LopSpe6hOiMnPB0RlotJbZn+784kV1B4nJpqLj+EQr DT2018key";
 
 /// Where the agent goes on the robot (the sudoers drop-in names this exact path).
@@ -231,7 +232,7 @@ fn check_user(user: &str) -> Result<(), String> {
 }
 
 /// The board a configuration runs on, as `/data/config/robot_hardware` names it
-/// (research/duckietown.md §2: no 2gb/4gb suffix there).
+/// (no 2gb/4gb suffix there; docs/duckietown.md, "Boards, configurations, arch tags").
 pub fn robot_hardware(configuration: &str) -> &'static str {
     match configuration {
         "DB18" | "DB19" | "DB20" | "DD18" | "WT18" | "WT19A" | "WT19B" | "TL18" | "TL19"
@@ -243,7 +244,7 @@ pub fn robot_hardware(configuration: &str) -> &'static str {
     }
 }
 
-/// `/etc/dt-agent/robot.yaml` for a robot (cli.md "Robot identity and devices"): no
+/// `/etc/dt-agent/robot.yaml` for a robot (docs/formats.md, "robot.yaml"): no
 /// `devices`, so the profile of `configuration` applies as shipped.
 pub fn robot_yaml(hostname: &str, profile: &RobotProfile) -> String {
     format!(

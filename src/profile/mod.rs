@@ -1,8 +1,8 @@
 //! Robot profiles, `robot.yaml` and stack files: what a robot has and what a deploy runs.
 //!
 //! Owns the YAML formats of `profiles/robots/<CONFIGURATION>.yaml`, `/etc/dt-agent/robot.yaml`
-//! ([`robot`]) and `profiles/stacks/<NAME>.yaml` / user stack files ([`stack`]), as cli.md
-//! specifies them ("Robot identity and devices", "Stack files"). Parsing is pure (`from_str`,
+//! ([`robot`]) and `profiles/stacks/<NAME>.yaml` / user stack files ([`stack`]), as
+//! docs/formats.md specifies them. Parsing is pure (`from_str`,
 //! `parse`); loading reads one file and nothing else. The shipped profiles are embedded, so both
 //! binaries work from anywhere. Turning roles into device nodes on a robot is
 //! `agent::devices`, not this module: nothing here looks at `/dev`.

@@ -13,8 +13,8 @@
 //!   tof:    { nodes: ["/dev/i2c-*"], groups: [i2c], optional: true }
 //! ```
 //!
-//! `robot.yaml` names the configuration and may replace whole roles under `devices:` (cli.md,
-//! "Robot identity and devices"). A role names *what* a container may touch; resolving it to
+//! `robot.yaml` names the configuration and may replace whole roles under `devices:`
+//! (docs/formats.md, "robot.yaml"). A role names *what* a container may touch; resolving it to
 //! major:minor numbers happens on the robot, at container start (`agent::devices`).
 
 use std::collections::BTreeMap;

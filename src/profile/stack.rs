@@ -1,4 +1,4 @@
-//! Stack files: the compose subset users write for Duckiebots (cli.md, "Stack files").
+//! Stack files: the compose subset users write for Duckiebots (docs/formats.md, "Stack files").
 //!
 //! ```yaml
 //! services:

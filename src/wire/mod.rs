@@ -1,11 +1,11 @@
-//! The wire between `dts` and `dt-agent serve --stdio` (architecture.md, "The wire"): versioned,
+//! The wire between `dts` and `dt-agent serve --stdio` (docs/wire.md): versioned,
 //! length-prefixed frames over the SSH channel's stdin/stdout, JSON control messages, zstd
 //! payload streams.
 //!
 //! ```text
 //! laptop                                         robot (dt-agent serve --stdio)
-//! H  magic, 2.0, {client}               ──▶
-//!                                       ◀──      H  magic, 2.0, {platform, hostname,
+//! H  magic, 2.1, {client}               ──▶
+//!                                       ◀──      H  magic, 2.1, {platform, hostname,
 //!                                                   agent_version, images: name → manifest,
 //!                                                   diff_ids, has_objects}
 //! query {layers, chains, docs}          ──▶                      one round trip: what the

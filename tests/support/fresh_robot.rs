@@ -1,6 +1,6 @@
 //! A brand-new, stock Duckiebot for tests: a Debian root file system booted in its own network,
 //! mount, UTS, IPC and pid namespaces, in the state a freshly flashed SD card is in
-//! (`../shared/research/reliability.md` §0) — what `dts duckiebot provision` starts from.
+//! (docs/duckietown.md, "A freshly flashed robot") — what `dts duckiebot provision` starts from.
 //!
 //! ```text
 //!  scripts/fresh-robot-rootfs ARCH  ─► /var/cache/dts-test/rootfs/<arch>-<hash>/   the "image":

@@ -1,5 +1,5 @@
 //! Releases on the robot: one stack's services applied as release N — staged, switched,
-//! probation, committed — with automatic rollback to N-1 (architecture.md, "Releases").
+//! probation, committed — with automatic rollback to N-1 (docs/architecture.md, "Releases").
 //!
 //! [`Releases`] is owned by `dt-agent daemon`; the control socket's `deploy`, `rollback`,
 //! `history` and `release` requests reach it. One switch runs at a time: a second deploy (or

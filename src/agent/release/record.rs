@@ -75,7 +75,7 @@ impl std::fmt::Display for ReleaseState {
     }
 }
 
-/// `releases/<N>.json`; `history --json` prints these (cli.md: `release`, `state`, `created`,
+/// `releases/<N>.json`; `history --json` prints these (docs/cli.md: `release`, `state`, `created`,
 /// `stack`, `services`, plus the rest).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseRecord {

@@ -265,7 +265,7 @@ pub(super) fn import(
     // Commit: nothing above touched a final name. One syncfs per step instead of an fsync
     // per file and directory: an image has thousands of files spread over up to 256 object
     // directories, and per-file fsync on SD cards is what made meta-lmp#992 unacceptable
-    // (reliability.md §1.2); containerd's `sync_fs` does the same.
+    // (per-file fsync on SD cards); containerd's `sync_fs` does the same.
     syncfs(&tx.dir)?; // data of objects, tar-splits, snapshot trees
     let (added, bytes) = commit_objects(store, &staging)?;
     report.objects_added = added;
@@ -440,7 +440,7 @@ fn apply_layer(
     };
     let opts = UnpackOptions {
         same_owner: is_root,
-        // The device cgroup is the gate; a node on disk would only be noise (reliability.md §2.6).
+        // The device cgroup is the gate; a node on disk would only be noise (docs/security.md).
         devices: DevicePolicy::Skip,
         expect_diff_id: Some(diff_id.clone()),
         ..UnpackOptions::default()

@@ -584,7 +584,7 @@ impl Ingest<'_> {
                 // it came with was imported), and the tar-split by the digest the laptop sent
                 // and its end record's diff_id: replaying it only links objects, so a deploy
                 // does not reread and rehash hundreds of MB to recompute a diff_id. That is
-                // `dt-agent fsck`'s job (architecture.md, "the deploy's critical path"). The
+                // `dt-agent fsck`'s job (docs/wire.md, "Verification and interruption"). The
                 // unpacker still checks every header.
                 let known = Some(KnownContent::default());
                 reader.known = known.clone();

@@ -1,4 +1,4 @@
-//! The robot's object store: files, not tarballs (architecture.md, "The robot store").
+//! The robot's object store: files, not tarballs (docs/architecture.md, "The robot's state").
 //!
 //! Each distinct regular-file content is kept once as a content-addressed object; each layer
 //! keeps the tar-split metadata that rebuilds its exact tar (so its diff_id can be re-checked);
