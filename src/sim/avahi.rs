@@ -14,7 +14,7 @@
 //!   dt.booting.service.disabled            what dt-init copies in while a robot boots
 //! ```
 //!
-//! These are the files of research/duckietown.md §1.1. `dt-agent daemon` reads the same
+//! These are the files of docs/duckietown.md, "Discovery". `dt-agent daemon` reads the same
 //! directory and leaves every service found there to avahi, so each instance name has one
 //! publisher and the agent adds only its own `DT::AGENT::NAME`.
 
