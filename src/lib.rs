@@ -21,6 +21,7 @@ pub mod discover;
 pub mod layer;
 pub mod oci;
 pub mod ops;
+pub mod paths;
 pub mod profile;
 pub mod progress;
 #[cfg(feature = "workstation")]

@@ -88,7 +88,7 @@ pub fn run(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
 
 fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
     // Absolute: the holder runs in `/` and is found again by the path in its arguments.
-    let home = crate::ops::dts_home();
+    let home = crate::paths::dts_home();
     let home = std::path::absolute(&home).unwrap_or(home);
     match cmd {
         SimCommand::Up {

@@ -340,7 +340,7 @@ pub fn sim_key(dts_home: &Path) -> PathBuf {
 
 /// The sim named `name` from `$DTS_HOME/sims` (see [`resolve_in`]).
 pub fn resolve(name: &str) -> Option<SimInfo> {
-    resolve_in(&crate::ops::dts_home(), name)
+    resolve_in(&crate::paths::dts_home(), name)
 }
 
 /// The sim named `name` under `dts_home`, when `sim.json` exists and reads; deploy code looks
@@ -354,7 +354,7 @@ pub fn resolve_in(dts_home: &Path, name: &str) -> Option<SimInfo> {
 /// The key to authenticate to sim `name` with, when `name` is a sim: add it to
 /// [`SshOptions::identities`].
 pub fn identity_for(name: &str) -> Option<PathBuf> {
-    let home = crate::ops::dts_home();
+    let home = crate::paths::dts_home();
     resolve_in(&home, name)?;
     let key = sim_key(&home);
     key.exists().then_some(key)

@@ -118,7 +118,7 @@ impl SshOptions {
     }
 
     /// The usual options: `$HOME`, `$SSH_AUTH_SOCK`, and `dts_home/known_hosts` read besides
-    /// the user's own (the caller passes `ops::dts_home()`: this module does not look upward).
+    /// the user's own (the caller passes `paths::dts_home()`: this module does not look upward).
     pub fn from_env(dts_home: &Path) -> SshOptions {
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())

@@ -139,7 +139,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             hello: placeholder,
             sent: 0,
             received: 0,
-            cache: crate::ops::dts_home().join("cache/layers"),
+            cache: crate::paths::dts_home().join("cache/layers"),
             batch_bytes: BATCH_BYTES,
             batch_objects: BATCH_OBJECTS,
             adapt: fixed_level().map_or(Adapt::new(START_LEVEL, MAX_LEVEL), Adapt::fixed),
