@@ -37,7 +37,7 @@ enum Command {
     Fleet(FleetCmd),
     /// Virtual Duckiebots on this machine: up, down, ls
     #[command(subcommand)]
-    Sim(crate::sim::cli::SimCommand),
+    Sim(super::sim::SimCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,7 +226,7 @@ fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
         Command::Devel(cmd) => devel(cmd, &cli.global, p),
         Command::Duckiebot(a) => super::duckiebot::run(a, &cli.global, p),
         Command::Fleet(cmd) => fleet::run(cmd, p),
-        Command::Sim(cmd) => crate::sim::cli::run(cmd, p),
+        Command::Sim(cmd) => super::sim::run(cmd, p),
     }
 }
 

@@ -11,6 +11,8 @@ pub mod dts;
 pub mod duckiebot;
 pub mod releases;
 mod report;
+#[cfg(feature = "workstation")]
+pub mod sim;
 pub mod table;
 
 use std::io::{IsTerminal, Write};

@@ -7,7 +7,7 @@
 //! key line in `$DTS_HOME/known_hosts` and the key dts makes for its sims
 //! (`$DTS_HOME/sim_key`, both in `keys`), and the check that this machine has every program a
 //! sim runs ([`tools`]). Does not own: what runs on the robot (`dt-agent`), how robots are
-//! reached (`ssh`), printing (`cli`).
+//! reached (`ssh`), printing (`cli::sim`).
 //!
 //! ```text
 //! host: bridge dts0 10.213.0.1/24 ── veth sim-NAME ══ eth0 10.213.0.N/24 (netns dts-sim-NAME)
@@ -32,7 +32,6 @@
 //! emulated.
 
 pub mod avahi;
-pub mod cli;
 pub mod init;
 mod keys;
 pub mod memory;

@@ -1,15 +1,16 @@
 //! `dts sim up|down|ls` (and the hidden `__init`/`__pid1` the holder processes run): flags,
-//! rendering and exit codes. The work is in [`super`].
+//! rendering and exit codes. The work is in [`crate::sim`], which prints nothing (it sits below
+//! `cli` and `ops`: tests/architecture.rs).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::{SimError, UpArgs};
-use crate::cli::table::Table;
-use crate::cli::{Exit, Printer};
+use super::table::Table;
+use super::{Exit, Printer};
 use crate::oci::Platform;
+use crate::sim::{SimError, UpArgs};
 
 /// `dts sim …`.
 // Parsed once per process: the size of the largest variant costs nothing worth boxing for.
@@ -106,7 +107,7 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
                 link_rate: link_rate.clone(),
                 memory: *memory,
             };
-            let r = super::up(&home, &args)?;
+            let r = crate::sim::up(&home, &args)?;
             if r.replaced_dead {
                 p.info(&format!("Removed the remains of a dead `{name}` first"));
             }
@@ -143,7 +144,7 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
             }
         }
         SimCommand::Down { name, json } => {
-            let r = super::down(&home, name)?;
+            let r = crate::sim::down(&home, name)?;
             if *json {
                 p.json(&r);
             } else {
@@ -151,7 +152,7 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
             }
         }
         SimCommand::Ls { json } => {
-            let sims = super::list(&home);
+            let sims = crate::sim::list(&home);
             if *json {
                 let rows: Vec<_> = sims
                     .iter()
@@ -194,11 +195,11 @@ fn dispatch(cmd: &SimCommand, p: &Printer) -> Result<Exit> {
             }
         }
         SimCommand::Init { dir } => {
-            let code = super::init::holder_main(dir)?;
+            let code = crate::sim::init::holder_main(dir)?;
             return Ok(Exit::Code(code.clamp(0, 255) as u8));
         }
         SimCommand::Pid1 { dir } => {
-            let code = super::init::pid1_main(dir)?;
+            let code = crate::sim::init::pid1_main(dir)?;
             return Ok(Exit::Code(code.clamp(0, 255) as u8));
         }
     }
