@@ -16,7 +16,6 @@ pub mod binfmt;
 #[cfg(feature = "workstation")]
 pub mod build;
 pub mod cli;
-pub mod config;
 pub mod discover;
 pub mod layer;
 pub mod oci;
