@@ -5,7 +5,11 @@
 //! `dt-agent` (the robot side) stores, unpacks and runs them. Binaries are thin: this library
 //! returns values and emits progress events, and never prints.
 //!
-//! Direction of dependencies: `cli → ops → {registry, archive} → {store, oci, util}`.
+//! Layers, top to bottom: the binaries; `cli`; `ops` (the verbs); `sim`, `wire`; `agent` (robot
+//! side), `build` (laptop side); `registry`, `archive`; parts (`store`, `layer`, `profile`,
+//! `runtime`, `ssh`, `discover`, …); `oci`, `util`, `progress`, `paths`. A module imports only
+//! from below it, and only what its row of the table in `tests/architecture.rs` allows (the
+//! robot side never imports laptop-only modules); that test enforces it.
 #![deny(missing_docs)]
 
 pub mod agent;
