@@ -897,7 +897,7 @@ mod tests {
         // Whatever the host has registered must parse (read-only; nothing is changed).
         let dir = Path::new(BINFMT_MISC);
         if !dir.join("register").exists() {
-            eprintln!("SKIP: host_entries_parse: binfmt_misc is not mounted");
+            crate::util::skip_test("binfmt_misc is not mounted");
             return;
         }
         let listing = read_entries(dir).unwrap();

@@ -1757,11 +1757,11 @@ mod tests {
             .arg("--version")
             .output()
         else {
-            eprintln!("SKIP: the_unit_verifies: no systemd-analyze");
+            crate::util::skip_test("no systemd-analyze");
             return;
         };
         if !probe.status.success() {
-            eprintln!("SKIP: the_unit_verifies: systemd-analyze does not run");
+            crate::util::skip_test("systemd-analyze does not run");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

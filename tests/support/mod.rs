@@ -1,7 +1,8 @@
 //! Shared support for integration tests: `mod support;` at the top of a file in `tests/`.
 //!
 //! Owns the skip conventions (a test that cannot run prints one `SKIP: <test>: <reason>` line to
-//! stderr and returns early, so `cargo test` passes as non-root) and shared fixtures:
+//! stderr and returns early, so `cargo test` passes as non-root; under `CI=true` that line is a
+//! panic instead, see [`skip`]) and shared fixtures:
 //! [`netns`] (throwaway network namespaces on a private bridge), [`fresh_robot`] (a stock
 //! Duckiebot booted from a cached Debian root file system), [`images`] (OCI images made in
 //! code) and [`registry`] (a real local registry). It does not own fixtures of any one module.
@@ -25,12 +26,29 @@ pub fn test_name() -> String {
         .to_owned()
 }
 
-/// Print the standard skip line for the running test.
+/// Print the standard skip line for the running test; under `CI=true`, panic with it instead.
+///
+/// Why CI fails: CI runs `scripts/test` as root, which installs every tool, fixture and kernel
+/// feature the tests need, so a skip there is an install bug, and a skipped test that passes
+/// would hide it (issue 16: most integration tests passed as SKIP, silently). Locally, as
+/// non-root or without a tool, a skip stays a pass.
 ///
 /// Written to the stderr handle directly, not with `eprintln!`: libtest captures the print
 /// macros of passing tests, and a skip must be visible in a normal `cargo test` run.
 pub fn skip(reason: &str) {
-    write_stderr_line(&format!("SKIP: {}: {reason}", test_name()));
+    let line = format!("SKIP: {}: {reason}", test_name());
+    if in_ci() {
+        panic!(
+            "{line}\n(CI=true: a skip in CI is a failure; scripts/test must install what this test needs)"
+        );
+    }
+    write_stderr_line(&line);
+}
+
+/// Whether the environment variable `CI` is `true`, as CI services set it (`.ci/run` runs
+/// with it): then [`skip`] fails the test.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| v == "true")
 }
 
 /// One whole line to stderr in a single write (so parallel tests do not interleave mid-line),
