@@ -153,18 +153,11 @@ impl World {
         .unwrap();
         // `big` files of 1 MiB of noise: what a cut link interrupts.
         std::fs::create_dir_all(ctx.join("big")).unwrap();
-        let mut state = version.bytes().fold(0x2545_f491_4f6c_dd1d_u64, |h, b| {
+        let seed = version.bytes().fold(0x2545_f491_4f6c_dd1d_u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
         });
         for i in 0..big {
-            let data: Vec<u8> = (0..1 << 20)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let data = noise(seed.wrapping_add(i as u64), 1 << 20);
             std::fs::write(ctx.join(format!("big/blob_{i}.bin")), data).unwrap();
         }
         std::fs::write(ctx.join("big/.keep"), b"").unwrap();
