@@ -520,7 +520,26 @@ struct Raw {
 
 impl Raw {
     fn start(root: &Path) -> Raw {
-        let mut child = agent_cmd(root)
+        Raw::start_in(root, None)
+    }
+
+    /// `dt-agent serve` in the memory cgroup whose `cgroup.procs` is `procs`, when given.
+    fn start_in(root: &Path, procs: Option<std::fs::File>) -> Raw {
+        let mut cmd = agent_cmd(root);
+        if let Some(f) = procs {
+            use std::os::fd::AsRawFd as _;
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: write(2) of a static buffer to an fd we own, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["serve", "--stdio"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -691,6 +710,134 @@ fn a_corrupted_object_is_refused_and_never_named() {
             .join("layers")
             .join(Digest::of(b"layer").hex())
             .exists()
+    );
+}
+
+/// A memory cgroup of the test's own, removed on drop.
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let own = dts::util::cgroup::MemoryCgroup::own().expect("a memory cgroup");
+        let cg = own.child(&format!("dts-wire-test-{}", std::process::id()));
+        std::fs::create_dir_all(&cg.dir).unwrap();
+        std::fs::write(cg.dir.join(cg.limit_file), limit.to_string()).unwrap();
+        MemoryCgroup(cg.dir)
+    }
+
+    fn procs(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.0.join("cgroup.procs"))
+            .unwrap()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue 20: a robot with 1 GiB (here: a `dt-agent serve` held to 1 GiB by its cgroup) says it
+/// decodes 16 MiB windows, refuses a patch whose old and new file do not fit one (before it
+/// reads the old file), and refuses a stream frame asking for a wider window instead of
+/// allocating it; nothing is named either way.
+#[test]
+fn a_small_robot_refuses_frames_wider_than_the_window_it_said() {
+    if !support::require_root("puts dt-agent serve in a memory cgroup of 1 GiB") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("robot");
+    let cg = MemoryCgroup::new(1 << 30);
+    let hello = |raw: &mut Raw| {
+        raw.send(&Frame::hello(
+            dts::wire::MAJOR,
+            dts::wire::MINOR,
+            &serde_json::json!({"client": "test"}),
+        ));
+        let f = raw.recv().unwrap();
+        let (_, _, body) = f.parse_hello().unwrap();
+        let h: dts::wire::RobotHello = serde_json::from_slice(body).unwrap();
+        h.window_log_max
+    };
+    let spec = |content: &[u8]| dts::agent::store::ObjectSpec {
+        digest: Digest::of(content),
+        size: content.len() as u64,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        xattrs: Vec::new(),
+    };
+    let refusal = |raw: Raw| {
+        let mut raw = raw;
+        let FromRobot::Error { message, .. } = raw.recv().unwrap().message().unwrap() else {
+            panic!("expected a refusal");
+        };
+        raw.stderr();
+        message
+    };
+
+    // A 12 MiB object in a 16 MiB window: taken.
+    let old: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut raw = Raw::start_in(&root, Some(cg.procs()));
+    assert_eq!(hello(&mut raw), dts::wire::SMALL_ROBOT_WINDOW_LOG);
+    raw.send(&Frame::control(&ToRobot::Objects {
+        objects: vec![spec(&old)],
+    }));
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    enc.window_log(dts::wire::SMALL_ROBOT_WINDOW_LOG).unwrap();
+    enc.write_all(&old).unwrap();
+    for f in dts::wire::frame::data_frames(&enc.finish().unwrap()) {
+        raw.send(&f);
+    }
+    raw.send(&Frame::control(&ToRobot::Sync));
+    assert!(matches!(
+        raw.recv().unwrap().message().unwrap(),
+        FromRobot::Synced { .. }
+    ));
+    raw.send(&Frame::control(&ToRobot::Bye));
+    raw.stderr();
+
+    // A 6 MiB patch against it: 18 MiB, more than the window; refused before anything is read.
+    let new = old[..6 << 20].to_vec();
+    let mut raw = Raw::start_in(&root, Some(cg.procs()));
+    hello(&mut raw);
+    raw.send(&Frame::control(&ToRobot::Patch {
+        object: spec(&new),
+        base: Digest::of(&old),
+    }));
+    let message = refusal(raw);
+    assert!(message.contains("16 MiB window"), "{message}");
+
+    // A stream frame with a 32 MiB window: refused, not allocated.
+    let big = vec![7u8; 1 << 20];
+    let mut raw = Raw::start_in(&root, Some(cg.procs()));
+    hello(&mut raw);
+    raw.send(&Frame::control(&ToRobot::Objects {
+        objects: vec![spec(&big)],
+    }));
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    enc.window_log(dts::wire::SMALL_ROBOT_WINDOW_LOG + 1)
+        .unwrap();
+    enc.write_all(&big).unwrap();
+    for f in dts::wire::frame::data_frames(&enc.finish().unwrap()) {
+        raw.send(&f);
+    }
+    raw.send(&Frame::control(&ToRobot::Sync));
+    let message = refusal(raw);
+    // zstd's own words for a frame wider than WindowLogMax.
+    assert!(message.contains("too much memory"), "{message}");
+    let names = walk(&root.join("objects"));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains(Digest::of(&new).hex()) || n.contains(Digest::of(&big).hex())),
+        "{names:?}"
     );
 }
 

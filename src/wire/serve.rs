@@ -60,8 +60,8 @@ pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
 }
 
 /// The largest zstd window this robot's decoders take: from its word size, the memory the agent
-/// may use and what is available now. Every decoder of the session is held to it, so a frame asking for more is
-/// refused instead of allocated.
+/// may use and what is available now. Every decoder of the session is held to it, so a frame
+/// asking for more is refused instead of allocated.
 pub fn window_log_max() -> u32 {
     use crate::agent::memory::{available_bytes, memory_bytes};
     robot_window_log(usize::BITS, memory_bytes(), available_bytes())
