@@ -157,7 +157,11 @@ impl World {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
         });
         for i in 0..big {
-            let data = noise(seed.wrapping_add(i as u64), 1 << 20);
+            // An even step keeps the seeds distinct after `noise` sets their low bit.
+            let data = noise(
+                seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c16)),
+                1 << 20,
+            );
             std::fs::write(ctx.join(format!("big/blob_{i}.bin")), data).unwrap();
         }
         std::fs::write(ctx.join("big/.keep"), b"").unwrap();
