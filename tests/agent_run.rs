@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -922,4 +922,52 @@ fn a_full_disk_fails_the_import_and_leaves_running_containers_alone() {
     agent.ok(&["fsck"]);
     let images = agent.ok(&["image", "ls", "--json"]);
     assert!(!images.contains("big"), "nothing half-committed: {images}");
+}
+
+#[test]
+fn a_daemon_request_with_a_volume_name_out_of_the_root_is_refused() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    // The state dir one level down, so `../../canary` from its `volumes/` lands in the temp
+    // dir: a canary directory the test owns, outside the agent's root.
+    let tmp = tempfile::tempdir().unwrap();
+    let canary = tmp.path().join("canary");
+    std::fs::create_dir(&canary).unwrap();
+    let agent = Agent::at(&mut net, ROBOT_YAML, tmp.path().join("state"), tmp);
+    // An image the request can name, so only the volume can stop it.
+    let image = amd64_image(&agent);
+    let request = serde_json::json!({
+        "op": "create",
+        "start": true,
+        "config": {
+            "name": "escape",
+            "image": image,
+            "cmd": ["true"],
+            "volumes": [{
+                "source": {"named": "../../canary/escaped"},
+                "target": "/data",
+                "read_only": false
+            }]
+        }
+    });
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(agent.state().join("daemon.sock")).unwrap();
+    sock.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&sock)
+        .read_line(&mut answer)
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["error"]["bad_input"], true, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("invalid volume name `../../canary/escaped`"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read_dir(&canary).unwrap().count(), 0);
+    assert!(!agent.state().join("containers").join("escape").exists());
+    let ps = agent.ok(&["ps", "-a", "--json"]);
+    assert!(!ps.contains("escape"), "{ps}");
 }

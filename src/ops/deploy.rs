@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::agent::container::{
-    ContainerConfig, LogConfig, NetworkMode, RestartPolicy, VolumeSource, VolumeSpec,
+    ContainerConfig, ContainerError, LogConfig, NetworkMode, RestartPolicy, VolumeName,
+    VolumeSource, VolumeSpec,
 };
 use crate::agent::daemon::Request;
 use crate::agent::net::{PortMapping, Proto};
@@ -101,7 +102,7 @@ pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Re
                 manifest: manifest.clone(),
                 container: ContainerConfig {
                     image_name: Some(svc.image.clone()),
-                    ..container(key, svc, &manifest)
+                    ..container(key, svc, &manifest)?
                 },
                 healthcheck,
             });
@@ -202,8 +203,14 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-fn container(key: &str, svc: &stack::Service, manifest: &Digest) -> ContainerConfig {
-    ContainerConfig {
+/// The container a service runs. Fails only on a volume name the agent would refuse (the
+/// stack file's check is meant to catch those first).
+fn container(
+    key: &str,
+    svc: &stack::Service,
+    manifest: &Digest,
+) -> Result<ContainerConfig, ContainerError> {
+    Ok(ContainerConfig {
         name: key.to_string(),
         image: manifest.to_string(),
         entrypoint: svc.entrypoint.clone(),
@@ -216,15 +223,19 @@ fn container(key: &str, svc: &stack::Service, manifest: &Digest) -> ContainerCon
         volumes: svc
             .volumes
             .iter()
-            .map(|v| VolumeSpec {
-                source: match &v.source {
-                    stack::VolumeSource::Named(n) => VolumeSource::Named(n.clone()),
-                    stack::VolumeSource::Bind(p) => VolumeSource::Bind(p.into()),
-                },
-                target: v.target.clone(),
-                read_only: v.read_only,
+            .map(|v| {
+                Ok(VolumeSpec {
+                    source: match &v.source {
+                        stack::VolumeSource::Named(n) => {
+                            VolumeSource::Named(VolumeName::new(n.as_str())?)
+                        }
+                        stack::VolumeSource::Bind(p) => VolumeSource::Bind(p.into()),
+                    },
+                    target: v.target.clone(),
+                    read_only: v.read_only,
+                })
             })
-            .collect(),
+            .collect::<Result<_, ContainerError>>()?,
         ports: svc
             .ports
             .iter()
@@ -255,7 +266,7 @@ fn container(key: &str, svc: &stack::Service, manifest: &Digest) -> ContainerCon
         service: Some(key.to_string()),
         log: LogConfig::default(),
         ..Default::default()
-    }
+    })
 }
 
 /// The stack's health check over the image's (Docker's precedence); `None` when neither has

@@ -294,7 +294,10 @@ fn hint_for(key: &str) -> Option<&'static str> {
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+    // The agent's rules (`agent::container::check_name`): both names become a directory and
+    // a runc id on the robot, which allow at most 64 characters; refusing here names the file.
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
@@ -302,7 +305,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{what} name `{name}` must be letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+            "{what} name `{name}` must be letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most 64 characters"
         ))
     }
 }

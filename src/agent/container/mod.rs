@@ -261,12 +261,75 @@ impl FromStr for RestartPolicy {
     }
 }
 
+/// A named volume's name: checked whenever one is made, from a flag or from a request.
+///
+/// It becomes a directory under the agent's `volumes/`, created as root: a derived
+/// `Deserialize` of a plain `String` would let a daemon request or a release spec carry
+/// `../../x` past the check `-v` does and create directories anywhere. `try_from` makes serde
+/// go through [`VolumeName::new`], so no value of this type holds an unchecked name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    /// Checks `name` with the container-name rules ([`check_name`]).
+    pub fn new(name: impl Into<String>) -> Result<VolumeName, ContainerError> {
+        let name = name.into();
+        check_name(&name).map_err(|_| ContainerError::BadSpec(bad_volume_name(&name)))?;
+        Ok(VolumeName(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn bad_volume_name(name: &str) -> String {
+    format!(
+        "invalid volume name `{name}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most 64 characters"
+    )
+}
+
+impl TryFrom<String> for VolumeName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        // serde's error is a string; the same message as `VolumeName::new`.
+        VolumeName::new(name).map_err(|e| e.to_string())
+    }
+}
+
+impl From<VolumeName> for String {
+    fn from(n: VolumeName) -> String {
+        n.0
+    }
+}
+
+impl std::ops::Deref for VolumeName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for VolumeName {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl std::fmt::Display for VolumeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Where a volume's data comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeSource {
     /// A named volume under the agent's state directory.
-    Named(String),
+    Named(VolumeName),
     /// A path on the robot.
     Bind(PathBuf),
 }
@@ -307,9 +370,9 @@ impl FromStr for VolumeSpec {
         let source = if src.starts_with('/') {
             VolumeSource::Bind(PathBuf::from(src))
         } else {
-            check_name(src)
-                .map_err(|_| bad("a volume name uses letters, digits, `_`, `.`, `-`"))?;
-            VolumeSource::Named(src.to_string())
+            VolumeSource::Named(VolumeName::new(src).map_err(|_| {
+                bad("a volume name uses letters, digits, `_`, `.`, `-`, at most 64 characters")
+            })?)
         };
         Ok(VolumeSpec {
             source,
@@ -1376,7 +1439,7 @@ impl Manager {
             if let Ok(r) = self.record(&name) {
                 for v in &r.config.volumes {
                     if let VolumeSource::Named(n) = &v.source {
-                        users.entry(n.clone()).or_default().push(name.clone());
+                        users.entry(n.to_string()).or_default().push(name.clone());
                     }
                 }
             }
@@ -1507,6 +1570,45 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn volume_names_are_checked_when_deserialized() {
+        // What a daemon request or a release spec carries: serde, not `FromStr`.
+        let spec = |name: &str| {
+            format!(r#"{{"source":{{"named":"{name}"}},"target":"/data","read_only":false}}"#)
+        };
+        for bad in [
+            "../../x",
+            "..",
+            "a/b",
+            "/abs",
+            "",
+            ".hidden",
+            &"v".repeat(65),
+        ] {
+            let e = serde_json::from_str::<VolumeSpec>(&spec(bad)).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("invalid volume name `{bad}`")),
+                "{bad}: {e}"
+            );
+        }
+        let ok: VolumeSpec = serde_json::from_str(&spec("notes.v1")).unwrap();
+        assert_eq!(
+            ok.source,
+            VolumeSource::Named(VolumeName::new("notes.v1").unwrap())
+        );
+        // The wire form is unchanged: a plain string.
+        assert_eq!(serde_json::to_string(&ok).unwrap(), spec("notes.v1"));
+        // And a whole daemon request with one is refused before it reaches the manager.
+        let req = format!(
+            r#"{{"op":"create","start":true,"config":{{"name":"c","image":"i","volumes":[{}]}}}}"#,
+            spec("../../x")
+        );
+        assert!(serde_json::from_str::<crate::agent::daemon::Request>(&req).is_err());
+        let req = req.replace("../../x", "x");
+        assert!(serde_json::from_str::<crate::agent::daemon::Request>(&req).is_ok());
+    }
+
     use super::*;
 
     #[test]
@@ -1520,7 +1622,10 @@ mod tests {
         );
         assert!("sometimes".parse::<RestartPolicy>().is_err());
         let v: VolumeSpec = "data:/data:ro".parse().unwrap();
-        assert_eq!(v.source, VolumeSource::Named("data".into()));
+        assert_eq!(
+            v.source,
+            VolumeSource::Named(VolumeName::new("data").unwrap())
+        );
         assert!(v.read_only);
         let v: VolumeSpec = "/tmp/x:/x".parse().unwrap();
         assert_eq!(v.source, VolumeSource::Bind("/tmp/x".into()));
