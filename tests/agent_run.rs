@@ -971,3 +971,23 @@ fn a_daemon_request_with_a_volume_name_out_of_the_root_is_refused() {
     let ps = agent.ok(&["ps", "-a", "--json"]);
     assert!(!ps.contains("escape"), "{ps}");
 }
+
+#[test]
+fn a_workdir_through_proc_fd_is_refused_before_any_container() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    for workdir in ["/proc/self/fd/7", "/proc/thread-self/fd/7/../.."] {
+        let out = agent.cli(&["run", "--name", "cve", "-w", workdir, image, "true"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{workdir}: {stderr}");
+        assert!(stderr.contains(workdir), "{stderr}");
+        assert!(stderr.contains("CVE-2024-21626"), "{stderr}");
+        let ps = agent.ok(&["ps", "-a", "--json"]);
+        assert!(!ps.contains("\"cve\""), "{ps}");
+        assert!(!agent.state().join("containers").join("cve").exists());
+    }
+}

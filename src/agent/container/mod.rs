@@ -816,6 +816,9 @@ impl Manager {
         let (manifest, image, chain_id) = self.resolve_image(&store, &config.image)?;
         let platform = image.platform();
         check_platform(&config.image, &platform)?;
+        // Before anything is made: a `-w` or an image `WorkingDir` through /proc/*/fd
+        // (CVE-2024-21626) is refused as bad input.
+        spec::working_dir(&config, &image)?;
         // A leftover of a crashed create or remove: nothing in it is worth keeping.
         if dir.exists() {
             self.remove_dir(&config.name)?;
@@ -975,6 +978,8 @@ impl Manager {
                 name.clone()
             }
         });
+        // Checked again at each start: the image may have been re-imported since create.
+        let cwd = spec::working_dir(cfg, image)?;
         self.write_etc(bundle, &hostname, cfg.network)?;
         let spec = spec::runtime_spec(&spec::SpecInput {
             config: cfg,
@@ -985,6 +990,7 @@ impl Manager {
             devices: &devices,
             volumes_dir: &self.volumes_dir(),
             hostname,
+            cwd,
         })?;
         let spec_json = serde_json::to_vec_pretty(&spec).expect("a spec serialises");
         atomic_write(&bundle.join("config.json"), &spec_json)?;

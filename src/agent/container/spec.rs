@@ -11,7 +11,7 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use super::{ContainerConfig, NetworkMode, VolumeSource};
+use super::{ContainerConfig, ContainerError, NetworkMode, VolumeSource};
 use crate::agent::devices::{DeviceKind, ResolvedDevices};
 use crate::oci::config::ImageConfig;
 use crate::runtime::RuntimeError;
@@ -64,6 +64,65 @@ pub fn environment(cfg: &ContainerConfig, image: &ImageConfig, hostname: &str) -
     env
 }
 
+/// The process's working directory: the user's `--workdir`, else the image's `WorkingDir`,
+/// else `/` — refused when [`check_workdir`] refuses it.
+pub fn working_dir(cfg: &ContainerConfig, image: &ImageConfig) -> Result<String, ContainerError> {
+    let from_image = image.config.as_ref().and_then(|c| c.working_dir.clone());
+    let cwd = cfg
+        .workdir
+        .clone()
+        .or(from_image)
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    check_workdir(&cwd).map_err(ContainerError::BadSpec)?;
+    Ok(cwd)
+}
+
+/// Refuses a working directory through a process's file descriptors (`/proc/self/fd/N`,
+/// `/proc/thread-self/fd/N`, `/proc/<pid>/fd/N`, `/proc/<pid>/task/<tid>/fd/N`).
+///
+/// CVE-2024-21626: runc before 1.1.12 leaked a host directory fd (the cgroup root) into the
+/// container's init, and `chdir` to `/proc/self/fd/N` then gave the process a working
+/// directory on the host — a full escape from an image's `WorkingDir` or a `-w` flag. The
+/// robot's runc may be old or patched (distributions backport without changing the version),
+/// so this does not depend on the version: no real workload needs its cwd there. The path is
+/// walked lexically (`//`, `.`, `..`) so `/x/../proc/self/fd/7` and `/proc/self/fd/7/../..`
+/// are caught too; a symlink inside the image pointing there is runc's fix's to catch.
+pub fn check_workdir(cwd: &str) -> Result<(), String> {
+    let under_fd = |parts: &[&str]| {
+        parts.first() == Some(&"proc")
+            && match parts.get(1) {
+                Some(&"self" | &"thread-self") => true,
+                Some(p) => p.bytes().all(|b| b.is_ascii_digit()),
+                None => false,
+            }
+            && parts.iter().skip(2).any(|p| *p == "fd")
+    };
+    // Every step of the walk is checked, not only where it ends: the kernel resolves
+    // `/proc/self/fd/7/../..` through the descriptor and then up the *host's* tree, so a `..`
+    // after the fd must not make the path look harmless.
+    let mut parts: Vec<&str> = Vec::new();
+    let mut through_fd = false;
+    for c in cwd.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+        through_fd |= under_fd(&parts);
+    }
+    if through_fd {
+        return Err(format!(
+            "working directory `{cwd}` is refused: a path under /proc/<pid>/fd (or /proc/self/fd, \
+             /proc/thread-self/fd) can reach the host through a leaked descriptor \
+             (CVE-2024-21626); use a directory inside the image"
+        ));
+    }
+    Ok(())
+}
+
 /// Everything the spec is made of.
 pub struct SpecInput<'a> {
     /// What the user asked for.
@@ -82,6 +141,8 @@ pub struct SpecInput<'a> {
     pub volumes_dir: &'a Path,
     /// The hostname inside.
     pub hostname: String,
+    /// The working directory, from [`working_dir`] (checked).
+    pub cwd: String,
 }
 
 /// Builds the spec.
@@ -89,13 +150,7 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
     let cfg = input.config;
     let args = command_line(cfg, input.image);
     let env = environment(cfg, input.image, &input.hostname);
-    let ic = input.image.config.clone().unwrap_or_default();
-    let cwd = cfg
-        .workdir
-        .clone()
-        .or(ic.working_dir)
-        .filter(|w| !w.is_empty())
-        .unwrap_or_else(|| "/".into());
+    let cwd = input.cwd.clone();
 
     let mut gids = input.user.additional_gids.clone();
     for g in &input.devices.gids {
@@ -253,4 +308,72 @@ fn bind(dest: &str, src: &Path, read_only: bool) -> Result<Mount, RuntimeError> 
         opts.push("ro");
     }
     mount(dest, "bind", &src.to_string_lossy(), &opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_dirs_through_proc_fd_are_refused() {
+        for bad in [
+            "/proc/self/fd/7",
+            "/proc/self/fd",
+            "/proc/thread-self/fd/3",
+            "/proc/1/fd/7",
+            "/proc/1234/task/1234/fd/7",
+            "//proc//self/./fd/7/..",
+            "/tmp/../proc/self/fd/7",
+            "proc/self/fd/7",
+            "/proc/self/fd/7/../../fd/8",
+            "/proc/self/fd/7/../..",
+            "/proc/self/fd/7/../../../../../etc",
+        ] {
+            let e = check_workdir(bad).unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
+            assert!(e.contains("CVE-2024-21626"), "{e}");
+        }
+        for ok in [
+            "/",
+            "/data",
+            "/proc",
+            "/proc/self",
+            "/proc/self/fdinfo",
+            "/srv/fd/1",
+            "/proc/sys/fd",
+            "/home/duckie/proc/self/fd",
+        ] {
+            assert!(check_workdir(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn the_image_working_dir_is_checked_too() {
+        let image: ImageConfig = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": {"WorkingDir": "/proc/self/fd/5"}
+        }))
+        .unwrap();
+        let cfg = ContainerConfig::default();
+        let e = working_dir(&cfg, &image).unwrap_err();
+        assert!(e.is_bad_input(), "{e}");
+        assert!(e.to_string().contains("/proc/self/fd/5"), "{e}");
+        // A `-w` replaces the image's and is what counts.
+        let cfg = ContainerConfig {
+            workdir: Some("/data".into()),
+            ..Default::default()
+        };
+        assert_eq!(working_dir(&cfg, &image).unwrap(), "/data");
+        let cfg = ContainerConfig {
+            workdir: Some("/proc/thread-self/fd/9".into()),
+            ..Default::default()
+        };
+        assert!(working_dir(&cfg, &image).unwrap_err().is_bad_input());
+        assert_eq!(
+            working_dir(&ContainerConfig::default(), &ImageConfig::default()).unwrap(),
+            "/"
+        );
+    }
 }
