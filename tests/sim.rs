@@ -374,6 +374,14 @@ fn bad_input_is_exit_2_before_anything_is_made() {
         ),
         (vec!["sim", "up", "bot", "--link-rate", "fast"], "link rate"),
         (vec!["sim", "up", "bot", "--configuration", "DB99"], "DB99"),
+        (
+            vec!["sim", "up", "bot", "--memory", "1m"],
+            "at least 128 MiB",
+        ),
+        (
+            vec!["sim", "up", "bot", "--memory", "lots"],
+            "is not a size",
+        ),
     ] {
         let out = w.dts(&args);
         let err = String::from_utf8_lossy(&out.stderr);
