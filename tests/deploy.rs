@@ -213,6 +213,33 @@ impl World {
         self.deploy_with(stack, &[])
     }
 
+    /// `deploy --dry-run --json`, then the deploy (issue 16): the plan lists, layer by layer,
+    /// the objects the robot lacks, and the deploy then sends exactly those — as many objects,
+    /// as many bytes, the same layers.
+    fn deploy_as_planned(&self, stack: &Path) -> (Option<i32>, serde_json::Value, String) {
+        let (code, dry, err) = self.deploy_with(stack, &["--dry-run"]);
+        assert_eq!(code, Some(0), "{dry} {err}");
+        assert_eq!(dry["state"], "planned", "{dry}");
+        let layers = dry["plan"]["layers"].as_array().expect("the plan's layers");
+        let objects: Vec<&serde_json::Value> = layers
+            .iter()
+            .flat_map(|l| l["objects"]["objects"].as_array().expect("listed objects"))
+            .collect();
+        assert_eq!(dry["objects_sent"], objects.len() as u64, "{dry}");
+        let bytes: u64 = objects.iter().map(|o| o["size"].as_u64().unwrap()).sum();
+        assert_eq!(dry["object_bytes"], bytes, "{dry}");
+        let r = self.deploy(stack);
+        for k in [
+            "objects_sent",
+            "object_bytes",
+            "layers_total",
+            "layers_skipped",
+        ] {
+            assert_eq!(r.1[k], dry[k], "{k}: planned {dry}\n deployed {}", r.1);
+        }
+        r
+    }
+
     /// `deploy --stack STACK --json EXTRA…`: (exit code, JSON, stderr).
     fn deploy_with(
         &self,
@@ -367,7 +394,7 @@ fn deploy_noop_one_file_change_and_rollback_on_a_failing_health_check() {
     w.sim_up(&[]);
     let stack = w.stack("example.com/dep/app:v1", "test");
 
-    let (code, v, err) = w.deploy(&stack);
+    let (code, v, err) = w.deploy_as_planned(&stack);
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["state"], "committed", "{v}");
     assert_eq!(v["release"], 1);
@@ -416,7 +443,7 @@ fn deploy_noop_one_file_change_and_rollback_on_a_failing_health_check() {
     // One small file edited: a few KiB cross the link.
     std::fs::write(ctx.join("code/version.py"), "VERSION = \"v2\"\n").unwrap();
     w.build(&ctx, "example.com/dep/app:v1");
-    let (code, v, err) = w.deploy(&stack);
+    let (code, v, err) = w.deploy_as_planned(&stack);
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["state"], "committed", "{v}");
     assert!(
@@ -899,7 +926,7 @@ fn deploy_round_trip_on(arch: &'static str, memory: Option<&str>) {
         std::fs::write(ctx.join("big").join(name), new).unwrap();
     }
     w.build(&ctx, tag);
-    let (code, v, err) = w.deploy(&stack);
+    let (code, v, err) = w.deploy_as_planned(&stack);
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["state"], "committed", "{v}");
     assert_eq!(v["objects_sent"], 3, "{v}");

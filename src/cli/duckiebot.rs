@@ -265,6 +265,9 @@ struct DeploySummary {
     /// `probation` (`--detach`: every service runs; the robot commits or rolls back by itself).
     state: String,
     message: Option<String>,
+    /// `--dry-run`: what the robot lacks, as the deploy would send it (docs/cli.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<crate::wire::client::TransferPlan>,
 }
 
 /// Runs a `dts duckiebot` command.
@@ -562,24 +565,40 @@ async fn deploy(
     let plan = crate::ops::deploy::plan(&store, &stack, &name, &platform)?;
     let images: Vec<String> = plan.images.iter().map(|(n, _)| n.clone()).collect();
     if dry_run {
+        // The plan a deploy makes, with every object listed: what the robot lacks.
+        let detail = crate::wire::client::Detail::Objects;
+        let tp = robot::guarded(
+            &l.session,
+            l.conn.plan_transfer(&store, &plan.images, detail),
+        )
+        .await?;
         let summary = DeploySummary {
             robot: robot.to_string(),
             release: None,
             images,
-            layers_total: 0,
-            layers_skipped: 0,
-            objects_sent: 0,
-            object_bytes: 0,
+            layers_total: tp.layers_total as u64,
+            layers_skipped: tp.layers_skipped as u64,
+            objects_sent: tp.objects_sent.unwrap_or(0),
+            object_bytes: tp.object_bytes.unwrap_or(0),
             bytes_sent: l.conn.counters().0,
             bytes_received: l.conn.counters().1,
             duration_ms: started.elapsed().as_millis() as u64,
             state: "planned".into(),
             message: None,
+            plan: Some(tp),
         };
         if json {
             printer.json(&summary);
         } else {
             printer.table(&plan_table(&plan.spec));
+            printer.info(&format!(
+                "{robot} lacks {} of {} layer(s): {} object(s), {}; {} document(s)",
+                summary.plan.as_ref().map_or(0, |p| p.layers_sent),
+                summary.layers_total,
+                summary.objects_sent,
+                human_size(summary.object_bytes),
+                summary.plan.as_ref().map_or(0, |p| p.documents.len()),
+            ));
         }
         return Ok(Exit::Ok);
     }
@@ -604,6 +623,7 @@ async fn deploy(
         duration_ms: started.elapsed().as_millis() as u64,
         message: outcome["message"].as_str().map(str::to_string),
         state: state.clone(),
+        plan: None,
     };
     if json {
         printer.json(&summary);
