@@ -392,97 +392,68 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         ))
     }
 
-    /// Resolves one image in the laptop store to the robot's platform, with its documents.
+    /// Resolves one image in the laptop store to the robot's platform
+    /// ([`Store::resolve_platform`], as `ops::deploy` does), with its documents.
     fn resolve(
         &self,
         store: &Store,
         name: String,
         digest: &Digest,
     ) -> Result<(PlannedImage, Vec<PlannedDocument>), WireError> {
-        let bad = |message: String| WireError::Robot {
-            message,
-            bad_input: true,
-        };
         let top_bytes = store.read_blob(digest, MAX_MANIFEST_BYTES)?;
-        let mut docs = vec![PlannedDocument {
-            digest: digest.clone(),
-            size: top_bytes.len() as u64,
-        }];
         let doc = Document::parse(&format!("manifest {digest}"), None, &top_bytes)
             .map_err(crate::store::StoreError::from)?;
-        let (media_type, manifest_digest, manifest) = match doc {
-            Document::Manifest(m) => (
-                m.media_type
-                    .clone()
-                    .unwrap_or_else(|| media::OCI_MANIFEST.to_string()),
-                digest.clone(),
-                *m,
-            ),
-            Document::Index(index) => {
-                let wanted = &self.hello.platform;
-                let entry = index
-                    .manifests
-                    .iter()
-                    .find(|m| m.platform.as_ref().is_some_and(|p| p.matches(wanted)))
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "image `{name}` has no {wanted} variant for this robot (it has: {})",
-                            index
-                                .manifests
-                                .iter()
-                                .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                    })?;
-                let bytes = store.read_blob(&entry.digest, MAX_MANIFEST_BYTES)?;
-                let m = match Document::parse(&format!("manifest {}", entry.digest), None, &bytes)
-                    .map_err(crate::store::StoreError::from)?
-                {
-                    Document::Manifest(m) => *m,
-                    Document::Index(_) => {
-                        return Err(bad(format!("image `{name}`: an index inside an index")));
-                    }
-                };
-                docs.push(PlannedDocument {
-                    digest: entry.digest.clone(),
-                    size: bytes.len() as u64,
-                });
-                (
-                    index
-                        .media_type
-                        .clone()
-                        .unwrap_or_else(|| media::OCI_INDEX.to_string()),
-                    entry.digest.clone(),
-                    m,
-                )
-            }
-        };
-        let cbytes = store.read_blob(&manifest.config.digest, MAX_CONFIG_BYTES)?;
-        let config = ImageConfig::parse(&format!("config {}", manifest.config.digest), &cbytes)
-            .map_err(crate::store::StoreError::from)?;
-        docs.push(PlannedDocument {
-            digest: manifest.config.digest.clone(),
-            size: cbytes.len() as u64,
-        });
-        let diff_ids = config.rootfs.diff_ids.clone();
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(bad(format!(
-                "image `{name}`: its manifest lists {} layers and its config {} diff_ids",
-                manifest.layers.len(),
-                diff_ids.len()
-            )));
+        let media_type = match &doc {
+            Document::Manifest(m) => m.media_type.as_deref().unwrap_or(media::OCI_MANIFEST),
+            Document::Index(i) => i.media_type.as_deref().unwrap_or(media::OCI_INDEX),
+        }
+        .to_string();
+        let top = Descriptor::new(&media_type, digest.clone(), top_bytes.len() as u64);
+        let img = store
+            .resolve_platform(&name, &top, Some(&self.hello.platform))
+            .map_err(|e| match e {
+                e @ crate::store::StoreError::NoSuchPlatform { .. } => WireError::Robot {
+                    message: e.to_string(),
+                    bad_input: true,
+                },
+                e => WireError::Store(e),
+            })?;
+        let diff_ids = img.config.rootfs.diff_ids.clone();
+        if diff_ids.len() != img.manifest.layers.len() {
+            return Err(WireError::Robot {
+                message: format!(
+                    "image `{name}`: its manifest lists {} layers and its config {} diff_ids",
+                    img.manifest.layers.len(),
+                    diff_ids.len()
+                ),
+                bad_input: true,
+            });
         }
         // Configs and manifests before the top document: a name never reaches a document
         // the robot lacks.
-        docs.reverse();
+        let mut docs = vec![PlannedDocument {
+            digest: img.manifest.config.digest.clone(),
+            size: img.config_bytes.len() as u64,
+        }];
+        if img.descriptor.digest != *digest {
+            docs.push(PlannedDocument {
+                digest: img.descriptor.digest.clone(),
+                size: store
+                    .read_blob(&img.descriptor.digest, MAX_MANIFEST_BYTES)?
+                    .len() as u64,
+            });
+        }
+        docs.push(PlannedDocument {
+            digest: digest.clone(),
+            size: top_bytes.len() as u64,
+        });
         let image = PlannedImage {
             names: vec![name],
             digest: digest.clone(),
             media_type,
-            manifest: manifest_digest,
+            manifest: img.descriptor.digest,
             chain: crate::agent::store::snapshot_id(&diff_ids),
-            layers: manifest.layers.into_iter().zip(diff_ids).collect(),
+            layers: img.manifest.layers.into_iter().zip(diff_ids).collect(),
             documents: docs.iter().map(|d| d.digest.clone()).collect(),
             robot_has_snapshot: false,
         };
