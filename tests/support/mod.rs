@@ -15,6 +15,7 @@ pub mod hostile;
 pub mod images;
 pub mod netns;
 pub mod registry;
+pub mod stock_robot;
 
 use std::path::{Path, PathBuf};
 
