@@ -12,7 +12,8 @@
 //!     docker-arm64/  … holding duckietown/*:daffy-arm64v8 stand-ins (run under QEMU)
 //!
 //!  StockRobot::boot(arch) ─► netns on a support::netns bridge (eth0 = addr())
-//!    └ unshare --mount  tests/data/stock-robot/boot   (host side, private mounts only)
+//!    └ unshare --mount --pid --fork --kill-child  tests/data/stock-robot/boot   (host side:
+//!      private mounts only; its pid namespace takes the robot down when nspawn dies)
 //!        overlayfs: lower = rootfs/ (shared, read-only), upper = DIR/upper
 //!        DIR/docker = a copy of docker-<arch>/, bound at /var/lib/docker
 //!        cgroups: a private subtree per robot under the test's own cgroup, the robot's
@@ -28,13 +29,14 @@
 //! [`StockRobot::boot`] returns when multi-user.target is reached (so dt-autoboot has finished),
 //! every stack container runs, and sshd (:22) and the Docker API (:2375) answer from the host.
 //!
-//! Owns: the robot (nspawn and everything under it: its pid namespace dies with it), its
+//! Owns: the robot (nspawn and everything under it, all in one pid namespace that dies with
+//! nspawn, which dies with the test process through a parent-death signal), its
 //! network namespace and veth (through [`super::netns`]), its cgroup subtree and its temp dir
 //! `/var/tmp/dts-stock-robot/<pid>-<n>-<name>/` (overlay upper, Docker data root,
 //! `console.log`). All of it is removed on drop, also when a test panics; what killed test
-//! processes left behind is swept at the next boot. Never written to: the cache.
-//! Left on the host: the empty directories `/run/systemd/nspawn/{locks,propagate}` that
-//! systemd-nspawn makes on its first run.
+//! processes left behind is swept at the next boot. Never written to: the cache. Left on the
+//! host: the empty directory `/run/systemd/nspawn` (nspawn's own state goes to a private tmpfs
+//! mounted on it).
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -190,8 +192,11 @@ pub fn image_ref(service: &Service, arch: &str) -> String {
 /// One stock robot. See the module docs.
 pub struct StockRobot {
     arch: String,
-    /// `unshare … boot …`, which execs systemd-nspawn: the parent of the robot's systemd.
+    /// `unshare --pid --fork … boot …`: its child (pid 1 of a pid namespace) execs
+    /// systemd-nspawn, the parent of the robot's systemd.
     holder: Option<Child>,
+    /// Host pid of systemd-nspawn.
+    nspawn_pid: i32,
     /// Host pid of the robot's pid 1 (systemd).
     init_pid: i32,
     dir: PathBuf,
@@ -382,8 +387,11 @@ impl StockRobot {
         let Some(mut holder) = self.holder.take() else {
             return true;
         };
-        // SAFETY: plain syscall on our own child, not yet reaped.
-        unsafe { libc::kill(holder.id() as libc::pid_t, libc::SIGTERM) };
+        if self.nspawn_pid > 0 {
+            // SAFETY: plain syscall. nspawn is pid 1 of the holder's pid namespace, which the
+            // kernel does not reap (nor reuse its pid) while the holder, our child, waits for it.
+            unsafe { libc::kill(self.nspawn_pid, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + timeout;
         let mut halted = false;
         while Instant::now() < deadline {
@@ -398,6 +406,7 @@ impl StockRobot {
             let _ = holder.wait();
         }
         self.init_pid = 0;
+        self.nspawn_pid = 0;
         remove_cgroups(&self.dir);
         halted
     }
@@ -427,6 +436,7 @@ impl StockRobot {
         let mut sr = StockRobot {
             arch: arch.to_owned(),
             holder: None,
+            nspawn_pid: 0,
             init_pid: 0,
             dir: dir.clone(),
             robot: Some(robot),
@@ -460,17 +470,29 @@ impl StockRobot {
         let console2 = console.try_clone().expect("dup console.log");
         let machine = format!("dts-stock-{pid}-{seq}");
         let mut cmd = Command::new(tool("unshare"));
-        cmd.args(["--mount", "--propagation", "private", "--"])
-            .arg(tool("bash"))
-            .arg(data_dir().join("boot"))
-            .arg(cache.join("rootfs"))
-            .arg(&dir)
-            .arg(sr.netns())
-            .arg(&machine)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(console)
-            .stderr(console2);
+        // A pid namespace of its own whose pid 1 becomes systemd-nspawn: if nspawn dies (or is
+        // killed with the test process), the kernel kills the robot with it. `--kill-child`
+        // passes our parent-death signal on to that pid 1.
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ])
+        .arg(tool("bash"))
+        .arg(data_dir().join("boot"))
+        .arg(cache.join("rootfs"))
+        .arg(&dir)
+        .arg(sr.netns())
+        .arg(&machine)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console2);
         // SAFETY: prctl is async-signal-safe. If the test process dies without dropping us, the
         // holder (systemd-nspawn after the execs) gets SIGKILL, and the robot with it.
         unsafe {
@@ -484,19 +506,16 @@ impl StockRobot {
             .unwrap_or_else(|e| panic!("starting the stock robot `{name}`: {e}"));
         let hpid = holder.id();
         sr.holder = Some(holder);
-        let children = format!("/proc/{hpid}/task/{hpid}/children");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // nspawn's child is the robot's pid 1 once it has exec'd systemd.
-            let init = fs::read_to_string(&children).ok().and_then(|s| {
-                s.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok())
-                    .find(|p| {
-                        fs::read_to_string(format!("/proc/{p}/comm"))
-                            .is_ok_and(|c| c.trim() == "systemd")
-                    })
-            });
-            if let Some(pid) = init {
+            // unshare → systemd-nspawn (once `boot` has exec'd it) → systemd (once nspawn's
+            // child has exec'd it): the robot's pid 1.
+            let nspawn = children(hpid as i32)
+                .into_iter()
+                .find(|p| comm(*p) == "systemd-nspawn");
+            let init = nspawn.and_then(|n| children(n).into_iter().find(|p| comm(*p) == "systemd"));
+            if let (Some(n), Some(pid)) = (nspawn, init) {
+                sr.nspawn_pid = n;
                 sr.init_pid = pid;
                 break;
             }
@@ -644,6 +663,22 @@ fn cache() -> Option<PathBuf> {
         );
     }
     Some(path)
+}
+
+/// The children of process `pid` (its main thread's).
+fn children(pid: i32) -> Vec<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 fn data_dir() -> PathBuf {
