@@ -880,3 +880,361 @@ fn reachable(m: &str) -> BTreeSet<String> {
     }
     seen
 }
+
+// ------------------------------------------------------------------------------------------------
+// Room sizes (issue 16): no file of `src/` over `MAX_FILE_LINES` lines, no function over
+// `MAX_FN_LINES` lines except those docs/architecture.md names, with the reason, under
+// "Long functions". That list is checked both ways: it may name only functions that exist and
+// are still long, so it cannot rot into a list of excuses nobody needs.
+
+/// The most lines a file of `src/` may have.
+const MAX_FILE_LINES: usize = 900;
+/// The most lines a function may span, from its `fn` line to its closing brace.
+const MAX_FN_LINES: usize = 150;
+
+#[test]
+fn no_file_of_src_is_over_the_limit() {
+    let mut bad = Vec::new();
+    for f in rust_files(&src_dir()) {
+        let n = std::fs::read_to_string(&f).unwrap().lines().count();
+        if n > MAX_FILE_LINES {
+            bad.push(format!("{}: {n} lines", rel(&f)));
+        }
+    }
+    bad.sort();
+    assert!(
+        bad.is_empty(),
+        "files of src/ over {MAX_FILE_LINES} lines; split them along a seam:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn no_function_is_over_the_limit_unless_documented() {
+    let allowed = documented_long_functions();
+    let mut long = BTreeSet::new();
+    let mut bad = Vec::new();
+    let mut files = rust_files(&src_dir());
+    files.sort();
+    for f in files {
+        let rel = rel(&f);
+        let text = std::fs::read_to_string(&f).unwrap();
+        for func in functions(&text) {
+            if func.lines <= MAX_FN_LINES {
+                continue;
+            }
+            let key = format!("{rel}::{}", func.name);
+            if !allowed.contains(&key) {
+                bad.push(format!(
+                    "{rel}:{}: `{}` spans {} lines",
+                    func.line, func.name, func.lines
+                ));
+            }
+            long.insert(key);
+        }
+    }
+    let stale: Vec<_> = allowed.difference(&long).collect();
+    assert!(
+        bad.is_empty() && stale.is_empty(),
+        "functions over {MAX_FN_LINES} lines; split them, or name them with the reason under \
+         \"Long functions\" in docs/architecture.md:\n{}\n\
+         listed there but no longer existing or long (remove them from the list): {stale:?}",
+        bad.join("\n")
+    );
+}
+
+/// The `path::fn` entries of the "Long functions" section of docs/architecture.md: the first
+/// cell of each table row, in backticks (`` `src/x.rs::name` ``).
+fn documented_long_functions() -> BTreeSet<String> {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md");
+    let text = std::fs::read_to_string(&doc).unwrap();
+    long_function_entries(&text)
+}
+
+fn long_function_entries(doc: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            inside = line.trim_start_matches('#').trim() == "Long functions";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let Some(row) = line.trim().strip_prefix('|') else {
+            continue;
+        };
+        let cell = row.split('|').next().unwrap_or_default().trim();
+        if let Some(entry) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')) {
+            if entry.contains("::") {
+                out.insert(entry.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// One function found in source text.
+#[derive(Debug, PartialEq)]
+struct Func {
+    name: String,
+    /// The line of its `fn`.
+    line: usize,
+    /// Lines from its `fn` to its closing brace, both included.
+    lines: usize,
+}
+
+/// Every function with a body in `text` (free functions, methods, nested functions; closures
+/// are not functions here), found by brace matching over the text with comments and literals
+/// blanked out. A `fn` without a body (a trait's required method) or `fn(…)` (a pointer type)
+/// is skipped.
+fn functions(text: &str) -> Vec<Func> {
+    let c = blank_comments_and_literals(text);
+    let mut out = Vec::new();
+    let mut line = 1;
+    let mut i = 0;
+    while i < c.len() {
+        if c[i] == '\n' {
+            line += 1;
+        }
+        let word_start = i == 0 || !(c[i - 1].is_alphanumeric() || c[i - 1] == '_');
+        let is_fn = word_start
+            && c[i] == 'f'
+            && c.get(i + 1) == Some(&'n')
+            && c.get(i + 2).is_some_and(|x| x.is_whitespace());
+        if !is_fn {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 2;
+        while j < c.len() && c[j].is_whitespace() {
+            j += 1;
+        }
+        let name_start = j;
+        while j < c.len() && (c[j].is_alphanumeric() || c[j] == '_') {
+            j += 1;
+        }
+        if j == name_start {
+            i += 1;
+            continue;
+        }
+        let name: String = c[name_start..j].iter().collect();
+        // The signature ends at the body's `{`, or at a `;` outside parentheses and brackets
+        // (`[u8; 4]` is a type).
+        let mut depth = 0i32;
+        let mut body = None;
+        while j < c.len() {
+            match c[j] {
+                '(' | '[' => depth += 1,
+                ')' | ']' => depth -= 1,
+                ';' if depth == 0 => break,
+                '{' if depth == 0 => {
+                    body = Some(j);
+                    break;
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        if let Some(open) = body {
+            let mut braces = 0i32;
+            let mut end = open;
+            for (k, ch) in c.iter().enumerate().skip(open) {
+                match ch {
+                    '{' => braces += 1,
+                    '}' => {
+                        braces -= 1;
+                        if braces == 0 {
+                            end = k;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let lines = 1 + c[i..end].iter().filter(|&&x| x == '\n').count();
+            out.push(Func { name, line, lines });
+        }
+        // Go on right after the name, so nested functions are found too.
+        i = name_start;
+    }
+    out
+}
+
+/// `text` with comments (nested block comments too) and string, byte-string, raw-string and
+/// char literals replaced by spaces, newlines kept, so braces and `fn` in them do not count and
+/// line numbers stay right. Lifetimes (`'a`) are left alone.
+fn blank_comments_and_literals(text: &str) -> Vec<char> {
+    let c: Vec<char> = text.chars().collect();
+    let mut out = c.clone();
+    let blank = |out: &mut Vec<char>, from: usize, to: usize| {
+        for ch in out.iter_mut().take(to.min(c.len())).skip(from) {
+            if *ch != '\n' {
+                *ch = ' ';
+            }
+        }
+    };
+    let mut i = 0;
+    while i < c.len() {
+        let ch = c[i];
+        let next = c.get(i + 1).copied();
+        let start = i;
+        if ch == '/' && next == Some('/') {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if ch == '/' && next == Some('*') {
+            let mut nest = 0;
+            while i < c.len() {
+                if c[i] == '/' && c.get(i + 1) == Some(&'*') {
+                    nest += 1;
+                    i += 2;
+                } else if c[i] == '*' && c.get(i + 1) == Some(&'/') {
+                    nest -= 1;
+                    i += 2;
+                    if nest == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if let Some(len) = raw_string_start(&c, i) {
+            let hashes = len - 1 - usize::from(c[i] == 'b') - 1;
+            i += len;
+            while i < c.len() {
+                if c[i] == '"' && (1..=hashes).all(|k| c.get(i + k) == Some(&'#')) {
+                    i += 1 + hashes;
+                    break;
+                }
+                i += 1;
+            }
+        } else if ch == '"'
+            || (ch == 'b'
+                && next == Some('"')
+                && (i == 0 || !(c[i - 1].is_alphanumeric() || c[i - 1] == '_')))
+        {
+            i += if ch == 'b' { 2 } else { 1 };
+            while i < c.len() && c[i] != '"' {
+                if c[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if ch == '\'' {
+            if next == Some('\\') {
+                i += 3;
+                while i < c.len() && c[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if c.get(i + 2) == Some(&'\'') {
+                i += 3;
+            } else {
+                i += 1;
+                continue;
+            }
+        } else {
+            i += 1;
+            continue;
+        }
+        blank(&mut out, start, i);
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------------
+// The length checker checked, on synthetic source text
+
+#[test]
+fn functions_are_measured_from_fn_to_closing_brace() {
+    let text = "fn one() {}\n\
+                pub async fn two(x: [u8; 4]) -> Result<(), E>\nwhere\n    E: Debug,\n{\n    x;\n}\n";
+    let f = functions(text);
+    assert_eq!(
+        f,
+        vec![
+            Func {
+                name: "one".into(),
+                line: 1,
+                lines: 1
+            },
+            Func {
+                name: "two".into(),
+                line: 2,
+                lines: 6
+            },
+        ]
+    );
+}
+
+#[test]
+fn methods_and_nested_functions_count_and_declarations_do_not() {
+    let text = r#"
+trait T {
+    fn required(&self) -> u8;
+    fn provided(&self) -> u8 {
+        1
+    }
+}
+impl S {
+    pub(crate) fn outer(&self) {
+        fn inner() {
+            let f: fn(u8) -> u8 = |x| x;
+        }
+        let c = || { 3 };
+    }
+}
+"#;
+    let f = functions(text);
+    let got: Vec<(&str, usize, usize)> = f
+        .iter()
+        .map(|f| (f.name.as_str(), f.line, f.lines))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("provided", 4, 3), ("outer", 9, 6), ("inner", 10, 3)]
+    );
+}
+
+#[test]
+fn braces_and_fn_in_comments_and_literals_do_not_count() {
+    let text = r###"fn f() {
+    let _ = "}}} fn g() {";
+    let _ = r#"{ "fn h() {" "#;
+    let _ = ['{', '}', '\'', '\u{7b}'];
+    // fn i() {
+    /* } /* nested } */ { */
+    let _ = b"}";
+    let _: &'static str = "";
+}
+fn after() {}
+"###;
+    let f = functions(text);
+    let got: Vec<(&str, usize, usize)> = f
+        .iter()
+        .map(|f| (f.name.as_str(), f.line, f.lines))
+        .collect();
+    assert_eq!(got, vec![("f", 1, 9), ("after", 10, 1)]);
+}
+
+#[test]
+fn the_long_function_list_is_read_from_its_section_only() {
+    let doc = "# Architecture\n\
+               | `src/a.rs::elsewhere` | not this section |\n\
+               ## Long functions\n\
+               | function | why |\n|---|---|\n\
+               | `src/ops/x.rs::run` | a state machine |\n\
+               | `src/b.rs::g` | reason |\n\
+               ## Next\n\
+               | `src/c.rs::h` | not listed |\n";
+    let got = long_function_entries(doc);
+    assert_eq!(
+        got,
+        ["src/b.rs::g", "src/ops/x.rs::run"]
+            .map(String::from)
+            .into()
+    );
+}
