@@ -60,7 +60,7 @@ pub const SSHD_DROPIN: &str = "/etc/ssh/sshd_config.d/00-dts-provision.conf";
 /// The udev rules installed into `/etc/udev/rules.d/`, embedded from `udev/`.
 pub const UDEV_RULES: &[(&str, &str)] = &[(
     "70-duckiebot.rules",
-    include_str!("../../udev/70-duckiebot.rules"),
+    include_str!("../../../udev/70-duckiebot.rules"),
 )];
 
 /// How long a key login may take to come back after sshd reloads (it re-executes itself and
