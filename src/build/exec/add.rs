@@ -1,0 +1,251 @@
+//! ADD: what COPY does plus URLs (downloaded by [`super::fetch`]) and local tar archives,
+//! which are unpacked into the layer rather than copied.
+
+use super::copy::*;
+use super::fetch::fetch_url;
+use super::*;
+
+impl Executor<'_> {
+    pub(super) fn add_step(
+        &mut self,
+        s: &StageState,
+        ins: &Instruction,
+        key: &str,
+        a: &Add,
+    ) -> Result<(Option<LayerRef>, bool), BuildError> {
+        let at = self.loc(ins.span.start);
+        let mut local = Vec::new();
+        let mut inline = heredoc_files(&a.inline);
+        for w in &a.sources {
+            let v = &w.value;
+            if v.starts_with("git@") || v.ends_with(".git") || v.contains(".git#") {
+                return Err(BuildError::Input {
+                    at: self.loc(w.pos),
+                    message: format!(
+                        "ADD from a git repository (`{v}`) is not supported; clone it in the context"
+                    ),
+                });
+            }
+            if v.starts_with("http://") || v.starts_with("https://") {
+                let checksum = a.checksum.as_ref().map(|c| c.value.as_str());
+                inline.push(fetch_url(v, checksum).map_err(|reason| BuildError::Fetch {
+                    at: self.loc(w.pos),
+                    url: v.clone(),
+                    reason,
+                })?);
+                continue;
+            }
+            if v.contains("://") {
+                return Err(BuildError::Input {
+                    at: self.loc(w.pos),
+                    message: format!("ADD source `{v}`: only http and https URLs are supported"),
+                });
+            }
+            let found = self.ctx.resolve(&w.value).map_err(|e| BuildError::Input {
+                at: self.loc(w.pos),
+                message: format!("ADD source {e}"),
+            })?;
+            local.extend(found);
+        }
+        // Local tar archives (detected by content) are extracted; other files are copied.
+        let mut archives = Vec::new();
+        let mut plain = Vec::new();
+        for src in local {
+            if !src.is_dir
+                && a.unpack != Some(false)
+                && is_tar_archive(&self.ctx.root().join(&src.path))
+            {
+                archives.push(src);
+            } else {
+                plain.push(src);
+            }
+        }
+        let content_key = content_hash(&archives)
+            .and_then(|a| content_hash(&plain).map(|p| format!("{a}{p}")))
+            .map_err(|e| BuildError::Input {
+                at: at.clone(),
+                message: e.to_string(),
+            })?;
+        let key = sha(&[
+            key.as_bytes(),
+            content_key.as_bytes(),
+            inline_key(&inline).as_bytes(),
+        ]);
+        let spec = CopySpec::new(
+            &a.dest,
+            a.chown.as_ref(),
+            a.chmod.as_ref(),
+            &a.sources,
+            a.inline.len(),
+            at.clone(),
+        );
+        self.cached_layer(&key, |me| {
+            if archives.is_empty() {
+                return me
+                    .copy_layer(s, &spec, &CopySources::Context(plain), &inline)
+                    .map(Some);
+            }
+            me.extract_layer(s, &spec, &archives, plain, &inline)
+                .map(Some)
+        })
+    }
+
+    /// ADD of local archives: their entries land under the destination directory, together
+    /// with any plain sources of the same instruction.
+    fn extract_layer(
+        &self,
+        s: &StageState,
+        spec: &CopySpec,
+        archives: &[Source],
+        plain: Vec<Source>,
+        inline: &[InlineFile],
+    ) -> Result<LayerRef, BuildError> {
+        // Materialise the plain part as a COPY layer first, then merge the archives' entries.
+        let view = self.view(s)?;
+        let dest = dest_path(s, &spec.dest);
+        let mut entries: BTreeMap<String, Planned> = BTreeMap::new();
+        add_parents(
+            &view,
+            &mut entries,
+            &format!("{dest}/x"),
+            self.epoch,
+            (0, 0),
+            0o755,
+        );
+        for src in archives {
+            let host = self.ctx.root().join(&src.path);
+            let f = fs::File::open(&host).at("open", &host)?;
+            let mut head = [0u8; 4];
+            let n = fs::File::open(&host)
+                .at("open", &host)?
+                .read(&mut head)
+                .at("read", &host)?;
+            let r = Compression::sniff(&head[..n])
+                .decoder(BufReader::new(f))
+                .at("decompress", &host)?;
+            let mut ar = tar::Archive::new(r);
+            for e in ar.entries().at("read archive", &host)? {
+                let mut e = e.at("read archive", &host)?;
+                let name = clean(&e.path().at("read archive", &host)?.to_string_lossy());
+                if name.is_empty() {
+                    continue;
+                }
+                let target = clean(&format!("{dest}/{name}"));
+                if e.header().entry_type() == tar::EntryType::Link {
+                    // A hard link to an earlier entry of the archive stays a hard link.
+                    let linked = e
+                        .link_name()
+                        .at("read archive", &host)?
+                        .map(|l| clean(&format!("{dest}/{}", l.to_string_lossy())));
+                    if let Some(first) = linked.filter(|l| entries.contains_key(l)) {
+                        let leader = entries.get_mut(&first).expect("checked");
+                        leader.link = Some(first.clone());
+                        let twin = leader.clone();
+                        entries.insert(target, twin);
+                    }
+                    continue;
+                }
+                let Some(planned) = planned_from_tar(&mut e, &host)? else {
+                    continue;
+                };
+                add_parents(&view, &mut entries, &target, self.epoch, (0, 0), 0o755);
+                entries.insert(target, planned);
+            }
+        }
+        if !plain.is_empty() || !inline.is_empty() {
+            // Plain sources next to archives: copy them the COPY way into the same layer.
+            let copy = self.copy_layer(s, spec, &CopySources::Context(plain), inline)?;
+            let blob = self.store.blob_path(&copy.descriptor.digest);
+            let f = self.store.open_blob(&copy.descriptor.digest)?;
+            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(f)));
+            for e in ar.entries().at("read layer", &blob)? {
+                let mut e = e.at("read layer", &blob)?;
+                let name = clean(&e.path().at("read layer", &blob)?.to_string_lossy());
+                if let Some(planned) = planned_from_tar(&mut e, &blob)? {
+                    entries.insert(name, planned);
+                }
+            }
+        }
+        self.new_layer(|b| write_entries(b, &entries))
+    }
+}
+
+/// One tar entry as a planned layer entry (content read into memory).
+fn planned_from_tar<R: Read>(
+    e: &mut tar::Entry<'_, R>,
+    archive: &Path,
+) -> Result<Option<Planned>, BuildError> {
+    let h = e.header();
+    let meta = EntryMeta {
+        mode: h.mode().unwrap_or(0o644) & 0o7777,
+        uid: h.uid().unwrap_or(0),
+        gid: h.gid().unwrap_or(0),
+        mtime: h.mtime().unwrap_or(0) as i64,
+        capability: None,
+    };
+    let what = match h.entry_type() {
+        tar::EntryType::Directory => What::Dir,
+        tar::EntryType::Symlink => What::Symlink(
+            e.link_name()
+                .at("read archive", archive)?
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).at("read archive", archive)?;
+            What::Bytes(buf)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Planned {
+        meta,
+        what,
+        link: None,
+    }))
+}
+
+fn is_tar_archive(path: &Path) -> bool {
+    let Ok(f) = fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 4];
+    let mut f2 = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(_) => return false,
+    };
+    let n = f2.read(&mut head).unwrap_or(0);
+    let Ok(r) = Compression::sniff(&head[..n]).decoder(BufReader::new(f)) else {
+        return false;
+    };
+    let mut block = vec![0u8; 512];
+    let mut r = r;
+    let mut got = 0;
+    while got < 512 {
+        match r.read(&mut block[got..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => got += k,
+        }
+    }
+    // A ustar/GNU header has "ustar" at offset 257 and a valid checksum.
+    &block[257..262] == b"ustar" && tar_checksum_ok(&block)
+}
+
+fn tar_checksum_ok(block: &[u8]) -> bool {
+    let stored = std::str::from_utf8(&block[148..156])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|s| u32::from_str_radix(s, 8).ok());
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    stored == Some(sum)
+}

@@ -1,0 +1,41 @@
+//! The build cache: one record per layer-producing step under `build/cache/<key>.json`, keyed
+//! by the chain of the parent's key, the config so far, the expanded instruction and (for
+//! COPY/ADD) a hash of the sources. A record whose layer blob is gone from the store is a miss.
+
+use super::*;
+
+/// A cached layer-producing step.
+#[derive(Serialize, Deserialize)]
+struct CacheRecord {
+    layer: Option<LayerRef>,
+}
+
+impl Executor<'_> {
+    /// Serves a layer-producing step from the cache, or runs `make` and records it.
+    pub(super) fn cached_layer(
+        &mut self,
+        key: &str,
+        make: impl FnOnce(&mut Self) -> Result<Option<LayerRef>, BuildError>,
+    ) -> Result<(Option<LayerRef>, bool), BuildError> {
+        let path = self.cache_dir.join(format!("{key}.json"));
+        if !self.no_cache
+            && let Ok(bytes) = read_limited(&path, 1 << 20)
+            && let Ok(rec) = serde_json::from_slice::<CacheRecord>(&bytes)
+            && rec
+                .layer
+                .as_ref()
+                .is_none_or(|l| self.store.has_blob(&l.descriptor.digest))
+        {
+            self.counts.cached += 1;
+            return Ok((rec.layer, true));
+        }
+        let layer = make(self)?;
+        self.counts.run += 1;
+        create_dir_all(&self.cache_dir)?;
+        let rec = CacheRecord {
+            layer: layer.clone(),
+        };
+        atomic_write(&path, &serde_json::to_vec(&rec).expect("records serialise"))?;
+        Ok((layer, false))
+    }
+}
