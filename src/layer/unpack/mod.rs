@@ -46,8 +46,11 @@ use super::read::{EntryKind, ReadError, ReadLimits, TarEntry, TarReader};
 use super::resolve::{Resolver, Root};
 use super::{OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX};
 use crate::oci::Digest;
-use crate::oci::digest::HashingWriter;
 use crate::util::fs::PathError;
+
+mod sink;
+
+pub use sink::{CopySink, FileMeta, FileRecord, FileSink, HashingSink};
 
 /// What to do with character and block devices in a layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -224,119 +227,6 @@ impl<T> FsCtx<T> for Result<T, Errno> {
     }
 }
 
-/// A regular file the unpacker is about to create, with the metadata it would give it (after
-/// the unpacker's own policy: owner only with [`UnpackOptions::same_owner`], only the xattrs it
-/// would apply). Passed to [`FileSink::place_file`].
-#[derive(Clone, Debug)]
-pub struct FileMeta<'a> {
-    /// The entry's normalised path in the layer.
-    pub path: &'a Path,
-    /// Its size.
-    pub size: u64,
-    /// Permission bits plus setuid/setgid/sticky (`mode & 0o7777`).
-    pub mode: u32,
-    /// Owner and group, when the unpacker would chown.
-    pub owner: Option<(u32, u32)>,
-    /// Modification time, whole seconds.
-    pub mtime: i64,
-    /// The xattrs the unpacker would set (name, value), in layer order.
-    pub xattrs: Vec<(&'a [u8], &'a [u8])>,
-}
-
-/// Where regular files' content goes. The default ([`CopySink`]) copies it into the new file;
-/// others can hash it on the way ([`HashingSink`]) or redirect it.
-///
-/// A sink may also put the file in place itself ([`place_file`](FileSink::place_file)), e.g.
-/// as a hard link to a content-addressed object: the agent's snapshots are built that way.
-pub trait FileSink {
-    /// Puts the regular file `file.path` in place itself, as the name `name` in the directory
-    /// `dir` (resolved inside the root; nothing is there — the unpacker removed what was). The
-    /// sink owns the result entirely: the unpacker sets no owner, mode, time or xattr on it,
-    /// because a linked inode may be shared. Returns `Ok(false)` — without reading `content` —
-    /// to have the unpacker create the file and call [`write_file`](FileSink::write_file);
-    /// returns `Ok(true)` after reading `content` (exactly `file.size` bytes) to its end.
-    ///
-    /// `name` is one path component; use it only with `*at` calls on `dir` that do not follow
-    /// it (`linkat` with no flags, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)`).
-    fn place_file(
-        &mut self,
-        file: &FileMeta<'_>,
-        content: &mut dyn Read,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-    ) -> io::Result<bool> {
-        let _ = (file, content, dir, name);
-        Ok(false)
-    }
-
-    /// Writes the content of the regular file `path` (the entry's normalised name in the
-    /// layer; it lands where the parent resolved, which may differ through symlinks). `file` is
-    /// newly created and empty; `content` yields exactly `size` bytes and must be read to its
-    /// end.
-    fn write_file(
-        &mut self,
-        path: &Path,
-        size: u64,
-        content: &mut dyn Read,
-        file: &mut File,
-    ) -> io::Result<()>;
-}
-
-/// Copies content into the file.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CopySink;
-
-impl FileSink for CopySink {
-    fn write_file(
-        &mut self,
-        _path: &Path,
-        _size: u64,
-        content: &mut dyn Read,
-        file: &mut File,
-    ) -> io::Result<()> {
-        io::copy(content, file).map(|_| ())
-    }
-}
-
-/// One regular file written, with its content digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileRecord {
-    /// The entry's normalised path in the layer.
-    pub path: PathBuf,
-    /// Its size.
-    pub size: u64,
-    /// sha256 of its content.
-    pub digest: Digest,
-}
-
-/// Copies content into the file and records each file's sha256 (what the agent's object store
-/// keys files by).
-#[derive(Clone, Debug, Default)]
-pub struct HashingSink {
-    /// The files written, in layer order.
-    pub files: Vec<FileRecord>,
-}
-
-impl FileSink for HashingSink {
-    fn write_file(
-        &mut self,
-        path: &Path,
-        _size: u64,
-        content: &mut dyn Read,
-        file: &mut File,
-    ) -> io::Result<()> {
-        let mut w = HashingWriter::new(file);
-        io::copy(content, &mut w)?;
-        let (_, digest, size) = w.finish();
-        self.files.push(FileRecord {
-            path: path.to_path_buf(),
-            size,
-            digest,
-        });
-        Ok(())
-    }
-}
-
 /// Applies the layer `layer` (an uncompressed tar stream) onto `root`, copying file content.
 pub fn unpack<R: Read>(
     layer: R,
@@ -459,21 +349,7 @@ impl Unpacker<'_> {
         let pcomps = path::components(parent);
 
         if base.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            if e.kind != EntryKind::File {
-                return Err(hostile(&shown, "a whiteout must be a regular file"));
-            }
-            if base == OPAQUE_MARKER.as_bytes() {
-                return self.opaque(&shown, &pcomps);
-            }
-            if base.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
-                self.stats.skipped += 1;
-                return Ok(());
-            }
-            let victim = &base[WHITEOUT_PREFIX.len()..];
-            if victim.is_empty() || victim == b"." || victim == b".." {
-                return Err(hostile(&shown, "the whiteout names no file"));
-            }
-            return self.whiteout(&shown, &pcomps, victim);
+            return self.whiteout_entry(&shown, &e, &pcomps, base);
         }
 
         let kind = if e.kind == EntryKind::File && e.path.ends_with(b"/") {
@@ -481,40 +357,10 @@ impl Unpacker<'_> {
         } else {
             e.kind
         };
-        match kind {
-            EntryKind::Other(flag) => {
-                return Err(invalid(
-                    &shown,
-                    format!("unsupported entry type `{}`", flag.escape_ascii()),
-                ));
-            }
-            EntryKind::CharDevice | EntryKind::BlockDevice => match self.opts.devices {
-                DevicePolicy::Create => {}
-                DevicePolicy::Skip => {
-                    self.stats.skipped += 1;
-                    self.skipped.insert(name);
-                    return Ok(());
-                }
-                DevicePolicy::Refuse => {
-                    return Err(hostile(&shown, "device nodes are not allowed"));
-                }
-            },
-            _ => {}
+        if self.skip_by_policy(&shown, kind, &name)? {
+            return Ok(());
         }
-        let owner = if self.opts.same_owner {
-            let id = |v: u64, what| {
-                u32::try_from(v)
-                    .ok()
-                    .filter(|v| *v != u32::MAX)
-                    .ok_or_else(|| hostile(&shown, format!("{what} {v} is out of range")))
-            };
-            Some((
-                Uid::from_raw(id(e.uid, "uid")?),
-                Gid::from_raw(id(e.gid, "gid")?),
-            ))
-        } else {
-            None
-        };
+        let owner = self.owner(&shown, &e)?;
 
         // A hard link's target is resolved before the destination is touched.
         let link_target = if kind == EntryKind::Hardlink {
@@ -565,92 +411,7 @@ impl Unpacker<'_> {
                 if existing.is_some() {
                     host::remove_all_at(d, base).fs(&shown, "remove")?;
                 }
-                let clean_path = to_path(&name);
-                let meta = FileMeta {
-                    path: &clean_path,
-                    size: e.size,
-                    mode: e.mode & 0o7777,
-                    owner: owner.map(|(u, g)| (u.as_raw(), g.as_raw())),
-                    mtime: e.mtime,
-                    xattrs: e
-                        .xattrs
-                        .iter()
-                        .filter(|(k, _)| self.opts.xattrs && xattr_allowed(k))
-                        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                        .collect(),
-                };
-                let mut content = Tracked {
-                    body: reader.body(),
-                    failed: None,
-                };
-                match sink.place_file(&meta, &mut content, d, base) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        if reader.remaining() != 0 {
-                            return Err(UnpackError::Fs {
-                                entry: shown,
-                                action: "place",
-                                source: io::Error::other(format!(
-                                    "the file sink left {} bytes unread",
-                                    reader.remaining()
-                                )),
-                            });
-                        }
-                        self.stats.files += 1;
-                        self.stats.file_bytes += e.size;
-                        self.created.insert((pmeta.dev, pmeta.ino, base.to_vec()));
-                        return Ok(());
-                    }
-                    Err(err) => {
-                        return Err(match content.failed.take() {
-                            Some(read_err) => reader.io_err(read_err).into(),
-                            None => UnpackError::Fs {
-                                entry: shown,
-                                action: "place",
-                                source: err,
-                            },
-                        });
-                    }
-                }
-                let fd = rustix::fs::openat(
-                    d,
-                    base,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .fs(&shown, "create")?;
-                let mut file = File::from(fd);
-                let mut content = Tracked {
-                    body: reader.body(),
-                    failed: None,
-                };
-                if let Err(err) = sink.write_file(&clean_path, e.size, &mut content, &mut file) {
-                    return Err(match content.failed.take() {
-                        Some(read_err) => reader.io_err(read_err).into(),
-                        None => UnpackError::Fs {
-                            entry: shown,
-                            action: "write",
-                            source: err,
-                        },
-                    });
-                }
-                if reader.remaining() != 0 {
-                    return Err(UnpackError::Fs {
-                        entry: shown,
-                        action: "write",
-                        source: io::Error::other(format!(
-                            "the file sink left {} bytes unread",
-                            reader.remaining()
-                        )),
-                    });
-                }
-                self.finish_fd(&shown, file.as_fd(), &e, owner, true)?;
-                self.stats.files += 1;
-                self.stats.file_bytes += e.size;
+                self.file(reader, &e, sink, &shown, &name, d, base, owner)?;
             }
             EntryKind::Symlink => {
                 if existing.is_some() {
@@ -688,6 +449,173 @@ impl Unpacker<'_> {
             EntryKind::Other(_) => unreachable!("refused above"),
         }
         self.created.insert((pmeta.dev, pmeta.ino, base.to_vec()));
+        Ok(())
+    }
+
+    /// A `.wh.` entry: an opaque-directory marker, a whiteout of one name, or AUFS metadata
+    /// (skipped).
+    fn whiteout_entry(
+        &mut self,
+        shown: &Path,
+        e: &TarEntry,
+        pcomps: &[&[u8]],
+        base: &[u8],
+    ) -> Result<(), UnpackError> {
+        if e.kind != EntryKind::File {
+            return Err(hostile(shown, "a whiteout must be a regular file"));
+        }
+        if base == OPAQUE_MARKER.as_bytes() {
+            return self.opaque(shown, pcomps);
+        }
+        if base.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        let victim = &base[WHITEOUT_PREFIX.len()..];
+        if victim.is_empty() || victim == b"." || victim == b".." {
+            return Err(hostile(shown, "the whiteout names no file"));
+        }
+        self.whiteout(shown, pcomps, victim)
+    }
+
+    /// Refuses unknown entry types, and applies the device policy: `Ok(true)` when the entry
+    /// is skipped (and remembered, so hard links to it are skipped too).
+    fn skip_by_policy(
+        &mut self,
+        shown: &Path,
+        kind: EntryKind,
+        name: &[u8],
+    ) -> Result<bool, UnpackError> {
+        match kind {
+            EntryKind::Other(flag) => Err(invalid(
+                shown,
+                format!("unsupported entry type `{}`", flag.escape_ascii()),
+            )),
+            EntryKind::CharDevice | EntryKind::BlockDevice => match self.opts.devices {
+                DevicePolicy::Create => Ok(false),
+                DevicePolicy::Skip => {
+                    self.stats.skipped += 1;
+                    self.skipped.insert(name.to_vec());
+                    Ok(true)
+                }
+                DevicePolicy::Refuse => Err(hostile(shown, "device nodes are not allowed")),
+            },
+            _ => Ok(false),
+        }
+    }
+
+    /// The owner to give the entry: its own with [`UnpackOptions::same_owner`], else none.
+    fn owner(&self, shown: &Path, e: &TarEntry) -> Result<Option<(Uid, Gid)>, UnpackError> {
+        if !self.opts.same_owner {
+            return Ok(None);
+        }
+        let id = |v: u64, what| {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| *v != u32::MAX)
+                .ok_or_else(|| hostile(shown, format!("{what} {v} is out of range")))
+        };
+        Ok(Some((
+            Uid::from_raw(id(e.uid, "uid")?),
+            Gid::from_raw(id(e.gid, "gid")?),
+        )))
+    }
+
+    /// A regular file, as `base` in the directory `d` (nothing is there any more): placed by
+    /// the sink itself, or created here and filled by it.
+    #[allow(clippy::too_many_arguments)]
+    fn file<R: Read>(
+        &mut self,
+        reader: &mut TarReader<R>,
+        e: &TarEntry,
+        sink: &mut dyn FileSink,
+        shown: &Path,
+        name: &[u8],
+        d: BorrowedFd<'_>,
+        base: &[u8],
+        owner: Option<(Uid, Gid)>,
+    ) -> Result<(), UnpackError> {
+        let clean_path = to_path(name);
+        let meta = FileMeta {
+            path: &clean_path,
+            size: e.size,
+            mode: e.mode & 0o7777,
+            owner: owner.map(|(u, g)| (u.as_raw(), g.as_raw())),
+            mtime: e.mtime,
+            xattrs: e
+                .xattrs
+                .iter()
+                .filter(|(k, _)| self.opts.xattrs && xattr_allowed(k))
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect(),
+        };
+        let mut content = Tracked {
+            body: reader.body(),
+            failed: None,
+        };
+        match sink.place_file(&meta, &mut content, d, base) {
+            Ok(false) => {}
+            Ok(true) => {
+                if reader.remaining() != 0 {
+                    return Err(UnpackError::Fs {
+                        entry: shown.to_owned(),
+                        action: "place",
+                        source: io::Error::other(format!(
+                            "the file sink left {} bytes unread",
+                            reader.remaining()
+                        )),
+                    });
+                }
+                self.stats.files += 1;
+                self.stats.file_bytes += e.size;
+                return Ok(());
+            }
+            Err(err) => {
+                return Err(match content.failed.take() {
+                    Some(read_err) => reader.io_err(read_err).into(),
+                    None => UnpackError::Fs {
+                        entry: shown.to_owned(),
+                        action: "place",
+                        source: err,
+                    },
+                });
+            }
+        }
+        let fd = rustix::fs::openat(
+            d,
+            base,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .fs(shown, "create")?;
+        let mut file = File::from(fd);
+        let mut content = Tracked {
+            body: reader.body(),
+            failed: None,
+        };
+        if let Err(err) = sink.write_file(&clean_path, e.size, &mut content, &mut file) {
+            return Err(match content.failed.take() {
+                Some(read_err) => reader.io_err(read_err).into(),
+                None => UnpackError::Fs {
+                    entry: shown.to_owned(),
+                    action: "write",
+                    source: err,
+                },
+            });
+        }
+        if reader.remaining() != 0 {
+            return Err(UnpackError::Fs {
+                entry: shown.to_owned(),
+                action: "write",
+                source: io::Error::other(format!(
+                    "the file sink left {} bytes unread",
+                    reader.remaining()
+                )),
+            });
+        }
+        self.finish_fd(shown, file.as_fd(), e, owner, true)?;
+        self.stats.files += 1;
+        self.stats.file_bytes += e.size;
         Ok(())
     }
 
