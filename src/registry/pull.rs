@@ -33,6 +33,34 @@ struct Fetched {
     images: Vec<Manifest>,
 }
 
+/// The images' blobs, each once, with a progress label: configs first (they are small and say
+/// what the image is), then layers. Also returns the set of their digests.
+fn unique_blobs(
+    images: &[Manifest],
+) -> (
+    Vec<(Descriptor, String)>,
+    std::collections::BTreeSet<Digest>,
+) {
+    let mut blobs: Vec<(Descriptor, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let layer_count: usize = images.iter().map(|m| m.layers.len()).sum();
+    let mut layer_no = 0;
+    for m in images {
+        if seen.insert(m.config.digest.clone()) {
+            blobs.push((m.config.clone(), "config".to_string()));
+        }
+    }
+    for m in images {
+        for l in &m.layers {
+            layer_no += 1;
+            if seen.insert(l.digest.clone()) {
+                blobs.push((l.clone(), format!("layer {layer_no}/{layer_count}")));
+            }
+        }
+    }
+    (blobs, seen)
+}
+
 impl Client {
     /// Pulls `reference` into `store` and names it `reference` there.
     ///
@@ -105,24 +133,7 @@ impl Client {
             }
         };
 
-        // Unique blobs, configs first (they are small and say what the image is).
-        let mut blobs: Vec<(Descriptor, String)> = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        let layer_count: usize = fetched.images.iter().map(|m| m.layers.len()).sum();
-        let mut layer_no = 0;
-        for m in &fetched.images {
-            if seen.insert(m.config.digest.clone()) {
-                blobs.push((m.config.clone(), "config".to_string()));
-            }
-        }
-        for m in &fetched.images {
-            for l in &m.layers {
-                layer_no += 1;
-                if seen.insert(l.digest.clone()) {
-                    blobs.push((l.clone(), format!("layer {layer_no}/{layer_count}")));
-                }
-            }
-        }
+        let (mut blobs, seen) = unique_blobs(&fetched.images);
 
         let mut report = PullReport {
             name: reference.clone(),

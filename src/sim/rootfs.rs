@@ -193,6 +193,64 @@ pub fn build(
 ) -> Result<(), SimError> {
     let root = &info.root;
     let name = &info.name;
+    layout(info, authorized_keys)?;
+    let etc = root.join("etc");
+    accounts(&etc, profile)?;
+    system_files(info, &etc)?;
+    sudo(&etc)?;
+
+    // sshd, with its own host key (also recorded in $DTS_HOME/known_hosts by the caller).
+    let ssh = etc.join("ssh");
+    mkdir(&ssh, 0o755)?;
+    write(
+        &ssh.join("sshd_config"),
+        &format!(
+            "# dts sim: virtual robot `{name}`\n\
+             Port 22\nListenAddress {}\n\
+             HostKey /etc/ssh/ssh_host_ed25519_key\n\
+             PermitRootLogin no\nPubkeyAuthentication yes\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             AuthorizedKeysFile .ssh/authorized_keys\n\
+             UsePAM no\nPrintMotd no\nPidFile /run/sshd.pid\n\
+             AcceptEnv LANG LC_*\n\
+             Subsystem sftp /usr/lib/openssh/sftp-server\n",
+            info.address
+        ),
+        0o644,
+    )?;
+    let key = ssh.join("ssh_host_ed25519_key");
+    super::net::run_tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &format!("root@{name}"),
+            "-f",
+            &key.to_string_lossy(),
+        ],
+    )?;
+
+    super::avahi::write_config(root, name, profile)?;
+
+    write(
+        &etc.join("dt-agent/robot.yaml"),
+        &format!(
+            "# dts sim: virtual robot\nhostname: {name}\ntype: {}\nconfiguration: {}\n",
+            profile.robot_type, profile.configuration
+        ),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// The directories, the links into the host's `/usr`, the private `/usr/local`, `/data` and
+/// duckie's home with `authorized_keys`.
+fn layout(info: &SimInfo, authorized_keys: &str) -> Result<(), SimError> {
+    let root = &info.root;
     mkdir(root, 0o755)?;
     for d in [
         "usr", "proc", "sys", "dev", "run", "etc", "var", "home", "opt",
@@ -243,8 +301,11 @@ pub fn build(
     ] {
         chown(&p, DUCKIE_ID, DUCKIE_ID)?;
     }
+    Ok(())
+}
 
-    let etc = root.join("etc");
+/// `/etc/passwd`, `group` (duckie in the profile's device groups) and `shadow`.
+fn accounts(etc: &Path, profile: &RobotProfile) -> Result<(), SimError> {
     let groups = groups(profile);
     let gid = |n: &str| groups.iter().find(|(g, _)| g == n).map(|(_, id)| *id);
     write(
@@ -278,6 +339,13 @@ pub fn build(
         0o640,
     )?;
     chown(&etc.join("shadow"), 0, gid("shadow").unwrap_or(0))?;
+    Ok(())
+}
+
+/// The host name, name resolution, shells, profile, and what is copied from the host's `/etc`.
+fn system_files(info: &SimInfo, etc: &Path) -> Result<(), SimError> {
+    let name = &info.name;
+    let root = &info.root;
     write(&etc.join("hostname"), &format!("{name}\n"), 0o644)?;
     write(
         &etc.join("hosts"),
@@ -307,7 +375,7 @@ pub fn build(
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PATH\n",
         0o644,
     )?;
-    symlink("../proc/self/mounts", etc.join("mtab")).map_err(io("make symlink", &etc))?;
+    symlink("../proc/self/mounts", etc.join("mtab")).map_err(io("make symlink", etc))?;
     for f in [
         "ld.so.cache",
         "ld.so.conf",
@@ -327,8 +395,11 @@ pub fn build(
     ] {
         copy_etc(root, f)?;
     }
+    Ok(())
+}
 
-    // sudo: duckie without a password, as on a Duckiebot. PAM kept to what sudo needs.
+/// sudo: duckie without a password, as on a Duckiebot. PAM kept to what sudo needs.
+fn sudo(etc: &Path) -> Result<(), SimError> {
     write(
         &etc.join("sudoers"),
         "Defaults env_reset\n\
@@ -352,52 +423,6 @@ pub fn build(
         &etc.join("pam.d/other"),
         "auth required pam_deny.so\naccount required pam_deny.so\n\
          password required pam_deny.so\nsession required pam_deny.so\n",
-        0o644,
-    )?;
-
-    // sshd, with its own host key (also recorded in $DTS_HOME/known_hosts by the caller).
-    let ssh = etc.join("ssh");
-    mkdir(&ssh, 0o755)?;
-    write(
-        &ssh.join("sshd_config"),
-        &format!(
-            "# dts sim: virtual robot `{name}`\n\
-             Port 22\nListenAddress {}\n\
-             HostKey /etc/ssh/ssh_host_ed25519_key\n\
-             PermitRootLogin no\nPubkeyAuthentication yes\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             AuthorizedKeysFile .ssh/authorized_keys\n\
-             UsePAM no\nPrintMotd no\nPidFile /run/sshd.pid\n\
-             AcceptEnv LANG LC_*\n\
-             Subsystem sftp /usr/lib/openssh/sftp-server\n",
-            info.address
-        ),
-        0o644,
-    )?;
-    let key = ssh.join("ssh_host_ed25519_key");
-    super::net::run_tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            &format!("root@{name}"),
-            "-f",
-            &key.to_string_lossy(),
-        ],
-    )?;
-
-    super::avahi::write_config(root, name, profile)?;
-
-    write(
-        &etc.join("dt-agent/robot.yaml"),
-        &format!(
-            "# dts sim: virtual robot\nhostname: {name}\ntype: {}\nconfiguration: {}\n",
-            profile.robot_type, profile.configuration
-        ),
         0o644,
     )?;
     Ok(())
