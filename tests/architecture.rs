@@ -966,10 +966,10 @@ fn long_function_entries(doc: &str) -> BTreeSet<String> {
             continue;
         };
         let cell = row.split('|').next().unwrap_or_default().trim();
-        if let Some(entry) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')) {
-            if entry.contains("::") {
-                out.insert(entry.to_owned());
-            }
+        if let Some(entry) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`'))
+            && entry.contains("::")
+        {
+            out.insert(entry.to_owned());
         }
     }
     out
