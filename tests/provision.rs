@@ -10,6 +10,8 @@
 //!   bridge) finds the robot under its new name, and a deploy of a busybox stack commits; a
 //!   second provision exits 0, says "already provisioned" and leaves the root file system as it
 //!   was;
+//! - `--dry-run`: on a fresh robot it names every step, says which would change, and changes
+//!   nothing; on a provisioned one every check passes;
 //! - faults: an unreachable host, a wrong password, an unsupported arch (a fake `uname`), and a
 //!   run killed half-way — each a clear error naming the host, the robot still reachable, and a
 //!   re-run finishing the job.
@@ -756,4 +758,123 @@ fn killed_after_new_host_keys_a_rerun_finishes() {
     let report = l.provision(&robot, "keys", "virtual", &[]);
     assert_eq!(report["already_provisioned"], false, "{report}");
     assert_provisioned(&l, &robot, "keys", "virtual", "virtual");
+}
+
+/// The steps of a provision report, in order: (name, whether it changed or would change).
+fn steps_of(report: &Value) -> Vec<(String, bool)> {
+    report["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps: {report}"))
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["changed"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `--dry-run` is a provision's checks without its changes: on a fresh robot it names every
+/// step in order, says which would change the robot, and changes nothing; once the robot is
+/// provisioned, every check finds it as it should be.
+#[test]
+fn a_dry_run_checks_every_step_and_changes_nothing() {
+    if !can_run() {
+        return;
+    }
+    let Some(robot) = FreshRobot::boot("amd64", "prov-dryrun") else {
+        return;
+    };
+    let l = Laptop::new();
+    let pristine = robot.snapshot();
+    let plan = l.provision(&robot, "dry", "virtual", &["--dry-run"]);
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    let steps = steps_of(&plan);
+    let names: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+    // No key login: the key is not on the robot yet. No preload: none was asked for.
+    assert_eq!(
+        names,
+        [
+            "detect",
+            "authorized-key",
+            "runc",
+            "agent",
+            "udev-rules",
+            "robot-yaml",
+            "data-config",
+            "sudoers",
+            "host-keys",
+            "ssh-password-login",
+            "shared-key",
+            "password-lock",
+            "docker-tcp",
+            "hostname",
+            "systemd-unit",
+            "agent-service",
+            "marker",
+        ],
+        "{plan}"
+    );
+    let would: Vec<&str> = steps.iter().filter(|s| s.1).map(|s| s.0.as_str()).collect();
+    let changed: Vec<&str> = plan["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(changed, would, "{plan}");
+    for step in [
+        "authorized-key",
+        "agent",
+        "udev-rules",
+        "robot-yaml",
+        "data-config",
+        "sudoers",
+        "host-keys",
+        "ssh-password-login",
+        "shared-key",
+        "password-lock",
+        "docker-tcp",
+        "hostname",
+        "systemd-unit",
+        "agent-service",
+        "marker",
+    ] {
+        assert!(would.contains(&step), "`{step}` would not change: {plan}");
+    }
+    let d = fresh_robot::diff(&pristine, &robot.snapshot());
+    assert!(d.is_empty(), "--dry-run changed the robot:\n{d}");
+
+    l.provision(&robot, "dry", "virtual", &[]);
+    let before = robot.snapshot();
+    let (out, err) = l.ok(
+        &[
+            "duckiebot",
+            "provision",
+            &robot.addr().to_string(),
+            "--hostname",
+            "dry",
+            "--configuration",
+            "virtual",
+            "--dry-run",
+            "--json",
+        ],
+        "",
+    );
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["dry_run"], true, "{again}\n{err}");
+    assert_eq!(again["already_provisioned"], true, "{again}");
+    assert_eq!(again["changed"], Value::Array(vec![]), "{again}");
+    let steps = steps_of(&again);
+    assert!(steps.iter().all(|s| !s.1), "{again}");
+    // Now the key is in: its login is checked, right after the key itself.
+    let at = |n: &str| steps.iter().position(|s| s.0 == n);
+    assert_eq!(
+        at("key-login"),
+        at("authorized-key").map(|i| i + 1),
+        "{again}"
+    );
+    let d = fresh_robot::diff(&before, &robot.snapshot());
+    assert!(d.is_empty(), "a dry run changed a provisioned robot:\n{d}");
 }
