@@ -14,7 +14,7 @@
 //! The laptop fetches `http://<robot>:<host port>/` and must get the container's page; after
 //! detach it must not. Root only (skips with a `SKIP:` line otherwise), as are the CNI plugins.
 
-mod support;
+use crate::support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
@@ -23,8 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::netns::{Robot, TestNet, require_netns};
 use dts::agent::net::{Attachment, Ipv4Subnet, NetError, Network, PortMapping};
-use support::netns::{Robot, TestNet, require_netns};
 
 const PAGE: &str = "hello from the container\n";
 const PLUGIN_DIR: &str = "/usr/lib/cni";

@@ -1,15 +1,15 @@
 //! Proves the registry fixture (tests/support/registry.rs) with skopeo as the client: push an
 //! OCI layout written by hand, pull it back, compare digests, in all three auth modes.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::registry::{self, Auth, Registry};
 use sha2::{Digest, Sha256};
-use support::registry::{self, Auth, Registry};
 
 const TAG: &str = "v1";
 const REPO: &str = "test/img";

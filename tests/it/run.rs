@@ -4,9 +4,9 @@
 //! Needs root, an OCI runtime and the fixtures (`scripts/fixtures`, cached in
 //! `$DTS_FIXTURES`, default `/var/cache/dts-fixtures`); each test prints `SKIP: <test>: <why>`
 //! and passes without them. The tests take one lock: they compare the host's mount table before
-//! and after, and they read and set `DTS_RUNTIME`.
+//! and after. `DTS_RUNTIME` is only ever set in a child process (see `detect_in_child`).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -486,9 +486,17 @@ fn failures_and_timeouts_leave_nothing_behind() {
     // A panic in the output callback still cleans up.
     let (upper, work) = ctx.upper_work("panic");
     let before = our_mounts();
-    // Quiet: this panic is expected (the other tests wait for LOCK, so none of theirs is lost).
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    // Quiet: this panic is expected. Only this thread's: the hook is process-wide, and the
+    // other modules of tests/it run meanwhile; their panics still print.
+    let hook: std::sync::Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> =
+        std::panic::take_hook().into();
+    let me = std::thread::current().id();
+    let others = hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            others(info)
+        }
+    }));
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let spec = RunSpec::new(["/bin/sh", "-c", "echo boom; sleep 2"]);
         run::execute(
@@ -500,7 +508,7 @@ fn failures_and_timeouts_leave_nothing_behind() {
             &mut |_| panic!("callback panicked"),
         )
     }));
-    std::panic::set_hook(hook);
+    std::panic::set_hook(Box::new(move |info| hook(info)));
     assert!(caught.is_err());
     assert_clean(&ctx.runtime, &before);
 }
@@ -516,31 +524,74 @@ fn runtime_client_basics() {
 
     // DTS_RUNTIME picks the runtime, by name or path; nonsense is a typed error.
     let state = ctx.path("state2");
-    let set = |v: Option<&str>| {
-        // SAFETY: every test in this file holds LOCK, and none of them reads the
-        // environment from another thread while it is held.
-        unsafe {
-            match v {
-                Some(v) => std::env::set_var(run::RUNTIME_ENV, v),
-                None => std::env::remove_var(run::RUNTIME_ENV),
-            }
-        }
-    };
-    let saved = std::env::var(run::RUNTIME_ENV).ok();
     let cmd = ctx.runtime.command().display().to_string();
-    set(Some(&cmd));
-    let r = Runtime::detect(&state).unwrap();
-    assert_eq!(r.command(), ctx.runtime.command());
-    set(Some("/no/such/runtime"));
-    let err = Runtime::detect(&state).unwrap_err();
-    assert!(matches!(err, RunError::BadOverride { .. }), "{err}");
+    let (command, _) = detect_in_child(&cmd, &state).unwrap();
+    assert_eq!(command, ctx.runtime.command());
+    let err = detect_in_child("/no/such/runtime", &state).unwrap_err();
+    assert!(err.starts_with("bad-override "), "{err}");
     if support::find_cmd("crun").is_some() {
-        set(Some("crun"));
-        let r = Runtime::detect(&state).unwrap();
-        assert!(r.command().ends_with("crun"));
-        assert_eq!(r.root(), state.join("crun"));
+        let (command, root) = detect_in_child("crun", &state).unwrap();
+        assert!(command.ends_with("crun"), "{}", command.display());
+        assert_eq!(root, state.join("crun"));
     }
-    set(saved.as_deref());
+}
+
+/// Where the child started by [`detect_in_child`] keeps its runtime state.
+const CHILD_STATE_ENV: &str = "DTS_TEST_RUNTIME_STATE";
+
+/// `Runtime::detect(state)` under `DTS_RUNTIME=value`, in a child process: the variable is
+/// process-wide, and every module of tests/it shares this process, so setting it here would
+/// also reach any `dts` another test spawns meanwhile. The child is this test binary running
+/// [`runtime_override_in_child`] alone. `Ok((command, root))`, or `Err("bad-override …")` /
+/// `Err("other …")`.
+fn detect_in_child(value: &str, state: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "run::runtime_override_in_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(run::RUNTIME_ENV, value)
+        .env(CHILD_STATE_ENV, state)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        // libtest prints `test NAME ... ` before the test's own output, on the same line.
+        .find_map(|l| l.split_once("DETECTED ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("the child test printed no DETECTED line:\n{stdout}"));
+    match line.strip_prefix("ok ") {
+        Some(ok) => {
+            let (command, root) = ok.split_once('\t').unwrap();
+            Ok((PathBuf::from(command), PathBuf::from(root)))
+        }
+        None => Err(line.to_owned()),
+    }
+}
+
+#[test]
+#[ignore = "run by runtime_client_basics in a child process, with DTS_RUNTIME set"]
+fn runtime_override_in_child() {
+    let state = std::env::var_os(CHILD_STATE_ENV)
+        .map(PathBuf::from)
+        .expect("run by runtime_client_basics (detect_in_child), which sets the state dir");
+    match Runtime::detect(&state) {
+        Ok(r) => println!(
+            "DETECTED ok {}\t{}",
+            r.command().display(),
+            r.root().display()
+        ),
+        Err(e @ RunError::BadOverride { .. }) => println!("DETECTED bad-override {e}"),
+        Err(e) => println!("DETECTED other {e}"),
+    }
 }
 
 #[test]

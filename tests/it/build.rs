@@ -2,7 +2,7 @@
 //! and the file tree, the sample three-stage Duckiebot pipeline for arm64v8 + arm32v7 under
 //! QEMU, the cache, reproducibility across directories and mtimes, and bad input.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -19,15 +19,15 @@
 //! The laptop is the test process's host side with a HOME and DTS_HOME of its own; its key is
 //! `HOME/.ssh/id_ed25519`. Needs root; prints a SKIP line otherwise.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::fresh_robot::{self, FreshRobot, STOCK_PASSWORD, STOCK_USER};
+use crate::support::netns::TestNet;
 use serde_json::Value;
-use support::fresh_robot::{self, FreshRobot, STOCK_PASSWORD, STOCK_USER};
-use support::netns::TestNet;
 
 const DT2018_BLOB: &str = "AAAAB3NzaC1yc2EAAAADAQABAAABAQDFiaiFeU0Pc3ZjiGbjJOIx28ghcWPoem8jU1OSeJnbTkKT79vrzjIbYjkBg7uBlXb6kLnbHLWHUnPlLk2IUQTxHHvakubEJkJxePdN6XO+q1sKpEvz+1GL60iBKhRljCZ9h/CcJ78kkyNQkexHT15ZDMhOnUd8c9zxwUHxSjzPSOH5ns8bxjU3oSjmzDEojPnQJmY6Evhf5DVcKXenxkzs4XgDEo+ldKo37i30iUoFCL30OsXCP2tPcn1j39qjL7vnaUBO9WqY8eOssOHAX7/K1dNN1lDvNCKspq/2f05Ss8LopSpe6hOiMnPB0RlotJbZn+784kV1B4nJpqLj+EQr";
 
@@ -541,9 +541,7 @@ fn provision_amd64_end_to_end() {
 /// The robot is arm64 under QEMU and gets the cross-compiled aarch64 agent.
 #[test]
 fn provision_arm64_end_to_end() {
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agents/arm64/dt-agent");
-    if !agent.exists() && std::env::var_os("DTS_AGENT_DIR").is_none() {
-        support::skip("no cross-compiled arm64 dt-agent: run `scripts/cross-build arm64`");
+    if support::require_agent("arm64").is_none() {
         return;
     }
     end_to_end("arm64", "DB21J", "jetson_nano");

@@ -6,14 +6,12 @@
 //! (`DTS_SIM_BRIDGE`, `DTS_SIM_SUBNET`) so the user's `dts0` is never touched. Needs root;
 //! skips otherwise.
 
-mod support;
+use crate::support::{self, TestContext};
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use dts::ssh::Session;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -34,128 +32,6 @@ fn can_run() -> bool {
         }
     }
     true
-}
-
-/// One test's sim world: DTS_HOME, HOME, bridge, subnet, robot name.
-struct World {
-    dts_home: tempfile::TempDir,
-    home: tempfile::TempDir,
-    bridge: String,
-    subnet: String,
-    name: String,
-    /// `DTS_AGENT_DIR` for a foreign-arch sim's agent.
-    agent_dir: Option<PathBuf>,
-}
-
-impl World {
-    fn new() -> World {
-        let pid = std::process::id();
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let routes = Command::new(support::find_cmd("ip").unwrap())
-            .args(["-4", "route", "show", "table", "all"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let third = (0..250)
-            .map(|i| (pid + seq * 7 + i) % 250 + 1)
-            .find(|x| !routes.contains(&format!("10.218.{x}.")))
-            .expect("a free 10.218.x.0/24");
-        World {
-            dts_home: tempfile::tempdir().unwrap(),
-            home: tempfile::tempdir().unwrap(),
-            bridge: format!("dtst{}x{seq}", pid % 100_000),
-            subnet: format!("10.218.{third}.0/24"),
-            name: format!("simt{pid}x{seq}"),
-            agent_dir: None,
-        }
-    }
-
-    /// `program ARGS` with this world's environment.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
-        let mut c = Command::new(program);
-        c.args(args)
-            .env("DTS_HOME", self.dts_home.path())
-            .env("HOME", self.home.path())
-            .env("DTS_SIM_BRIDGE", &self.bridge)
-            .env("DTS_SIM_SUBNET", &self.subnet)
-            .env_remove("SSH_AUTH_SOCK")
-            // The shipped stacks name `${DISTRO:-daffy}` images.
-            .env_remove("DISTRO")
-            .stdin(Stdio::null());
-        if let Some(d) = &self.agent_dir {
-            c.env("DTS_AGENT_DIR", d);
-        }
-        c
-    }
-
-    fn dts(&self, args: &[&str]) -> Output {
-        self.command(env!("CARGO_BIN_EXE_dts"), args)
-            .output()
-            .unwrap()
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dts(args);
-        assert!(
-            out.status.success(),
-            "dts {args:?} failed ({:?}):\n{}\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn sim_dir(&self) -> PathBuf {
-        self.dts_home.path().join("sims").join(&self.name)
-    }
-
-    /// Runs `cmd` on the sim over SSH as duckie (dts's own client, the sim key).
-    fn ssh(&self, address: &str, cmd: &str) -> (bool, String, String) {
-        let opts = dts::sim::ssh_options(self.dts_home.path(), self.home.path());
-        let target = dts::ssh::Target::parse(&format!("duckie@{address}")).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let s = Session::connect(&target, &opts).await.unwrap();
-            let out = s.run(cmd).await.unwrap();
-            let _ = s.close().await;
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-    }
-
-    #[track_caller]
-    fn ssh_ok(&self, address: &str, cmd: &str) -> String {
-        let (ok, out, err) = self.ssh(address, cmd);
-        assert!(ok, "`{cmd}` on the sim failed:\n{out}\n{err}");
-        out
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if self.sim_dir().exists() || Path::new("/run/netns").join(self.netns()).exists() {
-            let _ = self.dts(&["sim", "down", &self.name]);
-        }
-        if Path::new("/sys/class/net").join(&self.bridge).exists() {
-            let _ = Command::new(support::find_cmd("ip").unwrap())
-                .args(["link", "del", &self.bridge])
-                .output();
-        }
-    }
-}
-
-impl World {
-    fn netns(&self) -> String {
-        format!("dts-sim-{}", self.name)
-    }
 }
 
 /// Processes whose command line names `needle`.
@@ -183,7 +59,7 @@ fn a_sim_is_reached_like_a_robot_and_down_leaves_nothing() {
     if !can_run() {
         return;
     }
-    let w = World::new();
+    let w = TestContext::new();
     let name = w.name.clone();
     let up = w.dts(&["sim", "up", &name, "--link-rate", "20mbit", "--json"]);
     assert!(
@@ -292,7 +168,7 @@ fn a_dead_sim_is_recreated_by_up() {
     if !can_run() {
         return;
     }
-    let w = World::new();
+    let w = TestContext::new();
     let name = w.name.clone();
     w.ok(&["sim", "up", &name]);
     let info = dts::sim::resolve_in(w.dts_home.path(), &name).unwrap();
@@ -327,7 +203,7 @@ fn down_removes_a_half_made_sim() {
     if !can_run() {
         return;
     }
-    let w = World::new();
+    let w = TestContext::new();
     let name = w.name.clone();
     // What an `up` killed early leaves: a netns, a directory without sim.json, a known_hosts
     // line.
@@ -357,14 +233,7 @@ fn down_removes_a_half_made_sim() {
 
 #[test]
 fn bad_input_is_exit_2_before_anything_is_made() {
-    let w = World {
-        dts_home: tempfile::tempdir().unwrap(),
-        home: tempfile::tempdir().unwrap(),
-        bridge: "dtsnever0".into(),
-        subnet: "10.218.0.0/24".into(),
-        name: "unused".into(),
-        agent_dir: None,
-    };
+    let w = TestContext::new();
     for (args, says) in [
         (vec!["sim", "up", "1bad"], "not a robot name"),
         // armv6 (Pi Zero): no dt-agent is built for it (arm64/armhf sims: tests/cross.rs).
@@ -396,7 +265,7 @@ fn up_without_sudo_sshd_or_avahi_says_what_to_install_and_makes_nothing() {
     if !can_run() || !support::require_cmd("unshare") || !support::require_cmd("mount") {
         return;
     }
-    let w = World::new();
+    let w = TestContext::new();
     // This machine as one without sudo, sshd and avahi-daemon: in a mount namespace of the
     // command's own, /dev/null (not a program) is bound over each. The host sees nothing.
     let script = "mount --bind /dev/null /usr/bin/sudo && \
@@ -453,7 +322,7 @@ fn up_without_sudo_sshd_or_avahi_says_what_to_install_and_makes_nothing() {
 /// with its tag chosen by `--build-arg ARCH`; every module runs `/run.sh`, which says which
 /// module it is, on which CPU, and whether the robot's avahi socket is mounted, then waits for
 /// SIGTERM. dt-core carries `dt-launcher-lane_following`, the lane-following stack's command.
-fn build_stack_images(w: &World, dt_arch: &str, busybox: &Path) {
+fn build_stack_images(w: &TestContext, dt_arch: &str, busybox: &Path) {
     let ctx = w.dts_home.path().join("pipeline");
     let base = ctx.join("dt-ros-commons");
     std::fs::create_dir_all(&base).unwrap();
@@ -521,7 +390,7 @@ fn build_stack_images(w: &World, dt_arch: &str, busybox: &Path) {
 }
 
 /// `dts duckiebot ps NAME --json`: (name, state) by name.
-fn containers(w: &World) -> Vec<(String, String)> {
+fn containers(w: &TestContext) -> Vec<(String, String)> {
     let ps: serde_json::Value =
         serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
     let mut v: Vec<(String, String)> = ps
@@ -541,7 +410,7 @@ fn containers(w: &World) -> Vec<(String, String)> {
 
 /// `dts duckiebot deploy NAME [ARGS] --json`, which must commit release `release`.
 #[track_caller]
-fn deploy_commits(w: &World, args: &[&str], release: u64) -> serde_json::Value {
+fn deploy_commits(w: &TestContext, args: &[&str], release: u64) -> serde_json::Value {
     let mut a = vec!["duckiebot", "deploy", w.name.as_str()];
     a.extend_from_slice(args);
     a.push("--json");
@@ -553,7 +422,7 @@ fn deploy_commits(w: &World, args: &[&str], release: u64) -> serde_json::Value {
 
 /// `sim up` (`--arch arch`), the default stack with no `--stack`, then lane-following: every
 /// service runs the image built for the robot's CPU (`uname`) with the avahi socket mounted.
-fn shipped_stacks_run(w: &World, arch: &str, dt_arch: &str, busybox: &Path, uname: &str) {
+fn shipped_stacks_run(w: &TestContext, arch: &str, dt_arch: &str, busybox: &Path, uname: &str) {
     build_stack_images(w, dt_arch, busybox);
     w.ok(&["sim", "up", &w.name, "--arch", arch]);
 
@@ -609,21 +478,6 @@ fn shipped_stacks_run(w: &World, arch: &str, dt_arch: &str, busybox: &Path, unam
     w.ok(&["sim", "down", &w.name]);
 }
 
-fn busybox_fixture(arch: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("DTS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/dts-fixtures"));
-    let p = dir.join("busybox").join(arch).join("busybox");
-    if p.exists() {
-        return Some(p);
-    }
-    support::skip(&format!(
-        "no {arch} busybox fixture at `{}`: run `bash scripts/fixtures`",
-        p.display()
-    ));
-    None
-}
-
 fn can_deploy() -> bool {
     can_run() && support::require_cmd("runc")
 }
@@ -633,10 +487,10 @@ fn the_shipped_stacks_run_on_an_amd64_sim() {
     if !can_deploy() {
         return;
     }
-    let Some(busybox) = busybox_fixture("amd64") else {
+    let Some(busybox) = support::require_busybox("amd64") else {
         return;
     };
-    let w = World::new();
+    let w = TestContext::new();
     shipped_stacks_run(&w, "amd64", "amd64", &busybox, "x86_64");
 }
 
@@ -647,25 +501,17 @@ fn the_shipped_stacks_run_on_an_arm64_sim() {
     if !can_deploy() {
         return;
     }
-    let Some(busybox) = busybox_fixture("arm64") else {
+    let Some(busybox) = support::require_busybox("arm64") else {
         return;
     };
-    let dir = std::env::var_os("DTS_AGENT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agents"));
-    if !dir.join("arm64/dt-agent").is_file() {
-        support::skip(&format!(
-            "no cross-built arm64 dt-agent in `{}`: run `scripts/cross-build arm64`",
-            dir.display()
-        ));
+    let Some(dir) = support::require_agent("arm64") else {
         return;
-    }
+    };
     if let Err(e) = dts::binfmt::ensure(&dts::oci::Platform::arm64()) {
         support::skip(&format!("QEMU for arm64: {e}"));
         return;
     }
-    let mut w = World::new();
-    w.agent_dir = Some(dir);
+    let w = TestContext::new().with_agent_dir(dir);
     shipped_stacks_run(&w, "arm64", "arm64v8", &busybox, "aarch64");
 }
 
@@ -678,7 +524,7 @@ struct Laptop {
 }
 
 impl Laptop {
-    fn on(w: &World) -> Laptop {
+    fn on(w: &TestContext) -> Laptop {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}x{seq}", std::process::id() % 100_000);
         let l = Laptop {
@@ -765,7 +611,7 @@ fn fleet_discover_finds_a_sim_through_its_avahi() {
     if !can_run() {
         return;
     }
-    let w = World::new();
+    let w = TestContext::new();
     let name = w.name.clone();
     let up: serde_json::Value =
         serde_json::from_str(&w.ok(&["sim", "up", &name, "--json"])).unwrap();

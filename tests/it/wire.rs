@@ -5,7 +5,7 @@
 //! binary; kills the agent mid-transfer and checks the next transfer sends only the rest;
 //! refuses a corrupted object and a different major version; relays daemon requests.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -15,13 +15,13 @@ use std::pin::Pin;
 use std::process::{Command, Output, Stdio};
 use std::task::{Context, Poll};
 
+use crate::support::images::{Entry, Layout, base_layer, gzip, layer_tar};
 use dts::oci::{Digest, Platform};
 use dts::progress::Silent;
 use dts::store::Store;
 use dts::wire::client::{Connection, TransferReport};
 use dts::wire::frame::{Frame, read_frame, write_frame};
 use dts::wire::{FromRobot, ToRobot, WireError};
-use support::images::{Entry, Layout, base_layer, gzip, layer_tar};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const NAME: &str = "example.com/duckietown/wire-test:dev";

@@ -3,7 +3,7 @@
 //! installed, and every resource is gone after drop — also after a panic. Needs root and
 //! iproute2; skips with a reason otherwise.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::netns::{Robot, TestNet, require_netns};
+use crate::support::netns::{Robot, TestNet, require_netns};
 
 /// mDNS group and port: what discovery really uses.
 const MDNS_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);

@@ -5,7 +5,7 @@
 //! nothing is left behind. Needs root (and sshpass for the password login; binfmt for arm64);
 //! skips with a reason otherwise.
 
-mod support;
+use crate::support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::fresh_robot::{self, DOCKER_TCP_PORT, FreshRobot, STOCK_PASSWORD, STOCK_USER};
+use crate::support::fresh_robot::{self, DOCKER_TCP_PORT, FreshRobot, STOCK_PASSWORD, STOCK_USER};
 
 fn text(out: &Output) -> String {
     format!(

@@ -6,19 +6,19 @@
 //! The robot is made as in tests/agent_run.rs: its own network namespace, a temp state
 //! directory, the daemon under `unshare --mount … nsenter --net=NS`.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::images::{Entry, Layout};
+use crate::support::netns::{Robot, TestNet};
 use dts::agent::container::ContainerConfig;
 use dts::agent::release::{HealthSpec, ReleaseSpec, ServiceSpec};
 use dts::oci::{Digest, Platform};
 use serde_json::Value;
-use support::images::{Entry, Layout};
-use support::netns::{Robot, TestNet};
 
 const FIXTURES: &str = "/var/cache/dts-fixtures/busybox";
 

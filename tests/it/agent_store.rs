@@ -6,7 +6,7 @@
 //! Every store lives under a temp dir (`DT_AGENT_ROOT`); the disk-full test mounts a small
 //! tmpfs (root only, unmounted by a guard) and skips with a `SKIP:` line otherwise.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::hostile::{self, E, Expect};
+use crate::support::images::{Entry, Layout, base_layer, gzip, layer_tar};
 use dts::oci::json::canonical;
 use dts::oci::{Descriptor, Digest, ImageConfig, Manifest, Platform, media};
-use support::hostile::{self, E, Expect};
-use support::images::{Entry, Layout, base_layer, gzip, layer_tar};
 
 const NAME: &str = "example.com/duckietown/dt-agent-test:v1";
 

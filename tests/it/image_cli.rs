@@ -1,15 +1,15 @@
 //! `dts image …` end to end through the binary: load/save round trips, interop with skopeo,
 //! umoci and podman, bad input (exit 2, store untouched) and SIGKILL during a load.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::images::{self, Layout, multi_arch_layout};
 use dts::oci::json::canonical;
 use dts::oci::{Digest, Platform, media};
-use support::images::{self, Layout, multi_arch_layout};
 
 const NAME: &str = "example.com/duckietown/dt-test:v1";
 

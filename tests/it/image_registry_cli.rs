@@ -1,13 +1,13 @@
 //! `dts image push/pull` through the binary against a real registry with token auth, with
 //! credentials from `$DOCKER_CONFIG/config.json` as users have them, and skopeo on the other end.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::images::multi_arch_layout;
-use support::registry::{Auth, Registry};
+use crate::support::images::multi_arch_layout;
+use crate::support::registry::{Auth, Registry};
 
 fn dts(home: &Path, docker_config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dts"))

@@ -3,7 +3,7 @@
 //! names its file and key, and, as root, roles resolve to real character and block nodes made
 //! with mknod in a temporary directory (never in the host's /dev).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -9,21 +9,11 @@
 //! Each test has its own DTS_HOME, HOME, bridge and subnet (`DTS_SIM_BRIDGE`, `DTS_SIM_SUBNET`),
 //! so the user's `dts0` is never touched. Needs root; prints a SKIP line otherwise.
 
-mod support;
+use crate::support::{self, TestContext};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-const BUSYBOX: &str = "/var/cache/dts-fixtures/busybox/amd64/busybox";
-
-/// The static busybox of a Debian arch (`amd64`, `arm64`, `armhf`).
-fn busybox(arch: &str) -> String {
-    BUSYBOX.replace("/amd64/", &format!("/{arch}/"))
-}
 
 fn can_run() -> bool {
     if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
@@ -42,47 +32,29 @@ fn can_run() -> bool {
             return false;
         }
     }
-    if !Path::new(BUSYBOX).exists() {
-        support::skip("no static busybox fixture: run `bash scripts/fixtures`");
-        return false;
-    }
-    true
+    support::require_busybox("amd64").is_some()
 }
 
-/// One test's laptop and robot.
+/// One test's laptop and robot: the shared [`TestContext`] (which also takes the sim down
+/// when dropped) plus the robot's arch, and this module's build and deploy steps.
 struct World {
-    dts_home: tempfile::TempDir,
-    home: tempfile::TempDir,
-    work: tempfile::TempDir,
-    bridge: String,
-    subnet: String,
-    name: String,
-    up: bool,
+    ctx: TestContext,
     /// The robot's Debian arch (`amd64`, `arm64`, `armhf`): its busybox and images.
     arch: &'static str,
 }
 
+impl std::ops::Deref for World {
+    type Target = TestContext;
+
+    fn deref(&self) -> &TestContext {
+        &self.ctx
+    }
+}
+
 impl World {
     fn new() -> World {
-        let pid = std::process::id();
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let routes = Command::new(support::find_cmd("ip").unwrap())
-            .args(["-4", "route", "show", "table", "all"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let third = (0..250)
-            .map(|i| (pid + seq * 13 + i) % 250 + 1)
-            .find(|x| !routes.contains(&format!("10.219.{x}.")))
-            .expect("a free 10.219.x.0/24");
         World {
-            dts_home: tempfile::tempdir().unwrap(),
-            home: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-            bridge: format!("dtsd{}x{seq}", pid % 100_000),
-            subnet: format!("10.219.{third}.0/24"),
-            name: format!("dep{pid}x{seq}"),
-            up: false,
+            ctx: TestContext::new(),
             arch: "amd64",
         }
     }
@@ -94,40 +66,10 @@ impl World {
         w
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dts"));
-        c.args(args)
-            .env("DTS_HOME", self.dts_home.path())
-            .env("HOME", self.home.path())
-            .env("DTS_SIM_BRIDGE", &self.bridge)
-            .env("DTS_SIM_SUBNET", &self.subnet)
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn dts(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dts(args);
-        assert!(
-            out.status.success(),
-            "dts {args:?} failed ({:?}):\n{}\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn sim_up(&mut self, extra: &[&str]) -> serde_json::Value {
+    fn sim_up(&self, extra: &[&str]) -> serde_json::Value {
         let mut args = vec!["sim", "up", self.name.as_str()];
         args.extend_from_slice(extra);
         self.ok(&args);
-        self.up = true;
         let ls: serde_json::Value =
             serde_json::from_str(&self.ok(&["sim", "ls", "--json"])).unwrap();
         ls.as_array().unwrap()[0].clone()
@@ -138,7 +80,7 @@ impl World {
     fn context(&self, version: &str, files: usize, big: usize) -> PathBuf {
         let ctx = self.work.path().join("ctx");
         std::fs::create_dir_all(ctx.join("code")).unwrap();
-        std::fs::copy(busybox(self.arch), ctx.join("busybox")).unwrap();
+        std::fs::copy(support::busybox(self.arch), ctx.join("busybox")).unwrap();
         for i in 0..files {
             std::fs::write(
                 ctx.join(format!("code/module_{i}.py")),
@@ -360,7 +302,7 @@ impl World {
     }
 
     fn deploy_spawn(&self, stack: &Path) -> Child {
-        self.command(&[
+        self.dts_command(&[
             "duckiebot",
             "deploy",
             &self.name,
@@ -375,20 +317,12 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        if self.up {
-            let _ = self.dts(&["sim", "down", &self.name]);
-        }
-    }
-}
-
 #[test]
 fn deploy_noop_one_file_change_and_rollback_on_a_failing_health_check() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
+    let w = World::new();
     let ctx = w.context("v1", 300, 0);
     w.build(&ctx, "example.com/dep/app:v1");
     w.sim_up(&[]);
@@ -484,7 +418,7 @@ fn a_detached_deploy_returns_on_probation_and_the_robot_decides_by_itself() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
+    let w = World::new();
     let ctx = w.context("v1", 3, 0);
     w.build(&ctx, "example.com/dep/app:v1");
     w.sim_up(&[]);
@@ -551,7 +485,7 @@ fn wrong_host_keys_and_concurrent_deploys_are_refused_safely() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
+    let w = World::new();
     let ctx = w.context("v1", 10, 0);
     w.build(&ctx, "example.com/dep/app:v1");
     let sim = w.sim_up(&[]);
@@ -676,7 +610,7 @@ fn a_link_cut_at_10_50_and_90_percent_resumes_with_only_the_rest() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
+    let w = World::new();
     // The user's own knobs for how soon a silent robot is given up on (OpenSSH's), so the
     // test does not wait out the 30 s default three times.
     let ssh = w.home.path().join(".ssh");
@@ -739,7 +673,7 @@ fn an_agent_killed_mid_transfer_resumes_with_only_the_rest() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
+    let w = World::new();
     let sim = w.sim_up(&["--link-rate", "40mbit"]);
     let host_if = sim["host_interface"].as_str().unwrap().to_owned();
     let netns = format!("dts-sim-{}", w.name);
@@ -775,7 +709,7 @@ fn a_full_robot_disk_is_a_clear_error_and_the_running_release_stays() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
+    let w = World::new();
     // The robot's root file system lives under DTS_HOME/sims: a small tmpfs there is an SD card
     // with little room left, while the laptop's own store stays on the real disk.
     let sims = w.dts_home.path().join("sims");
@@ -827,20 +761,12 @@ fn a_full_robot_disk_is_a_clear_error_and_the_running_release_stays() {
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["state"], "committed", "{v}");
     w.ok(&["sim", "down", &w.name.clone()]);
-    w.up = false;
 }
 
 /// Whether a cross-built `dt-agent` for `arch` is where `dts sim up --arch` looks (and QEMU
 /// can run it); prints a SKIP line otherwise.
 fn has_agent(arch: &str) -> bool {
-    let dir = std::env::var_os("DTS_AGENT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agents"));
-    if !dir.join(arch).join("dt-agent").is_file() {
-        support::skip(&format!(
-            "no cross-built {arch} dt-agent in {}: run `scripts/cross-build {arch}`",
-            dir.display()
-        ));
+    if support::require_agent(arch).is_none() {
         return false;
     }
     let qemu = if arch == "arm64" { "aarch64" } else { "arm" };
@@ -848,7 +774,7 @@ fn has_agent(arch: &str) -> bool {
         support::skip(&format!("qemu-{qemu} is not registered in binfmt_misc"));
         return false;
     }
-    if !Path::new(&busybox(arch)).exists() {
+    if !support::busybox(arch).exists() {
         support::skip(&format!(
             "no {arch} busybox fixture: run `bash scripts/fixtures`"
         ));
@@ -879,7 +805,7 @@ fn deploy_round_trip_on(arch: &'static str, memory: Option<&str>) {
     if !can_run() || !has_agent(arch) {
         return;
     }
-    let mut w = World::for_arch(arch);
+    let w = World::for_arch(arch);
     let ctx = w.context("v1", 100, 0);
     let six = noise(6, 6 << 20);
     let nine = noise(9, 9 << 20);
@@ -893,7 +819,6 @@ fn deploy_round_trip_on(arch: &'static str, memory: Option<&str>) {
         args.extend(["--memory", m]);
     }
     let up: serde_json::Value = serde_json::from_str(&w.ok(&args)).unwrap();
-    w.up = true;
     let want_arch = if arch == "arm64" {
         "linux/arm64"
     } else {

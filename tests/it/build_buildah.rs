@@ -34,7 +34,7 @@
 //! ONBUILD, and with `--network none --pull=never`, so nothing leaves the machine. Each case
 //! has its own vfs store and DTS_HOME in a temp dir. `BUILDAH_DIFF_DUMP=1` prints both images.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

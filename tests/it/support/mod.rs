@@ -1,15 +1,16 @@
-//! Shared support for integration tests: `mod support;` at the top of a file in `tests/`.
+//! Shared support for the integration tests (`tests/it`): `use crate::support;` in a module.
 //!
 //! Owns the skip conventions (a test that cannot run prints one `SKIP: <test>: <reason>` line to
 //! stderr and returns early, so `cargo test` passes as non-root; under `CI=true` that line is a
-//! panic instead, see [`skip`]) and shared fixtures:
+//! panic instead, see [`skip`]) and shared fixtures: [`context`] (one test's laptop and virtual
+//! robot, [`TestContext`], and where the agents and busybox are),
 //! [`netns`] (throwaway network namespaces on a private bridge), [`fresh_robot`] (a stock
 //! Duckiebot booted from a cached Debian root file system), [`images`] (OCI images made in
 //! code) and [`registry`] (a real local registry). It does not own fixtures of any one module.
-//!
-//! Not every test file uses every item, hence the blanket `dead_code` allowance.
-#![allow(dead_code)]
 
+// Some of the harness's methods (`net_robot`, `start_unit`) serve tests still being written.
+pub mod context;
+#[allow(dead_code)]
 pub mod fresh_robot;
 pub mod hostile;
 pub mod images;
@@ -18,6 +19,8 @@ pub mod registry;
 pub mod stock_robot;
 
 use std::path::{Path, PathBuf};
+
+pub use context::{TestContext, busybox, require_agent, require_busybox};
 
 /// Name of the running test, as libtest names its thread (`module::test_name`).
 pub fn test_name() -> String {

@@ -4,7 +4,7 @@
 //! cross-repository mounts, chunked and interrupted uploads — and, against a lying HTTP server
 //! in this file, that content which does not match its digest never reaches the store.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use crate::support::registry::{Auth, Registry, Request};
 use dts::oci::config::RootFs;
 use dts::oci::json::canonical;
 use dts::oci::{
@@ -23,7 +24,6 @@ use dts::oci::{
 use dts::progress::{Event, Reporter, Silent};
 use dts::registry::{Client, ClientOptions, RegistryError};
 use dts::store::Store;
-use support::registry::{Auth, Registry, Request};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

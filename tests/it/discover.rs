@@ -11,7 +11,7 @@
 //! - multicast blocked: the UDP fallback still finds the dt-agent robots (and a stock robot's
 //!   kvstore-style responder).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -21,8 +21,8 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support::netns::{Robot, TestNet, require_netns};
 use serde_json::Value;
-use support::netns::{Robot, TestNet, require_netns};
 
 const MDNS: (Ipv4Addr, u16) = (Ipv4Addr::new(224, 0, 0, 251), 5353);
 

@@ -7,7 +7,7 @@
 //! `/etc` — and the canary is compared byte for byte (and mode, owner, mtime) before and after
 //! each case. Tests that need root (chown, mknod, overlay mounts) skip with a `SKIP:` line.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -779,7 +779,7 @@ fn overlay_upper_dir_becomes_a_layer_that_reproduces_the_merged_view() {
 // ---------------------------------------------------------------------------------------------
 // Attack corpus
 
-use support::hostile::{E, Expect, corpus, make_canary, tar};
+use crate::support::hostile::{E, Expect, corpus, make_canary, tar};
 
 #[test]
 fn attack_corpus_is_refused_or_contained() {

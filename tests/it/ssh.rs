@@ -11,7 +11,7 @@
 //! (10 MB through `cat` with EOF, exit status and signals, stderr), `~/.ssh/config`
 //! resolution, and the connect errors (refused, timeout) that need no sshd.
 
-mod support;
+use crate::support;
 
 use std::io::Write as _;
 use std::net::TcpListener;

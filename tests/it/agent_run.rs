@@ -9,7 +9,7 @@
 //!
 //! Images are made here from the static busybox `scripts/fixtures` caches.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::images::{Entry, Layout};
+use crate::support::netns::{Robot, TestNet};
 use dts::oci::Platform;
-use support::images::{Entry, Layout};
-use support::netns::{Robot, TestNet};
 
 const FIXTURES: &str = "/var/cache/dts-fixtures/busybox";
 

@@ -10,29 +10,17 @@
 //! with a reason when the cross tools are missing and cannot be installed (not root: the script
 //! exits 3), and the sim tests when not root or QEMU is not registered in binfmt_misc.
 
-mod support;
+use crate::support::{self, TestContext};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use dts::agents::{AgentArch, AgentBinaryError, find_agent_in};
 use dts::oci::Platform;
-use dts::ssh::Session;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Where the test runs put the binaries (as root; otherwise under cargo's tmp dir).
 const CACHE: &str = "/var/cache/dts-test";
-
-/// Static busybox per arch, from `scripts/fixtures` (scripts/test runs it).
-fn busybox(arch: &str) -> PathBuf {
-    let dir = std::env::var_os("DTS_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/dts-fixtures"));
-    dir.join("busybox").join(arch).join("busybox")
-}
 
 /// Runs `scripts/cross-build all` once per test process: `Ok(dir)` holding `<arch>/dt-agent`,
 /// `Err(reason)` when a prerequisite is missing and cannot be installed (exit 3). Any other
@@ -215,88 +203,20 @@ fn can_sim(platform: &Platform) -> bool {
     true
 }
 
-/// One test's laptop and foreign robot.
-struct World {
-    dts_home: tempfile::TempDir,
-    home: tempfile::TempDir,
-    work: tempfile::TempDir,
-    agents: PathBuf,
-    bridge: String,
-    subnet: String,
-    name: String,
+/// One test's laptop and foreign robot: the shared [`TestContext`] with the agents just built.
+struct World(TestContext);
+
+impl std::ops::Deref for World {
+    type Target = TestContext;
+
+    fn deref(&self) -> &TestContext {
+        &self.0
+    }
 }
 
 impl World {
     fn new(agents: PathBuf) -> World {
-        let pid = std::process::id();
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let routes = Command::new(support::find_cmd("ip").unwrap())
-            .args(["-4", "route", "show", "table", "all"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let third = (0..250)
-            .map(|i| (pid + seq * 11 + i) % 250 + 1)
-            .find(|x| !routes.contains(&format!("10.221.{x}.")))
-            .expect("a free 10.221.x.0/24");
-        World {
-            dts_home: tempfile::tempdir().unwrap(),
-            home: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-            agents,
-            bridge: format!("dtsx{}x{seq}", pid % 100_000),
-            subnet: format!("10.221.{third}.0/24"),
-            name: format!("xsim{pid}x{seq}"),
-        }
-    }
-
-    fn dts(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dts"))
-            .args(args)
-            .env("DTS_HOME", self.dts_home.path())
-            .env("HOME", self.home.path())
-            .env("DTS_SIM_BRIDGE", &self.bridge)
-            .env("DTS_SIM_SUBNET", &self.subnet)
-            .env("DTS_AGENT_DIR", &self.agents)
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.dts(args);
-        assert!(
-            out.status.success(),
-            "dts {args:?} failed ({:?}):\n{}\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs `cmd` on the sim over SSH as duckie (dts's own client, the sim key).
-    fn ssh_ok(&self, address: &str, cmd: &str) -> String {
-        let opts = dts::sim::ssh_options(self.dts_home.path(), self.home.path());
-        let target = dts::ssh::Target::parse(&format!("duckie@{address}")).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (ok, out, err) = rt.block_on(async {
-            let s = Session::connect(&target, &opts).await.unwrap();
-            let out = s.run(cmd).await.unwrap();
-            let _ = s.close().await;
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        });
-        assert!(ok, "`{cmd}` on the sim failed:\n{out}\n{err}");
-        out
+        World(TestContext::new().with_agent_dir(agents))
     }
 
     /// `sim up NAME --arch ARCH`, checked against `sim ls` and the agent's own status.
@@ -335,7 +255,9 @@ impl World {
         .unwrap();
         assert_eq!(
             sim["agent"],
-            self.agents
+            self.agent_dir
+                .as_ref()
+                .unwrap()
                 .join(arch.as_str())
                 .join("dt-agent")
                 .to_str()
@@ -344,34 +266,14 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        let dir = self.dts_home.path().join("sims").join(&self.name);
-        if dir.exists()
-            || Path::new("/run/netns")
-                .join(format!("dts-sim-{}", self.name))
-                .exists()
-        {
-            let _ = self.dts(&["sim", "down", &self.name]);
-        }
-        if Path::new("/sys/class/net").join(&self.bridge).exists() {
-            let _ = Command::new(support::find_cmd("ip").unwrap())
-                .args(["link", "del", &self.bridge])
-                .output();
-        }
-    }
-}
-
 #[test]
 fn an_arm64_sim_runs_arm64_containers() {
     if !can_sim(&Platform::arm64()) {
         return;
     }
-    let bb = busybox("arm64");
-    if !bb.exists() {
-        support::skip("no arm64 busybox fixture: run `bash scripts/fixtures`");
+    let Some(bb) = support::require_busybox("arm64") else {
         return;
-    }
+    };
     let Some(agents) = agents() else { return };
     let w = World::new(agents);
     w.sim_up(AgentArch::Arm64);

@@ -1,0 +1,39 @@
+//! The integration tests: one test binary (`cargo test --test it`), one module per area, and the
+//! shared fixtures in [`support`] (the style of uv's `crates/uv/tests/it`).
+//!
+//! Why one binary: each file of `tests/` is its own crate, linked against `dts` and every
+//! dependency; 23 of them made CI spend minutes linking, and every file carried a copy of the
+//! fixtures it needed (`mod support;` with a blanket `dead_code` allowance, three laptop+robot
+//! "World" fixtures). Here a fixture lives once in `support`, unused code is a warning again, and
+//! libtest spreads all tests over the cores instead of running the files one after another.
+//!
+//! Run one area with a name filter: `cargo test --test it netns::`, or
+//! `bash scripts/test --no-install --no-lint -- --test it netns::`.
+//! `tests/architecture.rs` stays a binary of its own: it reads `src/`, needs none of this, and
+//! links in a second.
+
+mod agent_net;
+mod agent_release;
+mod agent_run;
+mod agent_store;
+mod build;
+mod build_buildah;
+mod cross;
+mod deploy;
+mod discover;
+mod discover_parse;
+mod fresh_robot;
+mod image_cli;
+mod image_registry_cli;
+mod layer;
+mod netns;
+mod profile;
+mod provision;
+mod registry_client;
+mod registry_fixture;
+mod run;
+mod sim;
+mod ssh;
+mod wire;
+
+mod support;
