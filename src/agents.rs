@@ -28,7 +28,8 @@ pub enum AgentArch {
 }
 
 impl AgentArch {
-    /// Every arch, in `scripts/cross-build all` order.
+    /// Every arch: one per `targets/<arch>.yaml`, which `scripts/cross-build` builds from (a unit
+    /// test keeps the two in step).
     pub const ALL: [AgentArch; 3] = [AgentArch::Amd64, AgentArch::Arm64, AgentArch::Armhf];
 
     /// The arch of a robot from its `uname -m`.
@@ -327,6 +328,50 @@ mod tests {
         );
         assert_eq!("arm64v8".parse::<AgentArch>().unwrap(), AgentArch::Arm64);
         assert!("arm32v6".parse::<AgentArch>().is_err());
+    }
+
+    /// `targets/<arch>.yaml` is the source of truth for the robot CPUs (scripts/cross-build
+    /// builds from it, docs/formats.md "Targets"); this enum restates what `dts` needs at run
+    /// time, so the two must agree: the same set of arches, and per arch the same name,
+    /// platform, `uname -m`, Rust triple and Duckietown arch tag.
+    #[test]
+    fn agrees_with_the_targets_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("targets");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut ours: Vec<String> = AgentArch::ALL.iter().map(|a| a.to_string()).collect();
+        ours.sort();
+        assert_eq!(files, ours, "targets/*.yaml and AgentArch::ALL");
+        for a in AgentArch::ALL {
+            let path = dir.join(format!("{a}.yaml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+            let field = |k: &str| {
+                y[k].as_str()
+                    .unwrap_or_else(|| panic!("{}: no `{k}`", path.display()))
+                    .to_owned()
+            };
+            assert_eq!(field("name"), a.as_str(), "{}", path.display());
+            assert_eq!(
+                field("platform"),
+                a.platform().to_string(),
+                "{}",
+                path.display()
+            );
+            assert_eq!(field("uname_m"), a.uname_m(), "{}", path.display());
+            assert_eq!(field("rust_triple"), a.rust_triple(), "{}", path.display());
+            assert_eq!(
+                field("duckietown_arch").parse::<AgentArch>(),
+                Ok(a),
+                "{}",
+                path.display()
+            );
+        }
     }
 
     #[test]
