@@ -5,8 +5,11 @@
 //! QEMU, lists its containers and runs an arm64 busybox that prints `aarch64`.
 //!
 //! The build is cached outside the clone: the cargo target dir is `$DTS_CROSS_TARGET_DIR`
-//! (default /var/cache/dts-test/cross-target as root) and the binaries go to
-//! /var/cache/dts-test/agents, so a second run only lets cargo check its fingerprints. Skips
+//! (default /var/cache/dts-test/cross-target as root) and the binaries go to `$DTS_AGENT_DIR`
+//! (default /var/cache/dts-test/agents as root), each with the key of the inputs it was built
+//! from: when scripts/test's install phase already built them from these sources, the script
+//! only checks that key and the binaries (seconds), and [`agents_are_of_these_sources`] proves
+//! the binaries tested are of this checkout. Skips
 //! with a reason when the cross tools are missing and cannot be installed (not root: the script
 //! exits 3), and the sim tests when not root or QEMU is not registered in binfmt_misc.
 
@@ -29,7 +32,7 @@ fn build_agents() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let (target_dir, out) = if support::is_root() {
+            let (target_dir, default_out) = if support::is_root() {
                 (
                     PathBuf::from(CACHE).join("cross-target"),
                     PathBuf::from(CACHE).join("agents"),
@@ -42,6 +45,9 @@ fn build_agents() -> Result<PathBuf, String> {
             let target_dir = std::env::var_os("DTS_CROSS_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or(target_dir);
+            let out = std::env::var_os("DTS_AGENT_DIR")
+                .map(PathBuf::from)
+                .unwrap_or(default_out);
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cross-build");
             let mut cmd = Command::new("bash");
             cmd.arg(&script)
@@ -86,6 +92,35 @@ fn agents() -> Option<PathBuf> {
 fn sha256_hex(p: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+/// The key of the inputs (`scripts/cross-build --print-key`) recorded beside each binary is
+/// this checkout's: the cache never hands out an agent built from other sources.
+#[test]
+fn agents_are_of_these_sources() {
+    let Some(dir) = agents() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cross-build");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--print-key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(key.trim().len(), 64, "{key}");
+    for arch in AgentArch::ALL {
+        let recorded = dir.join(arch.as_str()).join("dt-agent.inputs");
+        assert_eq!(
+            std::fs::read_to_string(&recorded).unwrap(),
+            key,
+            "{}",
+            recorded.display()
+        );
+    }
 }
 
 #[test]
