@@ -3,7 +3,7 @@
 //! release whose health check fails rolls back by itself to the previous one; rollback by hand;
 //! two deploys at once are never mixed; a daemon killed during probation rolls back on restart.
 //!
-//! The robot is made as in tests/agent_run.rs: its own network namespace, a temp state
+//! The robot is made as in tests/it/agent_run.rs: its own network namespace, a temp state
 //! directory, the daemon under `unshare --mount … nsenter --net=NS`.
 
 use crate::support;
@@ -86,7 +86,7 @@ fn busybox_layout(dir: &Path, version: &str, name: &str) -> PathBuf {
     layout
 }
 
-/// One robot with a daemon (the fixture of tests/agent_run.rs).
+/// One robot with a daemon (the fixture of tests/it/agent_run.rs).
 struct Agent {
     root: PathBuf,
     robot: Robot,

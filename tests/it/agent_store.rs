@@ -432,7 +432,7 @@ fn hostile_archives_and_layers_are_refused_and_change_nothing() {
         let default_opts =
             format!("{:?}", case.opts) == format!("{:?}", dts::layer::UnpackOptions::default());
         if !default_opts {
-            continue; // the agent's policy is fixed; those limits are tested in tests/layer.rs
+            continue; // the agent's policy is fixed; those limits are tested in tests/it/layer.rs
         }
         let a = oci_archive(&work, &format!("case-{i}.tar"), NAME, &case.layers);
         match case.expect {

@@ -25,7 +25,7 @@
 //!   (an empty wildcard COPY, a FROM naming a stage through an ARG) are swapped for buildah
 //!   only, by a `# buildah-instead: …` comment line before them (`for_buildah`);
 //! * no heredocs: buildah 1.28 predates heredoc support (1.33), so the corpus has none (they
-//!   are covered by tests/build.rs).
+//!   are covered by tests/it/build.rs).
 //!
 //! `copy_dirs_and_hard_links_match_buildah` holds the cases where dts once departed from
 //! Docker (created directories' mode and owner, hard links in COPY and ADD) and now agrees.

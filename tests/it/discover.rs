@@ -1,5 +1,5 @@
 //! Acceptance tests of issue 6 (`dts fleet discover`), on throwaway networks of robots
-//! (tests/support/netns.rs). Every advertiser and every scanner runs inside a namespace of its
+//! (tests/it/support/netns.rs). Every advertiser and every scanner runs inside a namespace of its
 //! own — avahi-daemon, `dt-agent daemon`, `dts fleet discover`, the crafted-packet sender —
 //! never on the host's interfaces. Needs root, iproute2 and (for the real-peer tests)
 //! avahi-daemon; skips with a reason otherwise.

@@ -1,4 +1,4 @@
-//! Tests of the fresh-robot harness (`tests/support/fresh_robot.rs`): an amd64 and an arm64
+//! Tests of the fresh-robot harness (`tests/it/support/fresh_robot.rs`): an amd64 and an arm64
 //! (QEMU) robot boot in the stock Duckiebot state — real sshd answering on :22 with password
 //! login for duckie, DT2018key authorized, password-less sudo, runc, the Docker API on :2375 —
 //! the systemctl double turns 2375 off the way provisioning will, snapshots see changes, and

@@ -1,4 +1,4 @@
-//! Tests of the test harness itself (`tests/support/netns.rs`): robots on a private bridge reach
+//! Tests of the test harness itself (`tests/it/support/netns.rs`): robots on a private bridge reach
 //! each other and the host, multicast crosses namespaces (and can be blocked), link shaping is
 //! installed, and every resource is gone after drop — also after a panic. Needs root and
 //! iproute2; skips with a reason otherwise.

@@ -1,5 +1,5 @@
 //! Acceptance tests of issue 7 (`dts duckiebot provision`) against fresh robots
-//! (tests/support/fresh_robot.rs): a stock Debian root file system in its own namespaces with
+//! (tests/it/support/fresh_robot.rs): a stock Debian root file system in its own namespaces with
 //! the Duckietown defaults — `duckie`/`quackquack` with NOPASSWD sudo, the shared DT2018key,
 //! password SSH, Docker's API on 2375, host keys shared by every robot of the image.
 //!

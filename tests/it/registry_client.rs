@@ -1,4 +1,4 @@
-//! The registry client against a real registry (distribution 2.8, from tests/support/registry.rs)
+//! The registry client against a real registry (distribution 2.8, from tests/it/support/registry.rs)
 //! with skopeo as the independent second opinion: pull by platform, push and read back, no
 //! uploads on a second push, Basic and token auth from a docker config.json, wrong passwords,
 //! cross-repository mounts, chunked and interrupted uploads — and, against a lying HTTP server

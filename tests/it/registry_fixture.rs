@@ -1,4 +1,4 @@
-//! Proves the registry fixture (tests/support/registry.rs) with skopeo as the client: push an
+//! Proves the registry fixture (tests/it/support/registry.rs) with skopeo as the client: push an
 //! OCI layout written by hand, pull it back, compare digests, in all three auth modes.
 
 use crate::support;

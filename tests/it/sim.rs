@@ -236,7 +236,7 @@ fn bad_input_is_exit_2_before_anything_is_made() {
     let w = TestContext::new();
     for (args, says) in [
         (vec!["sim", "up", "1bad"], "not a robot name"),
-        // armv6 (Pi Zero): no dt-agent is built for it (arm64/armhf sims: tests/cross.rs).
+        // armv6 (Pi Zero): no dt-agent is built for it (arm64/armhf sims: tests/it/cross.rs).
         (
             vec!["sim", "up", "bot", "--arch", "arm32v6"],
             "no virtual robot can be",

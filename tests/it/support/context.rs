@@ -3,8 +3,8 @@
 //! when the context drops. Also where the fixtures every robot test needs are: the cross-built
 //! agents ([`agent_dir`], [`require_agent`]) and the static busybox ([`busybox`]).
 //!
-//! One fixture instead of the three "World"s `tests/sim.rs`, `tests/deploy.rs` and
-//! `tests/cross.rs` each had (same fields, same `dts` invocation, drifting details such as which
+//! One fixture instead of the three "World"s `tests/it/sim.rs`, `tests/it/deploy.rs` and
+//! `tests/it/cross.rs` each had (same fields, same `dts` invocation, drifting details such as which
 //! of them removed the bridge afterwards). A module adds what only it needs by wrapping it
 //! (`deploy::World`).
 

@@ -1,5 +1,5 @@
-//! Hostile layers, shared by the unpacker's tests (tests/layer.rs) and the robot import's
-//! (tests/agent_store.rs): a raw tar writer that writes names as given (`..`, absolute paths,
+//! Hostile layers, shared by the unpacker's tests (tests/it/layer.rs) and the robot import's
+//! (tests/it/agent_store.rs): a raw tar writer that writes names as given (`..`, absolute paths,
 //! NULs through PAX), and the attack corpus — each case a stack of layers and whether the last
 //! one must be refused or is contained.
 //!
