@@ -529,7 +529,7 @@ mod tests {
     #[test]
     fn roles_without_root() {
         // /dev/null is a character device 1:3 on every Linux: enough to check resolution
-        // without mknod; the root-only cases live in tests/profile.rs.
+        // without mknod; the root-only cases live in tests/it/profile.rs.
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/group"), "i2c:x:998:\n").unwrap();

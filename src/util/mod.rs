@@ -6,7 +6,7 @@ pub mod glob;
 pub mod time;
 
 /// For unit tests that cannot run on this machine: prints `SKIP: <test>: <reason>` (as
-/// `tests/support`'s `skip` does) and the caller returns; under `CI=true`, panics with that line.
+/// `tests/it/support`'s `skip` does) and the caller returns; under `CI=true`, panics with that line.
 ///
 /// Why CI fails: CI runs `scripts/test` as root, which installs what every test needs, so a
 /// skip there is an install bug that a passing test would hide (issue 16). The line goes to

@@ -34,6 +34,7 @@ mod registry_fixture;
 mod run;
 mod sim;
 mod ssh;
+mod stock_robot;
 mod wire;
 
 mod support;

@@ -1,4 +1,4 @@
-//! Tests of the stock-robot harness (`tests/support/stock_robot.rs`): a robot of each image arch
+//! Tests of the stock-robot harness (`tests/it/support/stock_robot.rs`): a robot of each image arch
 //! (amd64, and arm64 whose containers run under QEMU) boots real systemd under systemd-nspawn,
 //! its real dockerd runs Duckietown's daffy stack as dt-autoboot started it (project
 //! `duckietown`, privileged where the stack says, with its restart policies), the images are
@@ -8,15 +8,14 @@
 //! expensive part); the checks run in order on it. Needs root, systemd-nspawn and sshpass (and
 //! binfmt for arm64); skips with a reason otherwise.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::stock_robot::{
+use crate::support;
+use crate::support::stock_robot::{
     self, EXTRA_IMAGES, HOSTNAME, PASSWORD, PROJECT, STACK, STACK_FILE, StockRobot, USER,
 };
 
