@@ -343,8 +343,11 @@ impl Releases {
                 rec.state = ReleaseState::Committed;
                 rec.committed_at = Some(now.clone());
                 rec.finished_at = Some(now);
-                self.dir.save(&rec)?;
+                // `current` first: a reader (history) that sees the record committed must
+                // see it current too; a crash between the two leaves it on probation, which
+                // recovery undoes.
                 self.dir.set_current(Some(n))?;
+                self.dir.save(&rec)?;
                 self.dir.end()?;
                 let mut roots = vec![n];
                 roots.extend(current);
@@ -435,8 +438,9 @@ impl Releases {
         };
         rec.state = state;
         rec.finished_at = Some(rfc3339(now_secs()));
-        self.dir.save(&rec)?;
+        // As in a commit: `current` before the record says how the release ended.
         self.dir.set_current(back_to)?;
+        self.dir.save(&rec)?;
         self.dir.end()?;
         let mut roots: Vec<u64> = back_to.into_iter().collect();
         roots.extend(prev.and_then(|p| p.previous));
@@ -567,8 +571,8 @@ impl Releases {
             t.committed_at = Some(now.clone());
         }
         t.finished_at = Some(now);
-        self.dir.save(&t)?;
         self.dir.set_current(Some(target))?;
+        self.dir.save(&t)?;
         self.dir.end()?;
         let mut roots = vec![target];
         roots.extend(t.previous);
