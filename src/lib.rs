@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod api;
 #[cfg(feature = "workstation")]
 pub mod agents;
 pub mod archive;

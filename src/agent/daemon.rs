@@ -19,8 +19,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::api::daemon::{RemoteError, Request};
 use super::container::logs::{LogLine, LogReader};
-use super::container::{ContainerConfig, ContainerError, Manager};
+use super::container::{ContainerError, Manager};
+use crate::api::ErrorClass;
 use super::release::{ReleaseError, ReleaseSpec, Releases};
 use crate::util::fs::{PathContext, PathError};
 
@@ -30,134 +32,26 @@ pub const SOCKET: &str = "daemon.sock";
 /// How often the supervisor looks at the containers.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 
-/// A request to the daemon.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Create a container, and start it unless `start` is false.
-    Create {
-        /// What to create.
-        config: Box<ContainerConfig>,
-        /// Start it too.
-        start: bool,
-    },
-    /// Start a container.
-    Start {
-        /// Its name.
-        name: String,
-    },
-    /// Stop a container.
-    Stop {
-        /// Its name.
-        name: String,
-        /// Seconds before SIGKILL.
-        timeout: Option<u64>,
-    },
-    /// Signal a container.
-    Kill {
-        /// Its name.
-        name: String,
-        /// The signal (`TERM`, `SIGKILL`, `9`).
-        signal: String,
-    },
-    /// Remove a container.
-    Rm {
-        /// Its name.
-        name: String,
-        /// Kill it first if it runs.
-        force: bool,
-    },
-    /// List containers.
-    Ps {
-        /// Exited ones too.
-        all: bool,
-    },
-    /// One container.
-    Inspect {
-        /// Its name.
-        name: String,
-    },
-    /// A container's output.
-    Logs {
-        /// Its name.
-        name: String,
-        /// Keep streaming new lines.
-        follow: bool,
-        /// Only the last N lines kept.
-        tail: Option<usize>,
-        /// Stop following when the container has exited (and report its code).
-        until_exit: bool,
-    },
-    /// What a container changed.
-    Diff {
-        /// Its name.
-        name: String,
-    },
-    /// Named volumes.
-    VolumeLs,
-    /// Create a named volume.
-    VolumeCreate {
-        /// Its name.
-        name: String,
-    },
-    /// Remove a named volume.
-    VolumeRm {
-        /// Its name.
-        name: String,
-    },
-    /// The runtime in use and its version.
-    Runtime,
-    /// Apply a release; answers a `DeployOutcome` (also when it rolled back). Waits for a
-    /// deploy or rollback in progress.
-    Deploy {
-        /// What to run.
-        spec: Box<ReleaseSpec>,
-        /// Answer as soon as every service runs (state `probation`) instead of when the
-        /// release is committed or rolled back; the daemon finishes probation by itself either
-        /// way. Absent from older clients: they wait.
-        #[serde(default)]
-        detach: bool,
-    },
-    /// Every release, oldest first (`ReleaseRecord`s).
-    History,
-    /// Switch back to the previous release, or to `to`; answers a `DeployOutcome`.
-    Rollback {
-        /// The release to go back to (default: the current one's previous).
-        to: Option<u64>,
-    },
-    /// The current release (`ReleaseRecord`, or null).
-    Release,
-}
-
-/// A failed request, as the client sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
-#[error("{message}")]
-pub struct RemoteError {
-    /// What went wrong, naming the thing.
-    pub message: String,
-    /// The request was wrong (exit 2), not the robot.
-    pub bad_input: bool,
-    /// The container or image does not exist.
-    pub not_found: bool,
+/// The class an error of the daemon's is answered with.
+fn class(bad_input: bool, not_found: bool) -> ErrorClass {
+    if bad_input {
+        ErrorClass::BadInput
+    } else if not_found {
+        ErrorClass::NotFound
+    } else {
+        ErrorClass::Failed
+    }
 }
 
 impl From<&ContainerError> for RemoteError {
     fn from(e: &ContainerError) -> Self {
-        RemoteError {
-            message: e.to_string(),
-            bad_input: e.is_bad_input(),
-            not_found: e.is_not_found(),
-        }
+        RemoteError::from_error(class(e.is_bad_input(), e.is_not_found()), e)
     }
 }
 
 impl From<&ReleaseError> for RemoteError {
     fn from(e: &ReleaseError) -> Self {
-        RemoteError {
-            message: e.to_string(),
-            bad_input: e.is_bad_input(),
-            not_found: e.is_not_found(),
-        }
+        RemoteError::from_error(class(e.is_bad_input(), e.is_not_found()), e)
     }
 }
 
@@ -268,11 +162,10 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
             Err(e) => {
                 let _ = send(
                     &mut conn,
-                    &Response::Error(RemoteError {
-                        message: format!("bad request: {e}"),
-                        bad_input: true,
-                        not_found: false,
-                    }),
+                    &Response::Error(RemoteError::new(
+                        ErrorClass::BadInput,
+                        format!("bad request: {e}"),
+                    )),
                 );
                 return;
             }

@@ -48,6 +48,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::api::container::{PortMapping, PortSpecError, Proto};
 use crate::util::fs::{
     Lock, PathContext as _, PathError, atomic_write, create_dir_all, lock_file, read_limited,
 };
@@ -245,141 +246,6 @@ fn code_meaning(code: u32) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Port mappings.
 
-/// Transport protocol of a port mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP (the default).
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl std::fmt::Display for Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
-        })
-    }
-}
-
-/// A published port, as `docker run -p` takes it: `HOST:CONTAINER[/PROTO]` or
-/// `IP:HOST:CONTAINER[/PROTO]` (an IPv6 address in brackets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PortMapping {
-    /// Port on the robot.
-    pub host_port: u16,
-    /// Port inside the container.
-    pub container_port: u16,
-    /// Protocol.
-    pub protocol: Proto,
-    /// Only traffic to this robot address is forwarded; all addresses when `None`.
-    pub host_ip: Option<IpAddr>,
-}
-
-/// A `-p` value that cannot be parsed.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "invalid port mapping `{spec}`: {reason} (expected `HOST:CONTAINER[/tcp|udp|sctp]` or `IP:HOST:CONTAINER[/…]`)"
-)]
-pub struct PortSpecError {
-    /// The value given.
-    pub spec: String,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl FromStr for PortMapping {
-    type Err = PortSpecError;
-
-    fn from_str(spec: &str) -> Result<PortMapping, PortSpecError> {
-        let err = |reason: &str| PortSpecError {
-            spec: spec.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (ports, protocol) = match spec.rsplit_once('/') {
-            Some((p, proto)) => (
-                p,
-                match proto {
-                    "tcp" => Proto::Tcp,
-                    "udp" => Proto::Udp,
-                    "sctp" => Proto::Sctp,
-                    _ => return Err(err(&format!("unknown protocol `{proto}`"))),
-                },
-            ),
-            None => (spec, Proto::Tcp),
-        };
-        let (ip, rest) = if let Some(bracketed) = ports.strip_prefix('[') {
-            let (ip, rest) = bracketed
-                .split_once(']')
-                .ok_or_else(|| err("`[` without `]`"))?;
-            let rest = rest
-                .strip_prefix(':')
-                .ok_or_else(|| err("expected `:` after `]`"))?;
-            (Some(ip), rest)
-        } else {
-            let mut parts = ports.rsplitn(3, ':');
-            let _container = parts.next();
-            match (parts.next(), parts.next()) {
-                (None, _) => {
-                    return Err(err(
-                        "a host port is required (publishing on a random port is not supported)",
-                    ));
-                }
-                (Some(_), Some(ip)) => (Some(ip), &ports[ip.len() + 1..]),
-                (Some(_), None) => (None, ports),
-            }
-        };
-        let (host, container) = rest
-            .split_once(':')
-            .ok_or_else(|| err("expected `HOST:CONTAINER`"))?;
-        let port = |s: &str, what: &str| -> Result<u16, PortSpecError> {
-            if s.contains('-') {
-                return Err(err("port ranges are not supported"));
-            }
-            match s.parse::<u16>() {
-                Ok(0) => Err(err(&format!("{what} port 0 is not allowed"))),
-                Ok(p) => Ok(p),
-                Err(_) if s.is_empty() => Err(err(&format!("{what} port is missing"))),
-                Err(_) => Err(err(&format!(
-                    "{what} port `{s}` is not a number from 1 to 65535"
-                ))),
-            }
-        };
-        let host_ip = match ip {
-            None => None,
-            Some(ip) => Some(
-                ip.parse::<IpAddr>()
-                    .map_err(|_| err(&format!("`{ip}` is not an IP address")))?,
-            ),
-        };
-        Ok(PortMapping {
-            host_port: port(host, "host")?,
-            container_port: port(container, "container")?,
-            protocol,
-            host_ip,
-        })
-    }
-}
-
-impl std::fmt::Display for PortMapping {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.host_ip {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
-            Some(ip) => write!(f, "{ip}:")?,
-            None => {}
-        }
-        write!(
-            f,
-            "{}:{}/{}",
-            self.host_port, self.container_port, self.protocol
-        )
-    }
-}
 
 impl PortMapping {
     /// The entry portmap expects in `runtimeConfig.portMappings`.

@@ -283,7 +283,7 @@ pub enum VolumeCommand {
 fn remote_exit(e: &anyhow::Error, run: bool) -> Exit {
     let bad = e.chain().any(|c| {
         c.downcast_ref::<ClientError>()
-            .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.bad_input))
+            .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.is_bad_input()))
             || c.downcast_ref::<crate::agent::container::ContainerError>()
                 .is_some_and(|c| c.is_bad_input())
             || c.is::<crate::agent::net::PortSpecError>()

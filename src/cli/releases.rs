@@ -59,7 +59,7 @@ pub fn run(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Exit {
             printer.error(&e);
             let bad = e.chain().any(|c| {
                 c.downcast_ref::<ClientError>()
-                    .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.bad_input))
+                    .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.is_bad_input()))
                     || c.is::<serde_json::Error>()
             });
             if bad { Exit::BadInput } else { Exit::Failed }

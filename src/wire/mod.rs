@@ -55,9 +55,7 @@ mod stream;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::container::logs::LogLine;
-use crate::agent::daemon::{RemoteError, Request};
-use crate::agent::store::{BuiltImage, ObjectSpec};
+use crate::api::{BuiltImage, LogLine, ObjectSpec, RemoteError, Request};
 use crate::oci::{Digest, Platform};
 
 /// The first bytes of each hello.
@@ -145,7 +143,7 @@ impl WireError {
     pub fn is_bad_input(&self) -> bool {
         match self {
             WireError::Robot { bad_input, .. } => *bad_input,
-            WireError::Daemon(e) => e.bad_input,
+            WireError::Daemon(e) => e.is_bad_input(),
             WireError::Store(e) => e.is_bad_input(),
             _ => false,
         }

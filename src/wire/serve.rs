@@ -13,7 +13,8 @@ use super::{
     ClientHello, FromRobot, MAJOR, MINOR, PREFIX_HEX, RobotHello, RobotImage, ToRobot, WireError,
     bitmap_encode, check_version, robot_window_log,
 };
-use crate::agent::daemon::{Client, ClientError, RemoteError, Request};
+use crate::agent::daemon::{Client, ClientError};
+use crate::api::{ErrorClass, RemoteError, Request};
 use crate::agent::store::{AgentStore, AgentStoreError, Ingest, MAX_SPLIT_BYTES, RefEntry};
 use crate::oci::{Platform, Reference};
 use crate::store::MAX_MANIFEST_BYTES;
@@ -426,11 +427,7 @@ fn relay(root: &Path, request: &Request, output: &mut dyn Write) -> Result<(), W
     let answer = |e: ClientError| match e {
         ClientError::Remote(error) => FromRobot::DaemonError { error },
         other => FromRobot::DaemonError {
-            error: RemoteError {
-                message: other.to_string(),
-                bad_input: false,
-                not_found: false,
-            },
+            error: RemoteError::from_error(ErrorClass::Failed, &other),
         },
     };
     let mut client = match Client::connect(root) {

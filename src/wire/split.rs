@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::WireError;
-use crate::agent::store::ObjectSpec;
+use crate::api::ObjectSpec;
 use crate::layer::{EntryKind, ReadLimits, TarEntry, TarReader, WHITEOUT_PREFIX};
 use crate::oci::{Compression, Descriptor, Digest};
 use crate::store::Store;

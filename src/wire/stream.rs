@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use super::split::LayerInfo;
-use crate::agent::store::ObjectSpec;
+use crate::api::ObjectSpec;
 
 /// Bytes of compressed output per chunk handed to the link.
 const CHUNK: usize = 128 * 1024;

@@ -10,18 +10,9 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::api::container::Change;
 use crate::util::fs::{PathContext, PathError};
 
-/// One change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    /// `A`, `C` or `D`.
-    pub kind: char,
-    /// The path inside the container.
-    pub path: String,
-}
 
 /// The changes in `upper` over `lower`, sorted by path. Paths in `skip` (mount points the
 /// runtime creates, volumes) and below them are left out.

@@ -19,42 +19,12 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::api::container::{LogConfig, LogLine};
 use crate::util::fs::{PathContext, PathError};
 
 /// The current log file's name.
 pub const CURRENT: &str = "container.log";
 
-/// How much output a container keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogConfig {
-    /// A file is rotated when the next line would take it past this many bytes.
-    pub max_size: u64,
-    /// Files kept, the current one included (at least 1).
-    pub max_files: u32,
-}
-
-impl Default for LogConfig {
-    /// 10 MiB × 3: an SD card has little room, and a robot's output is mostly ROS chatter.
-    fn default() -> Self {
-        LogConfig {
-            max_size: 10 << 20,
-            max_files: 3,
-        }
-    }
-}
-
-/// One line of output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// The text, with its newline when it had one.
-    pub log: String,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// When the shim read it (RFC 3339, nanoseconds).
-    pub time: String,
-}
 
 /// Appends lines to a container's log, rotating at the configured size.
 pub struct LogWriter {

@@ -37,14 +37,12 @@ use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::agent::devices::{self, DeviceError, ResolvedDevices};
-use crate::agent::net::PortMapping;
 use crate::agent::store::{AgentStore, AgentStoreError, snapshot_id};
 use crate::oci::config::ImageConfig;
 use crate::oci::{Digest, Platform, Reference};
@@ -54,6 +52,10 @@ use crate::runtime::user::{ExecUser, read_in_root, resolve_user};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::util::fs::{PathContext, PathError, atomic_write};
 
+pub use crate::api::container::{
+    ContainerConfig, ContainerInfo, NetworkMode, RestartPolicy, VolumeInfo, VolumeName,
+    VolumeSource, VolumeSpec,
+};
 pub use logs::{LogConfig, LogLine};
 
 /// How long `stop` waits after the stop signal before it kills, unless told otherwise
@@ -170,6 +172,12 @@ pub enum ContainerError {
     Io(#[from] PathError),
 }
 
+impl From<crate::api::SpecError> for ContainerError {
+    fn from(e: crate::api::SpecError) -> Self {
+        ContainerError::BadSpec(e.0)
+    }
+}
+
 impl ContainerError {
     /// Whether the request was wrong (exit 2) rather than the robot failing (exit 1).
     pub fn is_bad_input(&self) -> bool {
@@ -192,243 +200,6 @@ impl ContainerError {
     }
 }
 
-/// The network a container joins.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// The robot's own network (ROS needs it): the default.
-    #[default]
-    Host,
-    /// Loopback only.
-    None,
-    /// Its own namespace on the agent's CNI bridge, with published ports.
-    Bridge,
-}
-
-impl FromStr for NetworkMode {
-    type Err = ContainerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "host" => Ok(NetworkMode::Host),
-            "none" => Ok(NetworkMode::None),
-            "bridge" => Ok(NetworkMode::Bridge),
-            _ => Err(ContainerError::BadSpec(format!(
-                "unknown network `{s}`: use host, none or bridge"
-            ))),
-        }
-    }
-}
-
-/// When the daemon restarts a container that exited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "policy")]
-pub enum RestartPolicy {
-    /// Never.
-    #[default]
-    No,
-    /// After a non-zero exit, at most `max_retries` times when set.
-    OnFailure {
-        /// The limit, if any.
-        max_retries: Option<u32>,
-    },
-    /// Always; one stopped by hand comes back when the daemon starts (Docker's rule).
-    Always,
-    /// Always, unless stopped by hand (also across agent restarts).
-    UnlessStopped,
-}
-
-impl FromStr for RestartPolicy {
-    type Err = ContainerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            ContainerError::BadSpec(format!(
-                "unknown restart policy `{s}`: use no, on-failure[:N], always or unless-stopped"
-            ))
-        };
-        Ok(match s.split_once(':') {
-            None => match s {
-                "no" => RestartPolicy::No,
-                "on-failure" => RestartPolicy::OnFailure { max_retries: None },
-                "always" => RestartPolicy::Always,
-                "unless-stopped" => RestartPolicy::UnlessStopped,
-                _ => return Err(bad()),
-            },
-            Some(("on-failure", n)) => RestartPolicy::OnFailure {
-                max_retries: Some(n.parse().map_err(|_| bad())?),
-            },
-            _ => return Err(bad()),
-        })
-    }
-}
-
-/// A named volume's name: checked whenever one is made, from a flag or from a request.
-///
-/// It becomes a directory under the agent's `volumes/`, created as root: a derived
-/// `Deserialize` of a plain `String` would let a daemon request or a release spec carry
-/// `../../x` past the check `-v` does and create directories anywhere. `try_from` makes serde
-/// go through [`VolumeName::new`], so no value of this type holds an unchecked name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct VolumeName(String);
-
-impl VolumeName {
-    /// Checks `name` with the container-name rules ([`check_name`]).
-    pub fn new(name: impl Into<String>) -> Result<VolumeName, ContainerError> {
-        let name = name.into();
-        check_name(&name).map_err(|_| ContainerError::BadSpec(bad_volume_name(&name)))?;
-        Ok(VolumeName(name))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn bad_volume_name(name: &str) -> String {
-    format!(
-        "invalid volume name `{name}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most 64 characters"
-    )
-}
-
-impl TryFrom<String> for VolumeName {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        // serde's error is a string; the same message as `VolumeName::new`.
-        VolumeName::new(name).map_err(|e| e.to_string())
-    }
-}
-
-impl From<VolumeName> for String {
-    fn from(n: VolumeName) -> String {
-        n.0
-    }
-}
-
-impl std::ops::Deref for VolumeName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for VolumeName {
-    fn as_ref(&self) -> &Path {
-        Path::new(&self.0)
-    }
-}
-
-impl std::fmt::Display for VolumeName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Where a volume's data comes from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VolumeSource {
-    /// A named volume under the agent's state directory.
-    Named(VolumeName),
-    /// A path on the robot.
-    Bind(PathBuf),
-}
-
-/// `-v SRC:DST[:ro|rw]`: SRC starting with `/` is a bind mount, else a named volume.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeSpec {
-    /// The source.
-    pub source: VolumeSource,
-    /// The path inside the container.
-    pub target: String,
-    /// Mounted read-only.
-    pub read_only: bool,
-}
-
-impl FromStr for VolumeSpec {
-    type Err = ContainerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| {
-            ContainerError::BadSpec(format!(
-                "invalid volume `{s}`: {why} (expected `NAME:/path[:ro]` or `/host/path:/path[:ro]`)"
-            ))
-        };
-        let parts: Vec<&str> = s.split(':').collect();
-        let (src, dst, mode) = match parts.as_slice() {
-            [src, dst] => (*src, *dst, None),
-            [src, dst, mode] => (*src, *dst, Some(*mode)),
-            _ => return Err(bad("wrong number of `:`")),
-        };
-        let read_only = match mode {
-            None | Some("rw") => false,
-            Some("ro") => true,
-            Some(m) => return Err(bad(&format!("unknown mode `{m}`"))),
-        };
-        if !dst.starts_with('/') {
-            return Err(bad("the container path must be absolute"));
-        }
-        let source = if src.starts_with('/') {
-            VolumeSource::Bind(PathBuf::from(src))
-        } else {
-            VolumeSource::Named(VolumeName::new(src).map_err(|_| {
-                bad("a volume name uses letters, digits, `_`, `.`, `-`, at most 64 characters")
-            })?)
-        };
-        Ok(VolumeSpec {
-            source,
-            target: dst.to_string(),
-            read_only,
-        })
-    }
-}
-
-/// What a container is made of: the image and everything `run` can override.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ContainerConfig {
-    /// Its name (also the runtime's container id).
-    pub name: String,
-    /// The image as named (`duckietown/dt-core:daffy-arm64v8`) or a manifest digest.
-    pub image: String,
-    /// The image's name for people, when `image` is a digest (a release's services).
-    pub image_name: Option<String>,
-    /// Replaces the image's ENTRYPOINT (and drops its CMD).
-    pub entrypoint: Option<Vec<String>>,
-    /// Replaces the image's CMD.
-    pub cmd: Option<Vec<String>>,
-    /// `K=V`, over the image's.
-    pub env: Vec<String>,
-    /// Replaces the image's WORKDIR.
-    pub workdir: Option<String>,
-    /// Replaces the image's USER (`name[:group]`, or numbers).
-    pub user: Option<String>,
-    /// Its own hostname (and UTS namespace).
-    pub hostname: Option<String>,
-    /// Volumes and bind mounts.
-    pub volumes: Vec<VolumeSpec>,
-    /// Published ports (they imply [`NetworkMode::Bridge`]).
-    pub ports: Vec<PortMapping>,
-    /// Its network.
-    pub network: NetworkMode,
-    /// Restart policy.
-    pub restart: RestartPolicy,
-    /// Memory limit in bytes.
-    pub memory: Option<u64>,
-    /// CPU limit in CPUs (`1.5`).
-    pub cpus: Option<f64>,
-    /// Device roles granted.
-    pub device_roles: Vec<String>,
-    /// The stack service it runs, when part of a release.
-    pub service: Option<String>,
-    /// The release it belongs to.
-    pub release: Option<u64>,
-    /// Removed once it exits (and is not restarted).
-    pub auto_remove: bool,
-    /// Output kept.
-    pub log: LogConfig,
-    /// Seconds between the stop signal and SIGKILL.
-    pub stop_timeout: Option<u64>,
-}
 
 /// `container.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -505,40 +276,6 @@ pub struct ExitRecord {
     pub finished_at: String,
 }
 
-/// A container as `ps` shows it (the JSON fields of `dts duckiebot ps --json` and more).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ContainerInfo {
-    /// Its name.
-    pub name: String,
-    /// The stack service, outside a release `null`.
-    pub service: Option<String>,
-    /// The release.
-    pub release: Option<u64>,
-    /// The image as named.
-    pub image: String,
-    /// The manifest it runs.
-    pub manifest: Digest,
-    /// `created`, `running` or `exited`.
-    pub state: String,
-    /// The init process's pid while running.
-    pub pid: Option<u32>,
-    /// Roles granted.
-    pub device_roles: Vec<String>,
-    /// Last start.
-    pub started_at: Option<String>,
-    /// Last exit.
-    pub finished_at: Option<String>,
-    /// Last exit code.
-    pub exit_code: Option<i32>,
-    /// Restarts by the policy.
-    pub restart_count: u32,
-    /// The restart policy.
-    pub restart: RestartPolicy,
-    /// Address on the agent's bridge.
-    pub ip: Option<String>,
-    /// Why the last start failed.
-    pub error: Option<String>,
-}
 
 /// The robot's containers. One per daemon; every method is safe to call from several threads.
 pub struct Manager {
@@ -561,16 +298,7 @@ struct Inner {
 
 /// Checks a container or volume name (runc's id rules, Docker's name rules).
 pub fn check_name(name: &str) -> Result<(), ContainerError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if crate::api::is_valid_name(name) {
         Ok(())
     } else {
         Err(ContainerError::BadName(name.to_string()))
@@ -1505,16 +1233,6 @@ impl Manager {
     }
 }
 
-/// A named volume.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VolumeInfo {
-    /// Its name.
-    pub name: String,
-    /// Where its data is.
-    pub path: PathBuf,
-    /// Containers that mount it.
-    pub used_by: Vec<String>,
-}
 
 struct Launched {
     pid: u32,

@@ -47,14 +47,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::agent::container::{ContainerError, ContainerInfo, Manager};
 use crate::agent::store::{AgentStore, AgentStoreError, snapshot_id};
 use crate::oci::Digest;
 use crate::util::fs::{PathError, atomic_write};
 use crate::util::time::{now_secs, rfc3339};
 
+pub use crate::api::release::{DeployOutcome, ServiceAction, ServiceOutcome};
 pub use probation::Failure;
 pub use record::{Journal, ReleaseRecord, ReleaseState, SwitchOp, current_release};
 pub use spec::{HealthSpec, ReleaseSpec, ServiceSpec};
@@ -144,49 +143,6 @@ impl ReleaseError {
             ReleaseError::NoRelease(_) | ReleaseError::MissingImage { .. }
         )
     }
-}
-
-/// What happened to one service in a switch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ServiceAction {
-    /// Its container ran already with the same spec and was left alone.
-    Kept,
-    /// Its container was (re)created and started.
-    Started,
-}
-
-/// One service's part in a deploy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceOutcome {
-    /// The service key (= container name).
-    pub name: String,
-    /// Its manifest.
-    pub manifest: Digest,
-    /// Kept or started.
-    pub action: ServiceAction,
-}
-
-/// The answer to a deploy or rollback.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeployOutcome {
-    /// The release applied (for a rollback: the release that runs now).
-    pub release: u64,
-    /// Its state: `committed`, `rolled-back` or `failed`; `probation` in the answer to a
-    /// detached deploy, which comes before probation ends.
-    pub state: ReleaseState,
-    /// Nothing was done: that release already ran.
-    pub unchanged: bool,
-    /// One line for people.
-    pub message: String,
-    /// What happened to each service of the release that was switched to.
-    pub services: Vec<ServiceOutcome>,
-    /// Why it was rolled back or failed.
-    pub reason: Option<String>,
-    /// The release that runs again after a failed probation.
-    pub rolled_back_to: Option<u64>,
-    /// How long this request waited for another deploy or rollback to finish, in ms.
-    pub waited_ms: u64,
 }
 
 /// The robot's releases. One per daemon.

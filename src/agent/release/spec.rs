@@ -3,71 +3,11 @@
 //! to by manifest digest only — by the time a release arrives, every image is in the store.
 //! Also the spec's canonical form (`normalize`), in which the daemon compares releases.
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
 use std::collections::BTreeSet;
 
 use super::ReleaseError;
-use crate::agent::container::{ContainerConfig, check_name};
-use crate::oci::Digest;
-
-/// A release to apply: one stack's services.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReleaseSpec {
-    /// The stack's name (`duckiebot`, `lane-following`, or the file's stem).
-    pub stack: String,
-    /// The services, in no particular order (`stage` and `order` give the start order).
-    pub services: Vec<ServiceSpec>,
-    /// How long a service without a health check must keep running to pass probation.
-    pub probation: Duration,
-}
-
-/// One service of a release: a container named after the service key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    /// The service key; also the container's name.
-    pub name: String,
-    /// Start stage: lower stages start first and stop last.
-    pub stage: u32,
-    /// Position within the stage (a topological order of `depends_on`).
-    pub order: u32,
-    /// The image as the stack names it, for humans (`duckietown/dt-core:daffy-arm64v8`).
-    pub image_name: String,
-    /// The manifest that runs (for this robot's platform).
-    pub manifest: Digest,
-    /// The container: `name` = the service key, `image` = the manifest digest as a string,
-    /// `service` = the key, `release` filled in by the robot.
-    pub container: ContainerConfig,
-    /// Health check; `None` means "running for `probation`" decides.
-    pub healthcheck: Option<HealthSpec>,
-}
-
-/// A health check, resolved from the stack or the image's HEALTHCHECK.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthSpec {
-    /// The command, exec form (`CMD-SHELL x` becomes `["/bin/sh", "-c", "x"]`).
-    pub test: Vec<String>,
-    /// Between checks.
-    pub interval: Duration,
-    /// Per check.
-    pub timeout: Duration,
-    /// Consecutive failures that make the service unhealthy.
-    pub retries: u32,
-    /// Failures during this grace period do not count.
-    pub start_period: Duration,
-}
-
-impl ReleaseSpec {
-    /// The service → manifest map a release records (`history --json`'s `services`).
-    pub fn services_map(&self) -> std::collections::BTreeMap<String, Digest> {
-        self.services
-            .iter()
-            .map(|s| (s.name.clone(), s.manifest.clone()))
-            .collect()
-    }
-}
+pub use crate::api::release::{HealthSpec, ReleaseSpec, ServiceSpec};
+use crate::agent::container::check_name;
 
 /// Whether two service specs run the same container (the release label aside).
 pub(super) fn same_service(a: &ServiceSpec, b: &ServiceSpec) -> bool {

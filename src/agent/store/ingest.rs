@@ -38,7 +38,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::api::transfer::{BuiltImage, ObjectSpec};
 use sha2::{Digest as _, Sha256};
 
 use super::import::{Tx, commit_dirs, commit_objects, rename_noreplace, syncfs};
@@ -53,27 +53,6 @@ use crate::util::fs::{PathContext, sync_dir, temp_name};
 /// Largest tar-split accepted or read into memory (headers of ~1M files).
 pub const MAX_SPLIT_BYTES: u64 = 1 << 30;
 
-/// One object as the laptop sends it: content digest and size, and the tar metadata of (the
-/// first) file that has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectSpec {
-    /// sha256 of the content.
-    pub digest: Digest,
-    /// Its length.
-    pub size: u64,
-    /// The tar mode (`& 0o7777` is used).
-    pub mode: u32,
-    /// The tar owner.
-    pub uid: u32,
-    /// The tar group.
-    pub gid: u32,
-    /// The tar mtime (the object keeps the mtime of the first file that created it).
-    #[serde(default)]
-    pub mtime: i64,
-    /// The tar xattrs (name, value); only those the unpacker applies count.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
 
 /// A tar-split received and staged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,18 +67,6 @@ pub struct StagedLayer {
     pub missing: Vec<Digest>,
 }
 
-/// What [`Ingest::build_image`] did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuiltImage {
-    /// The image's snapshot.
-    pub chain_id: Digest,
-    /// Whether the snapshot was built now (false: it was there).
-    pub snapshot_built: bool,
-    /// Layers committed now.
-    pub layers_committed: usize,
-    /// Object variants made from other variants of the same content.
-    pub variants_made: usize,
-}
 
 /// Every content digest in the store, with the path of one variant of it.
 pub(crate) fn content_index(objects: &Path) -> Result<HashMap<Digest, PathBuf>, AgentStoreError> {

@@ -309,11 +309,7 @@ pub(crate) struct SnapshotMeta {
     pub diff_ids: Vec<Digest>,
 }
 
-/// The chain id an image's snapshot is named by; an image without layers gets the digest of
-/// the empty string (no layer stack hashes to it).
-pub fn snapshot_id(diff_ids: &[Digest]) -> Digest {
-    crate::oci::digest::chain_id(diff_ids).unwrap_or_else(|| Digest::of(b""))
-}
+pub use crate::api::transfer::snapshot_id;
 
 /// An open robot store. Holds a shared lock on `lock` for its lifetime.
 pub struct AgentStore {

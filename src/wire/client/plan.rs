@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::super::split::{self, LayerInfo};
 use super::super::{FromRobot, PATCH_MIN, PREFIX_HEX, ToRobot, WireError, bitmap_decode};
 use super::{Connection, unexpected};
-use crate::agent::store::ObjectSpec;
+use crate::api::ObjectSpec;
 use crate::oci::{Descriptor, Digest, Document, ImageConfig, Reference, media};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
 
@@ -452,7 +452,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             digest: digest.clone(),
             media_type,
             manifest: img.descriptor.digest,
-            chain: crate::agent::store::snapshot_id(&diff_ids),
+            chain: crate::api::transfer::snapshot_id(&diff_ids),
             layers: img.manifest.layers.into_iter().zip(diff_ids).collect(),
             documents: docs.iter().map(|d| d.digest.clone()).collect(),
             robot_has_snapshot: false,

@@ -17,7 +17,7 @@ use super::super::stream::{Compressor, Job, Out, compress};
 use super::super::{FromRobot, ToRobot, WireError};
 use super::plan::{LayerHow, Objects, PlannedLayer, TransferPlan};
 use super::{Connection, META_LEVEL, PATCH_LEVEL, TransferReport, unexpected};
-use crate::agent::store::ObjectSpec;
+use crate::api::ObjectSpec;
 use crate::oci::{Descriptor, Digest};
 use crate::progress::{Event, Reporter};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};

@@ -1,0 +1,500 @@
+//! Containers as the laptop and the robot both see them: what `run` and a release ask for
+//! ([`ContainerConfig`] and its parts), what `ps`, `volume ls`, `logs` and `diff` answer
+//! ([`ContainerInfo`], [`VolumeInfo`], [`LogLine`], [`Change`]). The robot's records
+//! (`container.json`) embed [`ContainerConfig`], so these serde shapes are also an on-disk
+//! format: fields are only ever added, with defaults.
+
+use core::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::Digest;
+
+/// A value that cannot be part of a container (a flag, a name, a field of a request): the
+/// request's fault, never the robot's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+/// Whether `name` may name a container or a volume (runc's id rules, Docker's name rules):
+/// letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 64 characters.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The network a container joins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The robot's own network (ROS needs it): the default.
+    #[default]
+    Host,
+    /// Loopback only.
+    None,
+    /// Its own namespace on the agent's CNI bridge, with published ports.
+    Bridge,
+}
+
+impl FromStr for NetworkMode {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(NetworkMode::Host),
+            "none" => Ok(NetworkMode::None),
+            "bridge" => Ok(NetworkMode::Bridge),
+            _ => Err(SpecError(format!(
+                "unknown network `{s}`: use host, none or bridge"
+            ))),
+        }
+    }
+}
+
+/// When the daemon restarts a container that exited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "policy")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    No,
+    /// After a non-zero exit, at most `max_retries` times when set.
+    OnFailure {
+        /// The limit, if any.
+        max_retries: Option<u32>,
+    },
+    /// Always; one stopped by hand comes back when the daemon starts (Docker's rule).
+    Always,
+    /// Always, unless stopped by hand (also across agent restarts).
+    UnlessStopped,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            SpecError(format!(
+                "unknown restart policy `{s}`: use no, on-failure[:N], always or unless-stopped"
+            ))
+        };
+        Ok(match s.split_once(':') {
+            None => match s {
+                "no" => RestartPolicy::No,
+                "on-failure" => RestartPolicy::OnFailure { max_retries: None },
+                "always" => RestartPolicy::Always,
+                "unless-stopped" => RestartPolicy::UnlessStopped,
+                _ => return Err(bad()),
+            },
+            Some(("on-failure", n)) => RestartPolicy::OnFailure {
+                max_retries: Some(n.parse().map_err(|_| bad())?),
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// A named volume's name: checked whenever one is made, from a flag or from a request.
+///
+/// It becomes a directory under the agent's `volumes/`, created as root: a derived
+/// `Deserialize` of a plain `String` would let a daemon request or a release spec carry
+/// `../../x` past the check `-v` does and create directories anywhere. `try_from` makes serde
+/// go through [`VolumeName::new`], so no value of this type holds an unchecked name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    /// Checks `name` with the container-name rules ([`is_valid_name`]).
+    pub fn new(name: impl Into<String>) -> Result<VolumeName, SpecError> {
+        let name = name.into();
+        if !is_valid_name(&name) {
+            return Err(SpecError(bad_volume_name(&name)));
+        }
+        Ok(VolumeName(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn bad_volume_name(name: &str) -> String {
+    format!(
+        "invalid volume name `{name}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most 64 characters"
+    )
+}
+
+impl TryFrom<String> for VolumeName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        // serde's error is a string; the same message as `VolumeName::new`.
+        VolumeName::new(name).map_err(|e| e.to_string())
+    }
+}
+
+impl From<VolumeName> for String {
+    fn from(n: VolumeName) -> String {
+        n.0
+    }
+}
+
+impl std::ops::Deref for VolumeName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for VolumeName {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl std::fmt::Display for VolumeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a volume's data comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeSource {
+    /// A named volume under the agent's state directory.
+    Named(VolumeName),
+    /// A path on the robot.
+    Bind(PathBuf),
+}
+
+/// `-v SRC:DST[:ro|rw]`: SRC starting with `/` is a bind mount, else a named volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The source.
+    pub source: VolumeSource,
+    /// The path inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl FromStr for VolumeSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            SpecError(format!(
+                "invalid volume `{s}`: {why} (expected `NAME:/path[:ro]` or `/host/path:/path[:ro]`)"
+            ))
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let (src, dst, mode) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, None),
+            [src, dst, mode] => (*src, *dst, Some(*mode)),
+            _ => return Err(bad("wrong number of `:`")),
+        };
+        let read_only = match mode {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(m) => return Err(bad(&format!("unknown mode `{m}`"))),
+        };
+        if !dst.starts_with('/') {
+            return Err(bad("the container path must be absolute"));
+        }
+        let source = if src.starts_with('/') {
+            VolumeSource::Bind(PathBuf::from(src))
+        } else {
+            VolumeSource::Named(VolumeName::new(src).map_err(|_| {
+                bad("a volume name uses letters, digits, `_`, `.`, `-`, at most 64 characters")
+            })?)
+        };
+        Ok(VolumeSpec {
+            source,
+            target: dst.to_string(),
+            read_only,
+        })
+    }
+}
+
+/// What a container is made of: the image and everything `run` can override.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerConfig {
+    /// Its name (also the runtime's container id).
+    pub name: String,
+    /// The image as named (`duckietown/dt-core:daffy-arm64v8`) or a manifest digest.
+    pub image: String,
+    /// The image's name for people, when `image` is a digest (a release's services).
+    pub image_name: Option<String>,
+    /// Replaces the image's ENTRYPOINT (and drops its CMD).
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's CMD.
+    pub cmd: Option<Vec<String>>,
+    /// `K=V`, over the image's.
+    pub env: Vec<String>,
+    /// Replaces the image's WORKDIR.
+    pub workdir: Option<String>,
+    /// Replaces the image's USER (`name[:group]`, or numbers).
+    pub user: Option<String>,
+    /// Its own hostname (and UTS namespace).
+    pub hostname: Option<String>,
+    /// Volumes and bind mounts.
+    pub volumes: Vec<VolumeSpec>,
+    /// Published ports (they imply [`NetworkMode::Bridge`]).
+    pub ports: Vec<PortMapping>,
+    /// Its network.
+    pub network: NetworkMode,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in CPUs (`1.5`).
+    pub cpus: Option<f64>,
+    /// Device roles granted.
+    pub device_roles: Vec<String>,
+    /// The stack service it runs, when part of a release.
+    pub service: Option<String>,
+    /// The release it belongs to.
+    pub release: Option<u64>,
+    /// Removed once it exits (and is not restarted).
+    pub auto_remove: bool,
+    /// Output kept.
+    pub log: LogConfig,
+    /// Seconds between the stop signal and SIGKILL.
+    pub stop_timeout: Option<u64>,
+}
+
+/// A container as `ps` shows it (the JSON fields of `dts duckiebot ps --json` and more).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Its name.
+    pub name: String,
+    /// The stack service, outside a release `null`.
+    pub service: Option<String>,
+    /// The release.
+    pub release: Option<u64>,
+    /// The image as named.
+    pub image: String,
+    /// The manifest it runs.
+    pub manifest: Digest,
+    /// `created`, `running` or `exited`.
+    pub state: String,
+    /// The init process's pid while running.
+    pub pid: Option<u32>,
+    /// Roles granted.
+    pub device_roles: Vec<String>,
+    /// Last start.
+    pub started_at: Option<String>,
+    /// Last exit.
+    pub finished_at: Option<String>,
+    /// Last exit code.
+    pub exit_code: Option<i32>,
+    /// Restarts by the policy.
+    pub restart_count: u32,
+    /// The restart policy.
+    pub restart: RestartPolicy,
+    /// Address on the agent's bridge.
+    pub ip: Option<String>,
+    /// Why the last start failed.
+    pub error: Option<String>,
+}
+
+/// A named volume.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Its name.
+    pub name: String,
+    /// Where its data is.
+    pub path: PathBuf,
+    /// Containers that mount it.
+    pub used_by: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Port mappings.
+
+/// Transport protocol of a port mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        })
+    }
+}
+
+/// A published port, as `docker run -p` takes it: `HOST:CONTAINER[/PROTO]` or
+/// `IP:HOST:CONTAINER[/PROTO]` (an IPv6 address in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Port on the robot.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Protocol.
+    pub protocol: Proto,
+    /// Only traffic to this robot address is forwarded; all addresses when `None`.
+    pub host_ip: Option<IpAddr>,
+}
+
+/// A `-p` value that cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid port mapping `{spec}`: {reason} (expected `HOST:CONTAINER[/tcp|udp|sctp]` or `IP:HOST:CONTAINER[/…]`)"
+)]
+pub struct PortSpecError {
+    /// The value given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for PortMapping {
+    type Err = PortSpecError;
+
+    fn from_str(spec: &str) -> Result<PortMapping, PortSpecError> {
+        let err = |reason: &str| PortSpecError {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (ports, protocol) = match spec.rsplit_once('/') {
+            Some((p, proto)) => (
+                p,
+                match proto {
+                    "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    "sctp" => Proto::Sctp,
+                    _ => return Err(err(&format!("unknown protocol `{proto}`"))),
+                },
+            ),
+            None => (spec, Proto::Tcp),
+        };
+        let (ip, rest) = if let Some(bracketed) = ports.strip_prefix('[') {
+            let (ip, rest) = bracketed
+                .split_once(']')
+                .ok_or_else(|| err("`[` without `]`"))?;
+            let rest = rest
+                .strip_prefix(':')
+                .ok_or_else(|| err("expected `:` after `]`"))?;
+            (Some(ip), rest)
+        } else {
+            let mut parts = ports.rsplitn(3, ':');
+            let _container = parts.next();
+            match (parts.next(), parts.next()) {
+                (None, _) => {
+                    return Err(err(
+                        "a host port is required (publishing on a random port is not supported)",
+                    ));
+                }
+                (Some(_), Some(ip)) => (Some(ip), &ports[ip.len() + 1..]),
+                (Some(_), None) => (None, ports),
+            }
+        };
+        let (host, container) = rest
+            .split_once(':')
+            .ok_or_else(|| err("expected `HOST:CONTAINER`"))?;
+        let port = |s: &str, what: &str| -> Result<u16, PortSpecError> {
+            if s.contains('-') {
+                return Err(err("port ranges are not supported"));
+            }
+            match s.parse::<u16>() {
+                Ok(0) => Err(err(&format!("{what} port 0 is not allowed"))),
+                Ok(p) => Ok(p),
+                Err(_) if s.is_empty() => Err(err(&format!("{what} port is missing"))),
+                Err(_) => Err(err(&format!(
+                    "{what} port `{s}` is not a number from 1 to 65535"
+                ))),
+            }
+        };
+        let host_ip = match ip {
+            None => None,
+            Some(ip) => Some(
+                ip.parse::<IpAddr>()
+                    .map_err(|_| err(&format!("`{ip}` is not an IP address")))?,
+            ),
+        };
+        Ok(PortMapping {
+            host_port: port(host, "host")?,
+            container_port: port(container, "container")?,
+            protocol,
+            host_ip,
+        })
+    }
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port, self.container_port, self.protocol
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output and changes.
+
+/// How much output a container keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// A file is rotated when the next line would take it past this many bytes.
+    pub max_size: u64,
+    /// Files kept, the current one included (at least 1).
+    pub max_files: u32,
+}
+
+impl Default for LogConfig {
+    /// 10 MiB × 3: an SD card has little room, and a robot's output is mostly ROS chatter.
+    fn default() -> Self {
+        LogConfig {
+            max_size: 10 << 20,
+            max_files: 3,
+        }
+    }
+}
+
+/// One line of output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The text, with its newline when it had one.
+    pub log: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// When the shim read it (RFC 3339, nanoseconds).
+    pub time: String,
+}
+
+/// One change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `A`, `C` or `D`.
+    pub kind: char,
+    /// The path inside the container.
+    pub path: String,
+}

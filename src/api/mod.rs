@@ -1,0 +1,30 @@
+//! The contract between laptop and robot: every value that crosses between `dts` and
+//! `dt-agent` (or between `dt-agent`'s commands and its daemon), and the robot's records that
+//! embed them. Pure data, like `oci`: no I/O, no async, nothing of either side's machinery.
+//!
+//! - [`container`]: what a container is made of and what `ps`, `logs`, `diff`, `volume`
+//!   answer; [`VolumeName`] checks itself when deserialized.
+//! - [`release`]: a release's spec, its record on the robot, a deploy's outcome.
+//! - [`daemon`]: the daemon's requests, their typed answers, and [`RemoteError`], which carries
+//!   its class and cause chain across.
+//! - [`transfer`]: what a transfer names (objects, the built image).
+//!
+//! Serde shapes here are wire formats (docs/wire.md) and, for records, on-disk formats
+//! (docs/formats.md): fields are only added, optional, so old robots and old records parse.
+
+pub mod container;
+pub mod daemon;
+pub mod release;
+pub mod transfer;
+
+pub use container::{
+    Change, ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, PortMapping,
+    PortSpecError, Proto, RestartPolicy, SpecError, VolumeInfo, VolumeName, VolumeSource,
+    VolumeSpec, is_valid_name,
+};
+pub use daemon::{Answer, ErrorClass, RemoteError, Request, RuntimeInfo, decode};
+pub use release::{
+    DeployOutcome, HealthSpec, ReleaseRecord, ReleaseSpec, ReleaseState, ServiceAction,
+    ServiceOutcome, ServiceSpec,
+};
+pub use transfer::{BuiltImage, ObjectSpec};
