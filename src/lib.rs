@@ -13,9 +13,9 @@
 #![deny(missing_docs)]
 
 pub mod agent;
-pub mod api;
 #[cfg(feature = "workstation")]
 pub mod agents;
+pub mod api;
 pub mod archive;
 pub mod binfmt;
 #[cfg(feature = "workstation")]

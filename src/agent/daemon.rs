@@ -19,11 +19,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::api::daemon::{RemoteError, Request};
 use super::container::logs::{LogLine, LogReader};
 use super::container::{ContainerError, Manager};
-use crate::api::ErrorClass;
 use super::release::{ReleaseError, ReleaseSpec, Releases};
+use crate::api::ErrorClass;
+pub use crate::api::daemon::{RemoteError, Request};
 use crate::util::fs::{PathContext, PathError};
 
 /// The socket's file name under the agent's state directory.

@@ -246,7 +246,6 @@ fn code_meaning(code: u32) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Port mappings.
 
-
 impl PortMapping {
     /// The entry portmap expects in `runtimeConfig.portMappings`.
     fn to_cni(self) -> Value {

@@ -336,12 +336,10 @@ mod tests {
         );
         let back: RemoteError = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
-        let chain: Vec<String> = std::iter::successors(
-            Some(&back as &dyn std::error::Error),
-            |e| e.source(),
-        )
-        .map(|e| e.to_string())
-        .collect();
+        let chain: Vec<String> =
+            std::iter::successors(Some(&back as &dyn std::error::Error), |e| e.source())
+                .map(|e| e.to_string())
+                .collect();
         assert_eq!(chain, ["top", "middle", "bottom"]);
     }
 

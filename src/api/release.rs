@@ -195,3 +195,50 @@ pub struct DeployOutcome {
     /// How long this request waited for another deploy or rollback to finish, in ms.
     pub waited_ms: u64,
 }
+
+impl HealthSpec {
+    /// Docker's interval, for a zero one.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+    /// Docker's timeout, for a zero one.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Docker's retries, for zero.
+    pub const DEFAULT_RETRIES: u32 = 3;
+
+    /// The exec form of the check, or `None` for Docker's `NONE`. Tolerates Docker's `CMD` /
+    /// `CMD-SHELL` prefixes.
+    pub fn command(&self) -> Option<Vec<String>> {
+        match self.test.first().map(String::as_str) {
+            None | Some("NONE") => None,
+            Some("CMD") => Some(self.test[1..].to_vec()).filter(|t| !t.is_empty()),
+            Some("CMD-SHELL") => Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                self.test[1..].join(" "),
+            ]),
+            Some(_) => Some(self.test.clone()),
+        }
+    }
+
+    /// Time between checks, Docker's default for zero.
+    pub fn interval(&self) -> Duration {
+        nonzero(self.interval, Self::DEFAULT_INTERVAL)
+    }
+
+    /// How long one check may take, Docker's default for zero.
+    pub fn timeout(&self) -> Duration {
+        nonzero(self.timeout, Self::DEFAULT_TIMEOUT)
+    }
+
+    /// Failed checks in a row that fail the service, Docker's default for zero.
+    pub fn retries(&self) -> u32 {
+        if self.retries == 0 {
+            Self::DEFAULT_RETRIES
+        } else {
+            self.retries
+        }
+    }
+}
+
+fn nonzero(d: Duration, default: Duration) -> Duration {
+    if d.is_zero() { default } else { d }
+}

@@ -9,11 +9,11 @@ use clap::{Args, Subcommand};
 
 use super::table::Table;
 use super::{Exit, Printer};
-use crate::agent::container::{
-    ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, RestartPolicy, VolumeInfo,
-    VolumeSpec,
+use crate::agent::daemon::{Client, ClientError};
+use crate::api::{
+    ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, Request, RestartPolicy,
+    VolumeInfo, VolumeSpec,
 };
-use crate::agent::daemon::{Client, ClientError, Request};
 
 /// `run` flags, as `docker run` spells them.
 #[derive(Args, Debug, Clone)]
@@ -286,7 +286,8 @@ fn remote_exit(e: &anyhow::Error, run: bool) -> Exit {
             .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.is_bad_input()))
             || c.downcast_ref::<crate::agent::container::ContainerError>()
                 .is_some_and(|c| c.is_bad_input())
-            || c.is::<crate::agent::net::PortSpecError>()
+            || c.is::<crate::api::SpecError>()
+            || c.is::<crate::api::PortSpecError>()
     });
     match (run, bad) {
         (_, true) => Exit::BadInput,
@@ -399,8 +400,7 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
             if *json {
                 printer.json(&v);
             } else {
-                let changes: Vec<crate::agent::container::diff::Change> =
-                    serde_json::from_value(v)?;
+                let changes: Vec<crate::api::Change> = serde_json::from_value(v)?;
                 for c in changes {
                     printer.out(&format!("{} {}", c.kind, c.path));
                 }

@@ -14,9 +14,7 @@ use super::containers::{RunArgs, print_line, print_ps, volumes_table};
 use super::releases::print_history;
 use super::table::{Style, Table};
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
-use crate::agent::container::{ContainerInfo, VolumeInfo};
-use crate::agent::daemon::Request;
-use crate::agent::release::{ReleaseRecord, ReleaseSpec};
+use crate::api::{ContainerInfo, ReleaseRecord, ReleaseSpec, Request, VolumeInfo};
 use crate::ops::robot::{self, RobotLink, SshArgs};
 
 /// SSH flags (docs/cli.md, "Robots").

@@ -215,6 +215,24 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
                 Exit::Failed
             };
         }
+        // What the robot refused: its class decides, as if it had happened here.
+        if let Some(w) = cause.downcast_ref::<crate::wire::WireError>() {
+            return if w.is_bad_input() {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            };
+        }
+        if let Some(r) = cause.downcast_ref::<crate::api::RemoteError>() {
+            return if r.is_bad_input() {
+                Exit::BadInput
+            } else {
+                Exit::Failed
+            };
+        }
+        if cause.is::<crate::api::SpecError>() || cause.is::<crate::api::PortSpecError>() {
+            return Exit::BadInput;
+        }
     }
     Exit::Failed
 }

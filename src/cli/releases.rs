@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::table::Table;
 use super::{Exit, Printer};
-use crate::agent::daemon::{Client, ClientError, Request};
-use crate::agent::release::{DeployOutcome, ReleaseRecord, ReleaseSpec, ReleaseState};
+use crate::agent::daemon::{Client, ClientError};
+use crate::api::{DeployOutcome, ReleaseRecord, ReleaseSpec, ReleaseState, Request};
 use crate::oci::Digest;
 
 /// Release commands sent to a daemon.

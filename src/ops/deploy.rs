@@ -12,15 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::agent::container::{
-    ContainerConfig, ContainerError, LogConfig, NetworkMode, RestartPolicy, VolumeName,
-    VolumeSource, VolumeSpec,
-};
-use crate::agent::daemon::Request;
-use crate::agent::net::{PortMapping, Proto};
-use crate::agent::release::{HealthSpec, ReleaseSpec, ServiceSpec, probation};
+use crate::api::{ReleaseSpec, Request, ServiceSpec};
 use crate::oci::{Digest, Platform, Reference};
-use crate::profile::stack::{self, HealthTest, Stack, StackSource};
+use crate::profile::stack::{self, Healthcheck, Stack, StackSource};
 use crate::progress::{Event, Reporter};
 use crate::store::Store;
 
@@ -93,17 +87,15 @@ pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Re
             {
                 images.push((svc.image.clone(), manifest.clone()));
             }
-            let healthcheck = health(svc.healthcheck.as_ref(), img.config.config.as_ref());
+            let healthcheck =
+                Healthcheck::resolve(svc.healthcheck.as_ref(), img.config.config.as_ref());
             services.push(ServiceSpec {
                 name: key.clone(),
                 stage: svc.stage,
                 order: order as u32,
                 image_name: svc.image.clone(),
                 manifest: manifest.clone(),
-                container: ContainerConfig {
-                    image_name: Some(svc.image.clone()),
-                    ..container(key, svc, &manifest)?
-                },
+                container: svc.container(key, &manifest)?,
                 healthcheck,
             });
         }
@@ -162,7 +154,7 @@ pub fn watch_lines(spec: &ReleaseSpec) -> Vec<String> {
             match s
                 .healthcheck
                 .as_ref()
-                .and_then(|h| probation::command(h).map(|c| (h, c)))
+                .and_then(|h| h.command().map(|c| (h, c)))
             {
                 None => format!(
                     "watching `{}` for {}: no health check",
@@ -182,9 +174,9 @@ pub fn watch_lines(spec: &ReleaseSpec) -> Vec<String> {
                         "watching `{}` until its health check `{}` passes (every {}, each up to {}); it fails after {} failed check(s) in a row{grace}",
                         s.name,
                         cmd.join(" "),
-                        human_duration(probation::interval(h)),
-                        human_duration(probation::timeout(h)),
-                        probation::retries(h),
+                        human_duration(h.interval()),
+                        human_duration(h.timeout()),
+                        h.retries(),
                     )
                 }
             }
@@ -201,126 +193,6 @@ fn human_duration(d: Duration) -> String {
     } else {
         format!("{:.1} s", d.as_secs_f64())
     }
-}
-
-/// The container a service runs. Fails only on a volume name the agent would refuse (the
-/// stack file's check is meant to catch those first).
-fn container(
-    key: &str,
-    svc: &stack::Service,
-    manifest: &Digest,
-) -> Result<ContainerConfig, ContainerError> {
-    Ok(ContainerConfig {
-        name: key.to_string(),
-        image: manifest.to_string(),
-        entrypoint: svc.entrypoint.clone(),
-        cmd: svc.command.clone(),
-        env: svc
-            .environment
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        volumes: svc
-            .volumes
-            .iter()
-            .map(|v| {
-                Ok(VolumeSpec {
-                    source: match &v.source {
-                        stack::VolumeSource::Named(n) => {
-                            VolumeSource::Named(VolumeName::new(n.as_str())?)
-                        }
-                        stack::VolumeSource::Bind(p) => VolumeSource::Bind(p.into()),
-                    },
-                    target: v.target.clone(),
-                    read_only: v.read_only,
-                })
-            })
-            .collect::<Result<_, ContainerError>>()?,
-        ports: svc
-            .ports
-            .iter()
-            .map(|p| PortMapping {
-                host_port: p.host,
-                container_port: p.container,
-                protocol: match p.protocol {
-                    stack::Protocol::Tcp => Proto::Tcp,
-                    stack::Protocol::Udp => Proto::Udp,
-                },
-                host_ip: None,
-            })
-            .collect(),
-        network: match svc.network_mode {
-            stack::NetworkMode::Host => NetworkMode::Host,
-            stack::NetworkMode::None => NetworkMode::None,
-            stack::NetworkMode::Bridge => NetworkMode::Bridge,
-        },
-        restart: match svc.restart {
-            stack::RestartPolicy::No => RestartPolicy::No,
-            stack::RestartPolicy::OnFailure(n) => RestartPolicy::OnFailure { max_retries: n },
-            stack::RestartPolicy::Always => RestartPolicy::Always,
-            stack::RestartPolicy::UnlessStopped => RestartPolicy::UnlessStopped,
-        },
-        memory: svc.mem_limit,
-        cpus: svc.cpus,
-        device_roles: svc.devices.clone(),
-        service: Some(key.to_string()),
-        log: LogConfig::default(),
-        ..Default::default()
-    })
-}
-
-/// The stack's health check over the image's (Docker's precedence); `None` when neither has
-/// one or the stack disables it.
-fn health(
-    stack_hc: Option<&stack::Healthcheck>,
-    image: Option<&crate::oci::config::ContainerConfig>,
-) -> Option<HealthSpec> {
-    let image_hc = image.and_then(|c| c.healthcheck.as_ref());
-    let ns = |v: Option<i64>| v.filter(|n| *n > 0).map(|n| Duration::from_nanos(n as u64));
-    if stack_hc.is_some_and(|h| h.disable) {
-        return None;
-    }
-    let test = match stack_hc.and_then(|h| h.test.clone()) {
-        Some(HealthTest::Exec(args)) => args,
-        Some(HealthTest::Shell(cmd)) => vec!["/bin/sh".into(), "-c".into(), cmd],
-        None => {
-            let t = image_hc?.test.clone()?;
-            match t.first().map(String::as_str) {
-                Some("CMD") => t[1..].to_vec(),
-                Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), t[1..].join(" ")],
-                _ => return None,
-            }
-        }
-    };
-    if test.is_empty() {
-        return None;
-    }
-    let pick = |s: Option<Duration>, i: Option<Duration>, d: Duration| s.or(i).unwrap_or(d);
-    Some(HealthSpec {
-        test,
-        interval: pick(
-            stack_hc.and_then(|h| h.interval),
-            ns(image_hc.and_then(|h| h.interval)),
-            stack::Healthcheck::DEFAULT_INTERVAL,
-        ),
-        timeout: pick(
-            stack_hc.and_then(|h| h.timeout),
-            ns(image_hc.and_then(|h| h.timeout)),
-            stack::Healthcheck::DEFAULT_TIMEOUT,
-        ),
-        retries: stack_hc
-            .and_then(|h| h.retries)
-            .or(image_hc
-                .and_then(|h| h.retries)
-                .filter(|r| *r > 0)
-                .map(|r| r as u32))
-            .unwrap_or(stack::Healthcheck::DEFAULT_RETRIES),
-        start_period: pick(
-            stack_hc.and_then(|h| h.start_period),
-            ns(image_hc.and_then(|h| h.start_period)),
-            Duration::ZERO,
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use super::{
     bitmap_encode, check_version, robot_window_log,
 };
 use crate::agent::daemon::{Client, ClientError};
-use crate::api::{ErrorClass, RemoteError, Request};
 use crate::agent::store::{AgentStore, AgentStoreError, Ingest, MAX_SPLIT_BYTES, RefEntry};
+use crate::api::{ErrorClass, RemoteError, Request};
 use crate::oci::{Platform, Reference};
 use crate::store::MAX_MANIFEST_BYTES;
 

@@ -13,7 +13,6 @@ use std::path::Path;
 pub use crate::api::container::Change;
 use crate::util::fs::{PathContext, PathError};
 
-
 /// The changes in `upper` over `lower`, sorted by path. Paths in `skip` (mount points the
 /// runtime creates, volumes) and below them are left out.
 pub fn diff(upper: &Path, lower: &Path, skip: &[String]) -> Result<Vec<Change>, PathError> {

@@ -25,7 +25,6 @@ use crate::util::fs::{PathContext, PathError};
 /// The current log file's name.
 pub const CURRENT: &str = "container.log";
 
-
 /// Appends lines to a container's log, rotating at the configured size.
 pub struct LogWriter {
     dir: PathBuf,

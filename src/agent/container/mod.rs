@@ -200,7 +200,6 @@ impl ContainerError {
     }
 }
 
-
 /// `container.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Record {
@@ -275,7 +274,6 @@ pub struct ExitRecord {
     /// When.
     pub finished_at: String,
 }
-
 
 /// The robot's containers. One per daemon; every method is safe to call from several threads.
 pub struct Manager {
@@ -1232,7 +1230,6 @@ impl Manager {
         self.image_config(&r.manifest)
     }
 }
-
 
 struct Launched {
     pid: u32,

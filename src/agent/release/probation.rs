@@ -23,10 +23,6 @@ use crate::agent::container::{ContainerError, ContainerInfo, Manager};
 const START_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the watcher looks at the containers.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
-/// Docker's defaults for a zero field.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_RETRIES: u32 = 3;
 
 /// Why probation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,15 +43,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The exec form of a health check, or `None` for Docker's `NONE`. Tolerates Docker's `CMD` /
-/// `CMD-SHELL` prefixes.
+/// The exec form of a health check, or `None` for Docker's `NONE` ([`HealthSpec::command`]).
 pub fn command(h: &HealthSpec) -> Option<Vec<String>> {
-    match h.test.first().map(String::as_str) {
-        None | Some("NONE") => None,
-        Some("CMD") => Some(h.test[1..].to_vec()).filter(|t| !t.is_empty()),
-        Some("CMD-SHELL") => Some(vec!["/bin/sh".into(), "-c".into(), h.test[1..].join(" ")]),
-        Some(_) => Some(h.test.clone()),
-    }
+    h.command()
 }
 
 /// What a running container looked like when probation began.
@@ -321,25 +311,17 @@ fn check_until_decided(
 
 /// Time between checks, Docker's default for zero.
 pub fn interval(h: &HealthSpec) -> Duration {
-    nonzero(h.interval, DEFAULT_INTERVAL)
+    h.interval()
 }
 
 /// How long one check may take, Docker's default for zero.
 pub fn timeout(h: &HealthSpec) -> Duration {
-    nonzero(h.timeout, DEFAULT_TIMEOUT)
+    h.timeout()
 }
 
 /// Failed checks in a row that fail the service, Docker's default for zero.
 pub fn retries(h: &HealthSpec) -> u32 {
-    if h.retries == 0 {
-        DEFAULT_RETRIES
-    } else {
-        h.retries
-    }
-}
-
-fn nonzero(d: Duration, default: Duration) -> Duration {
-    if d.is_zero() { default } else { d }
+    h.retries()
 }
 
 fn secs(d: Duration) -> String {

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use super::ReleaseError;
-pub use crate::api::release::{HealthSpec, ReleaseSpec, ServiceSpec};
 use crate::agent::container::check_name;
+pub use crate::api::release::{HealthSpec, ReleaseSpec, ServiceSpec};
 
 /// Whether two service specs run the same container (the release label aside).
 pub(super) fn same_service(a: &ServiceSpec, b: &ServiceSpec) -> bool {

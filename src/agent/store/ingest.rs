@@ -53,7 +53,6 @@ use crate::util::fs::{PathContext, sync_dir, temp_name};
 /// Largest tar-split accepted or read into memory (headers of ~1M files).
 pub const MAX_SPLIT_BYTES: u64 = 1 << 30;
 
-
 /// A tar-split received and staged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StagedLayer {
@@ -66,7 +65,6 @@ pub struct StagedLayer {
     /// Contents it names that the store has no variant of (yet).
     pub missing: Vec<Digest>,
 }
-
 
 /// Every content digest in the store, with the path of one variant of it.
 pub(crate) fn content_index(objects: &Path) -> Result<HashMap<Digest, PathBuf>, AgentStoreError> {

@@ -33,6 +33,9 @@ use super::ProfileError;
 use super::interpolate::interpolate;
 use super::robot::RoleSpec;
 use super::yaml::{Doc, Map, index, join, kind, show};
+mod release;
+
+pub use crate::api::{NetworkMode, PortMapping, Proto as Protocol};
 use crate::util::fs::PathContext;
 
 /// The stack `--stack` defaults to.
@@ -43,12 +46,12 @@ const BUILTIN: [(&str, &str, &str); 2] = [
     (
         "duckiebot",
         "profiles/stacks/duckiebot.yaml",
-        include_str!("../../profiles/stacks/duckiebot.yaml"),
+        include_str!("../../../profiles/stacks/duckiebot.yaml"),
     ),
     (
         "lane-following",
         "profiles/stacks/lane-following.yaml",
-        include_str!("../../profiles/stacks/lane-following.yaml"),
+        include_str!("../../../profiles/stacks/lane-following.yaml"),
     ),
 ];
 
@@ -118,40 +121,6 @@ pub enum VolumeSource {
     Named(String),
     /// An absolute path on the robot.
     Bind(String),
-}
-
-/// `HOST:CONTAINER/PROTO`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMapping {
-    /// Port on the robot.
-    pub host: u16,
-    /// Port in the container.
-    pub container: u16,
-    /// TCP or UDP.
-    pub protocol: Protocol,
-}
-
-/// Transport of a [`PortMapping`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP (the default).
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-/// `network_mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// The robot's network namespace: ROS needs it, so it is the default.
-    #[default]
-    Host,
-    /// Loopback only.
-    None,
-    /// A private namespace on the agent's bridge.
-    Bridge,
 }
 
 /// `restart`.
@@ -816,9 +785,10 @@ fn parse_port(s: &str) -> Result<PortMapping, String> {
         }
     };
     Ok(PortMapping {
-        host: port(h)?,
-        container: port(c)?,
+        host_port: port(h)?,
+        container_port: port(c)?,
         protocol,
+        host_ip: None,
     })
 }
 
@@ -1271,9 +1241,10 @@ mod tests {
         assert_eq!(
             parse_port("8080:80/udp").unwrap(),
             PortMapping {
-                host: 8080,
-                container: 80,
-                protocol: Protocol::Udp
+                host_port: 8080,
+                container_port: 80,
+                protocol: Protocol::Udp,
+                host_ip: None,
             }
         );
         assert_eq!(parse_port("11311:11311").unwrap().protocol, Protocol::Tcp);
