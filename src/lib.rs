@@ -7,7 +7,8 @@
 //!
 //! Layers, top to bottom: the binaries; `cli`; `ops` (the verbs); `sim`, `wire`; `agent` (robot
 //! side), `build` (laptop side); `registry`, `archive`; parts (`store`, `layer`, `profile`,
-//! `runtime`, `ssh`, `discover`, …); `oci`, `util`, `progress`, `paths`. A module imports only
+//! `runtime`, `ssh`, `discover`, …); `api` (the laptop↔robot contract), `oci`, `util`,
+//! `progress`, `paths`. A module imports only
 //! from below it, and only what its row of the table in `tests/architecture.rs` allows (the
 //! robot side never imports laptop-only modules); that test enforces it.
 #![deny(missing_docs)]

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! laptop                                         robot (dt-agent serve --stdio)
-//! H  magic, 2.1, {client}               ──▶
-//!                                       ◀──      H  magic, 2.1, {platform, hostname,
+//! H  magic, 2.2, {client}               ──▶
+//!                                       ◀──      H  magic, 2.2, {platform, hostname,
 //!                                                   agent_version, images: name → manifest,
 //!                                                   diff_ids, has_objects}
 //! query {layers, chains, docs}          ──▶                      one round trip: what the
@@ -64,8 +64,9 @@ pub const MAGIC: &[u8; 8] = b"DTSWIRE\n";
 /// stream per session instead of one zstd stream per batch.
 pub const MAJOR: u16 = 2;
 /// Protocol minor version: only optional additions. 1: the robot's hello says the largest
-/// zstd window it decodes ([`RobotHello::window_log_max`]).
-pub const MINOR: u16 = 1;
+/// zstd window it decodes ([`RobotHello::window_log_max`]). 2: a `daemon_error` carries the
+/// robot's cause chain (`causes`, [`RemoteError`]); older laptops ignore it.
+pub const MINOR: u16 = 2;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
