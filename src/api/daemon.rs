@@ -132,10 +132,15 @@ impl Answer for DeployOutcome {}
 impl Answer for Vec<ReleaseRecord> {}
 impl Answer for Option<ReleaseRecord> {}
 
-/// Decodes an `ok` value into the answer a request has. A value that does not fit is the
-/// peer's fault (an agent of another version), reported with what did not fit.
-pub fn decode<T: Answer>(value: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(value).map_err(|e| format!("an answer that does not fit: {e}"))
+/// An `ok` value that is not the answer its request has: the peer's fault (an agent of
+/// another version), never the request's.
+#[derive(Debug, thiserror::Error)]
+#[error("dt-agent answered with something this version does not read: {0}")]
+pub struct AnswerError(#[source] serde_json::Error);
+
+/// Decodes an `ok` value into the answer a request has.
+pub fn decode<T: Answer>(value: serde_json::Value) -> Result<T, AnswerError> {
+    serde_json::from_value(value).map_err(AnswerError)
 }
 
 /// What kind of failure a [`RemoteError`] is: how the laptop and `dt-agent` exit.

@@ -22,7 +22,7 @@ pub use container::{
     PortSpecError, Proto, RestartPolicy, SpecError, VolumeInfo, VolumeName, VolumeSource,
     VolumeSpec, is_valid_name,
 };
-pub use daemon::{Answer, ErrorClass, RemoteError, Request, RuntimeInfo, decode};
+pub use daemon::{Answer, AnswerError, ErrorClass, RemoteError, Request, RuntimeInfo, decode};
 pub use release::{
     DeployOutcome, HealthSpec, ReleaseRecord, ReleaseSpec, ReleaseState, ServiceAction,
     ServiceOutcome, ServiceSpec,

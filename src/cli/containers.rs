@@ -11,9 +11,10 @@ use super::table::Table;
 use super::{Exit, Printer};
 use crate::agent::daemon::{Client, ClientError};
 use crate::api::{
-    ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, Request, RestartPolicy,
-    VolumeInfo, VolumeSpec,
+    ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, RestartPolicy, VolumeInfo,
+    VolumeSpec,
 };
+use crate::ops::verbs::{self, now};
 
 /// `run` flags, as `docker run` spells them.
 #[derive(Args, Debug, Clone)]
@@ -309,34 +310,29 @@ pub fn run(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> E
 }
 
 fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> Result<Exit> {
+    // The verbs are `ops::verbs`', shared with `dts duckiebot`; the daemon's client blocks,
+    // so each runs to its end at once.
     let client = || Client::connect(root);
     match c {
         ContainerCommand::Run(a) => {
             let config = a.to_config()?;
             let name = config.name.clone();
             let mut cl = client()?;
-            cl.call(&Request::Create {
-                config: Box::new(config),
-                start: true,
-            })?;
+            now(verbs::create(&mut cl, config, true))?;
             if a.detach {
                 printer.out(&name);
                 return Ok(Exit::Ok);
             }
-            let code = cl.logs(
-                &Request::Logs {
-                    name: name.clone(),
-                    follow: true,
-                    tail: None,
-                    until_exit: true,
-                },
+            let code = now(verbs::logs(
+                &mut cl,
+                &name,
+                true,
+                None,
+                true,
                 &mut print_line,
-            )?;
+            ))?;
             if a.rm {
-                client()?.call(&Request::Rm {
-                    name: name.clone(),
-                    force: true,
-                })?;
+                now(verbs::rm(&mut client()?, &name, true))?;
             }
             Ok(match code {
                 Some(0) => Exit::Ok,
@@ -345,8 +341,7 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
             })
         }
         ContainerCommand::Ps { all, json } => {
-            let v = client()?.call(&Request::Ps { all: *all })?;
-            let list: Vec<ContainerInfo> = serde_json::from_value(v)?;
+            let list = now(verbs::ps(&mut client()?, *all))?;
             if *json {
                 printer.json(&list);
             } else {
@@ -355,52 +350,41 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
             Ok(Exit::Ok)
         }
         ContainerCommand::Logs { name, follow, tail } => {
-            client()?.logs(
-                &Request::Logs {
-                    name: name.clone(),
-                    follow: *follow,
-                    tail: *tail,
-                    until_exit: false,
-                },
+            now(verbs::logs(
+                &mut client()?,
+                name,
+                *follow,
+                *tail,
+                false,
                 &mut print_line,
-            )?;
+            ))?;
             Ok(Exit::Ok)
         }
         ContainerCommand::Start { name } => {
-            client()?.call(&Request::Start { name: name.clone() })?;
+            now(verbs::start(&mut client()?, name))?;
             printer.out(name);
             Ok(Exit::Ok)
         }
         ContainerCommand::Stop { name, time } => {
-            client()?.call(&Request::Stop {
-                name: name.clone(),
-                timeout: *time,
-            })?;
+            now(verbs::stop(&mut client()?, name, *time))?;
             printer.out(name);
             Ok(Exit::Ok)
         }
         ContainerCommand::Kill { name, signal } => {
-            client()?.call(&Request::Kill {
-                name: name.clone(),
-                signal: signal.clone(),
-            })?;
+            now(verbs::kill(&mut client()?, name, signal))?;
             printer.out(name);
             Ok(Exit::Ok)
         }
         ContainerCommand::Rm { name, force } => {
-            client()?.call(&Request::Rm {
-                name: name.clone(),
-                force: *force,
-            })?;
+            now(verbs::rm(&mut client()?, name, *force))?;
             printer.out(name);
             Ok(Exit::Ok)
         }
         ContainerCommand::Diff { name, json } => {
-            let v = client()?.call(&Request::Diff { name: name.clone() })?;
+            let changes = now(verbs::diff(&mut client()?, name))?;
             if *json {
-                printer.json(&v);
+                printer.json(&changes);
             } else {
-                let changes: Vec<crate::api::Change> = serde_json::from_value(v)?;
                 for c in changes {
                     printer.out(&format!("{} {}", c.kind, c.path));
                 }
@@ -409,13 +393,12 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
         }
         ContainerCommand::Volume(v) => match v {
             VolumeCommand::Create { name } => {
-                client()?.call(&Request::VolumeCreate { name: name.clone() })?;
+                now(verbs::volume_create(&mut client()?, name))?;
                 printer.out(name);
                 Ok(Exit::Ok)
             }
             VolumeCommand::Ls { json } => {
-                let list: Vec<VolumeInfo> =
-                    serde_json::from_value(client()?.call(&Request::VolumeLs)?)?;
+                let list = now(verbs::volumes(&mut client()?))?;
                 if *json {
                     printer.json(&list);
                 } else {
@@ -424,7 +407,7 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
                 Ok(Exit::Ok)
             }
             VolumeCommand::Rm { name } => {
-                client()?.call(&Request::VolumeRm { name: name.clone() })?;
+                now(verbs::volume_rm(&mut client()?, name))?;
                 printer.out(name);
                 Ok(Exit::Ok)
             }

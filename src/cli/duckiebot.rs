@@ -8,14 +8,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::containers::{RunArgs, print_line, print_ps, volumes_table};
 use super::releases::print_history;
 use super::table::{Style, Table};
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
-use crate::api::{ContainerInfo, ReleaseRecord, ReleaseSpec, Request, VolumeInfo};
+use crate::api::{DeployOutcome, ReleaseSpec, ReleaseState};
 use crate::ops::robot::{self, RobotLink, SshArgs};
+use crate::ops::verbs;
 
 /// SSH flags (docs/cli.md, "Robots").
 #[derive(Args, Debug, Clone)]
@@ -302,25 +302,18 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
         }
         DuckiebotCommand::History { robot, ssh, json } => {
             let mut l = link(robot, ssh).await?;
-            let v = l.conn.daemon(&Request::History).await?;
-            if *json {
-                printer.json(&v);
-            } else {
-                let list: Vec<ReleaseRecord> = serde_json::from_value(v)
-                    .context("the robot's release history is not what this dts reads")?;
-                print_history(printer, &list, false);
-            }
+            let list = verbs::history(&mut l).await?;
+            print_history(printer, &list, *json);
             Ok(Exit::Ok)
         }
         DuckiebotCommand::Rollback { robot, ssh, to } => {
             let mut l = link(robot, ssh).await?;
-            let v = l.conn.daemon(&Request::Rollback { to: *to }).await?;
+            let out = verbs::rollback(&mut l, *to).await?;
             printer.info(&format!(
                 "{robot}: release {} is {}",
-                v["release"],
-                v["state"].as_str().unwrap_or("?")
+                out.release, out.state
             ));
-            Ok(outcome_exit(&v))
+            Ok(outcome_exit(&out))
         }
         DuckiebotCommand::Ps {
             robot,
@@ -329,8 +322,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             json,
         } => {
             let mut l = link(robot, ssh).await?;
-            let v = l.conn.daemon(&Request::Ps { all: *all }).await?;
-            let list: Vec<ContainerInfo> = serde_json::from_value(v)?;
+            let list = verbs::ps(&mut l, *all).await?;
             if *json {
                 printer.json(&list);
             } else {
@@ -346,17 +338,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             tail,
         } => {
             let mut l = link(robot, ssh).await?;
-            l.conn
-                .daemon_logs(
-                    &Request::Logs {
-                        name: name.clone(),
-                        follow: *follow,
-                        tail: *tail,
-                        until_exit: false,
-                    },
-                    &mut print_line,
-                )
-                .await?;
+            verbs::logs(&mut l, name, *follow, *tail, false, &mut print_line).await?;
             Ok(Exit::Ok)
         }
         DuckiebotCommand::Run { robot, ssh, run } => {
@@ -369,12 +351,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             time,
         } => {
             let mut l = link(robot, ssh).await?;
-            l.conn
-                .daemon(&Request::Stop {
-                    name: name.clone(),
-                    timeout: *time,
-                })
-                .await?;
+            verbs::stop(&mut l, name, *time).await?;
             printer.out(name);
             Ok(Exit::Ok)
         }
@@ -385,12 +362,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             force,
         } => {
             let mut l = link(robot, ssh).await?;
-            l.conn
-                .daemon(&Request::Rm {
-                    name: name.clone(),
-                    force: *force,
-                })
-                .await?;
+            verbs::rm(&mut l, name, *force).await?;
             printer.out(name);
             Ok(Exit::Ok)
         }
@@ -406,10 +378,10 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 name.clone()
                     .ok_or_else(|| anyhow::anyhow!("`volume {action}` needs a volume name"))
             };
-            let req = match action.as_str() {
-                "create" => Request::VolumeCreate { name: need_name()? },
-                "rm" => Request::VolumeRm { name: need_name()? },
-                "ls" => Request::VolumeLs,
+            let action = action.as_str();
+            let name = match action {
+                "create" | "rm" => Some(need_name()?),
+                "ls" => None,
                 other => {
                     return Err(anyhow::Error::new(clap::Error::raw(
                         clap::error::ErrorKind::InvalidValue,
@@ -418,16 +390,23 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 }
             };
             let mut l = link(robot, ssh).await?;
-            let v = l.conn.daemon(&req).await?;
-            if action == "ls" {
-                let list: Vec<VolumeInfo> = serde_json::from_value(v)?;
-                if *json {
-                    printer.json(&list);
-                } else {
-                    printer.table(&volumes_table(&list));
+            match (action, name) {
+                ("create", Some(n)) => {
+                    verbs::volume_create(&mut l, &n).await?;
+                    printer.out(&n);
                 }
-            } else if let Some(n) = name {
-                printer.out(n);
+                ("rm", Some(n)) => {
+                    verbs::volume_rm(&mut l, &n).await?;
+                    printer.out(&n);
+                }
+                _ => {
+                    let list = verbs::volumes(&mut l).await?;
+                    if *json {
+                        printer.json(&list);
+                    } else {
+                        printer.table(&volumes_table(&list));
+                    }
+                }
             }
             Ok(Exit::Ok)
         }
@@ -521,10 +500,10 @@ fn plan_table(spec: &ReleaseSpec) -> Table {
     t
 }
 
-fn outcome_exit(v: &Value) -> Exit {
-    match v["state"].as_str() {
+fn outcome_exit(out: &DeployOutcome) -> Exit {
+    match out.state {
         // `probation` only answers a detached deploy: every service runs, the robot decides.
-        Some("committed") | Some("unchanged") | Some("planned") | Some("probation") => Exit::Ok,
+        ReleaseState::Committed | ReleaseState::Probation => Exit::Ok,
         _ => Exit::Failed,
     }
 }
@@ -603,14 +582,14 @@ async fn deploy(
     let log = reporter(g);
     let report = robot::guarded(&l.session, l.conn.transfer(&store, &plan.images, &*log)).await?;
     let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, detach, &*log).await?;
-    let state = if outcome["unchanged"].as_bool() == Some(true) {
+    let state = if outcome.unchanged {
         "unchanged".to_string()
     } else {
-        outcome["state"].as_str().unwrap_or("unknown").to_string()
+        outcome.state.to_string()
     };
     let summary = DeploySummary {
         robot: robot.to_string(),
-        release: outcome["release"].as_u64(),
+        release: Some(outcome.release),
         images,
         layers_total: report.layers_total as u64,
         layers_skipped: report.layers_skipped as u64,
@@ -619,7 +598,7 @@ async fn deploy(
         bytes_sent: l.conn.counters().0,
         bytes_received: l.conn.counters().1,
         duration_ms: started.elapsed().as_millis() as u64,
-        message: outcome["message"].as_str().map(str::to_string),
+        message: Some(outcome.message.clone()),
         state: state.clone(),
         plan: None,
     };
@@ -665,35 +644,14 @@ async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs)
     config.image = manifest.to_string();
     config.image_name = Some(a.image.clone());
     let name = config.name.clone();
-    l.conn
-        .daemon(&Request::Create {
-            config: Box::new(config),
-            start: true,
-        })
-        .await?;
+    verbs::create(&mut l, config, true).await?;
     if a.detach {
         println!("{name}");
         return Ok(Exit::Ok);
     }
-    let code = l
-        .conn
-        .daemon_logs(
-            &Request::Logs {
-                name: name.clone(),
-                follow: true,
-                tail: None,
-                until_exit: true,
-            },
-            &mut print_line,
-        )
-        .await?;
+    let code = verbs::logs(&mut l, &name, true, None, true, &mut print_line).await?;
     if a.rm {
-        l.conn
-            .daemon(&Request::Rm {
-                name: name.clone(),
-                force: true,
-            })
-            .await?;
+        verbs::rm(&mut l, &name, true).await?;
     }
     Ok(match code {
         Some(0) => Exit::Ok,
@@ -740,10 +698,19 @@ mod tests {
 
     #[test]
     fn a_detached_deploy_on_probation_exits_0() {
-        let v = |s: &str| serde_json::json!({ "state": s });
-        assert_eq!(outcome_exit(&v("probation")), Exit::Ok);
-        assert_eq!(outcome_exit(&v("committed")), Exit::Ok);
-        assert_eq!(outcome_exit(&v("rolled-back")), Exit::Failed);
-        assert_eq!(outcome_exit(&v("failed")), Exit::Failed);
+        let v = |state| DeployOutcome {
+            release: 1,
+            state,
+            unchanged: false,
+            message: String::new(),
+            services: Vec::new(),
+            reason: None,
+            rolled_back_to: None,
+            waited_ms: 0,
+        };
+        assert_eq!(outcome_exit(&v(ReleaseState::Probation)), Exit::Ok);
+        assert_eq!(outcome_exit(&v(ReleaseState::Committed)), Exit::Ok);
+        assert_eq!(outcome_exit(&v(ReleaseState::RolledBack)), Exit::Failed);
+        assert_eq!(outcome_exit(&v(ReleaseState::Failed)), Exit::Failed);
     }
 }

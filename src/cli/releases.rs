@@ -15,8 +15,9 @@ use serde::Serialize;
 use super::table::Table;
 use super::{Exit, Printer};
 use crate::agent::daemon::{Client, ClientError};
-use crate::api::{DeployOutcome, ReleaseRecord, ReleaseSpec, ReleaseState, Request};
+use crate::api::{DeployOutcome, ReleaseRecord, ReleaseSpec, ReleaseState};
 use crate::oci::Digest;
+use crate::ops::verbs::{self, now};
 
 /// Release commands sent to a daemon.
 #[derive(Subcommand, Debug)]
@@ -74,22 +75,16 @@ fn dispatch(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Result<Exit> 
                 std::fs::read(file).with_context(|| format!("read `{}`", file.display()))?;
             let spec: ReleaseSpec = serde_json::from_slice(&bytes)
                 .with_context(|| format!("`{}` is not a release spec", file.display()))?;
-            let v = Client::connect(root)?.call(&Request::Deploy {
-                spec: Box::new(spec),
-                detach: *detach,
-            })?;
-            let out: DeployOutcome = serde_json::from_value(v)?;
+            let out = now(verbs::deploy(&mut Client::connect(root)?, &spec, *detach))?;
             Ok(print_outcome(printer, &out, *json))
         }
         ReleaseCommand::History { json } => {
-            let v = Client::connect(root)?.call(&Request::History)?;
-            let list: Vec<ReleaseRecord> = serde_json::from_value(v)?;
+            let list = now(verbs::history(&mut Client::connect(root)?))?;
             print_history(printer, &list, *json);
             Ok(Exit::Ok)
         }
         ReleaseCommand::Rollback { to, json } => {
-            let v = Client::connect(root)?.call(&Request::Rollback { to: *to })?;
-            let out: DeployOutcome = serde_json::from_value(v)?;
+            let out = now(verbs::rollback(&mut Client::connect(root)?, *to))?;
             Ok(print_outcome(printer, &out, *json))
         }
     }

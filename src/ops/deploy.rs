@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::api::{ReleaseSpec, Request, ServiceSpec};
+use crate::api::{DeployOutcome, ReleaseSpec, ServiceSpec};
 use crate::oci::{Digest, Platform, Reference};
+use crate::ops::verbs;
 use crate::profile::stack::{self, Healthcheck, Stack, StackSource};
 use crate::progress::{Event, Reporter};
 use crate::store::Store;
@@ -111,16 +112,16 @@ pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Re
     })
 }
 
-/// Switches the robot to `spec` and returns the daemon's `DeployOutcome` (as JSON): once the
-/// release is committed or rolled back, or with `detach` once every service runs (state
-/// `probation`; the robot finishes probation by itself). Tells `log` what probation watches
-/// first, so a deploy is never silent for the probation time.
+/// Switches the robot to `spec` and returns the daemon's outcome: once the release is
+/// committed or rolled back, or with `detach` once every service runs (state `probation`; the
+/// robot finishes probation by itself). Tells `log` what probation watches first, so a
+/// deploy is never silent for the probation time.
 pub async fn apply(
     link: &mut crate::ops::robot::RobotLink,
     spec: &ReleaseSpec,
     detach: bool,
     log: &dyn Reporter,
-) -> Result<serde_json::Value> {
+) -> Result<DeployOutcome> {
     for line in watch_lines(spec) {
         log.event(Event::note(line));
     }
@@ -130,14 +131,10 @@ pub async fn apply(
         "starting the release's services and watching them"
     };
     log.event(Event::start("release", label, None));
-    let request = Request::Deploy {
-        spec: Box::new(spec.clone()),
-        detach,
-    };
-    let outcome = crate::ops::robot::guarded(&link.session, link.conn.daemon(&request)).await;
+    let outcome = verbs::deploy(link, spec, detach).await;
     let how = match &outcome {
-        Ok(v) if v["unchanged"].as_bool() == Some(true) => "unchanged".to_string(),
-        Ok(v) => v["state"].as_str().unwrap_or("unknown").to_string(),
+        Ok(o) if o.unchanged => "unchanged".to_string(),
+        Ok(o) => o.state.to_string(),
         Err(_) => "failed".to_string(),
     };
     log.event(Event::finish("release", how));
@@ -198,6 +195,7 @@ fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{ContainerConfig, HealthSpec};
 
     fn service(name: &str, healthcheck: Option<HealthSpec>) -> ServiceSpec {
         ServiceSpec {

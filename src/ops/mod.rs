@@ -6,12 +6,14 @@ pub mod build;
 #[cfg(feature = "workstation")]
 pub mod deploy;
 pub mod image;
+pub mod local;
 #[cfg(feature = "workstation")]
 pub mod provision;
 #[cfg(feature = "workstation")]
 pub mod registry;
 #[cfg(feature = "workstation")]
 pub mod robot;
+pub mod verbs;
 
 /// Kept here too for callers of `ops::dts_home` and `ops::store_dir`; they live in
 /// [`crate::paths`] so that modules below `ops` (`wire`, `sim`) can use them.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::verbs::RobotApi;
+use crate::api::{Answer, LogLine, Request, decode};
 use crate::ssh::{ExecChannel, Session, SshOptions, Target};
 use crate::wire::RobotHello;
 use crate::wire::client::Connection;
@@ -128,5 +130,22 @@ where
     tokio::select! {
         r = work => Ok(r?),
         lost = session.closed() => Err(lost.into()),
+    }
+}
+
+/// The laptop's way to a robot's daemon: requests relayed by `dt-agent serve` over the wire,
+/// each ended by a lost SSH connection rather than left waiting ([`guarded`]).
+impl RobotApi for RobotLink {
+    async fn request<T: Answer>(&mut self, req: &Request) -> Result<T> {
+        let v = guarded(&self.session, self.conn.daemon(req)).await?;
+        decode(v).with_context(|| format!("robot `{}`", self.name))
+    }
+
+    async fn stream_logs(
+        &mut self,
+        req: &Request,
+        on_line: &mut (dyn FnMut(LogLine) + Send),
+    ) -> Result<Option<i32>> {
+        guarded(&self.session, self.conn.daemon_logs(req, on_line)).await
     }
 }

@@ -62,6 +62,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::api::ContainerConfig;
+    use crate::oci::Digest;
 
     fn svc(name: &str, stage: u32) -> ServiceSpec {
         ServiceSpec {

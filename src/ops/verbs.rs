@@ -1,0 +1,171 @@
+//! The robot verbs (`ps`, `logs`, `start`, `stop`, `kill`, `rm`, `diff`, `volume`, `run`'s
+//! create, `deploy`, `history`, `rollback`), written once for both binaries against
+//! [`RobotApi`]: `dts duckiebot …` reaches the robot's daemon over SSH and the wire
+//! (`ops::robot::RobotLink`), `dt-agent …` on the robot over its socket
+//! (`agent::daemon::Client`, see `ops::local`). Each verb sends one `api::Request` and returns
+//! its typed answer; `cli` only parses flags and prints.
+
+use std::future::Future;
+
+use anyhow::Result;
+
+use crate::api::{
+    Answer, Change, ContainerConfig, ContainerInfo, DeployOutcome, LogLine, ReleaseRecord,
+    ReleaseSpec, Request, VolumeInfo,
+};
+
+/// A way to a robot's daemon.
+pub trait RobotApi {
+    /// Sends `req` and returns its typed answer.
+    fn request<T: Answer>(&mut self, req: &Request) -> impl Future<Output = Result<T>>;
+
+    /// Sends a `logs` request, passes each line to `on_line`, and returns the exit code the
+    /// stream ended with.
+    fn stream_logs(
+        &mut self,
+        req: &Request,
+        on_line: &mut (dyn FnMut(LogLine) + Send),
+    ) -> impl Future<Output = Result<Option<i32>>>;
+}
+
+/// The containers (exited ones too with `all`).
+pub async fn ps(r: &mut impl RobotApi, all: bool) -> Result<Vec<ContainerInfo>> {
+    r.request(&Request::Ps { all }).await
+}
+
+/// A container's output: the last `tail` lines kept, then, with `follow`, new ones, until the
+/// container exits when `until_exit`. Returns its exit code when it exited.
+pub async fn logs(
+    r: &mut impl RobotApi,
+    name: &str,
+    follow: bool,
+    tail: Option<usize>,
+    until_exit: bool,
+    on_line: &mut (dyn FnMut(LogLine) + Send),
+) -> Result<Option<i32>> {
+    let req = Request::Logs {
+        name: name.to_string(),
+        follow,
+        tail,
+        until_exit,
+    };
+    r.stream_logs(&req, on_line).await
+}
+
+/// Creates a container, and starts it with `start` (a container that cannot start is removed).
+pub async fn create(
+    r: &mut impl RobotApi,
+    config: ContainerConfig,
+    start: bool,
+) -> Result<ContainerInfo> {
+    let req = Request::Create {
+        config: Box::new(config),
+        start,
+    };
+    r.request(&req).await
+}
+
+/// Starts a container.
+pub async fn start(r: &mut impl RobotApi, name: &str) -> Result<ContainerInfo> {
+    r.request(&Request::Start {
+        name: name.to_string(),
+    })
+    .await
+}
+
+/// Stops a container, killing it after `timeout` seconds.
+pub async fn stop(
+    r: &mut impl RobotApi,
+    name: &str,
+    timeout: Option<u64>,
+) -> Result<ContainerInfo> {
+    r.request(&Request::Stop {
+        name: name.to_string(),
+        timeout,
+    })
+    .await
+}
+
+/// Signals a container.
+pub async fn kill(r: &mut impl RobotApi, name: &str, signal: &str) -> Result<()> {
+    r.request(&Request::Kill {
+        name: name.to_string(),
+        signal: signal.to_string(),
+    })
+    .await
+}
+
+/// Removes a container (killing it first with `force`).
+pub async fn rm(r: &mut impl RobotApi, name: &str, force: bool) -> Result<()> {
+    r.request(&Request::Rm {
+        name: name.to_string(),
+        force,
+    })
+    .await
+}
+
+/// What a container changed.
+pub async fn diff(r: &mut impl RobotApi, name: &str) -> Result<Vec<Change>> {
+    r.request(&Request::Diff {
+        name: name.to_string(),
+    })
+    .await
+}
+
+/// The named volumes.
+pub async fn volumes(r: &mut impl RobotApi) -> Result<Vec<VolumeInfo>> {
+    r.request(&Request::VolumeLs).await
+}
+
+/// Creates a named volume.
+pub async fn volume_create(r: &mut impl RobotApi, name: &str) -> Result<VolumeInfo> {
+    r.request(&Request::VolumeCreate {
+        name: name.to_string(),
+    })
+    .await
+}
+
+/// Removes a named volume.
+pub async fn volume_rm(r: &mut impl RobotApi, name: &str) -> Result<()> {
+    r.request(&Request::VolumeRm {
+        name: name.to_string(),
+    })
+    .await
+}
+
+/// Applies a release; with `detach`, answers once every service runs.
+pub async fn deploy(
+    r: &mut impl RobotApi,
+    spec: &ReleaseSpec,
+    detach: bool,
+) -> Result<DeployOutcome> {
+    let req = Request::Deploy {
+        spec: Box::new(spec.clone()),
+        detach,
+    };
+    r.request(&req).await
+}
+
+/// Every release, oldest first.
+pub async fn history(r: &mut impl RobotApi) -> Result<Vec<ReleaseRecord>> {
+    r.request(&Request::History).await
+}
+
+/// Switches back to the previous release, or to `to`.
+pub async fn rollback(r: &mut impl RobotApi, to: Option<u64>) -> Result<DeployOutcome> {
+    r.request(&Request::Rollback { to }).await
+}
+
+/// Runs `work` (a verb against a robot whose answers never wait, such as the local daemon's
+/// blocking client) to its end on this thread.
+pub fn now<T>(work: impl Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = work.as_mut().poll(&mut cx) {
+            return v;
+        }
+        // Not reached with a blocking client; a pending future is polled again.
+        std::thread::yield_now();
+    }
+}
