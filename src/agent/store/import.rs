@@ -567,20 +567,27 @@ fn commit_docs(
             continue;
         }
         let tmp = tx.dir.join("docs").join(d.hex());
-        let mut f = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at("create", &tmp)?;
-        f.write_all(bytes).at("write", &tmp)?;
-        f.sync_all().at("sync", &tmp)?;
-        match rename_noreplace(&tmp, &dest) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(super::io_err("rename into place", &dest, e)),
-        }
+        commit_file(&tmp, &dest, bytes)?;
     }
     Ok(())
+}
+
+/// The store's commit of one content-addressed file: `bytes` written to the new file `tmp`,
+/// fsynced, and renamed to `dest` unless `dest` exists (then it holds the same bytes). The
+/// caller syncs `dest`'s directory when the commit must survive a power loss.
+pub(super) fn commit_file(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<(), AgentStoreError> {
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .at("create", tmp)?;
+    f.write_all(bytes).at("write", tmp)?;
+    f.sync_all().at("sync", tmp)?;
+    match rename_noreplace(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(super::io_err("rename into place", dest, e)),
+    }
 }
 
 /// `syncfs(2)` on the file system holding `dir`.

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 pub use crate::api::transfer::{BuiltImage, ObjectSpec};
 use sha2::{Digest as _, Sha256};
 
-use super::import::{Tx, commit_dirs, commit_objects, rename_noreplace, syncfs};
+use super::import::{Tx, commit_dirs, commit_file, commit_objects, rename_noreplace, syncfs};
 use super::object::{KnownContent, LinkSink, ObjectKey, Staging, apply_meta, xattrs_key};
 use super::tarsplit::{self, Record, SplitReader};
 use super::{AgentStore, AgentStoreError, LayerMeta, RefEntry, SnapshotMeta, io_err, snapshot_id};
@@ -174,18 +174,7 @@ impl AgentStore {
         }
         let tmp = self.tmp_dir().join(temp_name("doc-"));
         let result = (|| {
-            let mut f = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .at("create", &tmp)?;
-            f.write_all(bytes).at("write", &tmp)?;
-            f.sync_all().at("sync", &tmp)?;
-            match rename_noreplace(&tmp, &dest) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err("rename into place", &dest, e)),
-            }
+            commit_file(&tmp, &dest, bytes)?;
             sync_dir(&dir)?;
             Ok(true)
         })();

@@ -39,11 +39,10 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -52,6 +51,12 @@ pub use crate::api::container::{PortMapping, PortSpecError, Proto};
 use crate::util::fs::{
     Lock, PathContext as _, PathError, atomic_write, create_dir_all, lock_file, read_limited,
 };
+
+mod exec;
+mod netns;
+mod subnet;
+
+use netns::{file_id, is_netns, open_netns, pin_netns, unpin};
 
 /// Name of the agent's CNI network (also host-local's lease directory and the comment on every
 /// iptables rule the plugins add).
@@ -261,72 +266,7 @@ impl PortMapping {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Subnet.
-
-/// An IPv4 subnet `a.b.c.d/len` with its host bits zero, 8 ≤ len ≤ 30.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Subnet {
-    addr: Ipv4Addr,
-    prefix: u8,
-}
-
-/// A subnet that cannot be parsed or used.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid subnet `{spec}`: {reason}")]
-pub struct SubnetError {
-    /// The value given.
-    pub spec: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-impl FromStr for Ipv4Subnet {
-    type Err = SubnetError;
-
-    fn from_str(spec: &str) -> Result<Ipv4Subnet, SubnetError> {
-        let err = |reason| SubnetError {
-            spec: spec.to_owned(),
-            reason,
-        };
-        let (addr, len) = spec
-            .split_once('/')
-            .ok_or_else(|| err("expected `a.b.c.d/len`"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| err("not an IPv4 address"))?;
-        let prefix: u8 = len.parse().map_err(|_| err("bad prefix length"))?;
-        if !(8..=30).contains(&prefix) {
-            return Err(err("prefix length must be 8 to 30"));
-        }
-        let mask = u32::MAX << (32 - u32::from(prefix));
-        if u32::from(addr) & !mask != 0 {
-            return Err(err("host bits are set"));
-        }
-        Ok(Ipv4Subnet { addr, prefix })
-    }
-}
-
-impl std::fmt::Display for Ipv4Subnet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Ipv4Subnet {
-    /// The network address.
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// The first host address, which the bridge holds and containers route through.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + 1)
-    }
-}
+pub use subnet::{Ipv4Subnet, SubnetError};
 
 // ---------------------------------------------------------------------------------------------
 // The network.
@@ -748,126 +688,6 @@ impl Network {
         }
     }
 
-    /// Run `cmd` through every plugin of `config` (DEL in reverse). ADD chains results through
-    /// `prevResult` and returns the last; CHECK and DEL give every plugin `prev` (the cached
-    /// ADD result). DEL goes on after a failing plugin, so that as much as possible is cleaned
-    /// up, and returns the first error.
-    fn run_chain(
-        &self,
-        cmd: Cmd,
-        container_id: &str,
-        netns: Option<&Path>,
-        config: &Value,
-        ports: &[PortMapping],
-        prev: Option<&Value>,
-    ) -> Result<Value, NetError> {
-        let mut list: Vec<&Value> = plugins(config).collect();
-        if cmd == Cmd::Del {
-            list.reverse();
-        }
-        let mut prev = prev.cloned();
-        let mut first_err = None;
-        for plugin in list {
-            if cmd == Cmd::Check && CHECK_SKIPS.contains(&plugin_type(plugin)) {
-                continue;
-            }
-            let stdin = plugin_config(config, plugin, prev.as_ref(), ports);
-            match self.exec_plugin(cmd, plugin_type(plugin), container_id, netns, &stdin) {
-                Ok(result) if cmd == Cmd::Add => prev = Some(result),
-                Ok(_) => {}
-                Err(e) if cmd == Cmd::Del => {
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(prev.unwrap_or(Value::Null)),
-        }
-    }
-
-    /// Execute one plugin (SPEC.md "Execution protocol"): parameters in `CNI_*` variables, the
-    /// configuration on stdin, a result or an error on stdout. The plugin inherits this thread's
-    /// network namespace, which is the "host" side it configures.
-    fn exec_plugin(
-        &self,
-        cmd: Cmd,
-        plugin: &str,
-        container_id: &str,
-        netns: Option<&Path>,
-        stdin: &Value,
-    ) -> Result<Value, NetError> {
-        let path = self.find_plugin(plugin)?;
-        let mut c = Command::new(&path);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CNI_") {
-                c.env_remove(key);
-            }
-        }
-        let cni_path = std::env::join_paths(&self.plugin_dirs).unwrap_or_default();
-        c.env("CNI_COMMAND", cmd.as_str())
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", netns.map(Path::as_os_str).unwrap_or_default())
-            .env("CNI_IFNAME", CONTAINER_IFNAME)
-            .env("CNI_PATH", cni_path)
-            .env("PATH", path_with_sbin())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().map_err(|source| NetError::Spawn {
-            path: path.clone(),
-            source,
-        })?;
-        let bytes = serde_json::to_vec(stdin).expect("a JSON value serialises");
-        if let Some(mut input) = child.stdin.take() {
-            // A plugin that exits without reading its input shows up in its exit status.
-            match input.write_all(&bytes) {
-                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(NetError::Spawn { path, source: e });
-                }
-                _ => {}
-            }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| NetError::Spawn { path, source })?;
-        if !out.status.success() {
-            if let Ok(e) = serde_json::from_slice::<CniError>(&out.stdout) {
-                return Err(NetError::Plugin {
-                    plugin: plugin.to_owned(),
-                    command: cmd.as_str(),
-                    container: container_id.to_owned(),
-                    code: e.code,
-                    msg: e.msg,
-                    details: e.details,
-                });
-            }
-            let text = if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
-                &out.stderr
-            } else {
-                &out.stdout
-            };
-            return Err(NetError::PluginCrashed {
-                plugin: plugin.to_owned(),
-                command: cmd.as_str(),
-                container: container_id.to_owned(),
-                status: out.status.to_string(),
-                stderr: tail(text),
-            });
-        }
-        if cmd != Cmd::Add {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&out.stdout).map_err(|source| NetError::BadResult {
-            plugin: plugin.to_owned(),
-            command: cmd.as_str(),
-            source,
-        })
-    }
-
     fn lock(&self) -> Result<File, NetError> {
         Ok(lock_file(&self.state_dir.join("lock"), Lock::Exclusive)?)
     }
@@ -1022,69 +842,6 @@ fn attachment_of(container_id: &str, result: &Value) -> Result<Attachment, NetEr
     })
 }
 
-/// Opens `path` and makes sure it is a network namespace.
-fn open_netns(path: &Path) -> Result<File, NetError> {
-    let f = File::open(path).at("open network namespace", path)?;
-    if !same_fs_as_netns(&f) {
-        return Err(NetError::NotNetns(path.to_path_buf()));
-    }
-    Ok(f)
-}
-
-/// Whether `path` is (still) a network namespace; an empty pin left by a reboot is not.
-fn is_netns(path: &Path) -> bool {
-    File::open(path).is_ok_and(|f| same_fs_as_netns(&f))
-}
-
-/// Namespace files all live on the one internal `nsfs` superblock; comparing the device with
-/// our own namespace's avoids statfs's per-architecture `f_type` width. This does not tell a
-/// network namespace from another kind; the plugins' own `setns(CLONE_NEWNET)` does.
-fn same_fs_as_netns(f: &File) -> bool {
-    let ours = rustix::fs::stat("/proc/self/ns/net");
-    let theirs = rustix::fs::fstat(f);
-    matches!((ours, theirs), (Ok(a), Ok(b)) if a.st_dev == b.st_dev)
-}
-
-fn file_id(f: &File, path: &Path) -> Result<(u64, u64), NetError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = f.metadata().at("stat", path)?;
-    Ok((m.dev(), m.ino()))
-}
-
-/// Bind-mount the namespace open as `ns` at `pin` (as `ip netns add` does), replacing whatever
-/// an earlier crash left there. Bound through `/proc/self/fd` so the namespace pinned is the one
-/// checked, even if `/proc/<pid>` has been reused since.
-fn pin_netns(ns: &File, netns: &Path, pin: &Path) -> Result<(), NetError> {
-    unpin(pin)?;
-    File::create(pin).at("create", pin)?;
-    let src = format!("/proc/self/fd/{}", ns.as_raw_fd());
-    rustix::mount::mount_bind(src.as_str(), pin).map_err(|e| {
-        let _ = fs::remove_file(pin);
-        NetError::Pin {
-            netns: netns.to_path_buf(),
-            pin: pin.to_path_buf(),
-            source: e.into(),
-        }
-    })
-}
-
-/// Unmount (lazily: a plugin may still hold it open) and remove a pin; nothing to do is fine.
-fn unpin(pin: &Path) -> Result<(), NetError> {
-    // Loop: bind mounts stack, and a pin is only gone when nothing is mounted there any more.
-    for _ in 0..8 {
-        match rustix::mount::unmount(pin, rustix::mount::UnmountFlags::DETACH) {
-            Ok(()) => continue,
-            // EINVAL: not a mount point (a pin from before a reboot); ENOENT: no pin.
-            Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => break,
-            Err(e) => Err(io::Error::from(e)).at("unmount", pin)?,
-        }
-    }
-    match fs::remove_file(pin) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).at("remove", pin)?,
-        _ => Ok(()),
-    }
-}
-
 /// `$PATH` with [`SBIN_DIRS`] appended where missing.
 fn path_with_sbin() -> std::ffi::OsString {
     let current = std::env::var_os("PATH").unwrap_or_default();
@@ -1104,204 +861,4 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pm(s: &str) -> PortMapping {
-        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    #[test]
-    fn port_mappings_parse_the_docker_way() {
-        let v4: IpAddr = "127.0.0.1".parse().unwrap();
-        let v6: IpAddr = "::1".parse().unwrap();
-        let table: &[(&str, PortMapping)] = &[
-            (
-                "8080:80",
-                PortMapping {
-                    host_port: 8080,
-                    container_port: 80,
-                    protocol: Proto::Tcp,
-                    host_ip: None,
-                },
-            ),
-            (
-                "53:5353/udp",
-                PortMapping {
-                    host_port: 53,
-                    container_port: 5353,
-                    protocol: Proto::Udp,
-                    host_ip: None,
-                },
-            ),
-            (
-                "127.0.0.1:8080:80/tcp",
-                PortMapping {
-                    host_port: 8080,
-                    container_port: 80,
-                    protocol: Proto::Tcp,
-                    host_ip: Some(v4),
-                },
-            ),
-            (
-                "[::1]:9090:90/sctp",
-                PortMapping {
-                    host_port: 9090,
-                    container_port: 90,
-                    protocol: Proto::Sctp,
-                    host_ip: Some(v6),
-                },
-            ),
-        ];
-        for (spec, want) in table {
-            assert_eq!(&pm(spec), want, "{spec}");
-            assert_eq!(&pm(&want.to_string()), want, "round trip of {spec}");
-        }
-    }
-
-    #[test]
-    fn bad_port_mappings_say_why() {
-        let table = [
-            ("80", "host port is required"),
-            ("0:80", "host port 0"),
-            ("80:0", "container port 0"),
-            ("8080:80/icmp", "unknown protocol `icmp`"),
-            ("x:80", "host port `x`"),
-            ("70000:80", "host port `70000`"),
-            ("8000-8010:80-90", "ranges"),
-            ("nope:1:2", "`nope` is not an IP address"),
-            ("[::1:1:2", "without `]`"),
-            (":80", "host port is missing"),
-        ];
-        for (spec, want) in table {
-            let e = spec.parse::<PortMapping>().unwrap_err().to_string();
-            assert!(e.contains(want), "{spec}: {e}");
-            assert!(e.contains(&format!("`{spec}`")), "{spec}: {e}");
-        }
-    }
-
-    #[test]
-    fn subnets() {
-        let s: Ipv4Subnet = "10.89.0.0/24".parse().unwrap();
-        assert_eq!(s.gateway(), Ipv4Addr::new(10, 89, 0, 1));
-        assert_eq!(s.to_string(), "10.89.0.0/24");
-        for bad in [
-            "10.89.0.1/24",
-            "10.89.0.0",
-            "10.89.0.0/31",
-            "x/24",
-            "10.0.0.0/7",
-        ] {
-            assert!(bad.parse::<Ipv4Subnet>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn container_ids() {
-        for ok in ["abc", "a.b-c_d", "0123456789abcdef"] {
-            validate_id(ok).unwrap();
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "a b",
-            "-x",
-            &"a".repeat(251),
-        ] {
-            assert!(validate_id(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn plugin_stdin_follows_libcni() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = Network::new(dir.path()).unwrap();
-        let config = net.conflist();
-        let list: Vec<&Value> = plugins(&config).collect();
-        let types: Vec<&str> = list.iter().map(|p| plugin_type(p)).collect();
-        assert_eq!(types, ["bridge", "portmap", "firewall", "loopback"]);
-        let prev = json!({"cniVersion": CNI_VERSION, "ips": []});
-        let ports = [pm("8080:80")];
-        let portmap = plugin_config(&config, list[1], Some(&prev), &ports);
-        assert_eq!(portmap["name"], NETWORK_NAME);
-        assert_eq!(portmap["cniVersion"], CNI_VERSION);
-        assert_eq!(portmap["prevResult"], prev);
-        assert_eq!(
-            portmap["runtimeConfig"]["portMappings"],
-            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
-        );
-        let bridge = plugin_config(&config, list[0], None, &ports);
-        assert!(bridge.get("prevResult").is_none());
-        assert!(bridge.get("runtimeConfig").is_none());
-        assert_eq!(bridge["ipam"]["dataDir"], json!(dir.path().join("ipam")));
-    }
-
-    #[test]
-    fn results_give_the_container_address() {
-        let result = json!({
-            "cniVersion": "1.0.0",
-            "interfaces": [
-                {"name": "dtagent0", "mac": "aa:aa:aa:aa:aa:aa"},
-                {"name": "veth1234", "mac": "bb:bb:bb:bb:bb:bb"},
-                {"name": "eth0", "mac": "cc:cc:cc:cc:cc:cc", "sandbox": "/proc/1/ns/net"}
-            ],
-            "ips": [{"address": "10.89.0.5/24", "gateway": "10.89.0.1", "interface": 2}]
-        });
-        let a = attachment_of("c", &result).unwrap();
-        assert_eq!(a.ip, "10.89.0.5".parse::<IpAddr>().unwrap());
-        assert_eq!(a.prefix_len, 24);
-        assert_eq!(a.gateway, Some("10.89.0.1".parse().unwrap()));
-        assert_eq!(a.interface, "eth0");
-        assert_eq!(a.mac.as_deref(), Some("cc:cc:cc:cc:cc:cc"));
-        let none = json!({"cniVersion": "1.0.0", "interfaces": [], "ips": []});
-        assert!(matches!(
-            attachment_of("c", &none),
-            Err(NetError::NoAddress(_))
-        ));
-    }
-
-    #[test]
-    fn missing_plugin_names_it_and_the_search_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let net = Network::new(dir.path())
-            .unwrap()
-            .with_plugin_dirs(vec![dir.path().join("a"), dir.path().join("b")]);
-        let e = net.find_plugin("bridge").unwrap_err().to_string();
-        assert!(e.contains("`bridge`"), "{e}");
-        assert!(
-            e.contains(&dir.path().join("a").display().to_string()),
-            "{e}"
-        );
-        assert!(e.contains(PLUGIN_PATH_ENV), "{e}");
-    }
-
-    #[test]
-    fn plugin_dirs_from_the_environment() {
-        let defaults = [PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")];
-        assert_eq!(plugin_dirs_from(None), defaults);
-        assert_eq!(plugin_dirs_from(Some("".into())), defaults);
-        assert_eq!(
-            plugin_dirs_from(Some("/a/cni::/b/cni".into())),
-            [PathBuf::from("/a/cni"), PathBuf::from("/b/cni")]
-        );
-    }
-
-    #[test]
-    fn plugin_errors_read_well() {
-        let e = NetError::Plugin {
-            plugin: "portmap".into(),
-            command: "ADD",
-            container: "c1".into(),
-            code: 7,
-            msg: "bad".into(),
-            details: Some("more".into()),
-        };
-        assert_eq!(
-            e.to_string(),
-            "CNI plugin `portmap` ADD for container `c1` failed: bad: more (CNI error 7: invalid network config)"
-        );
-    }
-}
+mod tests;
