@@ -18,6 +18,7 @@ mod agent_run;
 mod agent_store;
 mod build;
 mod build_buildah;
+mod contract;
 mod cross;
 mod deploy;
 mod discover;

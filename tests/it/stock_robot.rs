@@ -58,7 +58,11 @@ fn check_systemd(robot: &StockRobot) {
     // The same process, seen from the host: the robot's systemd, not the host's init.
     let host_comm = std::fs::read_to_string(format!("/proc/{}/comm", robot.init_pid()))
         .expect("the robot's init seen from the host");
-    assert_eq!(host_comm.trim(), "systemd", "the robot's init from the host");
+    assert_eq!(
+        host_comm.trim(),
+        "systemd",
+        "the robot's init from the host"
+    );
     let state = robot.exec(&["systemctl", "is-system-running"]);
     let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
     assert!(

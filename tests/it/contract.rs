@@ -3,10 +3,7 @@
 //! virtual Duckiebot (as root), a request the robot refuses as bad input exits 2 on the
 //! laptop with the robot's message.
 
-mod support;
-
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use crate::support::{self, TestContext};
 
 use dts::api::{
     ContainerConfig, ErrorClass, ReleaseRecord, ReleaseState, RemoteError, Request, RestartPolicy,
@@ -76,8 +73,6 @@ fn remote_errors_cross_with_class_and_causes() {
 // ------------------------------------------------------------------------------------------------
 // Against a virtual Duckiebot
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
 fn can_run() -> bool {
     if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
         return false;
@@ -98,62 +93,6 @@ fn can_run() -> bool {
     true
 }
 
-/// One test's laptop and its robot.
-struct World {
-    dts_home: tempfile::TempDir,
-    home: tempfile::TempDir,
-    bridge: String,
-    subnet: String,
-    name: String,
-    up: bool,
-}
-
-impl World {
-    fn new() -> World {
-        let pid = std::process::id();
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let routes = Command::new(support::find_cmd("ip").unwrap())
-            .args(["-4", "route", "show", "table", "all"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let third = (0..250)
-            .map(|i| (pid + seq * 17 + i) % 250 + 1)
-            .find(|x| !routes.contains(&format!("10.221.{x}.")))
-            .expect("a free 10.221.x.0/24");
-        World {
-            dts_home: tempfile::tempdir().unwrap(),
-            home: tempfile::tempdir().unwrap(),
-            bridge: format!("dtsc{}x{seq}", pid % 100_000),
-            subnet: format!("10.221.{third}.0/24"),
-            name: format!("con{pid}x{seq}"),
-            up: false,
-        }
-    }
-
-    fn dts(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dts"))
-            .args(args)
-            .env("DTS_HOME", self.dts_home.path())
-            .env("HOME", self.home.path())
-            .env("DTS_SIM_BRIDGE", &self.bridge)
-            .env("DTS_SIM_SUBNET", &self.subnet)
-            .env("NO_COLOR", "1")
-            .env_remove("SSH_AUTH_SOCK")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if self.up {
-            let _ = self.dts(&["sim", "down", &self.name]);
-        }
-    }
-}
-
 /// Issue 16: the robot classified a refusal as bad input, and the laptop exited 1 with only
 /// the top message. Now it exits 2, as the same mistake made locally does.
 #[test]
@@ -161,14 +100,8 @@ fn bad_input_found_on_the_robot_exits_2_with_the_robots_message() {
     if !can_run() {
         return;
     }
-    let mut w = World::new();
-    let up = w.dts(&["sim", "up", &w.name]);
-    assert!(
-        up.status.success(),
-        "sim up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    w.up = true;
+    let w = TestContext::new();
+    w.ok(&["sim", "up", &w.name]);
 
     // A robot with no release has nothing to roll back to: the request's fault.
     let out = w.dts(&["duckiebot", "rollback", &w.name]);
