@@ -156,18 +156,30 @@ pub fn stage(
     opts: &StageOptions,
     reporter: &dyn Reporter,
 ) -> Result<StagedArchive, ArchiveError> {
-    let meta = std::fs::metadata(input).at("read", input)?;
-    let (files, is_dir) = if meta.is_dir() {
+    // `-` is standard input, so that `docker save … | dt-agent image import -` streams.
+    let stdin = input == Path::new("-");
+    let meta = if stdin {
+        None
+    } else {
+        Some(std::fs::metadata(input).at("read", input)?)
+    };
+    let (files, is_dir) = if meta.as_ref().is_some_and(|m| m.is_dir()) {
         (stage_dir(store, input, input)?, true)
     } else {
-        let mut f = File::open(input).at("open", input)?;
+        let mut f: Box<dyn Read> = if stdin {
+            Box::new(io::stdin().lock())
+        } else {
+            Box::new(File::open(input).at("open", input)?)
+        };
+        // The compression is sniffed from the same reader, the bytes put back in front: a
+        // pipe (`/dev/stdin`, a fifo) cannot be opened twice to read its head again.
         let mut head = [0u8; 4];
         let n = read_full(&mut f, &mut head).at("read", input)?;
-        drop(f);
+        let total = meta.filter(|m| m.is_file()).map(|m| m.len());
         let reader = Progress::new(
-            BufReader::new(File::open(input).at("open", input)?),
+            BufReader::new(io::Cursor::new(head[..n].to_vec()).chain(f)),
             reporter,
-            meta.len(),
+            total,
         );
         let reader = Compression::sniff(&head[..n])
             .decoder(reader)
@@ -487,8 +499,8 @@ struct Progress<'a, R> {
 }
 
 impl<'a, R> Progress<'a, R> {
-    fn new(inner: R, reporter: &'a dyn Reporter, total: u64) -> Self {
-        reporter.event(Event::start("read", "read archive", Some(total)));
+    fn new(inner: R, reporter: &'a dyn Reporter, total: Option<u64>) -> Self {
+        reporter.event(Event::start("read", "read archive", total));
         Progress {
             inner,
             reporter,

@@ -83,8 +83,8 @@ enum ImageCommand {
 /// `dt-agent image import` flags.
 #[derive(Args, Debug)]
 struct ImportArgs {
-    /// The archive (`docker save` / `dts image save` output, plain, gzip or zstd) or OCI layout
-    /// directory
+    /// The archive (`docker save` / `dts image save` output, plain, gzip or zstd; `-` reads it
+    /// from standard input) or OCI layout directory
     file: PathBuf,
     /// Name the image (needed when the archive names none)
     #[arg(short = 't', long = "tag")]
