@@ -266,8 +266,17 @@ fn killed_import(robot: &StockRobot, root: &str, images: &[String], feed: u64) {
 }
 
 #[test]
-fn stock_adopt_docker_images() {
-    let Some(robot) = StockRobot::boot("amd64", "adopt") else {
+fn stock_adopt_amd64() {
+    adopt("amd64");
+}
+
+#[test]
+fn stock_adopt_arm64() {
+    adopt("arm64");
+}
+
+fn adopt(arch: &str) {
+    let Some(robot) = StockRobot::boot(arch, &format!("adopt-{arch}")) else {
         return;
     };
     // The host build is what is tested (the host and the robot are both Debian 12).
@@ -314,7 +323,7 @@ fn stock_adopt_docker_images() {
     let (after, _) = disk_use(&store);
     let extra = peak.saturating_sub(after);
     support::write_stderr_line(&format!(
-        "stock_adopt: {} images, archive {} (last entries {tail:?}), largest layer {}; \
+        "stock_adopt: {arch}: {} images, archive {} (last entries {tail:?}), largest layer {}; \
          import {import_time:.1?} vs docker save > /dev/null {save_time:.1?}; store {} after, \
          peak {} (extra {}), largest staged file {}",
         images.len(),
@@ -359,7 +368,7 @@ fn stock_adopt_docker_images() {
         "same names, same digests"
     );
     support::write_stderr_line(&format!(
-        "stock_adopt: second import {again_time:.1?}, nothing added"
+        "stock_adopt: {arch}: second import {again_time:.1?}, nothing added"
     ));
 
     // 3. Killed midway, then rerun into a store of its own.
