@@ -35,6 +35,7 @@ mod registry_fixture;
 mod run;
 mod sim;
 mod ssh;
+mod stock_adopt;
 mod stock_robot;
 mod wire;
 

@@ -1,6 +1,6 @@
 //! Groundwork for adopting a stock Duckiebot (issue 13): every image the robot's real dockerd
 //! holds, streamed by `docker save IMAGE… | dt-agent image import -` into the agent's store on
-//! the robot itself (tests/support/stock_robot.rs). Checks that every image arrives with
+//! the robot itself (tests/it/support/stock_robot.rs). Checks that every image arrives with
 //! Docker's config digest (`docker image inspect .Id`), diff_ids (`RootFS.Layers`) and repo tags;
 //! that a second import adds nothing (the import's own JSON counters: no layer, object or
 //! snapshot added); that the peak extra disk use during the import stays under the largest
@@ -8,8 +8,6 @@
 //! leaves only its flocked staging directory, which the rerun removes before it finishes.
 //! Prints the measured figures (docs/duckietown.md, "Adoption notes"). Needs what the stock
 //! robot needs; skips otherwise.
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read as _, Write as _};
@@ -20,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::stock_robot::StockRobot;
+use crate::support;
+use crate::support::stock_robot::StockRobot;
 
 const AGENT: &str = "/usr/local/bin/dt-agent";
 const SLACK: u64 = 64 << 20;
