@@ -150,87 +150,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         images: &[(String, Digest)],
         detail: Detail,
     ) -> Result<TransferPlan, WireError> {
-        let mut plan = TransferPlan::default();
-        for (name, digest) in images {
-            let canonical = Reference::parse(name)
-                .map_err(|e| WireError::Robot {
-                    message: format!("image `{name}`: {e}"),
-                    bad_input: true,
-                })?
-                .to_string();
-            if let Some(p) = plan
-                .images
-                .iter_mut()
-                .find(|p| p.digest == *digest || p.manifest == *digest)
-            {
-                p.names.push(canonical);
-                continue;
-            }
-            let (image, docs) = self.resolve(store, canonical, digest)?;
-            plan.images.push(image);
-            for d in docs {
-                if !plan.documents.iter().any(|x| x.digest == d.digest) {
-                    plan.documents.push(d);
-                }
-            }
-        }
-        // The one round trip: layers (ours and the bases'), snapshots, documents.
-        let mut layers: Vec<Digest> = Vec::new();
-        let mut seen = HashSet::new();
-        let ours = plan
-            .images
-            .iter()
-            .flat_map(|p| p.layers.iter().map(|(_, d)| d));
-        let theirs = self.hello.images.iter().flat_map(|i| i.diff_ids.iter());
-        for d in ours.chain(theirs) {
-            if seen.insert(d.clone()) {
-                layers.push(d.clone());
-            }
-        }
-        let chains: Vec<Digest> = plan.images.iter().map(|p| p.chain.clone()).collect();
-        let docs: Vec<Digest> = plan.documents.iter().map(|d| d.digest.clone()).collect();
-        let before = self.sent + self.received;
-        let (have_layers, have_chains, have_docs) = match self
-            .call(&ToRobot::Query {
-                layers: layers.clone(),
-                chains: chains.clone(),
-                docs: docs.clone(),
-            })
-            .await?
-        {
-            FromRobot::Have {
-                layers: l,
-                chains: c,
-                docs: d,
-            } if l.len() == layers.len() && c.len() == chains.len() && d.len() == docs.len() => {
-                (l, c, d)
-            }
-            other => return Err(unexpected(&other)),
-        };
-        plan.query_bytes += self.sent + self.received - before;
-        let robot_splits: HashMap<Digest, Digest> = layers
-            .iter()
-            .zip(have_layers)
-            .filter_map(|(d, s)| s.map(|s| (d.clone(), s)))
-            .collect();
-        for (p, has) in plan.images.iter_mut().zip(have_chains) {
-            p.robot_has_snapshot = has;
-        }
-        let mut have_docs = have_docs.into_iter();
-        plan.documents
-            .retain(|_| !have_docs.next().unwrap_or(false));
-        // The object stream's window: what is about to be sent (blobs are compressed, ~4×),
-        // so a small deploy does not make the robot's decoder hold 128 MiB.
-        let expected: u64 = plan
-            .images
-            .iter()
-            .flat_map(|p| &p.layers)
-            .filter(|(_, d)| !robot_splits.contains_key(d))
-            .map(|(desc, _)| desc.size.saturating_mul(4))
-            .sum();
-        plan.window_log = super::super::window_log_for(expected)
-            .clamp(20, super::MAX_STREAM_WINDOW_LOG)
-            .min(self.hello.window_log_max);
+        let mut plan = self.resolve_all(store, images)?;
+        let robot_splits = self.ask_what_robot_has(&mut plan).await?;
 
         // The layers to send, in order; a layer shared by two images goes once.
         let whole = !self.hello.has_objects;
@@ -303,6 +224,107 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             plan.object_bytes = Some(bytes);
         }
         Ok(plan)
+    }
+
+    /// Resolves `images` to the robot's platform: one [`PlannedImage`] per distinct image
+    /// (further names of the same one join it), and their documents, each once.
+    fn resolve_all(
+        &self,
+        store: &Store,
+        images: &[(String, Digest)],
+    ) -> Result<TransferPlan, WireError> {
+        let mut plan = TransferPlan::default();
+        for (name, digest) in images {
+            let canonical = Reference::parse(name)
+                .map_err(|e| WireError::Robot {
+                    message: format!("image `{name}`: {e}"),
+                    bad_input: true,
+                })?
+                .to_string();
+            if let Some(p) = plan
+                .images
+                .iter_mut()
+                .find(|p| p.digest == *digest || p.manifest == *digest)
+            {
+                p.names.push(canonical);
+                continue;
+            }
+            let (image, docs) = self.resolve(store, canonical, digest)?;
+            plan.images.push(image);
+            for d in docs {
+                if !plan.documents.iter().any(|x| x.digest == d.digest) {
+                    plan.documents.push(d);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The one round trip: which layers (ours and the bases'), snapshots and documents the
+    /// robot has. Marks the images whose snapshot it has, drops the documents it has, sets the
+    /// object stream's window, and returns the robot's tar-split digest of each layer it has.
+    async fn ask_what_robot_has(
+        &mut self,
+        plan: &mut TransferPlan,
+    ) -> Result<HashMap<Digest, Digest>, WireError> {
+        let mut layers: Vec<Digest> = Vec::new();
+        let mut seen = HashSet::new();
+        let ours = plan
+            .images
+            .iter()
+            .flat_map(|p| p.layers.iter().map(|(_, d)| d));
+        let theirs = self.hello.images.iter().flat_map(|i| i.diff_ids.iter());
+        for d in ours.chain(theirs) {
+            if seen.insert(d.clone()) {
+                layers.push(d.clone());
+            }
+        }
+        let chains: Vec<Digest> = plan.images.iter().map(|p| p.chain.clone()).collect();
+        let docs: Vec<Digest> = plan.documents.iter().map(|d| d.digest.clone()).collect();
+        let before = self.sent + self.received;
+        let (have_layers, have_chains, have_docs) = match self
+            .call(&ToRobot::Query {
+                layers: layers.clone(),
+                chains: chains.clone(),
+                docs: docs.clone(),
+            })
+            .await?
+        {
+            FromRobot::Have {
+                layers: l,
+                chains: c,
+                docs: d,
+            } if l.len() == layers.len() && c.len() == chains.len() && d.len() == docs.len() => {
+                (l, c, d)
+            }
+            other => return Err(unexpected(&other)),
+        };
+        plan.query_bytes += self.sent + self.received - before;
+        let robot_splits: HashMap<Digest, Digest> = layers
+            .iter()
+            .zip(have_layers)
+            .filter_map(|(d, s)| s.map(|s| (d.clone(), s)))
+            .collect();
+        for (p, has) in plan.images.iter_mut().zip(have_chains) {
+            p.robot_has_snapshot = has;
+        }
+        let mut have_docs = have_docs.into_iter();
+        plan.documents
+            .retain(|_| !have_docs.next().unwrap_or(false));
+        // The object stream's window: what is about to be sent (blobs are compressed, ~4×),
+        // so a small deploy does not make the robot's decoder hold 128 MiB.
+        let expected: u64 = plan
+            .images
+            .iter()
+            .flat_map(|p| &p.layers)
+            .filter(|(_, d)| !robot_splits.contains_key(d))
+            .map(|(desc, _)| desc.size.saturating_mul(4))
+            .sum();
+        plan.window_log = super::super::window_log_for(expected)
+            .clamp(20, super::MAX_STREAM_WINDOW_LOG)
+            .min(self.hello.window_log_max);
+
+        Ok(robot_splits)
     }
 
     /// How layer `index` of `image` goes to a robot that has objects: its base, the contents
