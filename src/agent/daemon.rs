@@ -26,8 +26,7 @@ use crate::api::ErrorClass;
 pub use crate::api::daemon::{RemoteError, Request};
 use crate::util::fs::{PathContext, PathError};
 
-/// The socket's file name under the agent's state directory.
-pub const SOCKET: &str = "daemon.sock";
+pub use crate::api::daemon::SOCKET;
 
 /// How often the supervisor looks at the containers.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);

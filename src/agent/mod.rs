@@ -30,8 +30,7 @@ pub mod store;
 
 use std::path::PathBuf;
 
-/// Default state directory on a robot.
-pub const DEFAULT_ROOT: &str = "/var/lib/dt-agent";
+pub use crate::api::daemon::DEFAULT_ROOT;
 
 /// The agent's state directory: `$DT_AGENT_ROOT`, else [`DEFAULT_ROOT`].
 pub fn agent_root() -> PathBuf {

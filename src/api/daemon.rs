@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use super::container::{Change, ContainerConfig, ContainerInfo, VolumeInfo};
 use super::release::{DeployOutcome, ReleaseRecord, ReleaseSpec};
 
+/// Where `dt-agent` keeps its state on a robot unless `DT_AGENT_ROOT` says otherwise: part of
+/// the contract, as provisioning waits for the daemon's socket there.
+pub const DEFAULT_ROOT: &str = "/var/lib/dt-agent";
+
+/// The daemon's socket: this file name under the agent's state directory.
+pub const SOCKET: &str = "daemon.sock";
+
 /// A request to the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

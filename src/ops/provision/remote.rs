@@ -466,8 +466,8 @@ pub(super) fn revert_password_login() -> String {
 pub(super) async fn wait_for_daemon(robot: &Robot<'_>) -> Result<()> {
     let sock = format!(
         "{}/{}",
-        crate::agent::DEFAULT_ROOT,
-        crate::agent::daemon::SOCKET
+        crate::api::daemon::DEFAULT_ROOT,
+        crate::api::daemon::SOCKET
     );
     let deadline = tokio::time::Instant::now() + DAEMON_START;
     loop {
