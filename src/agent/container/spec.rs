@@ -6,9 +6,10 @@
 use std::path::Path;
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Linux, LinuxBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResources, LinuxResourcesBuilder, Mount, Process, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use super::{ContainerConfig, ContainerError, NetworkMode, VolumeSource};
@@ -148,6 +149,38 @@ pub struct SpecInput<'a> {
 /// Builds the spec.
 pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
     let cfg = input.config;
+    let process = process_for(input)?;
+    // Host network means the host's UTS namespace as well (ROS resolves peers by hostname),
+    // unless a hostname was asked for.
+    let own_net = cfg.network != NetworkMode::Host;
+    let uts = own_net || cfg.hostname.is_some();
+    let linux = linux_for(input, own_net, uts)?;
+    let mounts = mounts_for(input)?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(input.rootfs)
+                .readonly(false)
+                .build()?,
+        )
+        .hostname(input.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    if !uts {
+        // The host's UTS namespace: runc refuses to set a hostname there.
+        spec.set_hostname(None);
+    }
+    Ok(spec)
+}
+
+/// The container's process: command line, environment, working directory, and the user with
+/// the supplementary groups its devices need, under Docker's default capabilities and limits.
+fn process_for(input: &SpecInput<'_>) -> Result<Process, RuntimeError> {
+    let cfg = input.config;
     let args = command_line(cfg, input.image);
     let env = environment(cfg, input.image, &input.hostname);
     let cwd = input.cwd.clone();
@@ -158,7 +191,7 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
             gids.push(*g);
         }
     }
-    let process = ProcessBuilder::default()
+    Ok(ProcessBuilder::default()
         .terminal(false)
         .user(
             UserBuilder::default()
@@ -174,17 +207,20 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
         .capabilities(capabilities_for(input.user.uid)?)
         .no_new_privileges(false)
         .rlimits(vec![nofile_limit()?])
-        .build()?;
+        .build()?)
+}
 
-    // Host network means the host's UTS namespace as well (ROS resolves peers by hostname),
-    // unless a hostname was asked for.
-    let own_net = cfg.network != NetworkMode::Host;
+/// The `linux` section: namespaces (`own_net` and `uts` say whether the network and UTS
+/// namespaces are the container's own), the role devices with their cgroup rules, the cgroup
+/// path and resource limits, and the masked and read-only paths.
+fn linux_for(input: &SpecInput<'_>, own_net: bool, uts: bool) -> Result<Linux, RuntimeError> {
+    let cfg = input.config;
     let mut ns_types = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Mount,
     ];
-    if own_net || cfg.hostname.is_some() {
+    if uts {
         ns_types.push(LinuxNamespaceType::Uts);
     }
     if own_net {
@@ -195,9 +231,37 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<Result<_, _>>()?;
 
+    let (devices, rules) = devices_for(input.devices)?;
+    let resources = resources_for(cfg, rules)?;
+
+    Ok(LinuxBuilder::default()
+        .namespaces(namespaces)
+        .devices(devices)
+        .cgroups_path(format!("{CGROUP_PARENT}/{}", cfg.name))
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .resources(resources)
+        .build()?)
+}
+
+/// The role devices as OCI device nodes, and the device cgroup rules: Docker's defaults plus
+/// one `rwm` rule for each node.
+fn devices_for(
+    resolved: &ResolvedDevices,
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), RuntimeError> {
     let mut rules = default_device_rules()?;
     let mut devices = Vec::new();
-    for d in &input.devices.devices {
+    for d in &resolved.devices {
         let typ = match d.kind {
             DeviceKind::Char => LinuxDeviceType::C,
             DeviceKind::Block => LinuxDeviceType::B,
@@ -220,7 +284,14 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
             "rwm",
         )?);
     }
+    Ok((devices, rules))
+}
 
+/// The cgroup resources: the device `rules`, and the memory and CPU limits the user asked for.
+fn resources_for(
+    cfg: &ContainerConfig,
+    rules: Vec<LinuxDeviceCgroup>,
+) -> Result<LinuxResources, RuntimeError> {
     let mut resources = LinuxResourcesBuilder::default().devices(rules);
     if let Some(limit) = cfg.memory {
         resources = resources.memory(
@@ -240,26 +311,13 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
                 .build()?,
         );
     }
+    Ok(resources.build()?)
+}
 
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .devices(devices)
-        .cgroups_path(format!("{CGROUP_PARENT}/{}", cfg.name))
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .resources(resources.build()?)
-        .build()?;
-
+/// The mounts: Docker's standard set, the bundle's hosts/hostname/resolv.conf read-only, the
+/// user's volumes, then the bind mounts the roles grant.
+fn mounts_for(input: &SpecInput<'_>) -> Result<Vec<Mount>, RuntimeError> {
+    let cfg = input.config;
     let mut mounts = standard_mounts()?;
     let ro = ["rbind", "ro", "nosuid", "nodev", "noexec"];
     for (dest, file) in [
@@ -280,26 +338,7 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
     for m in &input.devices.mounts {
         mounts.push(bind(&m.container.to_string_lossy(), &m.host, m.read_only)?);
     }
-
-    let uts = own_net || cfg.hostname.is_some();
-    let mut spec = SpecBuilder::default()
-        .version("1.0.2")
-        .root(
-            RootBuilder::default()
-                .path(input.rootfs)
-                .readonly(false)
-                .build()?,
-        )
-        .hostname(input.hostname.clone())
-        .process(process)
-        .mounts(mounts)
-        .linux(linux)
-        .build()?;
-    if !uts {
-        // The host's UTS namespace: runc refuses to set a hostname there.
-        spec.set_hostname(None);
-    }
-    Ok(spec)
+    Ok(mounts)
 }
 
 fn bind(dest: &str, src: &Path, read_only: bool) -> Result<Mount, RuntimeError> {
