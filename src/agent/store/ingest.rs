@@ -479,33 +479,7 @@ impl Ingest<'_> {
             )));
         }
         let index = content_index(&store.objects_dir())?;
-        let mut new_layers = BTreeSet::new();
-        for d in &diff_ids {
-            if store.has_layer(d) {
-                continue;
-            }
-            if !self.splits.contains_key(d) {
-                return Err(bad(format!("layer {d} is neither on this robot nor sent")));
-            }
-            let split = self
-                .tx
-                .dir
-                .join("layers")
-                .join(d.hex())
-                .join(tarsplit::FILE_NAME);
-            let objects =
-                tarsplit::objects_of(&split).map_err(|e| AgentStoreError::SplitMismatch {
-                    diff_id: d.clone(),
-                    reason: e.to_string(),
-                })?;
-            let missing = objects.iter().filter(|o| !index.contains_key(o)).count();
-            if missing > 0 {
-                return Err(bad(format!(
-                    "layer {d} still lacks {missing} object(s); nothing was named (send them and retry)"
-                )));
-            }
-            new_layers.insert(d.clone());
-        }
+        let new_layers = self.new_layers(&diff_ids, &index, &display)?;
         let chain_id = snapshot_id(&diff_ids);
         let mut built = BuiltImage {
             chain_id: chain_id.clone(),
@@ -517,51 +491,14 @@ impl Ingest<'_> {
         let mut staging = Staging::new(self.tx.dir.join("objects"), store.objects_dir());
         if !store.has_snapshot(&chain_id) {
             let snap = snaps.join(chain_id.hex());
-            if snap.exists() {
-                super::import::remove_tree(&snap).at("remove", &snap)?;
-            }
-            let rootfs = snap.join("rootfs");
-            fs::create_dir(&snap).at("create directory", &snap)?;
-            fs::DirBuilder::new()
-                .mode(0o755)
-                .create(&rootfs)
-                .at("create directory", &rootfs)?;
-            for (i, d) in diff_ids.iter().enumerate() {
-                let split = if new_layers.contains(d) {
-                    self.tx.dir.join("layers").join(d.hex())
-                } else {
-                    store.layers_dir().join(d.hex())
-                }
-                .join(tarsplit::FILE_NAME);
-                let mut reader = SplitTar::open(&split, &index)?;
-                // Every object was verified by its digest when it arrived (or when the layer
-                // it came with was imported), and the tar-split by the digest the laptop sent
-                // and its end record's diff_id: replaying it only links objects, so a deploy
-                // does not reread and rehash hundreds of MB to recompute a diff_id. That is
-                // `dt-agent fsck`'s job (docs/wire.md, "Verification and interruption"). The
-                // unpacker still checks every header.
-                let known = Some(KnownContent::default());
-                reader.known = known.clone();
-                let opts = UnpackOptions {
-                    same_owner: self.is_root,
-                    devices: DevicePolicy::Skip,
-                    expect_diff_id: None,
-                    ..UnpackOptions::default()
-                };
-                let mut sink = LinkSink {
-                    staging: &mut staging,
-                    recorder: None,
-                    known,
-                };
-                unpack_with(reader, &rootfs, &opts, &mut sink).map_err(|source| {
-                    AgentStoreError::Layer {
-                        image: display.clone(),
-                        index: i + 1,
-                        diff_id: d.clone(),
-                        source,
-                    }
-                })?;
-            }
+            self.unpack_snapshot(
+                &snap,
+                &diff_ids,
+                &new_layers,
+                &index,
+                &mut staging,
+                &display,
+            )?;
             let meta = SnapshotMeta {
                 chain_id: chain_id.clone(),
                 diff_ids: diff_ids.clone(),
@@ -605,6 +542,108 @@ impl Ingest<'_> {
             })?;
         }
         Ok(built)
+    }
+
+    /// The layers of `diff_ids` this image needs committed: each one not stored must have been
+    /// staged (`put_layer`) with every object its tar-split names already here.
+    fn new_layers(
+        &self,
+        diff_ids: &[Digest],
+        index: &HashMap<Digest, PathBuf>,
+        display: &str,
+    ) -> Result<BTreeSet<Digest>, AgentStoreError> {
+        let bad = |reason: String| AgentStoreError::BadImage {
+            image: display.to_string(),
+            reason,
+        };
+        let mut new_layers = BTreeSet::new();
+        for d in diff_ids {
+            if self.store.has_layer(d) {
+                continue;
+            }
+            if !self.splits.contains_key(d) {
+                return Err(bad(format!("layer {d} is neither on this robot nor sent")));
+            }
+            let split = self
+                .tx
+                .dir
+                .join("layers")
+                .join(d.hex())
+                .join(tarsplit::FILE_NAME);
+            let objects =
+                tarsplit::objects_of(&split).map_err(|e| AgentStoreError::SplitMismatch {
+                    diff_id: d.clone(),
+                    reason: e.to_string(),
+                })?;
+            let missing = objects.iter().filter(|o| !index.contains_key(o)).count();
+            if missing > 0 {
+                return Err(bad(format!(
+                    "layer {d} still lacks {missing} object(s); nothing was named (send them and retry)"
+                )));
+            }
+            new_layers.insert(d.clone());
+        }
+        Ok(new_layers)
+    }
+
+    /// Unpacks the snapshot of `diff_ids` into `snap` (a staging directory, replaced if a cut
+    /// build left one) by replaying each layer's tar-split, staged or stored, as links to its
+    /// objects; variants the unpacker needs go to `staging`.
+    fn unpack_snapshot(
+        &self,
+        snap: &Path,
+        diff_ids: &[Digest],
+        new_layers: &BTreeSet<Digest>,
+        index: &HashMap<Digest, PathBuf>,
+        staging: &mut Staging,
+        display: &str,
+    ) -> Result<(), AgentStoreError> {
+        if snap.exists() {
+            super::import::remove_tree(snap).at("remove", snap)?;
+        }
+        let rootfs = snap.join("rootfs");
+        fs::create_dir(snap).at("create directory", snap)?;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&rootfs)
+            .at("create directory", &rootfs)?;
+        for (i, d) in diff_ids.iter().enumerate() {
+            let split = if new_layers.contains(d) {
+                self.tx.dir.join("layers").join(d.hex())
+            } else {
+                self.store.layers_dir().join(d.hex())
+            }
+            .join(tarsplit::FILE_NAME);
+            let mut reader = SplitTar::open(&split, index)?;
+            // Every object was verified by its digest when it arrived (or when the layer
+            // it came with was imported), and the tar-split by the digest the laptop sent
+            // and its end record's diff_id: replaying it only links objects, so a deploy
+            // does not reread and rehash hundreds of MB to recompute a diff_id. That is
+            // `dt-agent fsck`'s job (docs/wire.md, "Verification and interruption"). The
+            // unpacker still checks every header.
+            let known = Some(KnownContent::default());
+            reader.known = known.clone();
+            let opts = UnpackOptions {
+                same_owner: self.is_root,
+                devices: DevicePolicy::Skip,
+                expect_diff_id: None,
+                ..UnpackOptions::default()
+            };
+            let mut sink = LinkSink {
+                staging,
+                recorder: None,
+                known,
+            };
+            unpack_with(reader, &rootfs, &opts, &mut sink).map_err(|source| {
+                AgentStoreError::Layer {
+                    image: display.to_string(),
+                    index: i + 1,
+                    diff_id: d.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
     }
 }
 
