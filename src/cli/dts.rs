@@ -367,23 +367,7 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
         ImageCmd::Load { input, tag, json } => {
             let rep = reporter(g);
             let r = ops::image::load(&store, input, tag.as_deref(), &*rep)?;
-            if *json {
-                let images: Vec<_> = r
-                    .images
-                    .iter()
-                    .map(|(n, d)| serde_json::json!({"name": n.to_string(), "digest": d.digest}))
-                    .collect();
-                p.json(&serde_json::json!({
-                    "format": r.format,
-                    "images": images,
-                    "blobs_added": r.blobs_added,
-                    "blobs_present": r.blobs_present,
-                }));
-            } else {
-                for (n, _) in &r.images {
-                    p.out(&format!("Loaded image: {}", n.familiar()));
-                }
-            }
+            print_load(&r, *json, p);
         }
         ImageCmd::Pull {
             name,
@@ -397,25 +381,7 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
             };
             let platforms = platform.as_ref().map(|l| l.0.as_slice());
             let r = ops::registry::pull(&store, name, platforms, &args, &*rep)?;
-            if *json {
-                p.json(&serde_json::json!({
-                    "name": r.name.to_string(),
-                    "digest": r.descriptor.digest,
-                    "source_digest": r.source.digest,
-                    "blobs_fetched": r.blobs_fetched,
-                    "blobs_present": r.blobs_present,
-                    "bytes_downloaded": r.bytes_downloaded,
-                }));
-            } else {
-                p.info(&format!(
-                    "Pulled {} ({} blobs, {}; {} already here)",
-                    r.name.familiar(),
-                    r.blobs_fetched,
-                    human_size(r.bytes_downloaded),
-                    r.blobs_present
-                ));
-                p.out(&r.descriptor.digest.to_string());
-            }
+            print_pull(&r, *json, p);
         }
         ImageCmd::Push {
             name,
@@ -427,30 +393,85 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
                 insecure: *insecure,
             };
             let (name, digest, r) = ops::registry::push(&store, name, &args, &*rep)?;
-            if *json {
-                p.json(&serde_json::json!({
-                    "name": name.to_string(),
-                    "digest": digest,
-                    "blobs_uploaded": r.blobs_uploaded,
-                    "blobs_existing": r.blobs_existing,
-                    "blobs_mounted": r.blobs_mounted,
-                    "bytes_uploaded": r.bytes_uploaded,
-                    "manifests_pushed": r.manifests_pushed,
-                }));
-            } else {
-                p.info(&format!(
-                    "Pushed {}: {} blobs uploaded ({}), {} already there, {} mounted",
-                    name.familiar(),
-                    r.blobs_uploaded,
-                    human_size(r.bytes_uploaded),
-                    r.blobs_existing,
-                    r.blobs_mounted
-                ));
-                p.out(&digest.to_string());
-            }
+            print_push(&name, &digest, &r, *json, p);
         }
     }
     Ok(Exit::Ok)
+}
+
+/// What `dts image load` prints: the loaded names, or with `--json` the whole report.
+fn print_load(r: &crate::archive::LoadReport, json: bool, p: &Printer) {
+    if json {
+        let images: Vec<_> = r
+            .images
+            .iter()
+            .map(|(n, d)| serde_json::json!({"name": n.to_string(), "digest": d.digest}))
+            .collect();
+        p.json(&serde_json::json!({
+            "format": r.format,
+            "images": images,
+            "blobs_added": r.blobs_added,
+            "blobs_present": r.blobs_present,
+        }));
+    } else {
+        for (n, _) in &r.images {
+            p.out(&format!("Loaded image: {}", n.familiar()));
+        }
+    }
+}
+
+/// What `dts image pull` prints: a summary and the digest, or with `--json` the report.
+fn print_pull(r: &crate::registry::PullReport, json: bool, p: &Printer) {
+    if json {
+        p.json(&serde_json::json!({
+            "name": r.name.to_string(),
+            "digest": r.descriptor.digest,
+            "source_digest": r.source.digest,
+            "blobs_fetched": r.blobs_fetched,
+            "blobs_present": r.blobs_present,
+            "bytes_downloaded": r.bytes_downloaded,
+        }));
+    } else {
+        p.info(&format!(
+            "Pulled {} ({} blobs, {}; {} already here)",
+            r.name.familiar(),
+            r.blobs_fetched,
+            human_size(r.bytes_downloaded),
+            r.blobs_present
+        ));
+        p.out(&r.descriptor.digest.to_string());
+    }
+}
+
+/// What `dts image push` prints: a summary and the digest, or with `--json` the report.
+fn print_push(
+    name: &crate::oci::Reference,
+    digest: &crate::oci::Digest,
+    r: &crate::registry::PushReport,
+    json: bool,
+    p: &Printer,
+) {
+    if json {
+        p.json(&serde_json::json!({
+            "name": name.to_string(),
+            "digest": digest,
+            "blobs_uploaded": r.blobs_uploaded,
+            "blobs_existing": r.blobs_existing,
+            "blobs_mounted": r.blobs_mounted,
+            "bytes_uploaded": r.bytes_uploaded,
+            "manifests_pushed": r.manifests_pushed,
+        }));
+    } else {
+        p.info(&format!(
+            "Pushed {}: {} blobs uploaded ({}), {} already there, {} mounted",
+            name.familiar(),
+            r.blobs_uploaded,
+            human_size(r.bytes_uploaded),
+            r.blobs_existing,
+            r.blobs_mounted
+        ));
+        p.out(&digest.to_string());
+    }
 }
 
 /// `dts fleet …`: rendering of what `discover` hears.
