@@ -15,7 +15,7 @@ use super::{
 };
 use crate::agent::daemon::{Client, ClientError};
 use crate::agent::store::{AgentStore, AgentStoreError, Ingest, MAX_SPLIT_BYTES, RefEntry};
-use crate::api::{ErrorClass, RemoteError, Request};
+use crate::api::{ErrorClass, ObjectSpec, RemoteError, Request};
 use crate::oci::{Platform, Reference};
 use crate::store::MAX_MANIFEST_BYTES;
 
@@ -171,79 +171,27 @@ fn serve_inner(
                     },
                 )?;
             }
-            ToRobot::Contents { prefixes } => {
-                if prefixes.len() % PREFIX_HEX != 0 {
-                    return Err(WireError::Protocol("a contents query cut short".into()).into());
-                }
-                let index = crate::agent::store::content_index_of(&store)?;
-                let known: std::collections::HashSet<&str> =
-                    index.keys().map(|d| &d.hex()[..PREFIX_HEX]).collect();
-                let have: Vec<bool> = (0..prefixes.len() / PREFIX_HEX)
-                    .map(|i| known.contains(&prefixes[i * PREFIX_HEX..(i + 1) * PREFIX_HEX]))
-                    .collect();
-                send(
-                    output,
-                    &FromRobot::Contents {
-                        have: bitmap_encode(&have),
-                    },
-                )?;
-            }
+            ToRobot::Contents { prefixes } => send(output, &contents_answer(&store, &prefixes)?)?,
             ToRobot::Layer {
                 diff_id,
                 split_digest,
                 split_size,
                 base,
             } => {
-                if split_size > MAX_SPLIT_BYTES {
-                    return Err(WireError::Protocol(format!(
-                        "a tar-split of {split_size} bytes for layer {diff_id}"
-                    ))
-                    .into());
-                }
-                let prefix = match &base {
-                    Some(b) => store.layer_split(b)?,
-                    None => Vec::new(),
-                };
-                let mut data = DataReader::new(input);
-                let split = decode_all(&mut data, &prefix, split_size + 1, window_log)?;
-                data.finish()?;
-                if split.len() as u64 != split_size {
-                    return Err(WireError::Protocol(format!(
-                        "layer {diff_id}: a tar-split of {} bytes, {split_size} announced",
-                        split.len()
-                    ))
-                    .into());
-                }
+                let split = receive_split(
+                    &store,
+                    input,
+                    &diff_id,
+                    split_size,
+                    base.as_ref(),
+                    window_log,
+                )?;
                 let ing = ingest_of(&store, &mut ingest)?;
                 ing.put_layer(&diff_id, &split_digest, &split)?;
             }
             ToRobot::Objects { objects } => {
                 let ing = ingest_of(&store, &mut ingest)?;
-                if stream.is_none() {
-                    let mut dec = zstd::stream::raw::Decoder::new().map_err(WireError::Io)?;
-                    dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(window_log))
-                        .map_err(WireError::Io)?;
-                    stream = Some(dec);
-                }
-                let mut batch = BatchReader {
-                    dec: stream.as_mut().expect("just set"),
-                    data: DataReader::new(input),
-                    input: Vec::new(),
-                    pos: 0,
-                    done: false,
-                };
-                for spec in &objects {
-                    ing.put_object(spec, &mut batch)?;
-                }
-                let mut extra = [0u8; 1];
-                if batch.read(&mut extra).map_err(WireError::Io)? != 0 {
-                    return Err(WireError::Protocol(
-                        "more object bytes than the batch announced".into(),
-                    )
-                    .into());
-                }
-                batch.data.finish()?;
-                ing.commit_objects()?;
+                receive_objects(ing, &mut stream, input, &objects, window_log)?;
             }
             ToRobot::Patch { object, base } => {
                 let old = read_content(&store, &base, object.size, window_log)?;
@@ -284,13 +232,7 @@ fn serve_inner(
                 media_type,
                 manifest,
             } => {
-                let refs = names
-                    .iter()
-                    .map(|n| {
-                        Reference::parse(n)
-                            .map_err(|e| WireError::Protocol(format!("an image name `{n}`: {e}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let refs = parse_names(&names)?;
                 let ing = ingest_of(&store, &mut ingest)?;
                 let built = ing.build_image(
                     &refs,
@@ -305,6 +247,104 @@ fn serve_inner(
             ToRobot::Daemon { request } => relay(root, &request, output)?,
         }
     }
+}
+
+/// The answer to a `contents` query: which of the `prefixes` (each `PREFIX_HEX` hex digits of
+/// a content digest) some stored object starts with, as a bitmap.
+fn contents_answer(store: &AgentStore, prefixes: &str) -> Result<FromRobot, ServeError> {
+    if !prefixes.len().is_multiple_of(PREFIX_HEX) {
+        return Err(WireError::Protocol("a contents query cut short".into()).into());
+    }
+    let index = crate::agent::store::content_index_of(store)?;
+    let known: std::collections::HashSet<&str> =
+        index.keys().map(|d| &d.hex()[..PREFIX_HEX]).collect();
+    let have: Vec<bool> = (0..prefixes.len() / PREFIX_HEX)
+        .map(|i| known.contains(&prefixes[i * PREFIX_HEX..(i + 1) * PREFIX_HEX]))
+        .collect();
+    Ok(FromRobot::Contents {
+        have: bitmap_encode(&have),
+    })
+}
+
+/// Reads the tar-split of a `layer` message from its data frames: bounds its announced size,
+/// decodes it against the `base` layer's tar-split when one is named, and checks it is exactly
+/// `split_size` bytes.
+fn receive_split(
+    store: &AgentStore,
+    input: &mut dyn Read,
+    diff_id: &crate::oci::Digest,
+    split_size: u64,
+    base: Option<&crate::oci::Digest>,
+    window_log: u32,
+) -> Result<Vec<u8>, ServeError> {
+    if split_size > MAX_SPLIT_BYTES {
+        return Err(WireError::Protocol(format!(
+            "a tar-split of {split_size} bytes for layer {diff_id}"
+        ))
+        .into());
+    }
+    let prefix = match base {
+        Some(b) => store.layer_split(b)?,
+        None => Vec::new(),
+    };
+    let mut data = DataReader::new(input);
+    let split = decode_all(&mut data, &prefix, split_size + 1, window_log)?;
+    data.finish()?;
+    if split.len() as u64 != split_size {
+        return Err(WireError::Protocol(format!(
+            "layer {diff_id}: a tar-split of {} bytes, {split_size} announced",
+            split.len()
+        ))
+        .into());
+    }
+    Ok(split)
+}
+
+/// Stores one `objects` batch: reads its data frames through the session's object `stream`
+/// (started on the first batch), checks no bytes are left over, and commits the objects.
+fn receive_objects(
+    ing: &mut Ingest<'_>,
+    stream: &mut Option<zstd::stream::raw::Decoder<'static>>,
+    input: &mut dyn Read,
+    objects: &[ObjectSpec],
+    window_log: u32,
+) -> Result<(), ServeError> {
+    if stream.is_none() {
+        let mut dec = zstd::stream::raw::Decoder::new().map_err(WireError::Io)?;
+        dec.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(window_log))
+            .map_err(WireError::Io)?;
+        *stream = Some(dec);
+    }
+    let mut batch = BatchReader {
+        dec: stream.as_mut().expect("just set"),
+        data: DataReader::new(input),
+        input: Vec::new(),
+        pos: 0,
+        done: false,
+    };
+    for spec in objects {
+        ing.put_object(spec, &mut batch)?;
+    }
+    let mut extra = [0u8; 1];
+    if batch.read(&mut extra).map_err(WireError::Io)? != 0 {
+        return Err(
+            WireError::Protocol("more object bytes than the batch announced".into()).into(),
+        );
+    }
+    batch.data.finish()?;
+    ing.commit_objects()?;
+    Ok(())
+}
+
+/// The names of an `image` message, parsed; a bad one is the laptop's protocol error.
+fn parse_names(names: &[String]) -> Result<Vec<Reference>, WireError> {
+    names
+        .iter()
+        .map(|n| {
+            Reference::parse(n)
+                .map_err(|e| WireError::Protocol(format!("an image name `{n}`: {e}")))
+        })
+        .collect()
 }
 
 /// One batch's part of the session's object stream, as the plain bytes of its contents: reads
