@@ -183,7 +183,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                     Detail::Objects => {
                         let info = split::layer_info(&self.cache, store, &blob, &diff_id)?;
                         Objects::Listed {
-                            objects: firsts(&info, &HashSet::new(), &mut listed),
+                            objects: firsts(&info, &mut listed),
                             patches: BTreeMap::new(),
                         }
                     }
@@ -347,11 +347,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             .map(|(b, _)| b.files.iter().map(|f| f.object.digest.clone()).collect())
             .unwrap_or_default();
         // Only the contents that are not in the base (nor planned already) are asked about.
-        let candidates = firsts(
-            &info,
-            &base_contents,
-            &mut HashSet::from_iter(listed.clone()),
-        );
+        // (`listed` gains only what the robot turns out to lack, below.)
+        let mut seen: HashSet<Digest> = HashSet::new();
+        let candidates: Vec<ObjectSpec> = info
+            .files
+            .iter()
+            .map(|f| &f.object)
+            .filter(|o| {
+                !base_contents.contains(&o.digest)
+                    && !listed.contains(&o.digest)
+                    && seen.insert(o.digest.clone())
+            })
+            .cloned()
+            .collect();
         let mut query_bytes = 0;
         let missing: Vec<ObjectSpec> = if candidates.is_empty() {
             Vec::new()
@@ -577,16 +585,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 }
 
-/// The objects of `info` in tar order, first file of each content only, leaving out contents
-/// in `skip` and those already in `listed` (which gains the rest).
-fn firsts(
-    info: &LayerInfo,
-    skip: &HashSet<Digest>,
-    listed: &mut HashSet<Digest>,
-) -> Vec<ObjectSpec> {
+/// The objects of `info` in tar order, first file of each content only, leaving out those
+/// already in `listed` (which gains the rest).
+fn firsts(info: &LayerInfo, listed: &mut HashSet<Digest>) -> Vec<ObjectSpec> {
     info.files
         .iter()
-        .filter(|f| !skip.contains(&f.object.digest) && listed.insert(f.object.digest.clone()))
+        .filter(|f| listed.insert(f.object.digest.clone()))
         .map(|f| f.object.clone())
         .collect()
 }
