@@ -886,3 +886,29 @@ fn an_armhf_robot_with_1_gb_deploys_noops_patches_and_rolls_back() {
 fn an_arm64_robot_deploys_noops_patches_and_rolls_back() {
     deploy_round_trip_on("arm64", None);
 }
+
+/// An image built only for another CPU than the robot's is the user's mistake: exit 2, the
+/// image and the platforms it has named, from the dry run and the deploy alike, and the robot
+/// keeps what it ran (no release made).
+#[test]
+fn an_image_without_the_robots_platform_is_bad_input_and_changes_nothing() {
+    if !can_run() || support::require_busybox("arm64").is_none() {
+        return;
+    }
+    // An arm64 image (COPY only: no emulator needed) for an amd64 robot.
+    let w = World::for_arch("arm64");
+    let ctx = w.context("v1", 3, 0);
+    w.build(&ctx, "example.com/dep/app:arm-only");
+    w.ok(&["sim", "up", &w.name]);
+    let stack = w.stack("example.com/dep/app:arm-only", "test");
+    for extra in [&["--dry-run"][..], &[]] {
+        let (code, v, err) = w.deploy_with(&stack, extra);
+        assert_eq!(code, Some(2), "{extra:?}: {v} {err}");
+        assert!(
+            err.contains("example.com/dep/app:arm-only") && err.contains("linux/arm64"),
+            "{extra:?}: names the image and what it has: {err}"
+        );
+    }
+    let h = w.ok(&["duckiebot", "history", &w.name, "--json"]);
+    assert_eq!(h.trim(), "[]", "no release was made: {h}");
+}
