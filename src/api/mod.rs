@@ -8,12 +8,14 @@
 //! - [`daemon`]: the daemon's requests, their typed answers, and [`RemoteError`], which carries
 //!   its class and cause chain across.
 //! - [`transfer`]: what a transfer names (objects, the built image).
+//! - [`held`]: images the robot already holds, as its store resolves a name for the laptop.
 //!
 //! Serde shapes here are wire formats (docs/wire.md) and, for records, on-disk formats
 //! (docs/formats.md): fields are only added, optional, so old robots and old records parse.
 
 pub mod container;
 pub mod daemon;
+pub mod held;
 pub mod release;
 pub mod transfer;
 
@@ -23,6 +25,7 @@ pub use container::{
     VolumeSpec, is_valid_name,
 };
 pub use daemon::{Answer, AnswerError, ErrorClass, RemoteError, Request, RuntimeInfo, decode};
+pub use held::{HeldImage, ResolveQuery};
 pub use release::{
     DeployOutcome, HealthSpec, ReleaseRecord, ReleaseSpec, ReleaseState, ServiceAction,
     ServiceOutcome, ServiceSpec,

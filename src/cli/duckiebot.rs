@@ -88,6 +88,13 @@ enum DuckiebotCommand {
         /// Swap one service's image for this deploy: `SERVICE=IMAGE`
         #[arg(long = "set")]
         set: Vec<String>,
+        /// When to pull an image from its registry (for the robot's platform only):
+        /// `missing` (neither the laptop nor the robot holds it), `always`, `never`
+        #[arg(long, value_name = "WHEN", default_value = "missing", value_parser = parse_pull)]
+        pull: crate::ops::deploy::PullPolicy,
+        /// Talk plain HTTP to registries and skip TLS verification when pulling (lab registries)
+        #[arg(long)]
+        insecure: bool,
         /// Resolve everything, send and change nothing
         #[arg(long, conflicts_with = "detach")]
         dry_run: bool,
@@ -242,6 +249,10 @@ pub struct ProvisionFlags {
     json: bool,
 }
 
+fn parse_pull(s: &str) -> Result<crate::ops::deploy::PullPolicy, String> {
+    s.parse()
+}
+
 fn parse_robot_hostname(s: &str) -> Result<String, String> {
     crate::ops::provision::check_hostname(s).map(|()| s.to_owned())
 }
@@ -289,6 +300,8 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             ssh,
             stack,
             set,
+            pull,
+            insecure,
             dry_run,
             detach,
             json,
@@ -297,6 +310,13 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 dry_run: *dry_run,
                 detach: *detach,
                 json: *json,
+                pull: crate::ops::deploy::PullOptions {
+                    policy: *pull,
+                    registry: crate::registry::ClientOptions {
+                        insecure: *insecure,
+                        ..Default::default()
+                    },
+                },
             };
             deploy(robot, stack.as_deref(), set, how, ssh, g, printer).await
         }
@@ -509,11 +529,12 @@ fn outcome_exit(out: &DeployOutcome) -> Exit {
 }
 
 /// `deploy`'s switches.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct DeployHow {
     dry_run: bool,
     detach: bool,
     json: bool,
+    pull: crate::ops::deploy::PullOptions,
 }
 
 async fn deploy(
@@ -529,6 +550,7 @@ async fn deploy(
         dry_run,
         detach,
         json,
+        pull,
     } = how;
     let started = Instant::now();
     let store = crate::ops::image::open_store()?;
@@ -539,14 +561,27 @@ async fn deploy(
         printer.info(&format!("warning: {w}"));
     }
     let name = crate::ops::deploy::stack_name(stack_arg);
-    let plan = crate::ops::deploy::plan(&store, &stack, &name, &platform)?;
-    let images: Vec<String> = plan.images.iter().map(|(n, _)| n.clone()).collect();
+    let log = reporter(g);
+    let plan =
+        crate::ops::deploy::plan_for_robot(&mut l, &store, &stack, &name, &pull, &*log).await?;
+    for w in &plan.warnings[stack.warnings.len()..] {
+        printer.info(&format!("warning: {w}"));
+    }
+    let images: Vec<String> = plan
+        .images
+        .iter()
+        .map(|(n, _)| n.clone())
+        .chain(plan.held.iter().map(|h| {
+            crate::oci::Reference::parse(&h.name).map_or_else(|_| h.name.clone(), |r| r.familiar())
+        }))
+        .collect();
     if dry_run {
         // The plan a deploy makes, with every object listed: what the robot lacks.
         let detail = crate::wire::client::Detail::Objects;
         let tp = robot::guarded(
             &l.session,
-            l.conn.plan_transfer(&store, &plan.images, detail),
+            l.conn
+                .plan_with_held(&store, &plan.images, &plan.held, detail),
         )
         .await?;
         let summary = DeploySummary {
@@ -579,8 +614,12 @@ async fn deploy(
         }
         return Ok(Exit::Ok);
     }
-    let log = reporter(g);
-    let report = robot::guarded(&l.session, l.conn.transfer(&store, &plan.images, &*log)).await?;
+    let report = robot::guarded(
+        &l.session,
+        l.conn
+            .transfer_with_held(&store, &plan.images, &plan.held, &*log),
+    )
+    .await?;
     let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, detach, &*log).await?;
     let state = if outcome.unchanged {
         "unchanged".to_string()

@@ -186,6 +186,11 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
         {
             return Exit::BadInput;
         }
+        // `deploy --pull never` and an image neither side holds: the user's choice to fix.
+        #[cfg(feature = "workstation")]
+        if cause.is::<crate::ops::deploy::NotHeld>() {
+            return Exit::BadInput;
+        }
         #[cfg(feature = "workstation")]
         if let Some(b) = cause.downcast_ref::<crate::build::BuildError>() {
             return if b.is_bad_input() {

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::api::{DeployOutcome, ReleaseSpec, ServiceSpec};
+use crate::api::{DeployOutcome, HeldImage, ReleaseSpec, ServiceSpec};
 use crate::oci::{Digest, Platform, Reference};
 use crate::ops::verbs;
 use crate::profile::stack::{self, Healthcheck, Stack, StackSource};
 use crate::progress::{Event, Reporter};
-use crate::store::Store;
+use crate::store::{PlatformImage, Store, StoreError};
 
 /// How long a service without a health check must keep running before a release is committed.
 pub const DEFAULT_PROBATION: Duration = Duration::from_secs(5);
@@ -27,8 +27,12 @@ pub const DEFAULT_PROBATION: Duration = Duration::from_secs(5);
 pub struct DeployPlan {
     /// The release.
     pub spec: ReleaseSpec,
-    /// Images to ship: (name as the stack gives it, manifest for the robot's platform).
+    /// Images to ship from the laptop's store: (name as the stack gives it, the document the
+    /// name points at there; the transfer picks the robot's platform of an index).
     pub images: Vec<(String, Digest)>,
+    /// Images the robot's own store holds and the laptop lacks: planned "held by robot",
+    /// nothing of them is sent.
+    pub held: Vec<HeldImage>,
     /// Warnings from the stack (unset variables…).
     pub warnings: Vec<String>,
 }
@@ -63,33 +67,64 @@ pub fn stack_name(arg: Option<&str>) -> String {
     }
 }
 
-/// Resolves every service of `stack` for `platform` against the laptop's store.
+/// Resolves every service of `stack` for `platform` against the laptop's store only.
 pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Result<DeployPlan> {
+    plan_with(store, stack, name, platform, &BTreeMap::new())
+}
+
+/// Resolves every service of `stack` for `platform`: from the laptop's store, else from
+/// `held`, the images the robot's store holds (by canonical name, as
+/// [`resolve_on_robot`] found them). The laptop's copy wins whenever it has the name for the
+/// platform, even when the robot holds another digest under it: it is what the user built or
+/// pulled.
+pub fn plan_with(
+    store: &Store,
+    stack: &Stack,
+    name: &str,
+    platform: &Platform,
+    held: &BTreeMap<String, HeldImage>,
+) -> Result<DeployPlan> {
     let mut services = Vec::new();
     let mut images: Vec<(String, Digest)> = Vec::new();
+    let mut robot: Vec<HeldImage> = Vec::new();
+    let mut warnings = stack.warnings.clone();
     for stage in stack.start_order() {
         for (order, key) in stage.iter().enumerate() {
             let svc = &stack.services[key];
             let reference = Reference::parse(&svc.image)
                 .with_context(|| format!("service `{key}`: image `{}`", svc.image))?;
-            let record = store.get(&reference).with_context(|| {
-                format!(
-                    "service `{key}`: image `{}` is not on this laptop: build it (`dts devel build`) or pull it (`dts image pull {}`)",
-                    svc.image, svc.image
-                )
-            })?;
-            let img = store
-                .resolve_platform(&svc.image, &record.descriptor, Some(platform))
-                .with_context(|| format!("service `{key}`: image `{}`", svc.image))?;
-            let manifest = img.descriptor.digest.clone();
-            if !images
-                .iter()
-                .any(|(n, d)| *n == svc.image && *d == manifest)
-            {
-                images.push((svc.image.clone(), manifest.clone()));
-            }
+            let (manifest, config) = match laptop_image(store, &reference, platform) {
+                Laptop::Has(img) => {
+                    let manifest = img.descriptor.digest.clone();
+                    if !images
+                        .iter()
+                        .any(|(n, d)| *n == svc.image && *d == manifest)
+                    {
+                        images.push((svc.image.clone(), manifest.clone()));
+                    }
+                    (manifest, img.config)
+                }
+                other => match held.get(&reference.to_string()) {
+                    Some(h) => {
+                        if !robot.iter().any(|r| r.name == h.name) {
+                            if !h.platform.matches(platform) {
+                                warnings.push(format!(
+                                    "image `{}` on the robot is {}, the robot is {platform}: using it as the robot's Docker did (it is the only variant the robot holds)",
+                                    svc.image, h.platform
+                                ));
+                            }
+                            robot.push(h.clone());
+                        }
+                        (h.manifest.clone(), h.config.clone())
+                    }
+                    None => {
+                        return Err(other.into_error(&svc.image))
+                            .with_context(|| format!("service `{key}`: image `{}`", svc.image));
+                    }
+                },
+            };
             let healthcheck =
-                Healthcheck::resolve(svc.healthcheck.as_ref(), img.config.config.as_ref());
+                Healthcheck::resolve(svc.healthcheck.as_ref(), config.config.as_ref());
             services.push(ServiceSpec {
                 name: key.clone(),
                 stage: svc.stage,
@@ -108,8 +143,220 @@ pub fn plan(store: &Store, stack: &Stack, name: &str, platform: &Platform) -> Re
             probation: DEFAULT_PROBATION,
         },
         images,
-        warnings: stack.warnings.clone(),
+        held: robot,
+        warnings,
     })
+}
+
+/// `deploy --pull`: when an image comes from a registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Only images neither the laptop nor the robot holds (the default).
+    #[default]
+    Missing,
+    /// Every image of the stack, re-checked with its registry (blobs already here are not
+    /// downloaded again); the laptop's copy then wins.
+    Always,
+    /// Never: an image neither side holds is bad input (exit 2) and nothing changes.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PullPolicy, String> {
+        match s {
+            "missing" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            other => Err(format!(
+                "`{other}` is not a pull policy: use missing, always or never"
+            )),
+        }
+    }
+}
+
+/// How a deploy pulls: the policy and the registry client's options (credentials from
+/// Docker's config, `--insecure`).
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    /// When to pull.
+    pub policy: PullPolicy,
+    /// The registry client's options.
+    pub registry: crate::registry::ClientOptions,
+}
+
+/// Images a deploy needs that neither the laptop nor the robot holds, under `--pull never`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} neither on this laptop nor on the robot, and `--pull never` forbids pulling: {}; pull (`dts image pull`), build, or deploy with `--pull missing`",
+    if images.len() == 1 { "an image is" } else { "images are" },
+    images.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+)]
+pub struct NotHeld {
+    /// The images, as the stack names them.
+    pub images: Vec<String>,
+}
+
+/// Resolves `stack` for the robot behind `link` and plans its release: each image from the
+/// laptop's store, else from the robot's own store (asked in one round trip), else pulled
+/// for the robot's platform only as `pull` says ([`PullPolicy`]). What the robot holds and the
+/// laptop lacks lands in [`DeployPlan::held`] and is never sent.
+pub async fn plan_for_robot(
+    link: &mut crate::ops::robot::RobotLink,
+    store: &Store,
+    stack: &Stack,
+    name: &str,
+    pull: &PullOptions,
+    log: &dyn Reporter,
+) -> Result<DeployPlan> {
+    let held = resolve_images(link, store, stack, pull, log).await?;
+    plan_with(store, stack, name, &link.hello.platform, &held)
+}
+
+/// The images of `stack` the robot holds and the laptop lacks, by canonical name, after
+/// pulling what `pull` says into the laptop's store.
+pub async fn resolve_images(
+    link: &mut crate::ops::robot::RobotLink,
+    store: &Store,
+    stack: &Stack,
+    pull: &PullOptions,
+    log: &dyn Reporter,
+) -> Result<BTreeMap<String, HeldImage>> {
+    let platform = link.hello.platform.clone();
+    let mut names: Vec<(String, Reference)> = Vec::new();
+    for (key, svc) in &stack.services {
+        let r = Reference::parse(&svc.image)
+            .with_context(|| format!("service `{key}`: image `{}`", svc.image))?;
+        if !names.iter().any(|(_, n)| *n == r) {
+            names.push((svc.image.clone(), r));
+        }
+    }
+    if pull.policy == PullPolicy::Always {
+        for (image, r) in &names {
+            pull_for(store, image, r, &platform, pull, log).await?;
+        }
+        return Ok(BTreeMap::new());
+    }
+    // Ask the robot about every image the laptop cannot deploy itself.
+    let ask: Vec<(String, Reference, bool)> = names
+        .into_iter()
+        .filter_map(|(image, r)| match laptop_image(store, &r, &platform) {
+            Laptop::Has(..) => None,
+            Laptop::OtherPlatform(_) => Some((image, r, false)),
+            Laptop::Lacks(_) => Some((image, r, true)),
+        })
+        .collect();
+    let canonical: Vec<String> = ask.iter().map(|(_, r, _)| r.to_string()).collect();
+    let answers =
+        crate::ops::robot::guarded(&link.session, link.conn.resolve_on_robot(&canonical)).await?;
+    let mut held = BTreeMap::new();
+    let mut missing = Vec::new();
+    for ((image, r, lacks), answer) in ask.into_iter().zip(answers) {
+        match answer {
+            Some(h) => {
+                held.insert(r.to_string(), h);
+            }
+            // The laptop has it for other platforms only: `plan_with` says which (exit 2).
+            None if !lacks => {}
+            None => missing.push((image, r)),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(held);
+    }
+    if pull.policy == PullPolicy::Never {
+        return Err(NotHeld {
+            images: missing.into_iter().map(|(i, _)| i).collect(),
+        }
+        .into());
+    }
+    for (image, r) in &missing {
+        pull_for(store, image, r, &platform, pull, log).await?;
+    }
+    Ok(held)
+}
+
+/// Pulls `image` for the robot's `platform` only into the laptop's store.
+async fn pull_for(
+    store: &Store,
+    image: &str,
+    reference: &Reference,
+    platform: &Platform,
+    pull: &PullOptions,
+    log: &dyn Reporter,
+) -> Result<()> {
+    log.event(Event::note(format!(
+        "pulling `{image}` for {platform} (--pull {})",
+        match pull.policy {
+            PullPolicy::Always => "always",
+            _ => "missing",
+        }
+    )));
+    let client = crate::registry::Client::new(pull.registry.clone())?;
+    client
+        .pull(store, reference, Some(std::slice::from_ref(platform)), log)
+        .await
+        .with_context(|| format!("pulling `{image}` for {platform}"))?;
+    Ok(())
+}
+
+/// What the laptop's store has of an image, for the robot's platform.
+enum Laptop {
+    /// The name (or content), resolved to the platform.
+    Has(Box<PlatformImage>),
+    /// The name, but not for the platform (nor can it be picked): the error says which it has.
+    OtherPlatform(StoreError),
+    /// Not the name (nor, for `name@sha256:…`, the content).
+    Lacks(StoreError),
+}
+
+impl Laptop {
+    /// Why the image cannot be deployed from the laptop's store.
+    fn into_error(self, image: &str) -> anyhow::Error {
+        match self {
+            Laptop::Has(..) => anyhow::anyhow!("image `{image}` is on this laptop"),
+            Laptop::OtherPlatform(e) => e.into(),
+            Laptop::Lacks(e) => anyhow::Error::new(e).context(format!(
+                "image `{image}` is neither on this laptop nor on the robot: build it (`dts devel build`), pull it (`dts image pull {image}`), or deploy with `--pull missing`"
+            )),
+        }
+    }
+}
+
+/// Looks `reference` up in the laptop's store for `platform`: by name, and for a reference
+/// with a digest also by content (as the robot looks it up).
+fn laptop_image(store: &Store, reference: &Reference, platform: &Platform) -> Laptop {
+    let top = match store.get(reference) {
+        Ok(record) => record.descriptor,
+        Err(e) => match reference.digest().filter(|d| store.has_blob(d)) {
+            Some(d) => match by_content(store, d) {
+                Some(desc) => desc,
+                None => return Laptop::Lacks(e),
+            },
+            None => return Laptop::Lacks(e),
+        },
+    };
+    match store.resolve_platform(&reference.familiar(), &top, Some(platform)) {
+        Ok(img) => Laptop::Has(Box::new(img)),
+        Err(e) if e.is_bad_input() => Laptop::OtherPlatform(e),
+        Err(e) => Laptop::Lacks(e),
+    }
+}
+
+/// The descriptor of the manifest or index `d` in the laptop's store, if it is one.
+fn by_content(store: &Store, d: &Digest) -> Option<crate::oci::Descriptor> {
+    use crate::oci::{Document, media};
+    let bytes = store.read_blob(d, crate::store::MAX_MANIFEST_BYTES).ok()?;
+    let media_type = match Document::parse(&format!("manifest {d}"), None, &bytes).ok()? {
+        Document::Manifest(m) => m.media_type.unwrap_or_else(|| media::OCI_MANIFEST.into()),
+        Document::Index(i) => i.media_type.unwrap_or_else(|| media::OCI_INDEX.into()),
+    };
+    Some(crate::oci::Descriptor::new(
+        &media_type,
+        d.clone(),
+        bytes.len() as u64,
+    ))
 }
 
 /// Switches the robot to `spec` and returns the daemon's outcome: once the release is

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::frame::{Frame, Kind, read_frame_async, write_frame_async};
 use super::stream::{Adapt, Compressor};
 use super::{ClientHello, FromRobot, MAJOR, MINOR, ToRobot, WireError, check_version};
-use crate::api::{LogLine, Request};
+use crate::api::{HeldImage, LogLine, Request, ResolveQuery};
 use crate::oci::Digest;
 use crate::progress::Reporter;
 use crate::store::Store;
@@ -233,6 +233,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
     }
 
+    /// What `names` mean in the robot's store, for its platform (one round trip): for each,
+    /// the image the robot holds whole under that name, or `None`. A robot older than
+    /// protocol 2.3 cannot say, and is asked nothing: every answer is `None`, and the deploy
+    /// ships or pulls those images as it did before.
+    pub async fn resolve_on_robot(
+        &mut self,
+        names: &[String],
+    ) -> Result<Vec<Option<HeldImage>>, WireError> {
+        if names.is_empty() || !self.hello.resolves() {
+            return Ok(vec![None; names.len()]);
+        }
+        let images = names
+            .iter()
+            .map(|n| ResolveQuery {
+                name: n.clone(),
+                platform: self.hello.platform.clone(),
+            })
+            .collect();
+        match self.call(&ToRobot::Resolve { images }).await? {
+            FromRobot::Resolved { images } if images.len() == names.len() => Ok(images),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Relays a request to the robot's daemon and returns its answer.
     pub async fn daemon(&mut self, request: &Request) -> Result<Value, WireError> {
         let msg = ToRobot::Daemon {
@@ -284,8 +308,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         images: &[(String, Digest)],
         reporter: &dyn Reporter,
     ) -> Result<TransferReport, WireError> {
+        self.transfer_with_held(store, images, &[], reporter).await
+    }
+
+    /// [`Connection::transfer`] of `images` plus `held`, images the robot's own store holds
+    /// ([`Connection::plan_with_held`]): those send no content, at most their names.
+    pub async fn transfer_with_held(
+        &mut self,
+        store: &Store,
+        images: &[(String, Digest)],
+        held: &[HeldImage],
+        reporter: &dyn Reporter,
+    ) -> Result<TransferReport, WireError> {
         let started = Instant::now();
-        let plan = self.plan_transfer(store, images, Detail::Layers).await?;
+        let plan = self
+            .plan_with_held(store, images, held, Detail::Layers)
+            .await?;
         let mut report = self.execute(store, &plan, reporter).await?;
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)

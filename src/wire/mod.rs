@@ -25,6 +25,8 @@
 //!                                                a transfer needs none: `image` is one)
 //! document {digest} + D…                         manifests, configs (verified, stored)
 //! image {names, digest, manifest}       ──▶ ◀──  image {chain id, snapshot built, …}
+//! resolve {names, platforms}           ──▶ ◀──  resolved {held image or null per name}
+//!                                                (2.3: images the robot holds, for a deploy)
 //! daemon {request}                      ──▶ ◀──  daemon_ok | daemon_line… daemon_end |
 //!                                                daemon_error   (relayed to dt-agent daemon)
 //! ```
@@ -55,7 +57,7 @@ mod stream;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{BuiltImage, LogLine, ObjectSpec, RemoteError, Request};
+use crate::api::{BuiltImage, HeldImage, LogLine, ObjectSpec, RemoteError, Request, ResolveQuery};
 use crate::oci::{Digest, Platform};
 
 /// The first bytes of each hello.
@@ -65,8 +67,10 @@ pub const MAGIC: &[u8; 8] = b"DTSWIRE\n";
 pub const MAJOR: u16 = 2;
 /// Protocol minor version: only optional additions. 1: the robot's hello says the largest
 /// zstd window it decodes ([`RobotHello::window_log_max`]). 2: a `daemon_error` carries the
-/// robot's cause chain (`causes`, [`RemoteError`]); older laptops ignore it.
-pub const MINOR: u16 = 2;
+/// robot's cause chain (`causes`, [`RemoteError`]); older laptops ignore it. 3: `resolve`
+/// asks the robot's store what image names mean there ([`ToRobot::Resolve`]); a laptop sends
+/// it only to a robot whose hello says 2.3 or later ([`RobotHello::resolves`]).
+pub const MINOR: u16 = 3;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -199,6 +203,19 @@ pub struct RobotHello {
     pub window_log_max: u32,
 }
 
+impl RobotHello {
+    /// Whether the robot answers [`ToRobot::Resolve`] (protocol 2.3 or later): an older one
+    /// would end the session on the unknown `op`.
+    pub fn resolves(&self) -> bool {
+        let mut parts = self
+            .protocol
+            .split('.')
+            .map(|p| p.parse::<u16>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        major == MAJOR && minor >= 3
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -307,6 +324,12 @@ pub enum ToRobot {
         /// The manifest used on the robot.
         manifest: Digest,
     },
+    /// What do these names mean in the robot's store, for these platforms? Answered by
+    /// [`FromRobot::Resolved`]. Since 2.3: sent only when the robot's hello says it speaks it.
+    Resolve {
+        /// The names, each with the platform wanted.
+        images: Vec<ResolveQuery>,
+    },
     /// A request for `dt-agent daemon`, relayed over its socket.
     Daemon {
         /// The request.
@@ -342,6 +365,12 @@ pub enum FromRobot {
     },
     /// The answer to [`ToRobot::Image`].
     Image(BuiltImage),
+    /// The answer to [`ToRobot::Resolve`], in the query's order: the image the robot holds
+    /// whole under that name, or null.
+    Resolved {
+        /// One per name asked.
+        images: Vec<Option<HeldImage>>,
+    },
     /// A daemon request's answer.
     DaemonOk {
         /// The value.

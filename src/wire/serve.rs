@@ -244,6 +244,7 @@ fn serve_inner(
                 )?;
                 send(output, &FromRobot::Image(built))?;
             }
+            ToRobot::Resolve { images } => send(output, &resolve_answer(&store, &images)?)?,
             ToRobot::Daemon { request } => relay(root, &request, output)?,
         }
     }
@@ -264,6 +265,21 @@ fn contents_answer(store: &AgentStore, prefixes: &str) -> Result<FromRobot, Serv
     Ok(FromRobot::Contents {
         have: bitmap_encode(&have),
     })
+}
+
+/// The answer to a `resolve` query: each name as this store holds it for its platform. A
+/// name that does not parse is the laptop's protocol error (it parsed it before asking).
+fn resolve_answer(
+    store: &AgentStore,
+    images: &[crate::api::ResolveQuery],
+) -> Result<FromRobot, ServeError> {
+    let mut out = Vec::with_capacity(images.len());
+    for q in images {
+        let name = Reference::parse(&q.name)
+            .map_err(|e| WireError::Protocol(format!("an image name `{}`: {e}", q.name)))?;
+        out.push(store.resolve(&name, &q.platform)?);
+    }
+    Ok(FromRobot::Resolved { images: out })
 }
 
 /// Reads the tar-split of a `layer` message from its data frames: bounds its announced size,

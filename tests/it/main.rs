@@ -21,6 +21,7 @@ mod build_buildah;
 mod contract;
 mod cross;
 mod deploy;
+mod deploy_pull;
 mod discover;
 mod discover_parse;
 mod fresh_robot;

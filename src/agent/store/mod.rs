@@ -60,6 +60,7 @@ mod gc;
 mod import;
 mod ingest;
 mod object;
+mod resolve;
 mod tarsplit;
 
 pub use fsck::{FsckReport, Problem};
@@ -565,6 +566,16 @@ impl AgentStore {
             });
         }
         Ok(out)
+    }
+
+    /// What `name` means here for `platform`, when this store holds the image whole (see
+    /// `resolve.rs` for the rules); `None` otherwise.
+    pub fn resolve(
+        &self,
+        name: &Reference,
+        platform: &crate::oci::Platform,
+    ) -> Result<Option<crate::api::HeldImage>, AgentStoreError> {
+        resolve::resolve(self, name, platform)
     }
 
     /// Imports a docker-archive, OCI archive or OCI layout directory; see [`ImportOptions`].

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::super::split::{self, LayerInfo};
 use super::super::{FromRobot, PATCH_MIN, PREFIX_HEX, ToRobot, WireError, bitmap_decode};
 use super::{Connection, unexpected};
-use crate::api::ObjectSpec;
+use crate::api::{HeldImage, ObjectSpec};
 use crate::oci::{Descriptor, Digest, Document, ImageConfig, Reference, media};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
 
@@ -79,6 +79,11 @@ pub struct PlannedImage {
     pub documents: Vec<Digest>,
     /// Whether the robot already has the image's snapshot.
     pub robot_has_snapshot: bool,
+    /// Whether the image comes from the robot's own store, not the laptop's: the robot holds
+    /// it whole (every layer and document), so nothing of it is sent; at most its name is
+    /// given and its snapshot built (`deploy` of an image only the robot holds).
+    #[serde(default)]
+    pub held_by_robot: bool,
 }
 
 /// A layer the robot lacks.
@@ -150,8 +155,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         images: &[(String, Digest)],
         detail: Detail,
     ) -> Result<TransferPlan, WireError> {
+        self.plan_with_held(store, images, &[], detail).await
+    }
+
+    /// [`Connection::plan_transfer`] of `images` from the laptop's store plus `held`, images
+    /// the robot's store holds (as [`Connection::resolve_on_robot`] answered): those are
+    /// planned `held_by_robot` and send no content. A held image whose layers the robot no
+    /// longer has whole is an error naming it (its store changed since it answered).
+    pub async fn plan_with_held(
+        &mut self,
+        store: &Store,
+        images: &[(String, Digest)],
+        held: &[HeldImage],
+        detail: Detail,
+    ) -> Result<TransferPlan, WireError> {
         let mut plan = self.resolve_all(store, images)?;
+        add_held(&mut plan, held);
         let robot_splits = self.ask_what_robot_has(&mut plan).await?;
+        for p in plan.images.iter().filter(|p| p.held_by_robot) {
+            if let Some((_, d)) = p.layers.iter().find(|(_, d)| !robot_splits.contains_key(d)) {
+                return Err(WireError::Robot {
+                    message: format!(
+                        "image `{}`: the robot's store resolved it but lacks its layer {d}; `dt-agent fsck` on the robot says why",
+                        p.names.first().map(String::as_str).unwrap_or("?")
+                    ),
+                    bad_input: false,
+                });
+            }
+        }
 
         // The layers to send, in order; a layer shared by two images goes once.
         let whole = !self.hello.has_objects;
@@ -486,6 +517,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             layers: img.manifest.layers.into_iter().zip(diff_ids).collect(),
             documents: docs.iter().map(|d| d.digest.clone()).collect(),
             robot_has_snapshot: false,
+            held_by_robot: false,
         };
         Ok((image, docs))
     }
@@ -582,6 +614,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             }
         }
         None
+    }
+}
+
+/// Adds the images the robot holds to `plan`: each once (a further name of the same image
+/// joins it), with no documents to send.
+fn add_held(plan: &mut TransferPlan, held: &[HeldImage]) {
+    for h in held {
+        if let Some(p) = plan
+            .images
+            .iter_mut()
+            .find(|p| p.digest == h.digest && p.manifest == h.manifest)
+        {
+            if !p.names.contains(&h.name) {
+                p.names.push(h.name.clone());
+            }
+            continue;
+        }
+        plan.images.push(PlannedImage {
+            names: vec![h.name.clone()],
+            digest: h.digest.clone(),
+            media_type: h.media_type.clone(),
+            manifest: h.manifest.clone(),
+            chain: crate::api::transfer::snapshot_id(h.diff_ids()),
+            layers: h
+                .layers
+                .iter()
+                .cloned()
+                .zip(h.diff_ids().to_vec())
+                .collect(),
+            documents: Vec::new(),
+            robot_has_snapshot: h.snapshot,
+            held_by_robot: true,
+        });
     }
 }
 
