@@ -629,8 +629,8 @@ fn faults_are_clear_and_a_rerun_finishes() {
     assert_provisioned(&l, &robot, "survivor", "virtual", "virtual");
 }
 
-/// A robot whose sudo wants the password (no NOPASSWD rule): provisioning feeds it to
-/// `sudo -S`, keeps the password (sudo needs it) while SSH stops taking it, and the sudoers
+/// A robot whose sudo wants the password (no NOPASSWD rule) and lectures each time it asks:
+/// provisioning feeds it to `sudo -S`, keeps the password (sudo needs it) while SSH stops taking it, and the sudoers
 /// drop-in still lets `dts` reach the agent without one.
 #[test]
 fn provision_with_a_sudo_password() {
@@ -650,6 +650,28 @@ fn provision_with_a_sudo_password() {
         ],
     );
     assert!(!read(&robot, "/etc/sudoers").contains("NOPASSWD"));
+    // And it lectures, every time, in words that look like sudo's own complaints.
+    exec_ok(
+        &robot,
+        &[
+            "sh",
+            "-c",
+            "printf 'sudo: this robot belongs to the lab\\nsudo: think before you type\\n' > /etc/sudo_lecture && \
+             printf 'Defaults lecture=always\\nDefaults lecture_file=/etc/sudo_lecture\\n' > /etc/sudoers.d/lecture && \
+             chmod 440 /etc/sudoers.d/lecture",
+        ],
+    );
+    let out = robot.exec(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "duckie",
+        "-c",
+        "echo quackquack | sudo -k -S -p '' true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("belongs to the lab"), "no lecture: {err}");
     let l = Laptop::new();
     let report = l.provision(&robot, "pwbot", "DB21M", &[]);
     assert_eq!(report["already_provisioned"], false, "{report}");
@@ -875,4 +897,130 @@ fn a_dry_run_checks_every_step_and_changes_nothing() {
     );
     let d = fresh_robot::diff(&before, &robot.snapshot());
     assert!(d.is_empty(), "a dry run changed a provisioned robot:\n{d}");
+}
+
+/// Issue 13, "a robot whose sudo warns": every `sudo` on this robot prints `sudo: unable to
+/// resolve host …` (its name is not in /etc/hosts, and hosts are looked up in DNS alone, which
+/// answers nothing), before and after provisioning. Provision judges each step by its exit
+/// status and the agent's hello, so it succeeds and a second run changes nothing. A third run
+/// renaming the robot keeps what the user put in /etc/hosts and robot.yaml (`devices:`), and
+/// /etc/hosts is replaced by a rename that keeps its owner and mode.
+#[test]
+fn provision_when_sudo_warns_and_merges_what_the_user_added() {
+    if !can_run() {
+        return;
+    }
+    let Some(robot) = FreshRobot::boot("amd64", "prov-warns") else {
+        return;
+    };
+    exec_ok(
+        &robot,
+        &[
+            "sh",
+            "-c",
+            "sed -i '/duckiebot/d' /etc/hosts && printf '10.9.8.7\\tlabserver labserver.lan\\n' >> /etc/hosts && \
+             chgrp adm /etc/hosts && chmod 664 /etc/hosts && \
+             sed -i 's/^hosts:.*/hosts: dns/' /etc/nsswitch.conf && \
+             rm -f /etc/resolv.conf && echo 'nameserver 127.0.0.1' > /etc/resolv.conf",
+        ],
+    );
+    let warns = |when: &str| {
+        let out = robot.exec(&["su", "-s", "/bin/sh", "duckie", "-c", "sudo -n true"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{when}: {err}");
+        assert!(
+            err.contains("sudo: unable to resolve host"),
+            "{when}: sudo does not warn: {err}"
+        );
+    };
+    warns("before");
+    let l = Laptop::new();
+    let report = l.provision(&robot, "warnbot", "DB21J", &[]);
+    assert_eq!(report["already_provisioned"], false, "{report}");
+    assert_provisioned(&l, &robot, "warnbot", "DB21J", "jetson_nano");
+    warns("after");
+    let hosts = read(&robot, "/etc/hosts");
+    assert!(
+        hosts.contains("10.9.8.7\tlabserver labserver.lan\n"),
+        "{hosts}"
+    );
+
+    let again = |name: &str| -> Value {
+        let (out, err) = l.ok(
+            &[
+                "duckiebot",
+                "provision",
+                &robot.addr().to_string(),
+                "--hostname",
+                name,
+                "--configuration",
+                "DB21J",
+                "--json",
+            ],
+            "",
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"))
+    };
+    // The user gives the camera another node, with a comment.
+    let yaml_path = robot.root().join("etc/dt-agent/robot.yaml");
+    let edited = format!(
+        "{}# our camera is on the second node\ndevices:\n  camera:\n    nodes: [\"/dev/video2:/dev/video0\"]\n    groups: [video]\n",
+        read(&robot, "/etc/dt-agent/robot.yaml")
+    );
+    std::fs::write(&yaml_path, &edited).unwrap();
+    let before = robot.snapshot();
+    let second = again("warnbot");
+    assert_eq!(second["already_provisioned"], true, "{second}");
+    assert_eq!(second["changed"], Value::Array(vec![]), "{second}");
+    let d = fresh_robot::diff(&before, &robot.snapshot());
+    assert!(d.is_empty(), "the second provision changed the robot:\n{d}");
+    assert_eq!(read(&robot, "/etc/dt-agent/robot.yaml"), edited);
+
+    // Renamed: provision's keys change, the user's stay; /etc/hosts is a new file (renamed
+    // into place) with the old one's owner and mode, and no temp file is left in /etc.
+    use std::os::unix::fs::MetadataExt as _;
+    let hosts_path = robot.root().join("etc/hosts");
+    let old = std::fs::metadata(&hosts_path).unwrap();
+    let third = again("warnbot2");
+    let changed = third["changed"].to_string();
+    assert!(
+        changed.contains("robot-yaml") && changed.contains("hostname"),
+        "{third}"
+    );
+    let yaml = read(&robot, "/etc/dt-agent/robot.yaml");
+    let c = dts::profile::robot::RobotConfig::from_str("robot.yaml", &yaml).unwrap();
+    assert_eq!(c.hostname, "warnbot2", "{yaml}");
+    assert_eq!(c.configuration, "DB21J", "{yaml}");
+    assert_eq!(
+        c.devices["camera"].nodes[0].to_string(),
+        "/dev/video2:/dev/video0",
+        "{yaml}"
+    );
+    let new = std::fs::metadata(&hosts_path).unwrap();
+    assert_ne!(
+        new.ino(),
+        old.ino(),
+        "/etc/hosts was not replaced by a rename"
+    );
+    assert_eq!(
+        (new.mode() & 0o7777, new.uid(), new.gid()),
+        (old.mode() & 0o7777, old.uid(), old.gid())
+    );
+    let hosts = read(&robot, "/etc/hosts");
+    assert!(
+        hosts.contains("10.9.8.7\tlabserver labserver.lan\n"),
+        "{hosts}"
+    );
+    assert!(hosts.contains("127.0.1.1\twarnbot2\n"), "{hosts}");
+    assert!(!hosts.contains("warnbot\n"), "{hosts}");
+    assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+    let leftovers: Vec<_> = std::fs::read_dir(robot.root().join("etc"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".dts."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(exec_ok(&robot, &["hostname"]).trim(), "warnbot2");
+    warns("renamed");
 }

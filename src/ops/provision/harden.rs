@@ -86,7 +86,7 @@ pub(super) async fn check_sudoers(cx: &mut Cx<'_>) -> Result<Plan> {
     // With the file to be rewritten, sudo is asked after that (on a dry run: not at all).
     let include = !file
         && !matches!(cx.robot.root, Root::Already)
-        && !sudo_serve_works(cx.robot.session).await?;
+        && sudo_serve_works(cx.robot.session).await?.is_err();
     let mut found = Vec::new();
     if file {
         found.push("file".to_owned());
@@ -114,8 +114,8 @@ pub(super) async fn apply_sudoers(cx: &mut Cx<'_>, plan: &mut Plan) -> Result<()
                 Some("visudo -cf \"$tmp\""),
             )
             .await?;
-        include =
-            !matches!(cx.robot.root, Root::Already) && !sudo_serve_works(cx.robot.session).await?;
+        include = !matches!(cx.robot.root, Root::Already)
+            && sudo_serve_works(cx.robot.session).await?.is_err();
     }
     if !include {
         return Ok(());
@@ -133,11 +133,11 @@ pub(super) async fn apply_sudoers(cx: &mut Cx<'_>, plan: &mut Plan) -> Result<()
             &[],
         )
         .await?;
-    if !sudo_serve_works(cx.robot.session).await? {
+    if let Err(why) = sudo_serve_works(cx.robot.session).await? {
         return Err(cx.robot.fail(
             "sudoers",
             format!(
-                "{} still cannot run `sudo -n {AGENT_PATH} serve --stdio`",
+                "{} still cannot run `sudo -n {AGENT_PATH} serve --stdio`: {why}",
                 cx.user
             ),
         ));

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use super::remote::{HOSTS_AWK, preload, wait_for_daemon};
 use super::steps::{Cx, Plan};
 use super::{
-    AGENT_PATH, MARKER_PATH, Marker, UDEV_RULES, UNIT_PATH, robot_hardware, robot_yaml, sh_quote,
-    sha256_hex, systemd_unit,
+    AGENT_PATH, MARKER_PATH, Marker, RobotYamlMerge, UDEV_RULES, UNIT_PATH, merge_robot_yaml,
+    robot_hardware, robot_yaml, sh_quote, sha256_hex, systemd_unit,
 };
 use crate::progress::Event;
 
@@ -138,36 +138,63 @@ pub(super) async fn apply_udev_rules(cx: &mut Cx<'_>, plan: &mut Plan) -> Result
     Ok(())
 }
 
+/// What provision owns in `robot.yaml` (hostname, type, configuration) checked against the
+/// file; the user's `devices:` stay ([`merge_robot_yaml`]). `found`: the new text, and
+/// `replace` when the old file could not be kept (a copy of it is kept beside it).
 pub(super) async fn check_robot_yaml(cx: &mut Cx<'_>) -> Result<Plan> {
-    let yaml = robot_yaml(&cx.args.hostname, &cx.profile);
-    let need = cx
+    let path = crate::profile::robot::DEFAULT_ROBOT_YAML;
+    let p = sh_quote(path);
+    // A sentinel line first: a missing file and an empty one differ.
+    let out = cx
         .robot
-        .file_differs(
+        .root_ok(
             "robot-yaml",
-            crate::profile::robot::DEFAULT_ROBOT_YAML,
-            yaml.as_bytes(),
-            "644",
+            &format!("if [ -f {p} ]; then echo present; stat -c %a {p}; cat {p}; fi"),
+            &[],
         )
         .await?;
-    Ok(Plan::new(
-        need,
-        format!(
-            "{} {} ({})",
-            cx.profile.robot_type, cx.profile.configuration, cx.args.hostname
-        ),
-    ))
+    let summary = format!(
+        "{} {} ({})",
+        cx.profile.robot_type, cx.profile.configuration, cx.args.hostname
+    );
+    let fresh = robot_yaml(&cx.args.hostname, &cx.profile);
+    let Some(rest) = out.strip_prefix("present\n") else {
+        return Ok(Plan::new(true, summary).found(vec![fresh]));
+    };
+    let (mode, text) = rest.split_once('\n').unwrap_or((rest, ""));
+    let plan = match merge_robot_yaml(text, &cx.args.hostname, &cx.profile) {
+        RobotYamlMerge::Unchanged if mode.trim() == "644" => Plan::new(false, summary),
+        RobotYamlMerge::Unchanged => Plan::new(true, summary).found(vec![text.to_owned()]),
+        RobotYamlMerge::Merged(t) => {
+            Plan::new(true, format!("{summary}; your other settings kept")).found(vec![t])
+        }
+        RobotYamlMerge::Replaced(t, why) => Plan::new(
+            true,
+            format!("{summary}; the old file was replaced ({why}) and kept as {path}.invalid"),
+        )
+        .found(vec![t, "replace".into()]),
+    };
+    Ok(plan)
 }
 
-pub(super) async fn apply_robot_yaml(cx: &mut Cx<'_>) -> Result<()> {
-    let yaml = robot_yaml(&cx.args.hostname, &cx.profile);
+pub(super) async fn apply_robot_yaml(cx: &mut Cx<'_>, plan: &mut Plan) -> Result<()> {
+    let path = crate::profile::robot::DEFAULT_ROBOT_YAML;
+    if plan.found.get(1).is_some_and(|f| f == "replace") {
+        let p = sh_quote(path);
+        cx.robot
+            .root_ok(
+                "robot-yaml",
+                &format!("cp -p {p} {}", sh_quote(&format!("{path}.invalid"))),
+                &[],
+            )
+            .await?;
+        cx.notes.push(format!(
+            "{path} on `{}` could not be merged, so it was replaced; the old one is {path}.invalid",
+            cx.robot.addr
+        ));
+    }
     cx.robot
-        .write_file(
-            "robot-yaml",
-            crate::profile::robot::DEFAULT_ROBOT_YAML,
-            yaml.as_bytes(),
-            "644",
-            None,
-        )
+        .write_file("robot-yaml", path, plan.found[0].as_bytes(), "644", None)
         .await
 }
 
@@ -240,16 +267,16 @@ pub(super) async fn check_hostname(cx: &mut Cx<'_>) -> Result<Plan> {
 
 pub(super) async fn apply_hostname(cx: &mut Cx<'_>) -> Result<()> {
     let name = sh_quote(&cx.args.hostname);
-    // /etc/hostname and /etc/hosts are written in place, not renamed over: in a container
-    // they are bind mounts.
     cx.robot
         .root_ok(
             "hostname",
             &format!(
-                "tmp=$(mktemp); trap 'rm -f \"$tmp\"' EXIT; \
+                "{REPLACE_FILE}\
                  o=$(cat /etc/hostname 2>/dev/null || true); [ -n \"$o\" ] || o=$(hostname); \
-                 awk -v n={name} -v o=\"$o\" '{HOSTS_AWK}' /etc/hosts > \"$tmp\"; \
-                 cat \"$tmp\" > /etc/hosts; printf '%s\\n' {name} > /etc/hostname; hostname {name}; \
+                 s=/etc/hosts; [ -e \"$s\" ] || s=/dev/null; \
+                 h=$(awk -v n={name} -v o=\"$o\" '{HOSTS_AWK}' \"$s\"); \
+                 printf '%s\\n' \"$h\" | replace_file /etc/hosts; \
+                 printf '%s\\n' {name} | replace_file /etc/hostname; hostname {name}; \
                  if [ -d /run/systemd/system ] && systemctl -q is-active avahi-daemon 2>/dev/null; then systemctl restart avahi-daemon; fi"
             ),
             &[],
@@ -257,6 +284,21 @@ pub(super) async fn apply_hostname(cx: &mut Cx<'_>) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// A shell function `replace_file PATH` that replaces PATH with its stdin so that every reader
+/// sees the old file or the new one, whole: a temp file in the same directory, the old file's
+/// owner and mode, fsync, rename, fsync of the directory. A PATH that is a mount point (a
+/// container's bind-mounted /etc/hosts) cannot be renamed over and is rewritten in place.
+const REPLACE_FILE: &str = "replace_file() { \
+     f=$1; d=$(dirname \"$f\"); t=$(mktemp \"$d/.${f##*/}.dts.XXXXXX\"); \
+     trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; \
+     if [ -e \"$f\" ]; then chown --reference=\"$f\" \"$t\"; chmod --reference=\"$f\" \"$t\"; \
+     else chown root:root \"$t\"; chmod 644 \"$t\"; fi; \
+     sync \"$t\"; \
+     if awk -v f=\"$f\" '$5 == f { m = 1 } END { exit !m }' /proc/self/mountinfo; then \
+       cat \"$t\" > \"$f\"; sync \"$f\"; rm -f \"$t\"; \
+     else mv -f \"$t\" \"$f\"; sync \"$d\"; fi; \
+     trap - EXIT; }; ";
 
 pub(super) async fn check_systemd_unit(cx: &mut Cx<'_>) -> Result<Plan> {
     let unit = systemd_unit();

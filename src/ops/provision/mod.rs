@@ -256,11 +256,72 @@ pub fn robot_hardware(configuration: &str) -> &'static str {
 /// `devices`, so the profile of `configuration` applies as shipped.
 pub fn robot_yaml(hostname: &str, profile: &RobotProfile) -> String {
     format!(
-        "# Written by `dts duckiebot provision`. `configuration` selects profiles/robots/{cfg}.yaml;\n\
-         # add a `devices:` map to replace one of its roles on this robot.\n\
-         hostname: {hostname}\ntype: {ty}\nconfiguration: {cfg}\n",
+        "{}hostname: {hostname}\ntype: {ty}\nconfiguration: {cfg}\n",
+        robot_yaml_header(profile),
         cfg = profile.configuration,
         ty = profile.robot_type,
+    )
+}
+
+/// What re-provisioning does to an existing `robot.yaml` ([`merge_robot_yaml`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RobotYamlMerge {
+    /// It already says what provision owns, and reads back: left alone, comments and all.
+    Unchanged,
+    /// Rewritten with this text: provision's keys (`hostname`, `type`, `configuration`) set,
+    /// everything else (`devices:`) kept in its place; comments are lost.
+    Merged(String),
+    /// It could not be kept (not YAML, not a mapping, or wrong once merged: the reason);
+    /// replaced with a fresh [`robot_yaml`] after a copy of the old one is kept.
+    Replaced(String, String),
+}
+
+/// Merges provision's view of the robot into `existing` (a `robot.yaml` found on the robot):
+/// provision owns `hostname`, `type` and `configuration`; the user's `devices:` stay. The merge
+/// goes through serde_yaml_ng's mapping, which keeps key order but not comments, and the result
+/// must read back as a [`crate::profile::robot::RobotConfig`] (what the agent will read).
+pub fn merge_robot_yaml(existing: &str, hostname: &str, profile: &RobotProfile) -> RobotYamlMerge {
+    use crate::profile::robot::RobotConfig;
+    use serde_yaml_ng::Value;
+    let file = crate::profile::robot::DEFAULT_ROBOT_YAML;
+    if let Ok(c) = RobotConfig::from_str(file, existing)
+        && c.hostname == hostname
+        && c.configuration == profile.configuration
+        && c.robot_type == profile.robot_type
+    {
+        return RobotYamlMerge::Unchanged;
+    }
+    let fresh = || robot_yaml(hostname, profile);
+    let mut map = match serde_yaml_ng::from_str::<Value>(existing) {
+        Ok(Value::Mapping(m)) => m,
+        Ok(Value::Null) => return RobotYamlMerge::Merged(fresh()),
+        Ok(_) => return RobotYamlMerge::Replaced(fresh(), "it is not a mapping".into()),
+        Err(e) => return RobotYamlMerge::Replaced(fresh(), format!("it is not YAML: {e}")),
+    };
+    for (k, v) in [
+        ("hostname", hostname),
+        ("type", profile.robot_type.as_str()),
+        ("configuration", profile.configuration.as_str()),
+    ] {
+        map.insert(Value::from(k), Value::from(v));
+    }
+    let body = match serde_yaml_ng::to_string(&Value::Mapping(map)) {
+        Ok(b) => b,
+        Err(e) => return RobotYamlMerge::Replaced(fresh(), e.to_string()),
+    };
+    let text = format!("{}{body}", robot_yaml_header(profile));
+    match RobotConfig::from_str(file, &text) {
+        Ok(_) => RobotYamlMerge::Merged(text),
+        Err(e) => RobotYamlMerge::Replaced(fresh(), e.to_string()),
+    }
+}
+
+/// The comment `robot.yaml` opens with.
+fn robot_yaml_header(profile: &RobotProfile) -> String {
+    format!(
+        "# Written by `dts duckiebot provision`. `configuration` selects profiles/robots/{cfg}.yaml;\n\
+         # add a `devices:` map to replace one of its roles on this robot.\n",
+        cfg = profile.configuration,
     )
 }
 
@@ -456,6 +517,79 @@ mod tests {
             assert_eq!(c.configuration, cfg);
             assert_eq!(c.robot_type, p.robot_type);
             assert!(c.devices.is_empty());
+        }
+    }
+
+    /// Re-provisioning keeps the user's `devices:` and takes over only hostname, type and
+    /// configuration; a file that already agrees is left alone, comments and all.
+    #[test]
+    fn robot_yaml_merges_keep_the_users_devices() {
+        use crate::profile::robot::RobotConfig;
+        let db21j = RobotProfile::builtin("DB21J").unwrap();
+        let ours = robot_yaml("mybot", &db21j);
+        assert_eq!(
+            merge_robot_yaml(&ours, "mybot", &db21j),
+            RobotYamlMerge::Unchanged
+        );
+        let edited = format!(
+            "{ours}# the camera is on the second bus here\ndevices:\n  camera:\n    nodes: [\"/dev/video2:/dev/video0\"]\n    groups: [video]\n"
+        );
+        assert_eq!(
+            merge_robot_yaml(&edited, "mybot", &db21j),
+            RobotYamlMerge::Unchanged
+        );
+        let devices = RobotConfig::from_str("t", &edited).unwrap().devices;
+        assert_eq!(devices.len(), 1);
+        // A new name and a new configuration: the devices stay, in their place.
+        let db21m = RobotProfile::builtin("DB21M").unwrap();
+        let RobotYamlMerge::Merged(text) = merge_robot_yaml(&edited, "other", &db21m) else {
+            panic!("not merged");
+        };
+        let c = RobotConfig::from_str("t", &text).unwrap();
+        assert_eq!(c.hostname, "other");
+        assert_eq!(c.configuration, "DB21M");
+        assert_eq!(c.robot_type, db21m.robot_type);
+        assert_eq!(c.devices, devices);
+        assert!(
+            text.starts_with("# Written by `dts duckiebot provision`"),
+            "{text}"
+        );
+        assert_eq!(
+            merge_robot_yaml(&text, "other", &db21m),
+            RobotYamlMerge::Unchanged
+        );
+        // Without `type`, or with an empty file: provision's keys are filled in.
+        let bare =
+            "hostname: old\nconfiguration: DB21J\ndevices:\n  tof:\n    nodes: [/dev/i2c-9]\n";
+        let RobotYamlMerge::Merged(text) = merge_robot_yaml(bare, "mybot", &db21j) else {
+            panic!("not merged");
+        };
+        let c = RobotConfig::from_str("t", &text).unwrap();
+        assert_eq!((c.hostname.as_str(), c.devices.len()), ("mybot", 1));
+        assert_eq!(
+            merge_robot_yaml("", "mybot", &db21j),
+            RobotYamlMerge::Merged(ours.clone())
+        );
+        // What cannot be kept is replaced, with the reason.
+        for (bad, why) in [
+            ("hostname: [unclosed\n", "not YAML"),
+            ("- a list\n", "not a mapping"),
+            (
+                "hostname: x\nconfiguration: DB21J\ncolour: blue\n",
+                "colour",
+            ),
+            (
+                "hostname: x\nconfiguration: DB21J\ndevices:\n  camera:\n    nodez: []\n",
+                "nodez",
+            ),
+        ] {
+            match merge_robot_yaml(bad, "mybot", &db21j) {
+                RobotYamlMerge::Replaced(text, reason) => {
+                    assert_eq!(text, ours);
+                    assert!(reason.contains(why), "{bad}: {reason}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

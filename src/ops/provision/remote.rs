@@ -295,15 +295,56 @@ pub(super) async fn verify_key_login(
     .into())
 }
 
+/// How long `sudo -n dt-agent serve --stdio` may take to say hello (an arm64 agent under
+/// emulation, a slow SD card).
+const SERVE_HELLO: Duration = Duration::from_secs(60);
+
 /// Whether the login user may run `sudo -n dt-agent serve --stdio` (as `dts` does) without a
-/// password. The agent answers a closed stdin by ending; only sudo's refusal says `sudo:`.
-pub(super) async fn sudo_serve_works(session: &Session) -> Result<bool> {
-    let out = session
-        .run(&format!(
-            "LC_ALL=C sudo -n {AGENT_PATH} serve --stdio </dev/null 2>&1 >/dev/null | grep -c '^sudo:' || true"
-        ))
-        .await?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
+/// password: `Ok(())` once the agent's hello came back over it, else what went wrong, with
+/// sudo's own words. Judged by that positive answer alone, never by what sudo prints: sudo
+/// warns on healthy robots (`sudo: unable to resolve host …` when the hostname is not in
+/// /etc/hosts, lecture banners, `sudo: setrlimit …` in containers).
+pub(super) async fn sudo_serve_works(session: &Session) -> Result<Result<(), String>> {
+    let command = format!("sudo -n {AGENT_PATH} serve --stdio");
+    let mut channel = session.exec(&command).await?;
+    let opened = tokio::time::timeout(
+        SERVE_HELLO,
+        crate::wire::client::Connection::open(&mut channel),
+    )
+    .await;
+    let failed = match opened {
+        Ok(Ok((conn, _hello))) => {
+            let closed = conn.close().await;
+            // The agent ends on the goodbye; its exit status is not the answer, the hello was.
+            let _ = tokio::time::timeout(SERVE_HELLO, channel.wait()).await;
+            return Ok(closed.map_err(|e| format!("`{command}`: {e}")));
+        }
+        Ok(Err(e)) => e.to_string(),
+        // Not waited for: the command may never end.
+        Err(_) => {
+            return Ok(Err(format!(
+                "`{command}` did not say hello within {}s",
+                SERVE_HELLO.as_secs()
+            )));
+        }
+    };
+    let said = match tokio::time::timeout(SERVE_HELLO, channel.wait()).await {
+        Ok(Ok(exit)) => {
+            let err = String::from_utf8_lossy(&exit.stderr);
+            format!(
+                "{}{}",
+                exit.status,
+                if err.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", err.trim())
+                }
+            )
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "it did not end".to_owned(),
+    };
+    Ok(Err(format!("`{command}` gave no hello ({failed}); {said}")))
 }
 
 /// `host` of a `host:port` / `[v6]:port` address.

@@ -184,7 +184,7 @@ impl Step {
             Step::Runc => install::apply_runc(cx).await,
             Step::Agent => install::apply_agent(cx).await,
             Step::UdevRules => install::apply_udev_rules(cx, plan).await,
-            Step::RobotYaml => install::apply_robot_yaml(cx).await,
+            Step::RobotYaml => install::apply_robot_yaml(cx, plan).await,
             Step::DataConfig => install::apply_data_config(cx, plan).await,
             Step::Sudoers => harden::apply_sudoers(cx, plan).await,
             Step::HostKeys => harden::apply_host_keys(cx, plan).await,
