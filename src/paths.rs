@@ -12,6 +12,7 @@
 //! ├── build/            the builder's state (ops::build)
 //! ├── cache/layers/     what the wire session remembers of sent layers
 //! ├── sims/NAME/        virtual robots (sim)
+//! ├── registries.json   optional: Docker Hub's `registry-mirrors` (ops::registry)
 //! ├── known_hosts       host keys dts records itself (its sims'), read besides ~/.ssh's
 //! ├── robot_key         the key `dts duckiebot provision` authorises
 //! └── sim_key           the key dts authorises on its sims

@@ -312,10 +312,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 json: *json,
                 pull: crate::ops::deploy::PullOptions {
                     policy: *pull,
-                    registry: crate::registry::ClientOptions {
-                        insecure: *insecure,
-                        ..Default::default()
-                    },
+                    registry: crate::ops::registry::client_options(*insecure)?,
                 },
             };
             deploy(robot, stack.as_deref(), set, how, ssh, g, printer).await

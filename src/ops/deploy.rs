@@ -1,7 +1,9 @@
-//! Turning a stack file into what a robot runs: each service's image resolved in the laptop's
-//! store for the robot's platform, its compose settings mapped onto a container, its health
-//! check taken from the stack or the image — a [`ReleaseSpec`] plus the list of images to ship —
-//! and [`apply`]ing it on the robot, saying what probation will wait for while it does.
+//! Turning a stack file into what a robot runs: each service's image resolved for the robot's
+//! platform — from the laptop's store, else from the robot's own store (wire `resolve`: such
+//! images are never sent), else pulled as `--pull` says ([`PullPolicy`]) — its compose
+//! settings mapped onto a container, its health check taken from the stack or the image — a
+//! [`ReleaseSpec`] plus the images to ship and those the robot holds — and [`apply`]ing it on
+//! the robot, saying what probation will wait for while it does.
 //!
 //! The robot's daemon runs the release's probation by itself: the laptop only waits for its
 //! answer (or, with `detach`, for the answer that every service runs). A laptop that goes away
@@ -454,6 +456,24 @@ mod tests {
             container: ContainerConfig::default(),
             healthcheck,
         }
+    }
+
+    #[test]
+    fn pull_policies_and_what_never_says() {
+        assert_eq!("missing".parse(), Ok(PullPolicy::Missing));
+        assert_eq!("always".parse(), Ok(PullPolicy::Always));
+        assert_eq!("never".parse(), Ok(PullPolicy::Never));
+        assert_eq!(PullPolicy::default(), PullPolicy::Missing);
+        let e = "sometimes".parse::<PullPolicy>().unwrap_err();
+        assert!(e.contains("missing, always or never"), "{e}");
+        let e = NotHeld {
+            images: vec!["duckietown/dt-core:daffy".into()],
+        }
+        .to_string();
+        assert!(
+            e.contains("`duckietown/dt-core:daffy`") && e.contains("--pull never"),
+            "{e}"
+        );
     }
 
     /// Issue 20: a deploy sat silent for the probation time; it now says what it waits for.

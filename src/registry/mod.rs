@@ -65,6 +65,10 @@ pub struct ClientOptions {
     pub concurrency: usize,
     /// Host names resolved to fixed addresses, like `curl --resolve` (labs without DNS).
     pub resolve: Vec<(String, SocketAddr)>,
+    /// Mirrors of Docker Hub, as Docker's `registry-mirrors` (`https://mirror.lab:5000`;
+    /// `http://` for a plain-HTTP one): a pull of a `docker.io` name tries each in turn, then
+    /// Docker Hub itself. They get Docker Hub's credentials, as Docker's mirrors do.
+    pub mirrors: Vec<Url>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +80,7 @@ impl Default for ClientOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             concurrency: DEFAULT_CONCURRENCY,
             resolve: Vec::new(),
+            mirrors: Vec::new(),
         }
     }
 }
@@ -131,9 +136,11 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<String>>>;
 
 /// One repository on one registry, and how to reach it.
 pub(crate) struct Target {
-    /// The registry as references name it (`docker.io`, `127.0.0.1:5000`): the key for
-    /// credentials, caches and the blob record.
+    /// The registry as references name it (`docker.io`, `127.0.0.1:5000`), or a mirror's
+    /// host: the key for challenges, tokens and the blob record.
     registry: String,
+    /// Whose credentials it gets: the registry's own, Docker Hub's for its mirrors.
+    auth: String,
     repository: String,
     /// `scheme://api-host/`.
     base: Url,
@@ -260,9 +267,29 @@ impl Client {
         };
         Target {
             registry: reference.registry().to_string(),
+            auth: reference.registry().to_string(),
             repository: reference.repository().to_string(),
             base: Url::parse(&format!("{scheme}://{host}/"))
                 .expect("reference hosts are valid URL hosts"),
+        }
+    }
+
+    /// `reference`'s repository (a `docker.io` one) on the Docker Hub mirror at `mirror`,
+    /// with Docker Hub's credentials.
+    pub(crate) fn mirror_target(&self, reference: &Reference, mirror: &Url) -> Target {
+        let host = match (mirror.host_str(), mirror.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => mirror.as_str().to_string(),
+        };
+        let mut base = mirror.clone();
+        base.set_path("/");
+        base.set_query(None);
+        Target {
+            registry: host,
+            auth: reference.registry().to_string(),
+            repository: reference.repository().to_string(),
+            base,
         }
     }
 
@@ -347,7 +374,7 @@ impl Client {
         match scheme {
             None => Ok((None, false)),
             Some(Challenge::Basic) => {
-                let lookup = self.lookup(&t.registry).await;
+                let lookup = self.lookup(&t.auth).await;
                 match &lookup.credentials {
                     Some(c) => Ok((Some(c.basic_header()), true)),
                     None => Err(self.unauthorized(t, false, "").await),
@@ -390,7 +417,7 @@ impl Client {
                 "the registry's token realm `{realm}` is not a URL: {e}"
             ))
         })?;
-        let lookup = self.lookup(&t.registry).await;
+        let lookup = self.lookup(&t.auth).await;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -450,7 +477,7 @@ impl Client {
 
     /// The error for a refused request: credentials rejected, or none to offer.
     async fn unauthorized(&self, t: &Target, sent_credentials: bool, body: &str) -> RegistryError {
-        let lookup = self.lookup(&t.registry).await;
+        let lookup = self.lookup(&t.auth).await;
         let said = if body.is_empty() {
             String::new()
         } else {

@@ -69,6 +69,10 @@ impl Client {
     /// a new index (same media type as the registry's) listing just those. A single-platform
     /// image must match every platform asked for. Blobs already in the store are not
     /// downloaded.
+    ///
+    /// A `docker.io` name is tried on each of [`ClientOptions::mirrors`] first
+    /// (`super::ClientOptions`), then on Docker Hub, as Docker does; a mirror that fails is a
+    /// note on `reporter`.
     pub async fn pull(
         &self,
         store: &Store,
@@ -76,7 +80,40 @@ impl Client {
         platforms: Option<&[Platform]>,
         reporter: &dyn Reporter,
     ) -> Result<PullReport> {
-        let t = self.target(reference);
+        if reference.registry() == crate::oci::reference::DOCKER_HUB {
+            for m in &self.opts.mirrors {
+                let t = self.mirror_target(reference, m);
+                match self
+                    .pull_from(t, store, reference, platforms, reporter)
+                    .await
+                {
+                    Ok(r) => return Ok(r),
+                    Err(e) => reporter.event(Event::note(format!(
+                        "the Docker Hub mirror {m} failed ({}); trying the next, then Docker Hub",
+                        error_chain(&e)
+                    ))),
+                }
+            }
+        }
+        self.pull_from(
+            self.target(reference),
+            store,
+            reference,
+            platforms,
+            reporter,
+        )
+        .await
+    }
+
+    /// [`Client::pull`] from the registry (or mirror) `t`.
+    async fn pull_from(
+        &self,
+        t: Target,
+        store: &Store,
+        reference: &Reference,
+        platforms: Option<&[Platform]>,
+        reporter: &dyn Reporter,
+    ) -> Result<PullReport> {
         let scopes = vec![t.scope(false)];
         let full_name = reference.to_string();
         let (source, bytes, doc) = self

@@ -519,6 +519,33 @@ mod tests {
         assert!(h.has_objects);
     }
 
+    /// `resolve` (2.3) goes only to robots that say they speak it: an older one would end the
+    /// session on the unknown `op`.
+    #[test]
+    fn only_a_2_3_robot_is_asked_to_resolve() {
+        let json = r#"{"platform":{"architecture":"amd64","os":"linux"},
+            "hostname":"r","agent_version":"0.1.0","free_bytes":1,"images":[]}"#;
+        let mut h: RobotHello = serde_json::from_str(json).unwrap();
+        for (protocol, resolves) in [
+            ("2.2", false),
+            ("2.3", true),
+            ("2.10", true),
+            ("3.3", false),
+            ("", false),
+        ] {
+            h.protocol = protocol.into();
+            assert_eq!(h.resolves(), resolves, "{protocol}");
+        }
+        let m = ToRobot::Resolve {
+            images: vec![ResolveQuery {
+                name: "ubuntu".into(),
+                platform: Platform::host(),
+            }],
+        };
+        let back: ToRobot = frame::Frame::control(&m).message().unwrap();
+        assert!(matches!(back, ToRobot::Resolve { images } if images[0].name == "ubuntu"));
+    }
+
     #[test]
     fn messages_round_trip() {
         let m = ToRobot::Daemon {
