@@ -308,7 +308,8 @@ fn docker_config(ctx: &TestContext, auths: &[(&str, &str, &str)]) {
 ///   (`registry-mirrors`, token auth, Docker Hub's credentials), pulls only the robot's platform
 ///   of a two-platform index, then ships; `--pull always` asks the registry again;
 /// - `--pull never` with an image neither side holds: exit 2 naming it, no release;
-/// - bad inputs: an unknown `--pull`, an unreachable registry, wrong credentials.
+/// - bad inputs: an unknown `--pull`, an unreachable registry, wrong credentials;
+/// - both sides holding the name with different digests: the laptop's wins.
 #[test]
 fn deploy_never_reships_what_the_robot_holds_and_pulls_what_neither_has() {
     if !can_run_sim() {
@@ -564,4 +565,27 @@ fn deploy_never_reships_what_the_robot_holds_and_pulls_what_neither_has() {
         n + 1,
         "only the pull's deploy made a release"
     );
+
+    // Both sides hold the robot's image's name, with different digests: the laptop's wins
+    // (it is what the user built), and it is shipped, not taken from the robot.
+    let c4 = context(&work, "rebuilt");
+    let rebuilt = ctx
+        .ok(&[
+            "devel",
+            "build",
+            "-C",
+            c4.to_str().unwrap(),
+            "-t",
+            COMMONS,
+            "--arch",
+            "amd64",
+        ])
+        .trim()
+        .to_string();
+    let (code, dry, err) = deploy(&ctx, &stack, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{dry} {err}");
+    let img = &dry["plan"]["images"][0];
+    assert_eq!(img["held_by_robot"], false, "{dry}");
+    assert_eq!(img["manifest"], rebuilt, "{dry}");
+    assert_eq!(dry["objects_sent"], 1, "the rebuilt version.py: {dry}");
 }
