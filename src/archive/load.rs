@@ -341,7 +341,7 @@ impl Files {
 }
 
 /// `./a/b` → `a/b`; `..` that escapes the root → None.
-fn normalize(path: &str) -> Option<String> {
+pub(super) fn normalize(path: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for c in Path::new(path).components() {
         match c {
@@ -479,7 +479,7 @@ fn copy_checked(
     }
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
@@ -491,7 +491,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Reports bytes read from the archive file.
-struct Progress<'a, R> {
+pub(super) struct Progress<'a, R> {
     inner: R,
     reporter: &'a dyn Reporter,
     done: u64,
@@ -499,7 +499,7 @@ struct Progress<'a, R> {
 }
 
 impl<'a, R> Progress<'a, R> {
-    fn new(inner: R, reporter: &'a dyn Reporter, total: Option<u64>) -> Self {
+    pub(super) fn new(inner: R, reporter: &'a dyn Reporter, total: Option<u64>) -> Self {
         reporter.event(Event::start("read", "read archive", total));
         Progress {
             inner,

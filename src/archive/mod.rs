@@ -9,9 +9,11 @@
 
 mod load;
 mod save;
+mod stream;
 
 pub use load::{LoadReport, StageOptions, StagedArchive, StagedImage, load, stage};
 pub use save::{SaveFormat, SaveReport, save};
+pub use stream::{Entry, Interrupted, visit};
 
 use crate::oci::json::JsonError;
 use crate::store::StoreError;
@@ -52,7 +54,8 @@ impl ArchiveError {
         }
     }
 
-    fn invalid(path: &std::path::Path, reason: impl Into<String>) -> ArchiveError {
+    /// Bad content in the archive at `path`.
+    pub fn invalid(path: &std::path::Path, reason: impl Into<String>) -> ArchiveError {
         ArchiveError::Invalid {
             path: path.display().to_string(),
             reason: reason.into(),

@@ -95,6 +95,10 @@ struct ImportArgs {
     /// Print what was imported as JSON
     #[arg(long)]
     json: bool,
+    /// Bytes the archive is expected to have, for progress when it comes from a pipe (e.g. the
+    /// sum of `docker image inspect --format '{{.Size}}'` of the images saved)
+    #[arg(long, value_name = "N")]
+    expect_bytes: Option<u64>,
 }
 
 /// `--json` for the store commands.
@@ -352,6 +356,7 @@ fn image(c: &ImageCommand, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
                     &ImportOptions {
                         tag: tag.as_ref(),
                         platform: platform.as_ref(),
+                        expect_bytes: a.expect_bytes,
                     },
                     &*reporter(g),
                 )

@@ -567,6 +567,26 @@ fn hostile_archives_and_layers_are_refused_and_change_nothing() {
             err.contains('`'),
             "{name}: the error names what it is about: {err}"
         );
+        // Nothing published: no name, snapshot or document, no staging left. Layers that
+        // checked out before the refusal may have been committed (an import commits each layer
+        // as it streams by); they are garbage, and gc brings the store back exactly.
+        let published = |s: &BTreeMap<String, String>| -> Vec<(String, String)> {
+            s.iter()
+                .filter(|(k, _)| {
+                    *k == "refs.json"
+                        || ["snapshots/", "images/", "tmp/"]
+                            .iter()
+                            .any(|p| k.starts_with(p))
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        assert_eq!(
+            published(&store_state(&root)),
+            published(&before),
+            "{name}: something was published"
+        );
+        ok(&agent(&root, &["gc"]));
         assert_eq!(store_state(&root), before, "{name}: the store changed");
         assert_eq!(
             store_state(&canary),

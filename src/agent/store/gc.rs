@@ -8,6 +8,11 @@
 //! tar-splits name. Everything is marked before anything is removed, and a root that cannot be
 //! read stops the collection (containerd#1674: never collect from an index that did not load).
 //!
+//! Layers an unfinished import committed (listed in `imports/*.pending`, younger than
+//! [`IN_FLIGHT_GRACE`]) are kept like named ones, so a killed adoption's rerun skips them; gc
+//! never runs during an import (the import holds the store lock shared, gc waits for it
+//! exclusively).
+//!
 //! Sweep order: abandoned `tmp/` entries, snapshots, layers, then objects — after the
 //! snapshots, so an object's link count says whether a kept snapshot still uses that variant:
 //! of the variants of a kept content, those linked from a snapshot stay, and one stays anyway
@@ -44,6 +49,9 @@ pub struct GcReport {
     pub documents_removed: usize,
     /// Abandoned staging directories removed.
     pub tmp_removed: usize,
+    /// Layers no image needs, kept because an unfinished import committed them (its rerun
+    /// skips them).
+    pub layers_pending: usize,
     /// Objects kept because no layer names them yet and they are younger than
     /// [`IN_FLIGHT_GRACE`]: a transfer in flight or cut.
     pub objects_in_flight: usize,
@@ -74,6 +82,10 @@ pub(super) fn gc(store: &AgentStore) -> Result<GcReport, AgentStoreError> {
         layers.extend(config.rootfs.diff_ids.iter().cloned());
     }
     report.images_kept = manifests.len();
+    // Layers an unfinished import committed, kept for its rerun (pending.rs).
+    let pending = super::pending::protected(store)?;
+    report.layers_pending = pending.iter().filter(|d| !layers.contains(*d)).count();
+    layers.extend(pending);
     let mut contents = BTreeSet::new();
     for d in &layers {
         if !store.has_layer(d) {
@@ -177,6 +189,7 @@ pub(super) fn gc(store: &AgentStore) -> Result<GcReport, AgentStoreError> {
             report.documents_removed += 1;
         }
     }
+    super::pending::sweep_sources(store)?;
     // One syncfs rather than an fsync per directory touched (up to 256 object directories).
     let f = fs::File::open(store.root()).at("open", store.root())?;
     rustix::fs::syncfs(&f)

@@ -1,44 +1,53 @@
-//! `dt-agent image import`: an archive → objects, layers, snapshots, documents and names, all
-//! or nothing.
+//! `dt-agent image import`: an archive, streamed → layers committed as they arrive, then
+//! snapshots, documents and names, all names at once.
 //!
 //! ```text
 //! tmp/import-<pid>-…/        flocked while the import runs; removed at its end, or by the
-//!   stage/                   next import or gc after a crash
-//!                            archive blobs, staged and checked (src/archive: the same parser
-//!                            as `dts image load`)
-//!   objects/<object name>    new objects, metadata applied, linked into the snapshot below
-//!   layers/<diff hex>/       tar-split.zst + meta.json of layers the store lacks
+//!                            next import or gc after a crash
+//!   layer/ scratch/ objects/ the layer being consumed (consume.rs)
 //!   snaps/<chain hex>/       rootfs/ (the hardlink farm) + meta.json
 //!   docs/                    manifests and configs on their way to images/
+//! imports/                   what an unfinished import keeps for its rerun (pending.rs)
 //! ```
 //!
-//! Each layer is read once: the decompressed stream goes through a [`Tee`] that records the
-//! tar-split, into the safe unpacker (`layer::unpack_with`: in-root resolution, whiteouts,
-//! limits, hostile entries refused with their name), whose [`LinkSink`] hashes every file body
-//! and links the object into the snapshot. The unpacker checks the diff_id against the image
-//! config; the tar-split is then re-checked by rebuilding the tar from it and hashing it. Only
-//! after every image of the archive passed is anything renamed out of `tmp/` (see the store's
-//! module doc for the order).
+//! The archive is read once, as a stream of entries ([`crate::archive::visit`]), never staged
+//! whole: `docker save` writes `manifest.json` last, so an importer that waits for it before
+//! touching a layer needs a second copy of the whole archive. Each layer is consumed as it
+//! streams by — hashed, its tar-split recorded, its files made objects — and committed at once
+//! under its diff_id (consume.rs), or only hashed when the store has it. Configs, manifests and
+//! `manifest.json` are small and kept in memory. After the last entry the images are planned
+//! (docker-archive: `manifest.json`; OCI: `index.json`, this robot's platform): every diff_id of
+//! every config must be a layer the stream carried, at the place its manifest says, or the
+//! archive is refused and nothing is named. Then each image's snapshot is built by replaying
+//! its layers' tar-splits as links to their objects (ingest.rs's [`replay_snapshot`]), and
+//! snapshots, documents and names are committed in the store's order (see its module doc).
+//!
+//! What stays after a failure: the layers committed before it (and their objects), listed in
+//! the import's `imports/*.pending` file so `gc` keeps them for a rerun, which then only hashes
+//! them. A refused archive (bad content) drops that protection; a cut stream, a killed import
+//! or a full disk keep it.
+//!
+//! [`replay_snapshot`]: super::ingest
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use rustix::fs::{FlockOperation, RenameFlags, flock};
 use rustix::io::Errno;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::object::{LinkSink, ObjectKey, Recorder, Staging, Tee};
-use super::tarsplit::{self, SplitWriter};
-use super::{AgentStore, AgentStoreError, LayerMeta, RefEntry, SnapshotMeta, snapshot_id};
-use crate::archive::{StageOptions, StagedArchive};
-use crate::layer::{DevicePolicy, UnpackOptions, unpack_with};
-use crate::oci::json::canonical;
-use crate::oci::{Compression, Descriptor, Digest, Document, ImageConfig, Platform, Reference};
+use super::consume::Consumer;
+use super::object::{ObjectKey, Staging};
+use super::tarsplit;
+use super::{AgentStore, AgentStoreError, RefEntry, SnapshotMeta, snapshot_id};
+use crate::archive::{ArchiveError, Interrupted};
+use crate::oci::json::{canonical, parse_strict};
+use crate::oci::{
+    Compression, Descriptor, Digest, Document, ImageConfig, Manifest, Platform, Reference, media,
+};
 use crate::progress::{Event, Reporter};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 use crate::util::fs::{PathContext, temp_name};
@@ -50,6 +59,9 @@ pub struct ImportOptions<'a> {
     pub tag: Option<&'a Reference>,
     /// The platform to take from a multi-platform image (default: this robot's).
     pub platform: Option<&'a Platform>,
+    /// Bytes the stream is expected to have (progress is reported against it when the input's
+    /// own size is unknown: a pipe).
+    pub expect_bytes: Option<u64>,
 }
 
 /// One image an import named.
@@ -88,6 +100,8 @@ pub struct ImportReport {
     pub snapshots_added: usize,
     /// Snapshots the store had.
     pub snapshots_present: usize,
+    /// Bytes of archive entries read.
+    pub bytes_read: u64,
 }
 
 /// One import's staging directory. Dropped, it is removed.
@@ -169,9 +183,15 @@ struct Plan {
     top: Descriptor,
     manifest: Digest,
     platform: String,
-    layers: Vec<(Descriptor, Digest)>,
+    diff_ids: Vec<Digest>,
     chain_id: Digest,
 }
+
+/// Documents to store: digest → bytes.
+type Docs = BTreeMap<Digest, Vec<u8>>;
+
+/// Reads a small blob of the archive by digest, up to a limit.
+type ReadBlob<'a> = dyn Fn(&Digest, u64) -> Result<Vec<u8>, AgentStoreError> + 'a;
 
 pub(super) fn import(
     store: &AgentStore,
@@ -181,106 +201,154 @@ pub(super) fn import(
 ) -> Result<ImportReport, AgentStoreError> {
     clean_tmp(store)?;
     let tx = Tx::begin(store)?;
-    let staging_store = crate::store::Store::open(&tx.dir.join("stage"))?;
-    let staged = crate::archive::stage(
-        &staging_store,
-        input,
-        &StageOptions {
-            check_diff_ids: false,
-        },
-        reporter,
-    )?;
-    let mut docs: BTreeMap<Digest, Vec<u8>> = BTreeMap::new();
-    let mut plans = Vec::new();
-    for img in staged.named(opts.tag)? {
-        plans.push(plan(&staged, img.names, img.top, opts, &mut docs)?);
+    let cut = Interrupted::default();
+    let mut c = Consumer::new(store, &tx.dir, opts.expect_bytes, reporter);
+    let visited = crate::archive::visit(input, opts.expect_bytes, &cut, reporter, &mut |e| {
+        c.entry(e)
+    });
+    let result = visited.and_then(|()| finish(store, &tx, &c, input, opts, reporter));
+    match result {
+        Ok(report) => {
+            let consumed: BTreeSet<Digest> = c.layers.values().map(|l| l.diff_id.clone()).collect();
+            c.pending.finish(store, &consumed)?;
+            Ok(report)
+        }
+        Err(e) => {
+            let e = match cut.get() {
+                Some((got, size)) => AgentStoreError::BadArchive {
+                    reason: format!(
+                        "the stream ended {got} bytes into an entry of {size} bytes (a cut pipe, \
+                         a killed `docker save`?); the {} layer(s) committed before it are kept: \
+                         run the import again to resume",
+                        c.added.len()
+                    ),
+                    incomplete: true,
+                },
+                None => e,
+            };
+            // A refused archive's layers are garbage for gc; a cut stream's or a full disk's
+            // wait for the rerun (pending.rs).
+            if refused(&e) {
+                c.pending.abandon();
+            }
+            Err(e)
+        }
     }
+}
 
+/// Whether the archive's content was refused (rather than cut short, or the robot failing).
+fn refused(e: &AgentStoreError) -> bool {
+    match e {
+        AgentStoreError::BadArchive { incomplete, .. } => !incomplete,
+        AgentStoreError::Archive(ArchiveError::Unnamed { .. }) => true,
+        AgentStoreError::Archive(_) => false,
+        e => e.is_bad_input(),
+    }
+}
+
+/// After the last entry: plans the images from the small entries and the consumed layers,
+/// builds their snapshots from tar-splits and objects, and publishes documents and names.
+fn finish(
+    store: &AgentStore,
+    tx: &Tx,
+    c: &Consumer<'_>,
+    input: &Path,
+    opts: &ImportOptions<'_>,
+    reporter: &dyn Reporter,
+) -> Result<ImportReport, AgentStoreError> {
+    let has = |p: &str| c.small.contains_key(c.resolve(p));
+    let mut docs = Docs::new();
+    let (format, plans) = if has("manifest.json") {
+        ("docker-archive", plan_docker(c, opts, &mut docs)?)
+    } else if has("oci-layout") && has("index.json") {
+        let dir = input != Path::new("-") && input.is_dir();
+        let f = if dir { "oci-layout" } else { "oci-archive" };
+        (f, plan_oci(c, opts, &mut docs)?)
+    } else {
+        return Err(AgentStoreError::BadArchive {
+            reason: format!(
+                "after {} entries the stream has neither a docker archive's manifest.json nor \
+                 an OCI layout's oci-layout + index.json; is the archive complete? (layers \
+                 committed so far are kept: run the import again to resume)",
+                c.small.len() + c.layers.len()
+            ),
+            incomplete: true,
+        });
+    };
+    let plans = name(plans, opts.tag, input)?;
     let mut report = ImportReport {
-        format: staged.format().to_string(),
+        format: format.to_string(),
+        layers_added: c.added.len(),
+        bytes_read: c.bytes_read,
         ..Default::default()
     };
-    let mut staging = Staging::new(tx.dir.join("objects"), store.objects_dir());
-    let mut new_layers: BTreeSet<Digest> = BTreeSet::new();
-    let mut new_snaps: BTreeSet<Digest> = BTreeSet::new();
+    let objects = tx.dir.join("objects");
+    remove_tree(&objects).at("remove", &objects)?;
+    fs::create_dir(&objects).at("create directory", &objects)?;
+    let mut staging = Staging::new(objects, store.objects_dir());
+    let index = super::ingest::content_index(&store.objects_dir())?;
     let is_root = rustix::process::geteuid().is_root();
+    let mut new_snaps: BTreeSet<Digest> = BTreeSet::new();
     for plan in &plans {
-        let diff_ids: Vec<Digest> = plan.layers.iter().map(|(_, d)| d.clone()).collect();
-        let complete = diff_ids
-            .iter()
-            .all(|d| store.has_layer(d) || new_layers.contains(d));
-        if new_snaps.contains(&plan.chain_id) || (complete && store.has_snapshot(&plan.chain_id)) {
+        if new_snaps.contains(&plan.chain_id) || store.has_snapshot(&plan.chain_id) {
             report.snapshots_present += 1;
             continue;
         }
+        let id = format!("snapshot {}", plan.chain_id.short());
+        reporter.event(Event::start(
+            id.clone(),
+            format!("snapshot of {}", plan.display),
+            None,
+        ));
+        let layers: Vec<(Digest, PathBuf)> = plan
+            .diff_ids
+            .iter()
+            .map(|d| {
+                (
+                    d.clone(),
+                    store.layers_dir().join(d.hex()).join(tarsplit::FILE_NAME),
+                )
+            })
+            .collect();
         let snap = tx.dir.join("snaps").join(plan.chain_id.hex());
-        let rootfs = snap.join("rootfs");
-        fs::create_dir(&snap).at("create directory", &snap)?;
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&rootfs)
-            .at("create directory", &rootfs)?;
-        let n = plan.layers.len();
-        for (i, (desc, diff_id)) in plan.layers.iter().enumerate() {
-            let split = !store.has_layer(diff_id) && !new_layers.contains(diff_id);
-            let id = format!("layer {}", diff_id.short());
-            reporter.event(Event::start(
-                id.clone(),
-                format!("unpack layer {}/{n} of {}", i + 1, plan.display),
-                None,
-            ));
-            apply_layer(
-                &tx,
-                &mut staging,
-                &staged,
-                plan,
-                i,
-                desc,
-                diff_id,
-                &rootfs,
-                split,
-                is_root,
-            )?;
-            if split {
-                new_layers.insert(diff_id.clone());
-            }
-            reporter.event(Event::finish(id, if split { "new" } else { "linked" }));
-        }
+        super::ingest::replay_snapshot(
+            &snap,
+            &layers,
+            &index,
+            &mut staging,
+            &plan.display,
+            is_root,
+        )?;
         let meta = SnapshotMeta {
             chain_id: plan.chain_id.clone(),
-            diff_ids,
+            diff_ids: plan.diff_ids.clone(),
         };
         let mp = snap.join("meta.json");
         fs::write(&mp, canonical(&meta)).at("write", &mp)?;
         new_snaps.insert(plan.chain_id.clone());
+        reporter.event(Event::finish(id, "built"));
     }
-    let layers_used: BTreeSet<&Digest> = plans
-        .iter()
-        .flat_map(|p| p.layers.iter().map(|(_, d)| d))
-        .collect();
-    report.layers_added = new_layers.len();
-    report.layers_present = layers_used.len() - new_layers.len();
+    let used: BTreeSet<&Digest> = plans.iter().flat_map(|p| &p.diff_ids).collect();
+    report.layers_present = used.iter().filter(|d| !c.added.contains(**d)).count();
     report.files_linked = staging.linked;
 
-    // Commit: nothing above touched a final name. One syncfs per step instead of an fsync
-    // per file and directory: an image has thousands of files spread over up to 256 object
-    // directories, and per-file fsync on SD cards is what made meta-lmp#992 unacceptable
-    // (per-file fsync on SD cards); containerd's `sync_fs` does the same.
-    syncfs(&tx.dir)?; // data of objects, tar-splits, snapshot trees
+    // Commit: the layers are in place already; variant objects, snapshots, documents, then
+    // names. One syncfs per step instead of an fsync per file and directory: per-file fsync
+    // on SD cards is what made meta-lmp#992 unacceptable; containerd's `sync_fs` does the same.
+    syncfs(&tx.dir)?;
     let (added, bytes) = commit_objects(store, &staging)?;
-    report.objects_added = added;
-    report.object_bytes_added = bytes;
-    syncfs(&tx.dir)?; // objects' names, before any layer that needs them
-    commit_dirs(&tx.dir.join("layers"), &store.layers_dir(), &new_layers)?;
+    report.objects_added = c.objects_added + added;
+    report.object_bytes_added = c.object_bytes_added + bytes;
+    syncfs(&tx.dir)?; // objects' names, before any snapshot that links them
     report.snapshots_added =
         commit_dirs(&tx.dir.join("snaps"), &store.snapshots_dir(), &new_snaps)?;
-    commit_docs(store, &tx, &docs)?;
-    syncfs(&tx.dir)?; // layers, snapshots and documents, before the names that reach them
+    commit_docs(store, tx, &docs)?;
+    syncfs(&tx.dir)?; // snapshots and documents, before the names that reach them
     let mut names = Vec::new();
     for plan in &plans {
-        for name in &plan.names {
+        for n in &plan.names {
             names.push((
-                name.to_string(),
+                n.to_string(),
                 RefEntry {
                     digest: plan.top.digest.clone(),
                     media_type: plan.top.media_type.clone(),
@@ -288,7 +356,7 @@ pub(super) fn import(
                 },
             ));
             report.images.push(ImportedImage {
-                name: name.familiar(),
+                name: n.familiar(),
                 digest: plan.top.digest.clone(),
                 manifest: plan.manifest.clone(),
                 platform: plan.platform.clone(),
@@ -301,205 +369,319 @@ pub(super) fn import(
             r.refs.insert(n, e);
         }
     })?;
-    drop(staged);
-    drop(tx);
     Ok(report)
 }
 
-/// Resolves an image to the manifest this robot uses and collects its documents.
-fn plan(
-    staged: &StagedArchive,
-    names: Vec<Reference>,
-    top: Descriptor,
+/// `-t` added to the names (one image only), and every image named.
+fn name(
+    mut plans: Vec<Plan>,
+    tag: Option<&Reference>,
+    input: &Path,
+) -> Result<Vec<Plan>, AgentStoreError> {
+    if let Some(t) = tag {
+        if plans.len() != 1 {
+            return Err(ArchiveError::invalid(
+                input,
+                format!(
+                    "`-t` names one image but the archive holds {}; import it without `-t`",
+                    plans.len()
+                ),
+            )
+            .into());
+        }
+        if !plans[0].names.contains(t) {
+            plans[0].names.push(t.clone());
+        }
+    }
+    if plans.iter().any(|p| p.names.is_empty()) {
+        return Err(ArchiveError::Unnamed {
+            path: input.display().to_string(),
+        }
+        .into());
+    }
+    Ok(plans)
+}
+
+/// One entry of a docker-archive `manifest.json`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// A docker-archive's images: `manifest.json` names each one's config and layer entries; the
+/// manifest is written here (a docker-archive carries none), its layers as they were streamed.
+fn plan_docker(
+    c: &Consumer<'_>,
     opts: &ImportOptions<'_>,
-    docs: &mut BTreeMap<Digest, Vec<u8>>,
-) -> Result<Plan, AgentStoreError> {
-    let display = names
-        .first()
-        .map(Reference::familiar)
-        .unwrap_or_else(|| top.digest.to_string());
-    let bad = |reason: String| AgentStoreError::BadImage {
-        image: display.clone(),
-        reason,
+    docs: &mut Docs,
+) -> Result<Vec<Plan>, AgentStoreError> {
+    let bad = |r: String| AgentStoreError::bad_archive(r);
+    let entries: Vec<DockerEntry> =
+        parse_strict("manifest.json", &c.small[c.resolve("manifest.json")])?;
+    if entries.is_empty() {
+        return Err(bad("manifest.json lists no images".into()));
+    }
+    let mut plans = Vec::new();
+    for e in entries {
+        let cbytes = c.small.get(c.resolve(&e.config)).ok_or_else(|| {
+            bad(format!(
+                "manifest.json names config `{}`, which the archive does not carry",
+                e.config
+            ))
+        })?;
+        let config = ImageConfig::parse(&format!("config `{}`", e.config), cbytes)?;
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != e.layers.len() {
+            return Err(bad(format!(
+                "manifest.json lists {} layers for `{}` but its config lists {} diff_ids",
+                e.layers.len(),
+                e.config,
+                diff_ids.len()
+            )));
+        }
+        let mut layers = Vec::new();
+        for (path, diff) in e.layers.iter().zip(&diff_ids) {
+            let l = c.layers.get(c.resolve(path)).ok_or_else(|| {
+                bad(format!(
+                    "manifest.json names layer `{path}`, which the archive does not carry as a layer"
+                ))
+            })?;
+            if l.diff_id != *diff {
+                return Err(bad(format!(
+                    "layer `{path}` has diff_id {}, but config `{}` lists {diff}",
+                    l.diff_id, e.config
+                )));
+            }
+            layers.push(Descriptor::new(
+                l.compression.oci_media_type(),
+                l.blob.clone(),
+                l.blob_size,
+            ));
+        }
+        let cdigest = Digest::of(cbytes);
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.to_string()),
+            artifact_type: None,
+            config: Descriptor::new(media::OCI_CONFIG, cdigest.clone(), cbytes.len() as u64),
+            layers,
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let doc = canonical(&manifest);
+        let top = Descriptor::new(media::OCI_MANIFEST, Digest::of(&doc), doc.len() as u64);
+        let mut names = Vec::new();
+        for t in e.repo_tags.unwrap_or_default() {
+            names.push(
+                Reference::parse(&t)
+                    .map_err(|err| bad(format!("manifest.json RepoTags `{t}`: {err}")))?,
+            );
+        }
+        let display = names
+            .first()
+            .map(Reference::familiar)
+            .unwrap_or_else(|| cdigest.to_string());
+        check_platform(&config, opts, &display)?;
+        docs.insert(top.digest.clone(), doc);
+        docs.insert(cdigest, cbytes.clone());
+        plans.push(Plan {
+            names,
+            display,
+            manifest: top.digest.clone(),
+            top,
+            platform: config.platform().to_string(),
+            chain_id: snapshot_id(&diff_ids),
+            diff_ids,
+        });
+    }
+    Ok(plans)
+}
+
+fn check_platform(
+    config: &ImageConfig,
+    opts: &ImportOptions<'_>,
+    display: &str,
+) -> Result<(), AgentStoreError> {
+    match opts.platform {
+        Some(p) if !config.platform().matches(p) => Err(AgentStoreError::BadImage {
+            image: display.to_string(),
+            reason: format!("it is {}, not {p}", config.platform()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An OCI archive's or layout's images: `index.json` names each one's manifest or index; the
+/// robot's platform is taken from an index; layers are the blobs streamed by.
+fn plan_oci(
+    c: &Consumer<'_>,
+    opts: &ImportOptions<'_>,
+    docs: &mut Docs,
+) -> Result<Vec<Plan>, AgentStoreError> {
+    let bad = |r: String| AgentStoreError::bad_archive(r);
+    let layout: serde_json::Value = parse_strict("oci-layout", &c.small[c.resolve("oci-layout")])?;
+    if layout["imageLayoutVersion"] != "1.0.0" {
+        return Err(bad(format!(
+            "`oci-layout`: unsupported imageLayoutVersion {}",
+            layout["imageLayoutVersion"]
+        )));
+    }
+    let index = match Document::parse("index.json", None, &c.small[c.resolve("index.json")])? {
+        Document::Index(i) => i,
+        Document::Manifest(_) => {
+            return Err(bad("`index.json` is a manifest, not an index".into()));
+        }
     };
+    if index.manifests.is_empty() {
+        return Err(bad("`index.json` lists no images".into()));
+    }
     let read = |d: &Digest, limit: u64| -> Result<Vec<u8>, AgentStoreError> {
-        staged
-            .read_blob(d, limit)?
-            .ok_or_else(|| bad(format!("blob {d} is not in the archive")))
+        let p = format!("blobs/sha256/{}", d.hex());
+        let b = c
+            .small
+            .get(c.resolve(&p))
+            .ok_or_else(|| bad(format!("blob {d} is missing (expected at `{p}`)")))?;
+        if Digest::of(b) != *d || b.len() as u64 > limit {
+            return Err(bad(format!(
+                "`{p}` does not hash to its name, or is too large"
+            )));
+        }
+        Ok(b.clone())
+    };
+    let mut plans = Vec::new();
+    for top in &index.manifests {
+        let names = oci_names(top)?;
+        let mut top = top.clone();
+        top.annotations.clear();
+        let display = names
+            .first()
+            .map(Reference::familiar)
+            .unwrap_or_else(|| top.digest.to_string());
+        let (manifest_digest, manifest) = resolve_top(&read, &top, opts, &display, docs)?;
+        let cbytes = read(&manifest.config.digest, MAX_CONFIG_BYTES)?;
+        let config = ImageConfig::parse(&format!("config {}", manifest.config.digest), &cbytes)?;
+        docs.insert(manifest.config.digest.clone(), cbytes);
+        check_platform(&config, opts, &display)?;
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(AgentStoreError::BadImage {
+                image: display,
+                reason: format!(
+                    "its manifest lists {} layers and its config {} diff_ids",
+                    manifest.layers.len(),
+                    diff_ids.len()
+                ),
+            });
+        }
+        for (l, diff) in manifest.layers.iter().zip(&diff_ids) {
+            let p = format!("blobs/sha256/{}", l.digest.hex());
+            if Compression::of_media_type(&l.media_type).is_none() {
+                return Err(bad(format!(
+                    "layer `{p}` has unsupported media type `{}`",
+                    l.media_type
+                )));
+            }
+            let got = c.layers.get(c.resolve(&p)).ok_or_else(|| {
+                bad(format!(
+                    "layer blob {} is missing (expected at `{p}`)",
+                    l.digest
+                ))
+            })?;
+            if got.blob_size != l.size || got.diff_id != *diff {
+                return Err(bad(format!(
+                    "layer `{p}` has {} bytes and diff_id {}; its manifest says {} bytes and its \
+                     config {diff}",
+                    got.blob_size, got.diff_id, l.size
+                )));
+            }
+        }
+        plans.push(Plan {
+            names,
+            display,
+            top,
+            manifest: manifest_digest,
+            platform: config.platform().to_string(),
+            chain_id: snapshot_id(&diff_ids),
+            diff_ids,
+        });
+    }
+    Ok(plans)
+}
+
+/// The names an OCI index entry gives its image.
+fn oci_names(desc: &Descriptor) -> Result<Vec<Reference>, AgentStoreError> {
+    use crate::oci::manifest::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+    let parse = |key: &str, v: &str| {
+        Reference::parse(v).map_err(|e| {
+            AgentStoreError::bad_archive(format!("`index.json` annotation {key}: {e}"))
+        })
+    };
+    if let Some(full) = desc.annotations.get(ANNOTATION_IMAGE_NAME) {
+        return Ok(vec![parse(ANNOTATION_IMAGE_NAME, full)?]);
+    }
+    match desc.annotations.get(ANNOTATION_REF_NAME) {
+        // A bare tag (`latest`) names no repository: the user must say which with -t.
+        Some(r) if r.contains(['/', ':', '@']) => Ok(vec![parse(ANNOTATION_REF_NAME, r)?]),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Resolves a top-level manifest or index to the manifest this robot uses; collects the
+/// documents on the way.
+fn resolve_top(
+    read: &ReadBlob<'_>,
+    top: &Descriptor,
+    opts: &ImportOptions<'_>,
+    display: &str,
+    docs: &mut Docs,
+) -> Result<(Digest, Manifest), AgentStoreError> {
+    let bad = |reason: String| AgentStoreError::BadImage {
+        image: display.to_string(),
+        reason,
     };
     let top_bytes = read(&top.digest, MAX_MANIFEST_BYTES)?;
     docs.insert(top.digest.clone(), top_bytes.clone());
-    let (manifest_digest, manifest) = match Document::parse(
+    let index = match Document::parse(
         &format!("manifest {}", top.digest),
         Some(&top.media_type),
         &top_bytes,
     )? {
-        Document::Manifest(m) => (top.digest.clone(), *m),
-        Document::Index(index) => {
-            let wanted = opts.platform.cloned().unwrap_or_else(Platform::host);
-            let Some(entry) = index
-                .manifests
-                .iter()
-                .find(|m| m.platform.as_ref().is_some_and(|p| p.matches(&wanted)))
-            else {
-                let available: Vec<String> = index
-                    .manifests
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
-                    .collect();
-                return Err(bad(format!(
-                    "no {wanted} variant (it has: {}); pick one with --platform",
-                    available.join(", ")
-                )));
-            };
-            let bytes = read(&entry.digest, MAX_MANIFEST_BYTES)?;
-            let m = match Document::parse(
-                &format!("manifest {}", entry.digest),
-                Some(&entry.media_type),
-                &bytes,
-            )? {
-                Document::Manifest(m) => *m,
-                Document::Index(_) => {
-                    return Err(bad("an index inside an index is not supported".into()));
-                }
-            };
-            docs.insert(entry.digest.clone(), bytes);
-            (entry.digest.clone(), m)
+        Document::Manifest(m) => return Ok((top.digest.clone(), *m)),
+        Document::Index(index) => index,
+    };
+    let wanted = opts.platform.cloned().unwrap_or_else(Platform::host);
+    let Some(entry) = index
+        .manifests
+        .iter()
+        .find(|m| m.platform.as_ref().is_some_and(|p| p.matches(&wanted)))
+    else {
+        let available: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
+            .collect();
+        return Err(bad(format!(
+            "no {wanted} variant (it has: {}); pick one with --platform",
+            available.join(", ")
+        )));
+    };
+    let bytes = read(&entry.digest, MAX_MANIFEST_BYTES)?;
+    let m = match Document::parse(
+        &format!("manifest {}", entry.digest),
+        Some(&entry.media_type),
+        &bytes,
+    )? {
+        Document::Manifest(m) => *m,
+        Document::Index(_) => {
+            return Err(bad("an index inside an index is not supported".into()));
         }
     };
-    let cbytes = read(&manifest.config.digest, MAX_CONFIG_BYTES)?;
-    let config = ImageConfig::parse(&format!("config {}", manifest.config.digest), &cbytes)?;
-    docs.insert(manifest.config.digest.clone(), cbytes);
-    if let Some(p) = opts.platform
-        && !config.platform().matches(p)
-    {
-        return Err(bad(format!("it is {}, not {p}", config.platform())));
-    }
-    let diff_ids = config.rootfs.diff_ids.clone();
-    if diff_ids.len() != manifest.layers.len() {
-        return Err(bad(format!(
-            "its manifest lists {} layers and its config {} diff_ids",
-            manifest.layers.len(),
-            diff_ids.len()
-        )));
-    }
-    Ok(Plan {
-        names,
-        display,
-        top,
-        manifest: manifest_digest,
-        platform: config.platform().to_string(),
-        chain_id: snapshot_id(&diff_ids),
-        layers: manifest.layers.into_iter().zip(diff_ids).collect(),
-    })
-}
-
-/// Applies one layer onto `rootfs`, linking its files to objects and, with `split`, recording
-/// and verifying its tar-split.
-#[allow(clippy::too_many_arguments)]
-fn apply_layer(
-    tx: &Tx,
-    staging: &mut Staging,
-    staged: &StagedArchive,
-    plan: &Plan,
-    index: usize,
-    desc: &Descriptor,
-    diff_id: &Digest,
-    rootfs: &Path,
-    split: bool,
-    is_root: bool,
-) -> Result<(), AgentStoreError> {
-    let bad = |reason: String| AgentStoreError::BadImage {
-        image: plan.display.clone(),
-        reason,
-    };
-    let blob = staged
-        .blob_path(&desc.digest)
-        .ok_or_else(|| bad(format!("layer {} is not in the archive", desc.digest)))?;
-    let compression = Compression::of_media_type(&desc.media_type).ok_or_else(|| {
-        bad(format!(
-            "layer {} has unsupported media type `{}`",
-            desc.digest, desc.media_type
-        ))
-    })?;
-    let f = File::open(blob).at("open", blob)?;
-    let dec = compression
-        .decoder(BufReader::new(f))
-        .map_err(|e| bad(format!("layer {} does not decompress: {e}", desc.digest)))?;
-    let layer_dir = tx.dir.join("layers").join(diff_id.hex());
-    let split_path = layer_dir.join(tarsplit::FILE_NAME);
-    let recorder = if split {
-        fs::create_dir(&layer_dir).at("create directory", &layer_dir)?;
-        let w = SplitWriter::create(&split_path).at("create", &split_path)?;
-        Some(Rc::new(RefCell::new(Recorder {
-            split: w,
-            in_body: false,
-        })))
-    } else {
-        None
-    };
-    let opts = UnpackOptions {
-        same_owner: is_root,
-        // The device cgroup is the gate; a node on disk would only be noise (docs/security.md).
-        devices: DevicePolicy::Skip,
-        expect_diff_id: Some(diff_id.clone()),
-        ..UnpackOptions::default()
-    };
-    let tee = Tee {
-        inner: dec,
-        rec: recorder.clone(),
-    };
-    let mut sink = LinkSink {
-        staging,
-        recorder: recorder.clone(),
-        known: None,
-    };
-    let stats =
-        unpack_with(tee, rootfs, &opts, &mut sink).map_err(|source| AgentStoreError::Layer {
-            image: plan.display.clone(),
-            index: index + 1,
-            diff_id: diff_id.clone(),
-            source,
-        })?;
-    drop(sink);
-    let Some(rec) = recorder else {
-        return Ok(());
-    };
-    let rec = Rc::try_unwrap(rec)
-        .ok()
-        .expect("the tee and the sink are gone")
-        .into_inner();
-    let (split_digest, tar_len, files) = rec.split.finish(diff_id).at("write", &split_path)?;
-    let mismatch = |reason: String| AgentStoreError::SplitMismatch {
-        diff_id: diff_id.clone(),
-        reason,
-    };
-    let rebuilt = tarsplit::rebuild(
-        &split_path,
-        &mut |d| staging.content.get(d).cloned(),
-        &mut io::sink(),
-    )
-    .map_err(|e| mismatch(e.to_string()))?;
-    if rebuilt.diff_id != *diff_id
-        || rebuilt.size != stats.size
-        || tar_len != stats.size
-        || rebuilt.split_digest != split_digest
-        || rebuilt.claimed != (diff_id.clone(), stats.size)
-    {
-        return Err(mismatch(format!(
-            "rebuilt {} bytes hashing to {}, the layer has {} bytes",
-            rebuilt.size, rebuilt.diff_id, stats.size
-        )));
-    }
-    let meta = LayerMeta {
-        diff_id: diff_id.clone(),
-        size: stats.size,
-        tar_split: split_digest,
-        files,
-    };
-    let mp = layer_dir.join("meta.json");
-    fs::write(&mp, canonical(&meta)).at("write", &mp)?;
-    Ok(())
+    docs.insert(entry.digest.clone(), bytes);
+    Ok((entry.digest.clone(), m))
 }
 
 /// Renames the staged objects to their final names (durable after the caller's syncfs);

@@ -586,9 +586,8 @@ impl Ingest<'_> {
         Ok(new_layers)
     }
 
-    /// Unpacks the snapshot of `diff_ids` into `snap` (a staging directory, replaced if a cut
-    /// build left one) by replaying each layer's tar-split, staged or stored, as links to its
-    /// objects; variants the unpacker needs go to `staging`.
+    /// Unpacks the snapshot of `diff_ids` into `snap` from each layer's tar-split, staged or
+    /// stored (see [`replay_snapshot`]).
     fn unpack_snapshot(
         &self,
         snap: &Path,
@@ -598,53 +597,72 @@ impl Ingest<'_> {
         staging: &mut Staging,
         display: &str,
     ) -> Result<(), AgentStoreError> {
-        if snap.exists() {
-            super::import::remove_tree(snap).at("remove", snap)?;
-        }
-        let rootfs = snap.join("rootfs");
-        fs::create_dir(snap).at("create directory", snap)?;
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&rootfs)
-            .at("create directory", &rootfs)?;
-        for (i, d) in diff_ids.iter().enumerate() {
-            let split = if new_layers.contains(d) {
-                self.tx.dir.join("layers").join(d.hex())
-            } else {
-                self.store.layers_dir().join(d.hex())
-            }
-            .join(tarsplit::FILE_NAME);
-            let mut reader = SplitTar::open(&split, index)?;
-            // Every object was verified by its digest when it arrived (or when the layer
-            // it came with was imported), and the tar-split by the digest the laptop sent
-            // and its end record's diff_id: replaying it only links objects, so a deploy
-            // does not reread and rehash hundreds of MB to recompute a diff_id. That is
-            // `dt-agent fsck`'s job (docs/wire.md, "Verification and interruption"). The
-            // unpacker still checks every header.
-            let known = Some(KnownContent::default());
-            reader.known = known.clone();
-            let opts = UnpackOptions {
-                same_owner: self.is_root,
-                devices: DevicePolicy::Skip,
-                expect_diff_id: None,
-                ..UnpackOptions::default()
-            };
-            let mut sink = LinkSink {
-                staging,
-                recorder: None,
-                known,
-            };
-            unpack_with(reader, &rootfs, &opts, &mut sink).map_err(|source| {
-                AgentStoreError::Layer {
-                    image: display.to_string(),
-                    index: i + 1,
-                    diff_id: d.clone(),
-                    source,
-                }
-            })?;
-        }
-        Ok(())
+        let layers: Vec<(Digest, PathBuf)> = diff_ids
+            .iter()
+            .map(|d| {
+                let dir = if new_layers.contains(d) {
+                    self.tx.dir.join("layers").join(d.hex())
+                } else {
+                    self.store.layers_dir().join(d.hex())
+                };
+                (d.clone(), dir.join(tarsplit::FILE_NAME))
+            })
+            .collect();
+        replay_snapshot(snap, &layers, index, staging, display, self.is_root)
     }
+}
+
+/// Unpacks the snapshot of `layers` (diff_id, tar-split) into `snap` (a staging directory,
+/// replaced if a cut build left one) by replaying each layer's tar-split as links to its
+/// objects; variants the unpacker needs go to `staging`.
+pub(super) fn replay_snapshot(
+    snap: &Path,
+    layers: &[(Digest, PathBuf)],
+    index: &HashMap<Digest, PathBuf>,
+    staging: &mut Staging,
+    display: &str,
+    is_root: bool,
+) -> Result<(), AgentStoreError> {
+    if snap.exists() {
+        super::import::remove_tree(snap).at("remove", snap)?;
+    }
+    let rootfs = snap.join("rootfs");
+    fs::create_dir(snap).at("create directory", snap)?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&rootfs)
+        .at("create directory", &rootfs)?;
+    for (i, (d, split)) in layers.iter().enumerate() {
+        let mut reader = SplitTar::open(split, index)?;
+        // Every object was verified by its digest when it arrived (or when the layer it came
+        // with was imported), and the tar-split by the digest the laptop sent and its end
+        // record's diff_id (or by rebuilding the layer at its import): replaying it only
+        // links objects, so building a snapshot does not reread and rehash hundreds of MB to
+        // recompute a diff_id. That is `dt-agent fsck`'s job (docs/wire.md, "Verification and
+        // interruption"). The unpacker still checks every header.
+        let known = Some(KnownContent::default());
+        reader.known = known.clone();
+        let opts = UnpackOptions {
+            same_owner: is_root,
+            devices: DevicePolicy::Skip,
+            expect_diff_id: None,
+            ..UnpackOptions::default()
+        };
+        let mut sink = LinkSink {
+            staging,
+            recorder: None,
+            known,
+        };
+        unpack_with(reader, &rootfs, &opts, &mut sink).map_err(|source| {
+            AgentStoreError::Layer {
+                image: display.to_string(),
+                index: i + 1,
+                diff_id: d.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// The tar a tar-split describes, as a stream: raw records as they are, file bodies read from

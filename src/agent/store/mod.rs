@@ -22,6 +22,8 @@
 //!   snapshots/<chain_id hex>/meta.json chain id and diff_ids
 //!   roots/<any>                        GC-root hook: lines of manifest digests (releases)
 //!   tmp/import-<pid>-…/                one import's staging area, flocked while in use
+//!   imports/<import-…>.pending         layers an unfinished import committed (gc keeps them)
+//!   imports/sources/<hex>              which layer an archive entry was (pending.rs)
 //! ```
 //!
 //! **Objects and inode metadata.** A hard link shares its inode, and the inode carries one
@@ -38,14 +40,16 @@
 //! rebuilds of an image: an object keeps the mtime of the first file that created it (close to
 //! what Python's `.pyc` checks want), and the exact mtimes live on in the tar-split.
 //!
-//! **Commit points.** An import stages everything in its own `tmp/` directory: archive blobs,
-//! new objects, tar-splits, the snapshot. A layer's tar-split is verified by rebuilding the tar
-//! from it and the objects and hashing it to the diff_id. Only when the whole archive checks
-//! out: `syncfs` once (data before names, as containerd's `sync_fs`), then objects renamed into
-//! place (`RENAME_NOREPLACE`), their directories fsynced, then layers, then snapshots, then
-//! documents, and last `refs.json` (atomic rewrite). A crash at any point leaves only verified
-//! objects under final names, complete layers and snapshots, and a `tmp/` entry that the next
-//! import or `gc` removes. A refused archive leaves the store as it was.
+//! **Commit points.** An import streams its archive (import.rs, consume.rs): each layer is
+//! unpacked into the import's own `tmp/` directory as it arrives, its tar-split verified by
+//! rebuilding the tar from it and the objects and hashing it to the diff_id, and committed at
+//! once: `syncfs` (data before names, as containerd's `sync_fs`), the layer listed in the
+//! import's `imports/*.pending` file, its new objects renamed into place (`RENAME_NOREPLACE`),
+//! `syncfs`, then `layers/<diff>/`. When the archive has ended and every image checks out
+//! against the layers it carried: snapshots, then documents, and last `refs.json` (atomic
+//! rewrite). A crash at any point leaves only verified objects under final names, complete
+//! layers (kept by `gc` for a rerun while their `.pending` file is young) and snapshots, and a
+//! `tmp/` entry that the next import or `gc` removes. A refused archive names nothing.
 //!
 //! **Invariants.** A layer is complete only when all its objects are present (objects are
 //! committed first, and `gc` keeps every object a kept layer names), so "what do you have" is
@@ -55,11 +59,13 @@
 //! What is not here: transfers over the wire, releases (they add files under `roots/`),
 //! containers (they use `snapshots/<chain>/rootfs` as their overlay lower dir).
 
+mod consume;
 mod fsck;
 mod gc;
 mod import;
 mod ingest;
 mod object;
+mod pending;
 mod resolve;
 mod tarsplit;
 
@@ -151,6 +157,23 @@ pub enum AgentStoreError {
         #[source]
         source: crate::layer::UnpackError,
     },
+    /// The archive is incomplete or inconsistent (found while streaming it).
+    #[error("archive is bad: {reason}")]
+    BadArchive {
+        /// What is wrong, naming the entry.
+        reason: String,
+        /// Whether the stream only ended early (the layers before stay for a rerun).
+        incomplete: bool,
+    },
+    /// A layer entry of the archive was refused or could not be applied.
+    #[error("archive is bad: layer entry `{entry}`")]
+    LayerEntry {
+        /// The entry's path in the archive.
+        entry: String,
+        /// What went wrong, naming the layer's entry.
+        #[source]
+        source: crate::layer::UnpackError,
+    },
     /// A layer's metadata did not rebuild its tar.
     #[error("layer {diff_id}: its tar-split does not rebuild the layer: {reason}")]
     SplitMismatch {
@@ -192,12 +215,23 @@ impl AgentStoreError {
         match self {
             AgentStoreError::Archive(a) => a.is_bad_input(),
             // A tar-split that does not rebuild its layer is our fault, not the archive's.
-            AgentStoreError::Json(_) | AgentStoreError::BadImage { .. } => true,
-            AgentStoreError::Layer { source, .. } => !matches!(
-                source,
-                crate::layer::UnpackError::Fs { .. } | crate::layer::UnpackError::Root(_)
-            ),
+            AgentStoreError::Json(_)
+            | AgentStoreError::BadImage { .. }
+            | AgentStoreError::BadArchive { .. } => true,
+            AgentStoreError::Layer { source, .. } | AgentStoreError::LayerEntry { source, .. } => {
+                !matches!(
+                    source,
+                    crate::layer::UnpackError::Fs { .. } | crate::layer::UnpackError::Root(_)
+                )
+            }
             _ => false,
+        }
+    }
+
+    pub(crate) fn bad_archive(reason: impl Into<String>) -> AgentStoreError {
+        AgentStoreError::BadArchive {
+            reason: reason.into(),
+            incomplete: false,
         }
     }
 
@@ -279,6 +313,9 @@ pub struct ImageInfo {
     pub digest: Digest,
     /// The manifest this robot uses.
     pub manifest: Digest,
+    /// Its config's digest: what `docker image inspect` calls the image's `Id`, so an adopting
+    /// caller can tell which of Docker's images the robot holds already.
+    pub config: Digest,
     /// The platform of that manifest's config (`linux/arm64`).
     pub platform: String,
     /// Bytes of its uncompressed layers (what it unpacks to).
@@ -361,6 +398,7 @@ impl AgentStore {
             store.snapshots_dir(),
             store.roots_dir(),
             store.tmp_dir(),
+            store.imports_dir(),
         ] {
             if !d.is_dir() {
                 fs::DirBuilder::new()
@@ -397,6 +435,10 @@ impl AgentStore {
     }
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+    /// What unfinished imports keep (pending.rs).
+    pub(crate) fn imports_dir(&self) -> PathBuf {
+        self.root.join("imports")
     }
     fn refs_path(&self) -> PathBuf {
         self.root.join("refs.json")
@@ -544,7 +586,7 @@ impl AgentStore {
     pub fn images(&self) -> Result<Vec<ImageInfo>, AgentStoreError> {
         let mut out = Vec::new();
         for (name, entry) in self.refs()? {
-            let (_, config) = self.image_config(&entry.manifest)?;
+            let (manifest, config) = self.image_config(&entry.manifest)?;
             let diff_ids = &config.rootfs.diff_ids;
             let mut size = 0;
             for d in diff_ids {
@@ -559,6 +601,7 @@ impl AgentStore {
                     .unwrap_or(name),
                 digest: entry.digest,
                 manifest: entry.manifest,
+                config: manifest.config.digest,
                 platform: config.platform().to_string(),
                 size,
                 snapshot: self.has_snapshot(&chain_id),

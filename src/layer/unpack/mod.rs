@@ -87,6 +87,10 @@ pub struct UnpackOptions {
     /// If set, the stream's sha256 must be this, or the unpack fails at the end (the root then
     /// holds unverified content: unpack into a staging directory and discard it on error).
     pub expect_diff_id: Option<Digest>,
+    /// The layer is unpacked alone, without the layers below it (to record its files, not to
+    /// build an image): a hard link whose target is not in the layer is skipped, not refused.
+    /// The unpack onto the real lower layers checks it.
+    pub alone: bool,
 }
 
 impl Default for UnpackOptions {
@@ -101,6 +105,7 @@ impl Default for UnpackOptions {
             max_file_bytes: l.max_file_bytes,
             resolver: Resolver::default(),
             expect_diff_id: None,
+            alone: false,
         }
     }
 }
@@ -651,7 +656,7 @@ impl Unpacker<'_> {
         let tdir = match self.root.dir(&path::components(tparent), false) {
             Ok(fd) => fd,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return if self.skipped.contains(&target) {
+                return if self.skipped.contains(&target) || self.opts.alone {
                     Ok(None)
                 } else {
                     Err(missing())
@@ -662,7 +667,7 @@ impl Unpacker<'_> {
         let tmeta = match host::lstat_at(tdir.as_fd(), tbase) {
             Ok(m) => m,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return if self.skipped.contains(&target) {
+                return if self.skipped.contains(&target) || self.opts.alone {
                     Ok(None)
                 } else {
                     Err(missing())
