@@ -80,12 +80,24 @@ fn oci_archive(dir: &Path, file: &str, name: &str, layers: &[Vec<u8>]) -> PathBu
 
 /// A docker-archive (`docker save` layout) of one image, layers stored uncompressed.
 fn docker_archive(dir: &Path, file: &str, name: &str, layers: &[Vec<u8>]) -> PathBuf {
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| Digest::of(l)).collect();
+    docker_archive_claiming(dir, file, name, layers, &diff_ids)
+}
+
+/// [`docker_archive`] whose config claims `diff_ids`.
+fn docker_archive_claiming(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    layers: &[Vec<u8>],
+    diff_ids: &[Digest],
+) -> PathBuf {
     let config = ImageConfig {
         architecture: Platform::host().architecture,
         os: "linux".into(),
         rootfs: dts::oci::config::RootFs {
             kind: "layers".into(),
-            diff_ids: layers.iter().map(|l| Digest::of(l)).collect(),
+            diff_ids: diff_ids.to_vec(),
         },
         ..Default::default()
     };
@@ -781,6 +793,194 @@ fn sigkill_at_any_point_of_an_import_leaves_a_clean_store() {
          {partial_states:?}"
     );
     assert!(kills >= 50);
+}
+
+/// Where the `n`th (0-based) `layer.tar` entry's data starts in a tar.
+fn layer_offset(archive: &[u8], n: usize) -> usize {
+    let mut ar = tar::Archive::new(archive);
+    ar.entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().unwrap().to_string_lossy().ends_with("layer.tar"))
+        .nth(n)
+        .unwrap()
+        .raw_file_position() as usize
+}
+
+/// `dt-agent image import -` fed `bytes` on standard input, left running.
+fn import_from_pipe(root: &Path, bytes: &[u8]) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dt-agent"))
+        .args(["image", "import", "--json", "-"])
+        .env("DT_AGENT_ROOT", root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(bytes).unwrap();
+    stdin.flush().unwrap();
+    (child, stdin)
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |r| r.count())
+}
+
+fn pending_files(root: &Path) -> usize {
+    std::fs::read_dir(root.join("imports")).map_or(0, |r| {
+        r.filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".pending")
+        })
+        .count()
+    })
+}
+
+#[track_caller]
+fn wait_for_layers(root: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&root.join("layers")) < n {
+        assert!(Instant::now() < deadline, "no layer committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Three layers of 8 distinct 128 KiB files each, as a docker-archive.
+fn three_layers(dir: &Path, seed: u64) -> (PathBuf, Vec<u8>) {
+    let mut rng = Rng(seed);
+    let layers: Vec<Vec<u8>> = ["a/", "b/", "c/"]
+        .into_iter()
+        .map(|d| random_layer(&mut rng, d, 8, 128 << 10))
+        .collect();
+    let archive = docker_archive(dir, "three.tar", "duckietown/resume:v1", &layers);
+    let bytes = std::fs::read(&archive).unwrap();
+    (archive, bytes)
+}
+
+#[test]
+fn a_killed_import_resumes_and_gc_meanwhile_keeps_its_layers() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (archive, bytes) = three_layers(t.path(), 0xada9);
+    // The first layer and half of the second: the first is committed as it ends.
+    let cut = layer_offset(&bytes, 1) + (64 << 10);
+    let (mut child, stdin) = import_from_pipe(&root, &bytes[..cut]);
+    wait_for_layers(&root, 1);
+    // gc during the import waits for it (the import holds the store lock shared).
+    let gc = Command::new(env!("CARGO_BIN_EXE_dt-agent"))
+        .args(["gc", "--json"])
+        .env("DT_AGENT_ROOT", &root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut gc = gc;
+    assert!(gc.try_wait().unwrap().is_none(), "gc ran during the import");
+    child.kill().unwrap();
+    let _ = child.wait();
+    drop(stdin);
+    // Then gc keeps what the killed import committed, for its rerun.
+    let g: serde_json::Value = serde_json::from_str(&ok(&gc.wait_with_output().unwrap())).unwrap();
+    assert_eq!(
+        (g["layers_pending"].as_u64(), g["layers_removed"].as_u64()),
+        (Some(1), Some(0)),
+        "{g}"
+    );
+    assert_eq!(g["tmp_removed"], 1, "the killed import's staging: {g}");
+    assert_eq!(count(&root.join("layers")), 1);
+    assert_eq!(pending_files(&root), 1);
+
+    // The rerun only hashes the finished layer: nothing is added twice.
+    let r = json(&agent(&root, &["image", "import", "--json", p(&archive)]));
+    assert_eq!(
+        (r["layers_present"].as_u64(), r["layers_added"].as_u64()),
+        (Some(1), Some(2)),
+        "{r}"
+    );
+    assert_eq!(
+        r["objects_added"], 16,
+        "the 8 files of each of the two new layers: {r}"
+    );
+    assert_eq!(
+        pending_files(&root),
+        0,
+        "the rerun superseded the killed import"
+    );
+    assert_eq!(count(&root.join("tmp")), 0);
+    fsck_clean(&root);
+    // Once named, the layers are gc's like any image's: rm + gc frees them all.
+    ok(&agent(&root, &["image", "rm", "duckietown/resume:v1"]));
+    ok(&agent(&root, &["gc"]));
+    assert_eq!(count(&root.join("layers")), 0);
+}
+
+#[test]
+fn a_cut_stream_or_a_lying_config_is_refused_and_names_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (archive, bytes) = three_layers(t.path(), 0xc07);
+
+    // The stream ends inside the second layer: exit 2, the first layer kept for a rerun.
+    let cut = layer_offset(&bytes, 1) + (64 << 10);
+    let (child, stdin) = import_from_pipe(&root, &bytes[..cut]);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("archive is bad") && err.contains("stream ended"),
+        "{err}"
+    );
+    assert!(err.contains("run the import again"), "{err}");
+    assert!(ls(&root).is_empty(), "nothing named");
+    assert_eq!(count(&root.join("tmp")), 0, "staging cleaned");
+    assert_eq!(count(&root.join("snapshots")), 0);
+    assert_eq!(count(&root.join("layers")), 1);
+    assert_eq!(pending_files(&root), 1);
+    let r = json(&agent(&root, &["image", "import", "--json", p(&archive)]));
+    assert_eq!(
+        (r["layers_present"].as_u64(), r["layers_added"].as_u64()),
+        (Some(1), Some(2)),
+        "{r}"
+    );
+    ok(&agent(&root, &["image", "rm", "duckietown/resume:v1"]));
+    ok(&agent(&root, &["gc"]));
+
+    // A config naming a diff_id the stream does not carry: refused, and its layers are garbage.
+    let mut rng = Rng(5);
+    let layers = vec![
+        random_layer(&mut rng, "x/", 2, 4096),
+        random_layer(&mut rng, "y/", 2, 4096),
+    ];
+    let lying = docker_archive_claiming(
+        t.path(),
+        "lying.tar",
+        "duckietown/lying:v1",
+        &layers,
+        &[Digest::of(&layers[0]), Digest::of(b"not in the archive")],
+    );
+    let out = import(&root, &lying);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("archive is bad") && err.contains("diff_id"),
+        "{err}"
+    );
+    assert!(ls(&root).is_empty(), "nothing named");
+    assert_eq!(count(&root.join("tmp")), 0, "staging cleaned");
+    assert_eq!(
+        pending_files(&root),
+        0,
+        "a refused archive keeps nothing for a rerun"
+    );
+    ok(&agent(&root, &["gc"]));
+    assert_eq!(count(&root.join("layers")), 0);
+    fsck_clean(&root);
 }
 
 // ---------------------------------------------------------------------------------------------
