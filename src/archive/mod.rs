@@ -1,7 +1,9 @@
 //! Image archives: what `docker save` writes and `docker load` reads (docker-archive), OCI
 //! archives (a tar of an OCI image layout) and OCI layout directories, in both directions.
 //!
-//! Loading stages every file of the archive in the store's ingest area, checks the whole image
+//! [`visit`] streams an archive's entries to a visitor without staging anything (the robot's
+//! `dt-agent image import`, which consumes `docker save`'s layers as they arrive).
+//! Loading (`dts image load`) stages every file of the archive in the store's ingest area, checks the whole image
 //! graph (every digest, every size, every layer's diff_id against its config, every document
 //! strictly parsed, every name valid), and only then publishes blobs and names. Bad input
 //! therefore leaves the store exactly as it was. Saving writes a deterministic tar (sorted

@@ -382,14 +382,17 @@ fn adopt(arch: &str) {
     let root = "/var/lib/dt-agent";
     let store = robot.root().join(root.trim_start_matches('/'));
     let sampler = Sampler::start(store.clone());
+    // dockerd's own temp dir, where `docker save` may stage what it writes.
+    let docker_tmp = Sampler::start(robot.root().join("var/lib/docker/tmp"));
     let (report, import_time, progress) = import(&robot, root, &images, expect);
     let (peak, largest_file) = sampler.finish();
+    let (docker_peak, _) = docker_tmp.finish();
     let (after, _) = disk_use(&store);
     let extra = peak.saturating_sub(after);
     support::write_stderr_line(&format!(
         "stock_adopt: {arch}: {} images, archive {} (expected {}; last entries {tail:?}), \
          largest layer {}; import {import_time:.1?} vs docker save > /dev/null {save_time:.1?}; \
-         store {} after, peak {} (extra {}), largest file {}",
+         store {} after, peak {} (extra {}), largest file {}; dockerd's tmp peak {}",
         images.len(),
         mib(archive),
         mib(expect),
@@ -398,6 +401,7 @@ fn adopt(arch: &str) {
         mib(peak),
         mib(extra),
         mib(largest_file),
+        mib(docker_peak),
     ));
     assert_eq!(report["format"], "docker-archive");
     assert!(
