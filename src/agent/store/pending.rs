@@ -212,3 +212,62 @@ pub(super) fn set_source(
 pub(super) fn drop_source(store: &AgentStore, key: &str) {
     let _ = fs::remove_file(store.imports_dir().join("sources").join(key));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_keeps_young_and_running_imports_layers_and_forgets_old_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(&t.path().join("store")).unwrap();
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        // A running import (its file flocked) and a dead young one: both protect their layers.
+        let mut live = Pending::new(&store);
+        live.add(&a).unwrap();
+        let mut dead = Pending::new(&store);
+        dead.add(&b).unwrap();
+        let dead_path = dead.path.clone();
+        drop(dead);
+        assert_eq!(
+            protected(&store).unwrap(),
+            BTreeSet::from([a.clone(), b.clone()])
+        );
+        // A day old: its import is not coming back.
+        let old =
+            std::time::SystemTime::now() - IN_FLIGHT_GRACE - std::time::Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&dead_path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(protected(&store).unwrap(), BTreeSet::from([a.clone()]));
+        assert!(!dead_path.exists());
+        // A finished import removes its own file and the dead ones it superseded, not others.
+        let mut other = Pending::new(&store);
+        other.add(&c).unwrap();
+        let other_path = other.path.clone();
+        drop(other);
+        let mut superseded = Pending::new(&store);
+        superseded.add(&a).unwrap();
+        let superseded_path = superseded.path.clone();
+        drop(superseded);
+        live.finish(&store, &BTreeSet::from([a.clone()])).unwrap();
+        assert!(!superseded_path.exists());
+        assert!(other_path.exists());
+        assert_eq!(protected(&store).unwrap(), BTreeSet::from([c]));
+    }
+
+    #[test]
+    fn source_keys_are_docker_v1_ids_and_blob_digests() {
+        let hex = Digest::of(b"x").hex().to_string();
+        assert_eq!(source_key(&format!("{hex}/layer.tar")), Some(hex.as_str()));
+        assert_eq!(
+            source_key(&format!("blobs/sha256/{hex}")),
+            Some(hex.as_str())
+        );
+        assert_eq!(source_key("abc/layer.tar"), None);
+        assert_eq!(source_key("manifest.json"), None);
+    }
+}
