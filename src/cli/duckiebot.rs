@@ -214,11 +214,11 @@ pub struct ProvisionFlags {
     /// The robot as it is reached now (`[user@]host[:port]`, or a name found over mDNS)
     robot: String,
     /// The robot's new host name
-    #[arg(long, value_parser = parse_robot_hostname)]
-    hostname: String,
+    #[arg(long, value_parser = parse_robot_hostname, required_unless_present = "restore_docker")]
+    hostname: Option<String>,
     /// Its Duckietown configuration (a shipped profile: DB21J, DB21M, DBR4, DB19, DB18, virtual)
-    #[arg(long)]
-    configuration: String,
+    #[arg(long, required_unless_present = "restore_docker")]
+    configuration: Option<String>,
     /// Login name (a `user@` in ROBOT wins)
     #[arg(long, default_value = crate::ssh::target::DEFAULT_USER)]
     user: String,
@@ -244,6 +244,10 @@ pub struct ProvisionFlags {
     /// Check every step and print the plan; change nothing
     #[arg(long)]
     dry_run: bool,
+    /// Give an adopted robot back to Docker: the agent's release of Docker's stack removed,
+    /// Docker's containers and restart policies and dt-autoboot as they were
+    #[arg(long, conflicts_with_all = ["preload", "hostname", "configuration"])]
+    restore_docker: bool,
     /// One JSON document on stdout
     #[arg(long)]
     json: bool,
@@ -433,7 +437,11 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
 /// `provision --json` (docs/cli.md): the report, whose first fields are the documented ones.
 async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
     use crate::ops::provision::{self, ProvisionArgs};
-    crate::profile::robot::RobotProfile::builtin(&p.configuration)?;
+    let configuration = p.configuration.clone().unwrap_or_default();
+    let hostname = p.hostname.clone().unwrap_or_default();
+    if !p.restore_docker {
+        crate::profile::robot::RobotProfile::builtin(&configuration)?;
+    }
     let password = if p.password_stdin {
         let mut line = String::new();
         std::io::stdin()
@@ -452,8 +460,8 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
     };
     let args = ProvisionArgs {
         robot: p.robot.clone(),
-        hostname: p.hostname.clone(),
-        configuration: p.configuration.clone(),
+        hostname: hostname.clone(),
+        configuration,
         user: p.user.clone(),
         password,
         identity: p.identity.clone(),
@@ -462,6 +470,7 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
         keep_host_keys: p.keep_host_keys,
         preload: p.preload.clone(),
         dry_run: p.dry_run,
+        restore_docker: p.restore_docker,
     };
     let log = reporter(g);
     let report = provision::provision(&args, &*log).await?;
@@ -476,7 +485,16 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
             }
             printer.table(&t);
         }
-        let what = if report.already_provisioned {
+        let what = if p.restore_docker {
+            if report.changed.is_empty() {
+                "Docker's stack already runs as it did before adoption; nothing changed".to_owned()
+            } else {
+                format!(
+                    "given back to Docker: {}",
+                    report.steps.last().map(|s| s.detail.as_str()).unwrap_or("")
+                )
+            }
+        } else if report.already_provisioned {
             "already provisioned; nothing changed".to_owned()
         } else if report.dry_run {
             format!("would change: {}", report.changed.join(", "))
@@ -485,7 +503,7 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
         } else {
             format!(
                 "provisioned as `{}`; changed: {}",
-                p.hostname,
+                hostname,
                 report.changed.join(", ")
             )
         };
@@ -499,6 +517,16 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
     }
     for n in &report.notes {
         printer.info(&format!("note: {n}"));
+    }
+    if !p.json {
+        for w in &report.warnings {
+            printer.info(&format!("warning: {w}"));
+        }
+        if let Some(r) = report.adopted_release {
+            printer.info(&format!(
+                "Docker's stack runs as the agent's release {r}; Docker's containers are stopped (`--restore-docker` gives them back)"
+            ));
+        }
     }
     Ok(Exit::Ok)
 }

@@ -169,7 +169,12 @@ pub fn parse_args<C: clap::Parser>() -> Result<C, Exit> {
     })
 }
 
-/// The exit code for an error: 2 when the user's input is at fault, 1 otherwise.
+/// `dts duckiebot provision`: Docker's stack, adopted, failed as the agent's release and runs
+/// under Docker again (docs/cli.md, "Exit codes").
+pub const ADOPTION_FAILED: u8 = 3;
+
+/// The exit code for an error: 2 when the user's input is at fault, 3 when an adopted stack
+/// failed and Docker runs it again, 1 otherwise.
 pub fn exit_for(err: &anyhow::Error) -> Exit {
     use crate::archive::ArchiveError;
     use crate::oci::digest::DigestError;
@@ -178,6 +183,12 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
     use crate::oci::reference::ReferenceError;
     use crate::store::StoreError;
     for cause in err.chain() {
+        #[cfg(feature = "workstation")]
+        if let Some(crate::ops::provision::ProvisionError::AdoptionFailed { .. }) =
+            cause.downcast_ref()
+        {
+            return Exit::Code(ADOPTION_FAILED);
+        }
         if cause.is::<ReferenceError>()
             || cause.is::<PlatformError>()
             || cause.is::<DigestError>()

@@ -366,7 +366,7 @@ fn by_content(store: &Store, d: &Digest) -> Option<crate::oci::Descriptor> {
 /// robot finishes probation by itself). Tells `log` what probation watches first, so a
 /// deploy is never silent for the probation time.
 pub async fn apply(
-    link: &mut crate::ops::robot::RobotLink,
+    link: &mut impl verbs::RobotApi,
     spec: &ReleaseSpec,
     detach: bool,
     log: &dyn Reporter,

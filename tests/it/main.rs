@@ -37,6 +37,7 @@ mod run;
 mod sim;
 mod ssh;
 mod stock_adopt;
+mod stock_provision;
 mod stock_robot;
 mod wire;
 

@@ -27,6 +27,7 @@
 //! key has worked in a separate session; the first session stays open throughout, so a step
 //! that broke key login is undone through it.
 
+mod adopt;
 mod harden;
 mod install;
 mod remote;
@@ -108,6 +109,8 @@ pub struct ProvisionArgs {
     pub preload: Vec<String>,
     /// `--dry-run`: check every step, change nothing.
     pub dry_run: bool,
+    /// `--restore-docker`: give an adopted robot back to Docker instead of provisioning.
+    pub restore_docker: bool,
 }
 
 /// What one step found or did.
@@ -144,6 +147,11 @@ pub struct ProvisionReport {
     pub host_key_fingerprint: Option<String>,
     /// Things the user should know (a step that could not be completed on this robot).
     pub notes: Vec<String>,
+    /// One line per privilege or mount the adoption of Docker's stack dropped.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The agent's release that Docker's stack became in this run.
+    pub adopted_release: Option<u64>,
 }
 
 /// Why provisioning stopped; each names the robot and, where there is one, the fix.
@@ -192,6 +200,27 @@ pub enum ProvisionError {
         key: PathBuf,
         /// What went wrong.
         reason: String,
+    },
+    /// The adopted stack's release failed its health checks or probation; the agent's
+    /// containers of it were removed and Docker's stack started again.
+    #[error(
+        "`{addr}`: Docker's stack, adopted as release {release}, failed on the agent ({reason}); its containers were removed and Docker's stack is running again as before"
+    )]
+    AdoptionFailed {
+        /// `host:port`.
+        addr: String,
+        /// The release that failed (0: none was recorded).
+        release: u64,
+        /// The daemon's reason.
+        reason: String,
+    },
+    /// `--restore-docker` on a robot whose Docker stack was never recorded.
+    #[error(
+        "`{addr}`: nothing to restore: /etc/dt-agent/docker-stack.json is missing, so this robot's Docker stack was never adopted"
+    )]
+    NothingToRestore {
+        /// `host:port`.
+        addr: String,
     },
     /// A step's command failed on the robot.
     #[error("`{addr}`: step `{step}` failed: {message}")]
@@ -386,8 +415,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Provisions `args.robot`. Progress goes to `reporter`; nothing is printed.
 pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<ProvisionReport> {
-    check_hostname(&args.hostname).map_err(|m| anyhow!(m))?;
-    let profile = RobotProfile::builtin(&args.configuration)?;
+    if !args.restore_docker {
+        check_hostname(&args.hostname).map_err(|m| anyhow!(m))?;
+    }
+    // `--restore-docker` needs no configuration; the steps' context carries one regardless.
+    let profile = if args.restore_docker && args.configuration.is_empty() {
+        RobotProfile::builtin("virtual")?
+    } else {
+        RobotProfile::builtin(&args.configuration)?
+    };
     let dts_home = super::dts_home();
 
     let ssh_args = super::robot::SshArgs {
@@ -432,9 +468,13 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
                 made.display()
             ));
         }
-        cx.run_steps().await?;
+        if args.restore_docker {
+            cx.restore_docker().await?;
+        } else {
+            cx.run_steps().await?;
+        }
 
-        let fingerprint = if cx.dry {
+        let fingerprint = if cx.dry || args.restore_docker {
             None
         } else {
             robot_host_keys(&cx.robot)
@@ -460,6 +500,8 @@ pub async fn provision(args: &ProvisionArgs, reporter: &dyn Reporter) -> Result<
             dry_run: cx.dry,
             host_key_fingerprint: fingerprint,
             notes: cx.notes,
+            warnings: cx.warnings,
+            adopted_release: cx.adopted_release,
         }
     };
     let _ = session.close().await;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::remote::{Robot, Root, UserKey, target_host, target_port};
-use super::{MARKER_PATH, ProvisionArgs, ProvisionError, StepReport, harden, install};
+use super::{MARKER_PATH, ProvisionArgs, ProvisionError, StepReport, adopt, harden, install};
 use crate::agents::{AgentArch, AgentBinary, find_agent};
 use crate::profile::robot::RobotProfile;
 use crate::progress::{Event, Reporter};
@@ -30,12 +30,18 @@ pub(super) const STEPS: &[Step] = &[
     Step::SshPasswordLogin,
     Step::SharedKey,
     Step::PasswordLock,
+    // What Docker runs is recorded before anything touches Docker.
+    Step::DockerStack,
     Step::DockerTcp,
     // After hardening: renaming restarts avahi, and the re-logins that prove the key still
     // works may be going to the old NAME.local.
     Step::Hostname,
     Step::SystemdUnit,
     Step::AgentService,
+    // Once the agent's daemon runs: Docker's images into its store, then Docker's stack
+    // switched over to it.
+    Step::AdoptImages,
+    Step::AdoptStack,
     Step::Preload,
     Step::Marker,
 ];
@@ -55,10 +61,13 @@ pub(super) enum Step {
     SshPasswordLogin,
     SharedKey,
     PasswordLock,
+    DockerStack,
     DockerTcp,
     Hostname,
     SystemdUnit,
     AgentService,
+    AdoptImages,
+    AdoptStack,
     Preload,
     Marker,
 }
@@ -108,10 +117,13 @@ impl Step {
             Step::SshPasswordLogin => "ssh-password-login",
             Step::SharedKey => "shared-key",
             Step::PasswordLock => "password-lock",
+            Step::DockerStack => "docker-stack",
             Step::DockerTcp => "docker-tcp",
             Step::Hostname => "hostname",
             Step::SystemdUnit => "systemd-unit",
             Step::AgentService => "agent-service",
+            Step::AdoptImages => "adopt-images",
+            Step::AdoptStack => "adopt-stack",
             Step::Preload => "preload",
             Step::Marker => "marker",
         }
@@ -132,10 +144,13 @@ impl Step {
             Step::SshPasswordLogin => "password SSH login off".into(),
             Step::SharedKey => "remove DT2018key".into(),
             Step::PasswordLock => format!("lock {}'s password", cx.user),
+            Step::DockerStack => format!("record Docker's stack in {}", adopt::RECORD_PATH),
             Step::DockerTcp => "Docker API on TCP off".into(),
             Step::Hostname => format!("hostname {}", cx.args.hostname),
             Step::SystemdUnit => super::UNIT_PATH.into(),
             Step::AgentService => "enable and start dt-agent.service".into(),
+            Step::AdoptImages => "Docker's images into the agent's store".into(),
+            Step::AdoptStack => "Docker's stack as the agent's release".into(),
             Step::Preload => "ship images".into(),
             Step::Marker => MARKER_PATH.into(),
         }
@@ -167,10 +182,13 @@ impl Step {
             Step::SshPasswordLogin => harden::check_ssh_password_login(cx).await,
             Step::SharedKey => harden::check_shared_key(cx).await,
             Step::PasswordLock => harden::check_password_lock(cx).await,
+            Step::DockerStack => adopt::check_record(cx).await,
             Step::DockerTcp => harden::check_docker_tcp(cx).await,
             Step::Hostname => install::check_hostname(cx).await,
             Step::SystemdUnit => install::check_systemd_unit(cx).await,
             Step::AgentService => install::check_agent_service(cx).await,
+            Step::AdoptImages => adopt::check_images(cx).await,
+            Step::AdoptStack => adopt::check_stack(cx).await,
             Step::Preload => install::check_preload(cx).await,
             Step::Marker => install::check_marker(cx).await,
         }
@@ -191,10 +209,13 @@ impl Step {
             Step::SshPasswordLogin => harden::apply_ssh_password_login(cx, plan).await,
             Step::SharedKey => harden::apply_shared_key(cx).await,
             Step::PasswordLock => harden::apply_password_lock(cx, plan).await,
+            Step::DockerStack => adopt::apply_record(cx).await,
             Step::DockerTcp => harden::apply_docker_tcp(cx, plan).await,
             Step::Hostname => install::apply_hostname(cx).await,
             Step::SystemdUnit => install::apply_systemd_unit(cx).await,
             Step::AgentService => install::apply_agent_service(cx, plan).await,
+            Step::AdoptImages => adopt::apply_images(cx).await,
+            Step::AdoptStack => adopt::apply_stack(cx, plan).await,
             Step::Preload => install::apply_preload(cx, plan).await,
             Step::Marker => install::apply_marker(cx, plan).await,
         }
@@ -231,6 +252,12 @@ pub(super) struct Cx<'a> {
     pub(super) dry: bool,
     pub(super) notes: Vec<String>,
     pub(super) list: Vec<StepReport>,
+    /// What Docker ran before adoption (the `docker-stack` step's record); `None`: no stack.
+    pub(super) docker: Option<adopt::DockerStack>,
+    /// One line per privilege or mount the adoption dropped.
+    pub(super) warnings: Vec<String>,
+    /// The release the adoption committed in this run.
+    pub(super) adopted_release: Option<u64>,
 }
 
 impl<'a> Cx<'a> {
@@ -308,6 +335,9 @@ impl<'a> Cx<'a> {
             dry: args.dry_run,
             notes: Vec::new(),
             list: Vec::new(),
+            docker: None,
+            warnings: Vec::new(),
+            adopted_release: None,
         };
         cx.done(
             "detect",
@@ -339,6 +369,21 @@ impl<'a> Cx<'a> {
             }
             self.done(step.name(), plan.change, plan.detail);
         }
+        Ok(())
+    }
+
+    /// `--restore-docker`: the one step of that mode ([`adopt::restore`]).
+    pub(super) async fn restore_docker(&mut self) -> Result<()> {
+        let name = "restore-docker";
+        self.reporter
+            .event(Event::start(name, "give the robot back to Docker", None));
+        let changed = adopt::restore(self).await?;
+        let detail = if changed.is_empty() {
+            "Docker's stack already runs as recorded; nothing changed".to_owned()
+        } else {
+            changed.join("; ")
+        };
+        self.done(name, !changed.is_empty(), detail);
         Ok(())
     }
 

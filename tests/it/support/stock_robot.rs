@@ -16,6 +16,8 @@
 //!      private mounts only; its pid namespace takes the robot down when nspawn dies)
 //!        overlayfs: lower = rootfs/ (shared, read-only), upper = DIR/upper
 //!        DIR/docker = a copy of docker-<arch>/, bound at /var/lib/docker
+//!        DIR/agent  = empty, bound at /var/lib/dt-agent (the agent's container upper dirs
+//!          need a non-overlayfs file system, as dockerd's overlay2 does)
 //!        cgroups: a private subtree per robot under the test's own cgroup, the robot's
 //!          /sys/fs/cgroup shows only it
 //!        exec systemd-nspawn --boot --keep-unit --register=no --network-namespace-path=…
@@ -443,7 +445,7 @@ impl StockRobot {
             own_net: None,
             booted_in: Duration::ZERO,
         };
-        for sub in ["upper/etc/default", "work", "merged"] {
+        for sub in ["upper/etc/default", "work", "merged", "agent"] {
             mkdir_p(&dir.join(sub));
         }
         // The robot's image arch, for dt-autoboot (the only per-robot file of the stock state).
