@@ -170,6 +170,15 @@ fn make_hardware(robot: &StockRobot) {
         "mknod -m 660 /dev/video0 c 81 0 && mknod -m 660 /dev/i2c-1 c 89 1 && \
          mknod -m 660 /dev/gpiochip0 c 254 0 && groupadd -rf i2c && groupadd -rf gpio",
     ]);
+    if robot.arch() == "arm64" {
+        // The agent runs foreign images only where it can see QEMU's binfmt_misc entry (a
+        // Jetson runs its arm64 images natively); nspawn does not mount binfmt_misc.
+        robot.exec_ok(&[
+            "sh",
+            "-c",
+            "mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc",
+        ]);
+    }
 }
 
 fn json(s: &str) -> Value {

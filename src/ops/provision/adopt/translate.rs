@@ -146,6 +146,9 @@ pub struct Roles {
     pub camera_mounts: Vec<String>,
 }
 
+/// A Docker named volume to copy: (Docker's `_data` path, the agent volume).
+pub type VolumeCopy = (String, VolumeName);
+
 /// What the translation produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adoption {
@@ -154,7 +157,7 @@ pub struct Adoption {
     /// One line per dropped privilege or mount, naming the service.
     pub warnings: Vec<String>,
     /// Docker's named volumes to copy into the agent's: (Docker's `_data` path, agent volume).
-    pub volumes: Vec<(String, VolumeName)>,
+    pub volumes: Vec<VolumeCopy>,
 }
 
 /// Why the stack could not be translated.
@@ -252,7 +255,7 @@ fn service(
     manifests: &BTreeMap<String, Digest>,
     roles: &Roles,
     warnings: &mut Vec<String>,
-) -> Result<(ServiceSpec, Vec<(String, VolumeName)>), TranslateError> {
+) -> Result<(ServiceSpec, Vec<VolumeCopy>), TranslateError> {
     let key = service_key(c);
     if !crate::api::container::is_valid_name(&key) {
         return Err(TranslateError::Invalid(
@@ -357,7 +360,7 @@ fn mounts(
     key: &str,
     roles: &Roles,
     warnings: &mut Vec<String>,
-) -> Result<(Vec<VolumeSpec>, Vec<(String, VolumeName)>), TranslateError> {
+) -> Result<(Vec<VolumeSpec>, Vec<VolumeCopy>), TranslateError> {
     let mut out = Vec::new();
     let mut vols = Vec::new();
     for m in &c.mounts {
