@@ -158,11 +158,12 @@ impl Step {
 
     /// Whether the step is part of this run at all: the key login is tried only once the key
     /// is on the robot (a dry run on a fresh robot has not put it there), images are shipped
-    /// only when asked for.
+    /// only when asked for, Docker's stack is adopted only where there is one.
     fn wanted(self, cx: &Cx<'_>) -> bool {
         match self {
             Step::KeyLogin => cx.key_installed,
             Step::Preload => !cx.args.preload.is_empty(),
+            Step::DockerStack | Step::AdoptImages | Step::AdoptStack => cx.docker.is_some(),
             _ => true,
         }
     }
@@ -252,8 +253,11 @@ pub(super) struct Cx<'a> {
     pub(super) dry: bool,
     pub(super) notes: Vec<String>,
     pub(super) list: Vec<StepReport>,
-    /// What Docker ran before adoption (the `docker-stack` step's record); `None`: no stack.
+    /// What Docker ran before adoption: the record, or (until the `docker-stack` step writes
+    /// it) what Docker runs now; `None`: no Docker stack and no record.
     pub(super) docker: Option<adopt::DockerStack>,
+    /// `docker` holds a record read from the robot, not one still to write.
+    pub(super) docker_recorded: bool,
     /// One line per privilege or mount the adoption dropped.
     pub(super) warnings: Vec<String>,
     /// The release the adoption committed in this run.
@@ -336,9 +340,13 @@ impl<'a> Cx<'a> {
             notes: Vec::new(),
             list: Vec::new(),
             docker: None,
+            docker_recorded: false,
             warnings: Vec::new(),
             adopted_release: None,
         };
+        if !args.restore_docker {
+            adopt::detect(&mut cx).await?;
+        }
         cx.done(
             "detect",
             false,

@@ -149,29 +149,38 @@ async fn agent_up(robot: &Robot<'_>) -> Result<bool> {
 
 // ---- docker-stack -------------------------------------------------------------------------
 
-pub(super) async fn check_record(cx: &mut Cx<'_>) -> Result<Plan> {
-    if let Some(r) = read_record(&cx.robot, "docker-stack").await? {
-        let n = r.containers.len();
+/// Part of detection: the record of an earlier run, else the compose project Docker runs now
+/// (which the `docker-stack` step records); neither leaves `cx.docker` empty and the adoption
+/// steps out of the run.
+pub(super) async fn detect(cx: &mut Cx<'_>) -> Result<()> {
+    if let Some(r) = read_record(&cx.robot, "detect").await? {
         cx.docker = Some(r);
-        return Ok(Plan::new(
-            false,
-            format!("recorded before: {n} container(s)"),
-        ));
+        cx.docker_recorded = true;
+        return Ok(());
     }
-    let Some(containers) = docker_containers(&cx.robot, "docker-stack").await? else {
-        return Ok(Plan::new(false, "no Docker stack to adopt"));
+    let Some(containers) = docker_containers(&cx.robot, "detect").await? else {
+        return Ok(());
     };
-    let autoboot_enabled = autoboot_enabled(&cx.robot, "docker-stack").await?;
-    let n = containers.len();
     cx.docker = Some(DockerStack {
         recorded_at: crate::util::time::rfc3339(crate::util::time::now_secs()),
-        autoboot_enabled,
+        autoboot_enabled: autoboot_enabled(&cx.robot, "detect").await?,
         containers,
     });
-    Ok(Plan::new(
-        true,
-        format!("Docker runs the `{PROJECT}` stack ({n} container(s)): recorded in {RECORD_PATH}"),
-    ))
+    Ok(())
+}
+
+pub(super) async fn check_record(cx: &mut Cx<'_>) -> Result<Plan> {
+    let n = cx.docker.as_ref().map_or(0, |d| d.containers.len());
+    Ok(if cx.docker_recorded {
+        Plan::new(false, format!("recorded before: {n} container(s)"))
+    } else {
+        Plan::new(
+            true,
+            format!(
+                "Docker runs the `{PROJECT}` stack ({n} container(s)): recorded in {RECORD_PATH}"
+            ),
+        )
+    })
 }
 
 pub(super) async fn apply_record(cx: &mut Cx<'_>) -> Result<()> {
@@ -253,9 +262,6 @@ async fn missing_images(cx: &Cx<'_>) -> Result<(Vec<DockerImage>, usize)> {
 }
 
 pub(super) async fn check_images(cx: &mut Cx<'_>) -> Result<Plan> {
-    if cx.docker.is_none() {
-        return Ok(Plan::new(false, "no Docker stack"));
-    }
     if cx.dry && !agent_up(&cx.robot).await? {
         return Ok(Plan::new(true, "every Docker image would be imported"));
     }
@@ -366,9 +372,7 @@ async fn look(cx: &Cx<'_>, record: &DockerStack) -> Result<Switch> {
 }
 
 pub(super) async fn check_stack(cx: &mut Cx<'_>) -> Result<Plan> {
-    let Some(record) = cx.docker.clone() else {
-        return Ok(Plan::new(false, "no Docker stack"));
-    };
+    let record = cx.docker.clone().expect("wanted only with a Docker stack");
     if cx.dry && !agent_up(&cx.robot).await? {
         return Ok(Plan::new(
             true,
