@@ -248,6 +248,10 @@ pub struct ProvisionFlags {
     /// Docker's containers and restart policies and dt-autoboot as they were
     #[arg(long, conflicts_with_all = ["preload", "hostname", "configuration"])]
     restore_docker: bool,
+    /// Once the agent runs the adopted stack, remove Docker's packages and data root (frees the
+    /// card; `--restore-docker` is then refused)
+    #[arg(long, conflicts_with = "restore_docker")]
+    remove_docker: bool,
     /// One JSON document on stdout
     #[arg(long)]
     json: bool,
@@ -471,6 +475,7 @@ async fn provision(p: &ProvisionFlags, g: &GlobalArgs, printer: &Printer) -> Res
         preload: p.preload.clone(),
         dry_run: p.dry_run,
         restore_docker: p.restore_docker,
+        remove_docker: p.remove_docker,
     };
     let log = reporter(g);
     let report = provision::provision(&args, &*log).await?;

@@ -611,3 +611,50 @@ fn a_failing_adopted_release_gives_the_robot_back_to_docker() {
         "the agent kept containers of the failed release: {ps:?}"
     );
 }
+
+/// `--remove-docker` after the adoption: Docker's packages and data root gone, the adopted
+/// stack still running under the agent, `--restore-docker` refused, a rerun changes nothing.
+#[test]
+fn remove_docker_frees_the_card_and_restore_is_then_refused() {
+    if !can_run() {
+        return;
+    }
+    let Some(robot) = StockRobot::boot("amd64", "sp-remove") else {
+        return;
+    };
+    make_hardware(&robot);
+    let l = Laptop::new();
+    let report = l.provision(&robot, &["--remove-docker"]);
+    let changed = report["changed"].as_array().unwrap();
+    for s in ["adopt-stack", "remove-docker"] {
+        assert!(changed.iter().any(|c| c == s), "{s} not in {changed:?}");
+    }
+    for cmd in ["dockerd", "docker", "docker-compose", "containerd"] {
+        let out = robot.exec(&["sh", "-c", &format!("command -v {cmd}")]);
+        assert!(!out.status.success(), "{cmd} still installed");
+    }
+    assert!(
+        robot
+            .exec(&["sh", "-c", "command -v runc"])
+            .status
+            .success(),
+        "runc removed"
+    );
+    let left = robot.exec_ok(&["sh", "-c", "ls -A /var/lib/docker | wc -l"]);
+    assert_eq!(left.trim(), "0", "Docker's data root not emptied");
+    for s in STACK {
+        assert!(
+            robot.port_open(s.port),
+            "{} does not answer on {}",
+            s.name,
+            s.port
+        );
+    }
+    let target = format!("{USER}@{}", robot.addr());
+    let out = l.dts(&["duckiebot", "provision", &target, "--restore-docker"], "");
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{o}\n{e}");
+    assert!(e.contains("`--remove-docker` removed Docker"), "{e}");
+    let again = l.provision(&robot, &["--remove-docker"]);
+    assert_eq!(again["changed"], serde_json::json!([]), "{again:#}");
+}

@@ -111,6 +111,8 @@ pub struct ProvisionArgs {
     pub dry_run: bool,
     /// `--restore-docker`: give an adopted robot back to Docker instead of provisioning.
     pub restore_docker: bool,
+    /// `--remove-docker`: after a successful adoption, remove Docker's packages and data root.
+    pub remove_docker: bool,
 }
 
 /// What one step found or did.
@@ -219,6 +221,24 @@ pub enum ProvisionError {
         "`{addr}`: nothing to restore: /etc/dt-agent/docker-stack.json is missing, so this robot's Docker stack was never adopted"
     )]
     NothingToRestore {
+        /// `host:port`.
+        addr: String,
+    },
+    /// `--restore-docker` after `--remove-docker`: there is no Docker to give the robot to.
+    #[error(
+        "`{addr}`: cannot restore Docker's stack: `--remove-docker` removed Docker from this robot on {removed_at}; the agent runs the adopted stack"
+    )]
+    DockerRemoved {
+        /// `host:port`.
+        addr: String,
+        /// When.
+        removed_at: String,
+    },
+    /// `--remove-docker` on a robot whose adopted stack does not run under the agent.
+    #[error(
+        "`{addr}`: refusing to remove Docker: the agent does not run the adopted stack (provision without `--remove-docker` first)"
+    )]
+    NotAdopted {
         /// `host:port`.
         addr: String,
     },

@@ -42,6 +42,7 @@ pub(super) const STEPS: &[Step] = &[
     // switched over to it.
     Step::AdoptImages,
     Step::AdoptStack,
+    Step::RemoveDocker,
     Step::Preload,
     Step::Marker,
 ];
@@ -68,6 +69,7 @@ pub(super) enum Step {
     AgentService,
     AdoptImages,
     AdoptStack,
+    RemoveDocker,
     Preload,
     Marker,
 }
@@ -124,6 +126,7 @@ impl Step {
             Step::AgentService => "agent-service",
             Step::AdoptImages => "adopt-images",
             Step::AdoptStack => "adopt-stack",
+            Step::RemoveDocker => "remove-docker",
             Step::Preload => "preload",
             Step::Marker => "marker",
         }
@@ -151,6 +154,7 @@ impl Step {
             Step::AgentService => "enable and start dt-agent.service".into(),
             Step::AdoptImages => "Docker's images into the agent's store".into(),
             Step::AdoptStack => "Docker's stack as the agent's release".into(),
+            Step::RemoveDocker => "remove Docker's packages and data root".into(),
             Step::Preload => "ship images".into(),
             Step::Marker => MARKER_PATH.into(),
         }
@@ -164,6 +168,7 @@ impl Step {
             Step::KeyLogin => cx.key_installed,
             Step::Preload => !cx.args.preload.is_empty(),
             Step::DockerStack | Step::AdoptImages | Step::AdoptStack => cx.docker.is_some(),
+            Step::RemoveDocker => cx.args.remove_docker && cx.docker.is_some(),
             _ => true,
         }
     }
@@ -190,6 +195,7 @@ impl Step {
             Step::AgentService => install::check_agent_service(cx).await,
             Step::AdoptImages => adopt::check_images(cx).await,
             Step::AdoptStack => adopt::check_stack(cx).await,
+            Step::RemoveDocker => adopt::check_remove(cx).await,
             Step::Preload => install::check_preload(cx).await,
             Step::Marker => install::check_marker(cx).await,
         }
@@ -217,6 +223,7 @@ impl Step {
             Step::AgentService => install::apply_agent_service(cx, plan).await,
             Step::AdoptImages => adopt::apply_images(cx).await,
             Step::AdoptStack => adopt::apply_stack(cx, plan).await,
+            Step::RemoveDocker => adopt::apply_remove(cx, plan).await,
             Step::Preload => install::apply_preload(cx, plan).await,
             Step::Marker => install::apply_marker(cx, plan).await,
         }

@@ -15,6 +15,7 @@
 //! is [`translate`]'s.
 
 mod link;
+mod remove;
 pub mod translate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ use crate::api::{ReleaseState, VolumeName};
 use crate::oci::Digest;
 use crate::progress::Event;
 use link::AgentLink;
+pub(super) use remove::{apply_remove, check_remove};
 use translate::{DockerContainer, PROJECT, Roles};
 
 /// Where provisioning records what Docker ran before adoption changed anything.
@@ -45,6 +47,9 @@ pub struct DockerStack {
     pub autoboot_enabled: Option<bool>,
     /// `docker inspect` of every container of the compose project, as it was.
     pub containers: Vec<DockerContainer>,
+    /// When `--remove-docker` removed Docker's packages and data root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_removed: Option<String>,
 }
 
 impl DockerStack {
@@ -165,6 +170,7 @@ pub(super) async fn detect(cx: &mut Cx<'_>) -> Result<()> {
         recorded_at: crate::util::time::rfc3339(crate::util::time::now_secs()),
         autoboot_enabled: autoboot_enabled(&cx.robot, "detect").await?,
         containers,
+        docker_removed: None,
     });
     Ok(())
 }
@@ -262,6 +268,16 @@ async fn missing_images(cx: &Cx<'_>) -> Result<(Vec<DockerImage>, usize)> {
 }
 
 pub(super) async fn check_images(cx: &mut Cx<'_>) -> Result<Plan> {
+    if cx
+        .docker
+        .as_ref()
+        .is_some_and(|d| d.docker_removed.is_some())
+    {
+        return Ok(Plan::new(
+            false,
+            "Docker was removed; its images are the agent's",
+        ));
+    }
     if cx.dry && !agent_up(&cx.robot).await? {
         return Ok(Plan::new(true, "every Docker image would be imported"));
     }
@@ -333,17 +349,17 @@ fn human(bytes: u64) -> String {
 // ---- adopt-stack --------------------------------------------------------------------------
 
 /// What the switch found on the robot.
-struct Switch {
+pub(super) struct Switch {
     /// The agent runs a release whose containers are exactly Docker's stack's names, all
     /// running.
-    agent_runs: bool,
+    pub(super) agent_runs: bool,
     /// Docker containers still running, with a restart policy other than `no`.
     docker_running: Vec<String>,
     docker_restarting: Vec<String>,
     autoboot_on: bool,
 }
 
-async fn look(cx: &Cx<'_>, record: &DockerStack) -> Result<Switch> {
+pub(super) async fn look(cx: &Cx<'_>, record: &DockerStack) -> Result<Switch> {
     let now = docker_containers(&cx.robot, "adopt-stack")
         .await?
         .unwrap_or_default();
@@ -373,6 +389,12 @@ async fn look(cx: &Cx<'_>, record: &DockerStack) -> Result<Switch> {
 
 pub(super) async fn check_stack(cx: &mut Cx<'_>) -> Result<Plan> {
     let record = cx.docker.clone().expect("wanted only with a Docker stack");
+    if record.docker_removed.is_some() {
+        return Ok(Plan::new(
+            false,
+            "Docker was removed; the agent runs the adopted stack",
+        ));
+    }
     if cx.dry && !agent_up(&cx.robot).await? {
         return Ok(Plan::new(
             true,
@@ -539,6 +561,13 @@ pub(super) async fn restore(cx: &mut Cx<'_>) -> Result<Vec<String>> {
         }
         .into());
     };
+    if let Some(removed_at) = record.docker_removed {
+        return Err(ProvisionError::DockerRemoved {
+            addr: cx.robot.addr.clone(),
+            removed_at,
+        }
+        .into());
+    }
     let names = record.names();
     let mut changed = Vec::new();
     if agent_up(&cx.robot).await? {
