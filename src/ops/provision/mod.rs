@@ -150,7 +150,6 @@ pub struct ProvisionReport {
     /// Things the user should know (a step that could not be completed on this robot).
     pub notes: Vec<String>,
     /// One line per privilege or mount the adoption of Docker's stack dropped.
-    #[serde(default)]
     pub warnings: Vec<String>,
     /// The agent's release that Docker's stack became in this run.
     pub adopted_release: Option<u64>,
