@@ -76,6 +76,9 @@ struct DockerImage {
 #[derive(Clone, Debug, Deserialize)]
 struct AgentImage {
     manifest: Digest,
+    /// The config digest; agents before the streaming import do not list it.
+    #[serde(default)]
+    config: Option<Digest>,
 }
 
 /// The containers of the compose project as Docker sees them now; `None` when the robot has no
@@ -207,10 +210,22 @@ async fn agent_configs(robot: &Robot<'_>, step: &'static str) -> Result<BTreeMap
         .await?;
     let images: Vec<AgentImage> = serde_json::from_str(&ls)
         .map_err(|e| robot.fail(step, format!("`dt-agent image ls --json`: {e}")))?;
-    let manifests: BTreeSet<Digest> = images.into_iter().map(|i| i.manifest).collect();
-    if manifests.is_empty() {
-        return Ok(BTreeMap::new());
+    let mut map = BTreeMap::new();
+    let mut manifests = BTreeSet::new();
+    for i in images {
+        match i.config {
+            Some(c) => {
+                map.insert(c.to_string(), i.manifest);
+            }
+            None => {
+                manifests.insert(i.manifest);
+            }
+        }
     }
+    if manifests.is_empty() {
+        return Ok(map);
+    }
+    // An older agent: its manifests, which name their configs, read from its store.
     let hexes: Vec<String> = manifests.iter().map(|d| d.hex().to_owned()).collect();
     let out = robot
         .root_ok(
@@ -222,7 +237,6 @@ async fn agent_configs(robot: &Robot<'_>, step: &'static str) -> Result<BTreeMap
             &[],
         )
         .await?;
-    let mut map = BTreeMap::new();
     for line in out.lines() {
         let Some((hex, doc)) = line.split_once(' ') else {
             continue;
