@@ -12,7 +12,9 @@
 //!   policies, autoboot enabled, the agent's release gone) and a second run changes nothing;
 //! - faults: a provision killed during the image import is finished by the rerun, which imports
 //!   nothing twice; release 1 failing its health check leaves Docker's stack running and exits
-//!   with the documented code (4).
+//!   with the documented code (3);
+//! - `--remove-docker`: Docker's packages and data root gone, runc and the adopted stack kept,
+//!   `--restore-docker` then refused.
 //!
 //! The robots are provisioned with `--configuration virtual`: its roles are plain device nodes
 //! (`/dev/i2c-1`, `/dev/video0`, …) which the test mknods in the robot, where a DB21J's need
