@@ -8,6 +8,10 @@
 //!   stopped after `systemctl restart docker`, and dt-autoboot is disabled; the motors and
 //!   camera roles' nodes are in the agent's interface container and in no other; `dts duckiebot
 //!   history` shows release 1; a second provision changes nothing;
+//! - the first `dts duckiebot deploy` after adoption (amd64 robot): the default stack's images
+//!   are all held by the robot, so no object crosses the link (bytes counted on the robot's
+//!   veth); `lane-following` with `core` swapped for an image only the laptop has ships only
+//!   that image's files the robot lacks (not its busybox, which the stand-ins share);
 //! - `--restore-docker` gives the robot back to Docker (containers running with their restart
 //!   policies, autoboot enabled, the agent's release gone) and a second run changes nothing;
 //! - faults: a provision killed during the image import is finished by the rerun, which imports
@@ -134,6 +138,20 @@ impl Laptop {
             out.status.code()
         );
         serde_json::from_str(&o).unwrap_or_else(|e| panic!("not JSON ({e}): {o}"))
+    }
+
+    /// `dts duckiebot deploy ROBOT --json EXTRA…` (key login): (exit code, JSON, stderr).
+    fn deploy(&self, robot: &StockRobot, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let target = format!("{USER}@{}", robot.addr());
+        let mut args = vec!["duckiebot", "deploy", &target, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.dts(&args, "");
+        let (o, e) = text(&out);
+        (
+            out.status.code(),
+            serde_json::from_str(&o).unwrap_or(Value::Null),
+            e,
+        )
     }
 
     /// `dts duckiebot VERB adopted… --json` after provisioning (key login).
@@ -431,6 +449,7 @@ fn adopts_a_robot_of_amd64_images_and_restores_docker() {
     let Some((l, robot, docker_before)) = adopts("amd64") else {
         return;
     };
+    first_deploys_after_adoption(&l, &robot);
     let restored = l.restore(&robot);
     assert_eq!(
         restored["changed"],
@@ -462,6 +481,158 @@ fn adopts_a_robot_of_amd64_images_and_restores_docker() {
     assert_eq!(again["changed"], serde_json::json!([]), "{again:#}");
     // Docker's stack comes back after a dockerd restart too, as before adoption.
     robot.restart_docker();
+}
+
+fn tx_bytes(iface: &str) -> u64 {
+    let p = format!("/sys/class/net/{iface}/statistics/tx_bytes");
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{p}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A laptop-only `core`: the fixture busybox (the bytes the stand-ins' base layer holds), the
+/// launcher the lane-following stack's `command` names, and a file saying where it was built.
+fn laptop_core(dir: &std::path::Path, busybox: &std::path::Path) -> std::path::PathBuf {
+    let ctx = dir.join("core");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(busybox, ctx.join("busybox")).unwrap();
+    std::fs::write(ctx.join("built"), "core built on the laptop\n").unwrap();
+    std::fs::write(
+        ctx.join("dt-launcher-lane_following"),
+        "#!/bin/sh\ntrap 'exit 0' TERM\ncat /etc/built\nwhile true; do sleep 1 & wait $!; done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let launcher = ctx.join("dt-launcher-lane_following");
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nENV PATH=/bin\n\
+         COPY built /etc/built\nCOPY dt-launcher-lane_following /bin/dt-launcher-lane_following\n",
+    )
+    .unwrap();
+    ctx
+}
+
+/// Issue 13's deploy acceptance on the adopted robot: the default stack sends no object (every
+/// image is one the robot's Docker had); `lane-following` with `core` swapped for an image only
+/// the laptop has sends only that image's files the robot lacks.
+fn first_deploys_after_adoption(l: &Laptop, robot: &StockRobot) {
+    const CORE: &str = "example.com/lab/dt-core:laptop";
+    let Some(busybox) = support::require_busybox("amd64") else {
+        return;
+    };
+    let iface = robot.host_iface().to_owned();
+    let pids_before = agent_ps(l, robot);
+
+    // The default stack: ros, duckiebot-interface, car-interface, all `daffy-amd64` images
+    // the robot's Docker held and the laptop never had.
+    let before = tx_bytes(&iface);
+    let start = Instant::now();
+    let (code, v, err) = l.deploy(robot, &[]);
+    let on_link = tx_bytes(&iface) - before;
+    eprintln!(
+        "first deploy after adoption: {on_link} bytes laptop→robot on the link, {} on the SSH channel, {:?}",
+        v["bytes_sent"],
+        start.elapsed()
+    );
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    assert_eq!(v["state"], "committed", "{v:#}");
+    assert_eq!(v["release"], 2, "{v:#}");
+    assert_eq!(
+        (v["objects_sent"].as_u64(), v["object_bytes"].as_u64()),
+        (Some(0), Some(0)),
+        "{v:#}"
+    );
+    assert_eq!(v["layers_skipped"], v["layers_total"], "{v:#}");
+    assert!(on_link < 256 << 10, "{on_link} bytes on the link: {v:#}");
+    let ps = agent_ps(l, robot);
+    let running: Vec<&str> = ps
+        .iter()
+        .filter(|(_, st, _)| st == "running")
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    // They are restarted: release 1's specs carry what Docker ran (its image name with
+    // `docker.io/`, the image's env and cmd merged in), the stack's only what it sets, so the
+    // agent's "same service spec" test fails although the process is the same. Printed, not
+    // asserted: keeping them running would be better.
+    for s in ["ros", "duckiebot-interface", "car-interface"] {
+        assert!(running.contains(&s), "`{s}` not running: {ps:?}");
+        let was = pids_before
+            .iter()
+            .find(|(n, _, _)| n == s)
+            .and_then(|c| c.2);
+        let now = ps.iter().find(|(n, _, _)| n == s).and_then(|c| c.2);
+        eprintln!("`{s}`: pid {was:?} under release 1, {now:?} under release 2");
+    }
+    assert!(robot.port_open(11311), "the ROS master does not answer");
+    let di = ps
+        .iter()
+        .find(|(n, _, _)| n == "duckiebot-interface")
+        .and_then(|c| c.2)
+        .unwrap();
+    assert!(node_in(robot, di, "/dev/i2c-1").is_some(), "no motors");
+
+    // `core` swapped for an image only the laptop has.
+    let work = tempfile::tempdir().unwrap();
+    let ctx = laptop_core(work.path(), &busybox);
+    let out = l.dts(
+        &[
+            "devel",
+            "build",
+            "-C",
+            ctx.to_str().unwrap(),
+            "-t",
+            CORE,
+            "--arch",
+            "amd64",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let set = format!("core={CORE}");
+    let swap = ["--stack", "lane-following", "--set", set.as_str()];
+    let (code, dry, err) = l.deploy(robot, &[&swap[..], &["--dry-run"]].concat());
+    assert_eq!(code, Some(0), "{dry:#}\n{err}");
+    for img in dry["plan"]["images"].as_array().unwrap() {
+        let laptop = img["names"].to_string().contains(CORE);
+        assert_eq!(img["held_by_robot"], !laptop, "{img:#}");
+    }
+    let listed: Vec<&Value> = dry["plan"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["how"]["objects"]["objects"].as_array())
+        .flatten()
+        .collect();
+    let size = std::fs::metadata(&busybox).unwrap().len();
+    assert!(
+        listed.iter().all(|o| o["size"].as_u64() != Some(size)),
+        "busybox, which the robot holds, is sent: {dry:#}"
+    );
+    let before = tx_bytes(&iface);
+    let (code, v, err) = l.deploy(robot, &swap);
+    let on_link = tx_bytes(&iface) - before;
+    eprintln!(
+        "core swapped for a laptop image: {on_link} bytes on the link, {} objects ({} bytes)",
+        v["objects_sent"], v["object_bytes"]
+    );
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    assert_eq!(v["state"], "committed", "{v:#}");
+    assert_eq!(v["release"], 3, "{v:#}");
+    assert_eq!(v["objects_sent"], dry["objects_sent"], "{v:#}");
+    assert_eq!(v["objects_sent"], 2, "the launcher and /etc/built: {v:#}");
+    assert!(v["object_bytes"].as_u64().unwrap() < 1024, "{v:#}");
+    assert!(on_link < 256 << 10, "{on_link} bytes on the link: {v:#}");
+    let target = format!("{USER}@{}", robot.addr());
+    let logs = l.dts(&["duckiebot", "logs", &target, "core"], "");
+    assert!(
+        text(&logs).0.contains("core built on the laptop"),
+        "{:?}",
+        text(&logs)
+    );
 }
 
 #[test]

@@ -236,6 +236,11 @@ impl StockRobot {
         &self.robot().ns
     }
 
+    /// The host side of the robot's veth: its `tx_bytes` count what the laptop sent the robot.
+    pub fn host_iface(&self) -> &str {
+        &self.robot().host_iface
+    }
+
     /// `amd64` or `arm64`: the arch of its images.
     pub fn arch(&self) -> &str {
         &self.arch
