@@ -565,8 +565,8 @@ async fn start_docker(robot: &Robot<'_>, record: &DockerStack) -> Result<()> {
 
 // ---- --restore-docker ---------------------------------------------------------------------
 
-/// `provision --restore-docker`: the agent's containers of the adopted stack removed (so the
-/// agent does not start them at boot), each Docker container's restart policy back, those that
+/// `provision --restore-docker`: the agent's release containers removed (so the agent does not
+/// start them at boot), each Docker container's restart policy back, those that
 /// ran started, dt-autoboot enabled if it was. Returns what it changed (empty: nothing).
 pub(super) async fn restore(cx: &mut Cx<'_>) -> Result<Vec<String>> {
     let Some(record) = read_record(&cx.robot, "restore-docker").await? else {
@@ -587,8 +587,15 @@ pub(super) async fn restore(cx: &mut Cx<'_>) -> Result<Vec<String>> {
     if agent_up(&cx.robot).await? {
         let mut link = AgentLink::open(&cx.robot).await?;
         let ps = crate::ops::verbs::ps(&mut link, true).await?;
-        for c in ps.iter().filter(|c| names.contains(&c.name)) {
-            crate::ops::verbs::rm(&mut link, &c.name, true).await?;
+        // Every container of a release goes, not only those named like Docker's: a service a
+        // later deploy added (`core`) would otherwise keep running beside Docker's stack.
+        for c in ps
+            .iter()
+            .filter(|c| c.release.is_some() || names.contains(&c.name))
+        {
+            if !cx.dry {
+                crate::ops::verbs::rm(&mut link, &c.name, true).await?;
+            }
             changed.push(format!("removed the agent's container `{}`", c.name));
         }
         link.close().await;
