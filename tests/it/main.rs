@@ -16,6 +16,7 @@ mod agent_net;
 mod agent_release;
 mod agent_run;
 mod agent_store;
+mod bench_adopt;
 mod build;
 mod build_buildah;
 mod contract;

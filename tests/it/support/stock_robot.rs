@@ -212,6 +212,13 @@ impl StockRobot {
     /// own; `name` labels its namespace and temp dir. `None`, after a `SKIP:` line, when not
     /// root or something needed is missing; panics when the robot does not come up.
     pub fn boot(arch: &str, name: &str) -> Option<StockRobot> {
+        Self::boot_with_docker(arch, name, None)
+    }
+
+    /// [`StockRobot::boot`] with the Docker data root copied from `docker` (a stopped dockerd's
+    /// `/var/lib/docker`, e.g. one `scripts/bench adopt` loaded its images into) instead of the
+    /// cache's `docker-<arch>/`.
+    pub fn boot_with_docker(arch: &str, name: &str, docker: Option<&Path>) -> Option<StockRobot> {
         if !can_boot(arch) {
             return None;
         }
@@ -219,7 +226,8 @@ impl StockRobot {
         let mut net = TestNet::new();
         let robot = net.robot(name);
         let start = Instant::now();
-        let mut sr = Self::start(arch, name, &cache, robot);
+        let src = docker.map_or_else(|| cache.join(format!("docker-{arch}")), Path::to_path_buf);
+        let mut sr = Self::start(arch, name, &cache, &src, robot);
         sr.own_net = Some(net);
         sr.wait_booted(start);
         sr.booted_in = start.elapsed();
@@ -430,7 +438,7 @@ impl StockRobot {
             .is_some_and(|h| matches!(h.try_wait(), Ok(None)))
     }
 
-    fn start(arch: &str, name: &str, cache: &Path, robot: Robot) -> StockRobot {
+    fn start(arch: &str, name: &str, cache: &Path, src: &Path, robot: Robot) -> StockRobot {
         sweep_temp_dirs();
         let clean: String = name
             .chars()
@@ -462,10 +470,9 @@ impl StockRobot {
         .unwrap_or_else(|e| panic!("writing `{}`: {e}", env.display()));
         // A private copy of the data root: dockerd writes to it, and its overlay2 driver needs
         // a non-overlayfs backing file system (DIR is on the host's).
-        let src = cache.join(format!("docker-{arch}"));
         let st = Command::new(tool("cp"))
             .arg("-a")
-            .arg(&src)
+            .arg(src)
             .arg(dir.join("docker"))
             .status()
             .unwrap_or_else(|e| panic!("running cp: {e}"));
