@@ -148,6 +148,18 @@ impl Laptop {
     }
 }
 
+/// The agent's root on the host's disk, as on a robot's ext4 SD card: the stock robot's root is
+/// an overlayfs, on which a container's overlay cannot have its upper directory. Inside the
+/// robot, /var/lib/docker is such a disk (the harness binds the data root copy there).
+fn agent_partition(robot: &StockRobot) {
+    robot.exec_ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /var/lib/docker/.dt-agent-bench /var/lib/dt-agent && \
+         mount --bind /var/lib/docker/.dt-agent-bench /var/lib/dt-agent && chmod 700 /var/lib/dt-agent",
+    ]);
+}
+
 /// Makes the cached Docker data root: a stock robot loads `archive` with its own `docker
 /// load`, recreates the stock stack on the loaded images, drops the old stand-ins, stops
 /// dockerd; its data root is copied to `dest` (through a temp name and a rename).
@@ -226,6 +238,7 @@ fn bench_adopt() {
     let save_1 = timed(&a, &format!("docker save {names} > /dev/null"));
     r.insert("docker_save_seconds_before".into(), json!(save_1));
     write(&r);
+    agent_partition(&a);
     let laptop = Laptop::new(&dts, &agents);
     let prov = laptop.provision(&a, "benchbot");
     r.insert("provision".into(), prov);
@@ -265,6 +278,7 @@ fn bench_adopt() {
 
     // Robot B: holds nothing of these images; the laptop holds them.
     let b = StockRobot::boot("amd64", "bench-empty").expect("robot B");
+    agent_partition(&b);
     let laptop_b = Laptop::new(&dts, &agents);
     let load = laptop_b
         .command(&["image", "load", "-i", archive.to_str().unwrap()])
