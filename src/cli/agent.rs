@@ -4,7 +4,7 @@
 //! others are for a person on the robot (docs/cli.md, "`dt-agent` (on the robot)").
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -84,8 +84,14 @@ enum ImageCommand {
 #[derive(Args, Debug)]
 struct ImportArgs {
     /// The archive (`docker save` / `dts image save` output, plain, gzip or zstd; `-` reads it
-    /// from standard input) or OCI layout directory
-    file: PathBuf,
+    /// from standard input) or OCI layout directory; with `--docker-root`, the images to take
+    /// (names, or ids as `docker images -q` prints them)
+    #[arg(required = true, value_name = "FILE|IMAGE")]
+    inputs: Vec<String>,
+    /// Take the images straight from this Docker data root (overlay2 storage driver only, e.g.
+    /// /var/lib/docker) instead of an archive: no `docker save`, nothing staged
+    #[arg(long, value_name = "DIR", conflicts_with = "expect_bytes")]
+    docker_root: Option<PathBuf>,
     /// Name the image (needed when the archive names none)
     #[arg(short = 't', long = "tag")]
     tag: Option<String>,
@@ -349,18 +355,28 @@ fn image(c: &ImageCommand, g: &GlobalArgs, printer: &Printer) -> Result<Exit> {
                 .as_deref()
                 .map(str::parse::<Platform>)
                 .transpose()?;
-            let store = open_store()?;
-            let report = store
-                .import(
-                    &a.file,
-                    &ImportOptions {
-                        tag: tag.as_ref(),
-                        platform: platform.as_ref(),
-                        expect_bytes: a.expect_bytes,
-                    },
-                    &*reporter(g),
-                )
-                .with_context(|| format!("importing `{}`", a.file.display()))?;
+            let opts = ImportOptions {
+                tag: tag.as_ref(),
+                platform: platform.as_ref(),
+                expect_bytes: a.expect_bytes,
+            };
+            let report = match (&a.docker_root, a.inputs.as_slice()) {
+                (Some(root), images) => open_store()?
+                    .import_docker_root(root, images, &opts, &*reporter(g))
+                    .with_context(|| {
+                        format!("importing {} from `{}`", images.join(" "), root.display())
+                    })?,
+                (None, [file]) => open_store()?
+                    .import(Path::new(file), &opts, &*reporter(g))
+                    .with_context(|| format!("importing `{file}`"))?,
+                (None, _) => {
+                    printer.error(&anyhow::anyhow!(
+                        "`image import` takes one archive; several images are taken with \
+                         `--docker-root DIR IMAGE…`"
+                    ));
+                    return Ok(Exit::BadInput);
+                }
+            };
             if a.json {
                 printer.json(&report);
             } else {

@@ -37,6 +37,7 @@ pub use diff::{DiffError, DiffOptions, overlay_changes, write_overlay_layer};
 pub use path::canonical_cmp;
 pub use read::{EntryKind, ReadError, ReadLimits, TarEntry, TarReader};
 pub use resolve::Resolver;
+pub(crate) use resolve::Root;
 pub use unpack::{
     CopySink, DevicePolicy, FileMeta, FileRecord, FileSink, HashingSink, UnpackError,
     UnpackOptions, UnpackStats, unpack, unpack_with, xattr_allowed,

@@ -237,7 +237,7 @@ pub(super) fn import(
 }
 
 /// Whether the archive's content was refused (rather than cut short, or the robot failing).
-fn refused(e: &AgentStoreError) -> bool {
+pub(super) fn refused(e: &AgentStoreError) -> bool {
     match e {
         AgentStoreError::BadArchive { incomplete, .. } => !incomplete,
         AgentStoreError::Archive(ArchiveError::Unnamed { .. }) => true,
@@ -248,7 +248,7 @@ fn refused(e: &AgentStoreError) -> bool {
 
 /// After the last entry: plans the images from the small entries and the consumed layers,
 /// builds their snapshots from tar-splits and objects, and publishes documents and names.
-fn finish(
+pub(super) fn finish(
     store: &AgentStore,
     tx: &Tx,
     c: &Consumer<'_>,

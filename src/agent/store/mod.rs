@@ -60,6 +60,8 @@
 //! containers (they use `snapshots/<chain>/rootfs` as their overlay lower dir).
 
 mod consume;
+mod docker_root;
+mod docker_split;
 mod fsck;
 mod gc;
 mod import;
@@ -173,6 +175,22 @@ pub enum AgentStoreError {
         /// What went wrong, naming the layer's entry.
         #[source]
         source: crate::layer::UnpackError,
+    },
+    /// Docker's data root (`--docker-root`) is missing, not overlay2's, or inconsistent.
+    #[error("Docker data root: `{}`: {reason}", path.display())]
+    DockerRoot {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer of Docker's data root does not rebuild its diff_id from its files.
+    #[error("Docker's layer {diff_id}: {reason}")]
+    DockerLayer {
+        /// The layer.
+        diff_id: Digest,
+        /// What differs, naming the file.
+        reason: String,
     },
     /// A layer's metadata did not rebuild its tar.
     #[error("layer {diff_id}: its tar-split does not rebuild the layer: {reason}")]
@@ -630,6 +648,19 @@ impl AgentStore {
     ) -> Result<ImportReport, AgentStoreError> {
         self.require_writable()?;
         import::import(self, input, opts, reporter).map_err(|e| self.no_space(e))
+    }
+
+    /// Imports Docker's images `images` (names or ids) straight from its overlay2 data root
+    /// `root` (docker_root.rs): what `docker save … | import -` stores, without the archive.
+    pub fn import_docker_root(
+        &self,
+        root: &Path,
+        images: &[String],
+        opts: &ImportOptions<'_>,
+        reporter: &dyn crate::progress::Reporter,
+    ) -> Result<ImportReport, AgentStoreError> {
+        self.require_writable()?;
+        docker_root::import(self, root, images, opts, reporter).map_err(|e| self.no_space(e))
     }
 
     /// Re-verifies the whole store; see [`FsckReport`].
