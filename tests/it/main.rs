@@ -38,6 +38,7 @@ mod run;
 mod sim;
 mod ssh;
 mod stock_adopt;
+mod stock_direct;
 mod stock_provision;
 mod stock_robot;
 mod wire;

@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::support::stock_robot::StockRobot;
 
-const AGENT: &str = "/usr/local/bin/dt-agent";
-const SLACK: u64 = 64 << 20;
+pub(crate) const AGENT: &str = "/usr/local/bin/dt-agent";
+pub(crate) const SLACK: u64 = 64 << 20;
 
 /// Disk use of a tree: allocated bytes of each inode once (snapshots are hardlink farms), and
 /// the largest regular file. Files vanishing under the walk (the import renames and removes)
 /// are skipped.
-fn disk_use(root: &Path) -> (u64, u64) {
+pub(crate) fn disk_use(root: &Path) -> (u64, u64) {
     let mut seen = HashSet::new();
     let mut total = 0;
     let mut largest = 0;
@@ -59,13 +59,13 @@ fn disk_use(root: &Path) -> (u64, u64) {
 }
 
 /// Samples [`disk_use`] of `root` until dropped: (peak total, largest file seen).
-struct Sampler {
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<(u64, u64)>>,
 }
 
 impl Sampler {
-    fn start(root: PathBuf) -> Sampler {
+    pub(crate) fn start(root: PathBuf) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -87,14 +87,14 @@ impl Sampler {
         }
     }
 
-    fn finish(mut self) -> (u64, u64) {
+    pub(crate) fn finish(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
 }
 
 /// The tagged images of the robot's dockerd.
-fn docker_images(robot: &StockRobot) -> Vec<String> {
+pub(crate) fn docker_images(robot: &StockRobot) -> Vec<String> {
     let out = robot.exec_ok(&["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]);
     let mut v: Vec<String> = out
         .lines()
@@ -105,13 +105,13 @@ fn docker_images(robot: &StockRobot) -> Vec<String> {
     v
 }
 
-fn json(s: &str) -> serde_json::Value {
+pub(crate) fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
 /// `docker save IMAGES | dt-agent image import --json --expect-bytes N -`: (report, time,
 /// stderr).
-fn import(
+pub(crate) fn import(
     robot: &StockRobot,
     root: &str,
     images: &[String],
@@ -131,14 +131,14 @@ fn import(
 }
 
 /// A document of the agent's store (manifest or config), read from the robot's disk.
-fn doc(store: &Path, digest: &str) -> serde_json::Value {
+pub(crate) fn doc(store: &Path, digest: &str) -> serde_json::Value {
     let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
     let p = store.join("images/sha256").join(hex);
     json(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
 }
 
 /// The images of an import report by name (`docker save` orders its manifest.json freely).
-fn by_name(report: &serde_json::Value) -> BTreeMap<String, String> {
+pub(crate) fn by_name(report: &serde_json::Value) -> BTreeMap<String, String> {
     report["images"]
         .as_array()
         .unwrap()
@@ -147,13 +147,13 @@ fn by_name(report: &serde_json::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn mib(n: u64) -> String {
+pub(crate) fn mib(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
 }
 
 /// Checks the import against `docker image inspect`: every repo tag named, config digest and
 /// diff_ids equal.
-fn check_against_docker(
+pub(crate) fn check_against_docker(
     robot: &StockRobot,
     store: &Path,
     images: &[String],
@@ -308,7 +308,7 @@ fn save_on_host(robot: &StockRobot, images: &[String]) -> (Vec<u8>, Vec<(String,
 
 /// A stand-in with one 40 MiB random layer, made in the booted robot (the cached stand-ins'
 /// layers are all small), so that staging the whole stream would show in the disk figures.
-const BIG: &str = "duckietown/dt-stand-in-big:adopt";
+pub(crate) const BIG: &str = "duckietown/dt-stand-in-big:adopt";
 
 #[test]
 fn stock_adopt_amd64() {
