@@ -69,7 +69,8 @@ enum Command {
 /// `dt-agent image …`.
 #[derive(Subcommand, Debug)]
 enum ImageCommand {
-    /// Import a docker-archive or OCI archive (e.g. from a USB stick): all of it or nothing
+    /// Import a docker-archive or OCI archive (e.g. from a USB stick), or images from Docker's
+    /// data root (`--docker-root`): all of it or nothing
     Import(ImportArgs),
     /// The named images: name, digest, platform, size
     Ls(StoreJsonArgs),
