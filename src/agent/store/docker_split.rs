@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use flate2::read::GzDecoder;
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -244,6 +244,12 @@ impl<R: Read> Reassembly<R> {
             return Err(self.fail(format!("a body of {size} bytes with an empty name")));
         };
         let opened = self.root.dir(parents, false).and_then(|dir| {
+            // Only a regular file is opened: opening a device node can do things (a watchdog
+            // starts), so the type is checked before, and again on the open file.
+            let st = rustix::fs::statat(dir.as_fd(), *last, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                return Err(io::Error::other("not a regular file"));
+            }
             Ok(rustix::fs::openat(
                 dir.as_fd(),
                 *last,
@@ -494,10 +500,30 @@ mod tests {
         assert!(got.is_err());
         assert!(fault.borrow().as_ref().unwrap().contains("13 bytes"));
 
+        // A FIFO where the file was: not opened (it would block), refused.
+        std::fs::remove_file(dir.path().join("etc/hosts")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("etc/hosts"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (got, fault) = rebuild(dir.path(), &split, Digest::of(&tar));
+        assert!(got.is_err());
+        assert!(
+            fault
+                .borrow()
+                .as_ref()
+                .unwrap()
+                .contains("not a regular file")
+        );
+        std::fs::remove_file(dir.path().join("etc/hosts")).unwrap();
+
         // A symlink to a file outside the diff dir is not followed.
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"127.0.0.1 x\n").unwrap();
-        std::fs::remove_file(dir.path().join("etc/hosts")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("etc/hosts"))
             .unwrap();
         let (got, _) = rebuild(dir.path(), &split, Digest::of(&tar));
