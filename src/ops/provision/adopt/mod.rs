@@ -1,7 +1,8 @@
 //! Taking over a stock robot's Docker stack (docs/duckietown.md, "Adoption"): the steps
 //! `docker-stack` (record what Docker runs, before anything changes it), `adopt-images` (every
-//! image Docker holds and the agent lacks, streamed `docker save | dt-agent image import -` on
-//! the robot itself, so nothing crosses the WiFi) and `adopt-stack` (Docker's `duckietown`
+//! image Docker holds and the agent lacks, imported on the robot itself, so nothing crosses the
+//! WiFi: read straight from Docker's overlay2 store, else streamed `docker save | dt-agent image
+//! import -`) and `adopt-stack` (Docker's `duckietown`
 //! containers stopped, their translation deployed as release 1, and only once it is committed
 //! their restart policies set to `no` and dt-autoboot disabled; if it fails, Docker's stack is
 //! started again). [`restore`] is `provision --restore-docker`, which gives the robot back.
@@ -313,12 +314,16 @@ pub(super) async fn check_images(cx: &mut Cx<'_>) -> Result<Plan> {
     ))
 }
 
-/// One `docker save IMAGE | dt-agent image import -` per image, so a run killed midway keeps
-/// every image it finished (the rerun skips them by config digest) and progress advances by
-/// image; layers shared with an earlier image are hashed and discarded by the import.
+/// One import per image, so a run killed midway keeps every image it finished (the rerun skips
+/// them by config digest; the import itself keeps each layer it committed) and progress
+/// advances by image. Read from Docker's overlay2 store where Docker uses it: nothing is staged
+/// and a layer the agent holds is not read again; else `docker save`, whose layers shared with
+/// an earlier image are hashed and discarded by the import. A direct read that fails (a layer
+/// whose files no longer rebuild its diff_id) falls back to `docker save` for that image.
 pub(super) async fn apply_images(cx: &mut Cx<'_>) -> Result<()> {
     let (missing, _) = missing_images(cx).await?;
     let total: u64 = missing.iter().map(|i| i.size).sum();
+    let docker_root = overlay2_root(&cx.robot).await?;
     cx.reporter.event(Event::start(
         "adopt-images/import",
         format!("import {} image(s) from Docker's store", missing.len()),
@@ -332,19 +337,25 @@ pub(super) async fn apply_images(cx: &mut Cx<'_>) -> Result<()> {
             .flatten()
             .map(|t| sh_quote(t))
             .collect();
-        // `sh` has no pipefail: docker save's failure is recorded beside the pipe.
-        cx.robot
-            .root_ok(
-                "adopt-images",
-                &format!(
-                    "f=$(mktemp); (docker save {tags} || echo failed > \"$f\") | {AGENT_PATH} image import --json - >/dev/null; \
-                     if [ -s \"$f\" ]; then rm -f \"$f\"; echo 'docker save failed' >&2; exit 1; fi; rm -f \"$f\"",
-                    tags = tags.join(" ")
-                ),
-                &[],
-            )
-            .await
-            .with_context(|| format!("importing {} ({})", img.id, tags.join(", ")))?;
+        let direct = match &docker_root {
+            Some(root) => {
+                import_direct(&cx.robot, root, img)
+                    .await
+                    .inspect_err(|e| {
+                        cx.reporter.event(Event::note(format!(
+                            "{}: reading Docker's store directly failed ({e:#}); using `docker save`",
+                            img.id
+                        )))
+                    })
+                    .is_ok()
+            }
+            None => false,
+        };
+        if !direct {
+            import_saved(&cx.robot, &tags)
+                .await
+                .with_context(|| format!("importing {} ({})", img.id, tags.join(", ")))?;
+        }
         done += img.size;
         cx.reporter
             .event(Event::advance("adopt-images/import", done));
@@ -354,6 +365,59 @@ pub(super) async fn apply_images(cx: &mut Cx<'_>) -> Result<()> {
         format!("{} image(s)", missing.len()),
     ));
     Ok(())
+}
+
+/// Docker's data root when its storage driver is overlay2, the layout `dt-agent image import
+/// --docker-root` reads (docs/duckietown.md, "Reading Docker's store directly"); `None` for
+/// any other driver (the containerd image store says `overlayfs`), which `docker save` serves.
+async fn overlay2_root(robot: &Robot<'_>) -> Result<Option<String>> {
+    let out = robot
+        .root_ok(
+            "adopt-images",
+            "docker info --format '{{.Driver}} {{.DockerRootDir}}' 2>/dev/null || true",
+            &[],
+        )
+        .await?;
+    Ok(match out.trim().split_once(' ') {
+        Some(("overlay2", root)) if root.starts_with('/') => Some(root.to_owned()),
+        _ => None,
+    })
+}
+
+/// One image read straight from Docker's overlay2 store: nothing staged on either side (Docker
+/// 20.10's `docker save` writes its whole archive to `<root>/tmp` first). Taken by id, so it
+/// gets every tag Docker gives it.
+async fn import_direct(robot: &Robot<'_>, root: &str, img: &DockerImage) -> Result<()> {
+    robot
+        .root_ok(
+            "adopt-images",
+            &format!(
+                "{AGENT_PATH} image import --json --docker-root {} {} >/dev/null",
+                sh_quote(root),
+                sh_quote(&img.id)
+            ),
+            &[],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// One image through `docker save | dt-agent image import -`, for a Docker whose store the
+/// agent cannot read.
+async fn import_saved(robot: &Robot<'_>, tags: &[String]) -> Result<()> {
+    // `sh` has no pipefail: docker save's failure is recorded beside the pipe.
+    robot
+        .root_ok(
+            "adopt-images",
+            &format!(
+                "f=$(mktemp); (docker save {tags} || echo failed > \"$f\") | {AGENT_PATH} image import --json - >/dev/null; \
+                 if [ -s \"$f\" ]; then rm -f \"$f\"; echo 'docker save failed' >&2; exit 1; fi; rm -f \"$f\"",
+                tags = tags.join(" ")
+            ),
+            &[],
+        )
+        .await
+        .map(|_| ())
 }
 
 fn human(bytes: u64) -> String {
