@@ -338,17 +338,15 @@ pub(super) async fn apply_images(cx: &mut Cx<'_>) -> Result<()> {
             .map(|t| sh_quote(t))
             .collect();
         let direct = match &docker_root {
-            Some(root) => {
-                import_direct(&cx.robot, root, img)
-                    .await
-                    .inspect_err(|e| {
-                        cx.reporter.event(Event::note(format!(
-                            "{}: reading Docker's store directly failed ({e:#}); using `docker save`",
-                            img.id
-                        )))
-                    })
-                    .is_ok()
-            }
+            Some(root) => import_direct(&cx.robot, root, img)
+                .await
+                .inspect_err(|e| {
+                    cx.reporter.event(Event::note(format!(
+                        "{}: reading Docker's store directly failed ({e:#}); using `docker save`",
+                        img.id
+                    )))
+                })
+                .is_ok(),
             None => false,
         };
         if !direct {
