@@ -133,8 +133,11 @@ impl Laptop {
             &target,
             "--hostname",
             hostname,
+            // The virtual profile's roles are plain nodes the bench makes in the robot
+            // (`make_hardware`); a DB21J's camera role needs Jetson nodes (/dev/nvmap…) no
+            // container-booted robot has, so its release could not start.
             "--configuration",
-            "DB21J",
+            "virtual",
             "--accept-new-host-key",
             "--password-stdin",
             "--json",
@@ -239,6 +242,7 @@ fn bench_adopt() {
     r.insert("docker_save_seconds_before".into(), json!(save_1));
     write(&r);
     agent_partition(&a);
+    crate::stock_provision::make_hardware(&a);
     let laptop = Laptop::new(&dts, &agents);
     let prov = laptop.provision(&a, "benchbot");
     r.insert("provision".into(), prov);
@@ -247,27 +251,42 @@ fn bench_adopt() {
     let adopted = images.iter().filter(|i| held.contains(i.as_str())).count();
     r.insert("adopted_images".into(), json!(adopted));
     write(&r);
-    // The import adoption does, with the release agent: into the agent's own store when
-    // provision did not adopt (so the deploy below finds what adoption would have left),
-    // else into a scratch root.
+    // The imports adoption can do, with the release agent: read from Docker's overlay2 store
+    // (what provision uses there) and `docker save | import -` (its fallback), each into the
+    // agent's store when provision did not adopt (so the deploy below finds what adoption
+    // would have left), else into a scratch root.
     std::fs::copy(&agent, a.root().join("usr/local/bin/dt-agent-bench")).unwrap();
-    let root = if adopted < images.len() {
+    let into = |scratch: &str| {
+        if adopted < images.len() {
+            "/var/lib/dt-agent".to_owned()
+        } else {
+            format!("/var/lib/docker/.{scratch}")
+        }
+    };
+    if adopted < images.len() {
         r.insert(
             "import_into".into(),
             json!("the agent's store (provision did not adopt)"),
         );
-        "/var/lib/dt-agent"
-    } else {
-        "/var/lib/dt-agent-bench"
-    };
+    }
+    let root = into("bench-direct");
     let import = timed(
         &a,
         &format!(
-            "docker save {names} | DT_AGENT_ROOT={root} dt-agent-bench image import --json - >/dev/null; \
-             if [ {root} = /var/lib/dt-agent-bench ]; then rm -rf {root}; fi"
+            "DT_AGENT_ROOT={root} dt-agent-bench image import --json --docker-root /var/lib/docker {names} >/dev/null; \
+             case {root} in /var/lib/docker/.*) rm -rf {root};; esac"
         ),
     );
     r.insert("import_seconds".into(), json!(import));
+    let root = into("bench-save");
+    let import_save = timed(
+        &a,
+        &format!(
+            "docker save {names} | DT_AGENT_ROOT={root} dt-agent-bench image import --json - >/dev/null; \
+             case {root} in /var/lib/docker/.*) rm -rf {root};; esac"
+        ),
+    );
+    r.insert("import_save_seconds".into(), json!(import_save));
     let save_2 = timed(&a, &format!("docker save {names} > /dev/null"));
     r.insert("docker_save_seconds_after".into(), json!(save_2));
     write(&r);
@@ -279,6 +298,7 @@ fn bench_adopt() {
     // Robot B: holds nothing of these images; the laptop holds them.
     let b = StockRobot::boot("amd64", "bench-empty").expect("robot B");
     agent_partition(&b);
+    crate::stock_provision::make_hardware(&b);
     let laptop_b = Laptop::new(&dts, &agents);
     let load = laptop_b
         .command(&["image", "load", "-i", archive.to_str().unwrap()])

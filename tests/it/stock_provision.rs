@@ -183,7 +183,7 @@ fn robot_logs(robot: &StockRobot) -> String {
 
 /// What a Duckiebot's kernel and image have that the stock test robot lacks: the virtual
 /// profile's nodes (made as `dts sim up` makes them) and the i2c and gpio groups.
-fn make_hardware(robot: &StockRobot) {
+pub(crate) fn make_hardware(robot: &StockRobot) {
     robot.exec_ok(&[
         "sh",
         "-c",
