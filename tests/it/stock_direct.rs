@@ -7,7 +7,8 @@
 //! largest layer + 64 MiB while dockerd's own temp dir stays empty (what `docker save` stages
 //! there is the reason for this mode); that a rerun adds nothing; and that a file appended to
 //! in the diff dir of an image no container runs fails the import (exit 1) naming the layer,
-//! with nothing named. Prints the measured figures (docs/duckietown.md, "Adoption notes").
+//! with nothing named; and that a RepoDigest Docker records becomes an alias of the imported
+//! manifest. Prints the measured figures (docs/duckietown.md, "Adoption notes").
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -191,4 +192,45 @@ fn direct_adopt(arch: &str) {
     support::write_stderr_line(&format!(
         "stock_direct: {arch}: tampered layer refused: {err}"
     ));
+
+    // 5. A RepoDigest (what `docker pull` records; `docker load` sets none, so one is written
+    // into repositories.json here, as dockerd writes it) becomes an alias of the manifest the
+    // import wrote, beside the tag; nothing else is added.
+    let tag = &images[0];
+    let id = robot.exec_ok(&["docker", "image", "inspect", "--format", "{{.Id}}", tag]);
+    let repo = tag.rsplit_once(':').unwrap().0;
+    let alias = format!("{repo}@sha256:{}", "ab".repeat(32));
+    let rp = robot
+        .root()
+        .join("var/lib/docker/image/overlay2/repositories.json");
+    let mut repos = json(&std::fs::read_to_string(&rp).unwrap());
+    let (_, entries) = repos["Repositories"]
+        .as_object_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(_, v)| v.as_object().unwrap().values().any(|i| i == id.trim()))
+        .expect("the tag's repository");
+    entries[alias.as_str()] = serde_json::json!(id.trim());
+    std::fs::write(&rp, repos.to_string()).unwrap();
+    let (aliased, _) = direct_ok(&robot, root, &[id.trim().to_string()]);
+    assert_eq!(aliased["layers_added"], 0, "{aliased}");
+    let named = by_name(&aliased);
+    let manifest_of = |n: &str| {
+        let v = json(
+            named
+                .get(n)
+                .unwrap_or_else(|| panic!("{n} not named: {aliased}")),
+        );
+        v["manifest"].clone()
+    };
+    assert_eq!(manifest_of(&alias), manifest_of(tag), "{aliased}");
+    let ls = robot.exec_ok(&[
+        "env",
+        &format!("DT_AGENT_ROOT={root}"),
+        AGENT,
+        "image",
+        "ls",
+        "--json",
+    ]);
+    assert!(ls.contains(&alias), "image ls lists the RepoDigest: {ls}");
 }

@@ -78,6 +78,11 @@ pub(super) struct DockerRoot {
     image: PathBuf,
     /// `repo:tag` → image id.
     tags: Vec<(Reference, Digest)>,
+    /// `repo@sha256:…` → image id: Docker's RepoDigests, the registry manifests an image was
+    /// pulled by. The import cannot reproduce those manifests (they name compressed layers), so
+    /// they become aliases of the manifest it writes: a stack pinned by digest still finds
+    /// the image on the robot.
+    repo_digests: Vec<(Reference, Digest)>,
 }
 
 /// One layer to take.
@@ -99,24 +104,26 @@ impl DockerRoot {
         }
         let rp = image.join("repositories.json");
         let mut tags = Vec::new();
+        let mut repo_digests = Vec::new();
         if rp.exists() {
             let r: Repositories = serde_json::from_slice(&read_small(&rp, MAX_REPOSITORIES_BYTES)?)
                 .map_err(|e| source_err(&rp, e))?;
             for (name, id) in r.repositories.into_values().flatten() {
-                // `repo@sha256:…` entries are RepoDigests, not names to give.
-                if name.contains('@') {
-                    continue;
-                }
                 let (Ok(r), Ok(d)) = (Reference::parse(&name), id.parse::<Digest>()) else {
                     return Err(source_err(&rp, format!("bad entry `{name}`: `{id}`")));
                 };
-                tags.push((r, d));
+                if r.digest().is_some() {
+                    repo_digests.push((r, d));
+                } else {
+                    tags.push((r, d));
+                }
             }
         }
         Ok(DockerRoot {
             root: root.to_path_buf(),
             image,
             tags,
+            repo_digests,
         })
     }
 
@@ -242,7 +249,18 @@ pub(super) fn import(
         }
         saves.push(SaveEntry {
             config: format!("{}.json", id.hex()),
-            repo_tags: names.iter().map(Reference::familiar).collect(),
+            // The names, then the RepoDigests as aliases of the same image.
+            repo_tags: names
+                .iter()
+                .chain(
+                    docker
+                        .repo_digests
+                        .iter()
+                        .filter(|(_, d)| *d == id)
+                        .map(|(r, _)| r),
+                )
+                .map(Reference::familiar)
+                .collect(),
             layers: config.rootfs.diff_ids.iter().map(entry_path).collect(),
         });
         configs.insert(format!("{}.json", id.hex()), bytes);

@@ -5,8 +5,9 @@
 //!
 //! Rules, the same the laptop's store follows where they overlap:
 //! - a name is normalised as Docker does (`ubuntu` = `docker.io/library/ubuntu:latest`) and
-//!   looked up in `refs.json`; a reference with a digest (`name@sha256:…`) is looked up by
-//!   content, whatever names the robot gave it;
+//!   looked up in `refs.json`; a reference with a digest (`name@sha256:…`) is looked up there
+//!   too (an adopted image's RepoDigest is an alias of the manifest the import wrote:
+//!   docs/duckietown.md), else by content, whatever names the robot gave it;
 //! - an index resolves to its entry for the platform asked; when it has none the robot holds,
 //!   and the robot holds exactly one of its manifests, to that one. A single manifest resolves
 //!   to itself whatever its platform: the name has no other manifest here, and Docker ran it
@@ -28,12 +29,10 @@ pub(super) fn resolve(
     name: &Reference,
     platform: &Platform,
 ) -> Result<Option<HeldImage>, AgentStoreError> {
-    let (top, preferred) = match name.digest() {
-        Some(d) => (d.clone(), None),
-        None => match store.refs()?.remove(&name.to_string()) {
-            Some(entry) => (entry.digest, Some(entry.manifest)),
-            None => return Ok(None),
-        },
+    let (top, preferred) = match (store.refs()?.remove(&name.to_string()), name.digest()) {
+        (Some(entry), _) => (entry.digest, Some(entry.manifest)),
+        (None, Some(d)) => (d.clone(), None),
+        (None, None) => return Ok(None),
     };
     let Some((media_type, doc)) = document(store, &top) else {
         return Ok(None);
