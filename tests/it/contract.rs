@@ -74,23 +74,7 @@ fn remote_errors_cross_with_class_and_causes() {
 // Against a virtual Duckiebot
 
 fn can_run() -> bool {
-    if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
-        return false;
-    }
-    for cmd in [
-        "ip",
-        "tc",
-        "ssh-keygen",
-        "/usr/sbin/sshd",
-        "/usr/bin/sudo",
-        "/usr/sbin/avahi-daemon",
-        "runc",
-    ] {
-        if !support::require_cmd(cmd) {
-            return false;
-        }
-    }
-    true
+    support::can_make_virtual_robot()
 }
 
 /// Issue 16: the robot classified a refusal as bad input, and the laptop exited 1 with only

@@ -213,21 +213,8 @@ fn a_missing_arch_names_where_it_looked_and_the_fix() {
 
 /// Whether a sim of `platform` can be made here; prints the SKIP line when not.
 fn can_sim(platform: &Platform) -> bool {
-    if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
+    if !support::can_make_virtual_robot() {
         return false;
-    }
-    for cmd in [
-        "ip",
-        "tc",
-        "ssh-keygen",
-        "/usr/sbin/sshd",
-        "/usr/bin/sudo",
-        "/usr/sbin/avahi-daemon",
-        "runc",
-    ] {
-        if !support::require_cmd(cmd) {
-            return false;
-        }
     }
     // `dts sim up` registers QEMU itself when nothing is; a disabled entry or one without the
     // F flag is the host's business (scripts/test fixes it), not this test's.

@@ -16,23 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn can_run() -> bool {
-    if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
-        return false;
-    }
-    for cmd in [
-        "ip",
-        "tc",
-        "ssh-keygen",
-        "/usr/sbin/sshd",
-        "/usr/bin/sudo",
-        "/usr/sbin/avahi-daemon",
-        "runc",
-    ] {
-        if !support::require_cmd(cmd) {
-            return false;
-        }
-    }
-    support::require_busybox("amd64").is_some()
+    support::can_make_virtual_robot() && support::require_busybox("amd64").is_some()
 }
 
 /// One test's laptop and robot: the shared [`TestContext`] (which also takes the sim down

@@ -189,21 +189,8 @@ async fn images_only_the_robot_holds_are_resolved_there_and_never_sent() {
 // ---- End to end: `dts duckiebot deploy` to a virtual Duckiebot -------------------------------
 
 fn can_run_sim() -> bool {
-    if !support::require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
+    if !support::can_make_virtual_robot() {
         return false;
-    }
-    for cmd in [
-        "ip",
-        "tc",
-        "ssh-keygen",
-        "/usr/sbin/sshd",
-        "/usr/bin/sudo",
-        "/usr/sbin/avahi-daemon",
-        "runc",
-    ] {
-        if !support::require_cmd(cmd) {
-            return false;
-        }
     }
     let auth = Auth::token("duckie", "quack");
     if let Some(why) = Registry::unavailable(&auth) {

@@ -78,6 +78,25 @@ pub fn require_root(why: &str) -> bool {
     false
 }
 
+/// Whether a virtual Duckiebot (`dts sim up`) can be made here: root, and the tools it runs
+/// (links and shaping, sshd and sudo, avahi, runc); prints the SKIP line when not.
+pub fn can_make_virtual_robot() -> bool {
+    if !require_root("makes a virtual Duckiebot: namespaces, mounts, links") {
+        return false;
+    }
+    [
+        "ip",
+        "tc",
+        "ssh-keygen",
+        "/usr/sbin/sshd",
+        "/usr/bin/sudo",
+        "/usr/sbin/avahi-daemon",
+        "runc",
+    ]
+    .into_iter()
+    .all(require_cmd)
+}
+
 /// `true` when `cmd` is found (see [`find_cmd`]); otherwise prints
 /// `SKIP: <test>: needs `<cmd>` on PATH` and returns `false`.
 pub fn require_cmd(cmd: &str) -> bool {
