@@ -11,7 +11,6 @@ use serde::Deserialize;
 use super::ArchiveError;
 use crate::oci::digest::digest_reader;
 use crate::oci::json::{canonical, parse_strict};
-use crate::oci::manifest::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
 use crate::oci::{
     Compression, Descriptor, Digest, Document, ImageConfig, Manifest, Reference, media,
 };
@@ -632,18 +631,8 @@ fn plan_oci(
 }
 
 fn oci_names(desc: &Descriptor, input: &Path) -> Result<Vec<Reference>, ArchiveError> {
-    let parse = |key: &str, v: &str| {
-        Reference::parse(v)
-            .map_err(|e| ArchiveError::invalid(input, format!("index.json annotation {key}: {e}")))
-    };
-    if let Some(full) = desc.annotations.get(ANNOTATION_IMAGE_NAME) {
-        return Ok(vec![parse(ANNOTATION_IMAGE_NAME, full)?]);
-    }
-    match desc.annotations.get(ANNOTATION_REF_NAME) {
-        // A bare tag (`latest`) names no repository: the user must say which with -t.
-        Some(r) if r.contains(['/', ':', '@']) => Ok(vec![parse(ANNOTATION_REF_NAME, r)?]),
-        _ => Ok(Vec::new()),
-    }
+    desc.image_names()
+        .map_err(|reason| ArchiveError::invalid(input, reason))
 }
 
 fn check_document(

@@ -98,6 +98,22 @@ impl Descriptor {
             data: None,
         }
     }
+
+    /// The names an image layout's `index.json` entry gives its image: the full name of
+    /// containerd's annotation, else the OCI ref name when it names a repository (a bare tag,
+    /// `latest`, names none: the caller must be told which). Err says which annotation is bad.
+    pub fn image_names(&self) -> Result<Vec<super::Reference>, String> {
+        let parse = |key: &str, v: &str| {
+            super::Reference::parse(v).map_err(|e| format!("index.json annotation {key}: {e}"))
+        };
+        if let Some(full) = self.annotations.get(ANNOTATION_IMAGE_NAME) {
+            return Ok(vec![parse(ANNOTATION_IMAGE_NAME, full)?]);
+        }
+        match self.annotations.get(ANNOTATION_REF_NAME) {
+            Some(r) if r.contains(['/', ':', '@']) => Ok(vec![parse(ANNOTATION_REF_NAME, r)?]),
+            _ => Ok(Vec::new()),
+        }
+    }
 }
 
 /// An image manifest: one config and its ordered layers.

@@ -614,20 +614,7 @@ fn plan_oci(
 
 /// The names an OCI index entry gives its image.
 fn oci_names(desc: &Descriptor) -> Result<Vec<Reference>, AgentStoreError> {
-    use crate::oci::manifest::{ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
-    let parse = |key: &str, v: &str| {
-        Reference::parse(v).map_err(|e| {
-            AgentStoreError::bad_archive(format!("`index.json` annotation {key}: {e}"))
-        })
-    };
-    if let Some(full) = desc.annotations.get(ANNOTATION_IMAGE_NAME) {
-        return Ok(vec![parse(ANNOTATION_IMAGE_NAME, full)?]);
-    }
-    match desc.annotations.get(ANNOTATION_REF_NAME) {
-        // A bare tag (`latest`) names no repository: the user must say which with -t.
-        Some(r) if r.contains(['/', ':', '@']) => Ok(vec![parse(ANNOTATION_REF_NAME, r)?]),
-        _ => Ok(Vec::new()),
-    }
+    desc.image_names().map_err(AgentStoreError::bad_archive)
 }
 
 /// Resolves a top-level manifest or index to the manifest this robot uses; collects the
