@@ -192,11 +192,16 @@ pub(crate) fn make_hardware(robot: &StockRobot) {
     ]);
     if robot.arch() == "arm64" {
         // The agent runs foreign images only where it can see QEMU's binfmt_misc entry (a
-        // Jetson runs its arm64 images natively); nspawn does not mount binfmt_misc.
+        // Jetson runs its arm64 images natively); nspawn does not mount binfmt_misc. The
+        // mount is the host's one instance (no user namespace), and the robot's
+        // systemd-shutdown writes -1 to its `status` when it halts, which unregisters every
+        // entry of the host — so the robot sees it read-only (a per-mount flag; the
+        // superblock, and the host's mount, stay writable).
         robot.exec_ok(&[
             "sh",
             "-c",
-            "mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc",
+            "set -e; b=/proc/sys/fs/binfmt_misc; mountpoint -q $b || mount -t binfmt_misc binfmt_misc $b; \
+             mount -o remount,bind,ro $b; ! sh -c \"echo 1 > $b/status\" 2>/dev/null",
         ]);
     }
 }
