@@ -1274,3 +1274,50 @@ fn gc_keeps_names_and_roots_and_removes_the_rest() {
         b"#!/bin/sh\necho tool\n"
     );
 }
+
+/// `image import --docker-root`: a directory that is not an overlay2 data root is exit 1 naming
+/// it and saying to use `docker save`; an image the data root does not hold is exit 2 naming
+/// it; neither names anything in the store.
+#[test]
+fn docker_root_refuses_what_is_not_an_overlay2_root_or_not_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("agent");
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let out = agent(
+        &root,
+        &[
+            "image",
+            "import",
+            "--docker-root",
+            p(&docker),
+            "busybox:latest",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not the data root of a Docker using the overlay2"),
+        "{err}"
+    );
+    assert!(err.contains(p(&docker)), "{err}");
+    assert!(err.contains("docker save"), "{err}");
+
+    std::fs::create_dir_all(docker.join("image/overlay2/imagedb/content/sha256")).unwrap();
+    std::fs::create_dir_all(docker.join("overlay2")).unwrap();
+    let out = agent(
+        &root,
+        &[
+            "image",
+            "import",
+            "--docker-root",
+            p(&docker),
+            "busybox:latest",
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("busybox:latest"), "{err}");
+    assert!(err.contains("has no image of that name or id"), "{err}");
+    assert!(ls(&root).is_empty());
+}
