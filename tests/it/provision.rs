@@ -531,6 +531,25 @@ fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
         "",
     );
     assert!(human.contains("already provisioned"), "{human}");
+
+    // `--restore-docker` on a robot whose Docker stack was never adopted: exit 1 saying so,
+    // nothing changed.
+    let before = robot.snapshot();
+    let out = l.dts(
+        &[
+            "duckiebot",
+            "provision",
+            &robot.addr().to_string(),
+            "--restore-docker",
+        ],
+        "",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing to restore"), "{err}");
+    assert!(err.contains("never adopted"), "{err}");
+    let d = fresh_robot::diff(&before, &robot.snapshot());
+    assert!(d.is_empty(), "--restore-docker changed the robot:\n{d}");
 }
 
 #[test]
