@@ -86,6 +86,17 @@ pub fn resolve(robot: &str, args: &SshArgs) -> Result<(Target, SshOptions)> {
                     RESOLVE_TIMEOUT.as_secs()
                 )
             })?;
+        // Pinned by name, not by the address DHCP handed out this time (ssh/mod.rs).
+        opts.host_key_alias = Some(format!(
+            "{}.local",
+            crate::discover::browse::robot_name(&target.host)
+        ));
+        if let crate::discover::browse::Resolved::Discovered(_, robot) = &found {
+            opts.advertised_fingerprint = robot
+                .agent
+                .as_ref()
+                .and_then(|a| a.host_key_fingerprint.clone());
+        }
         target.host = found.address().to_string();
     }
     Ok((target, opts))

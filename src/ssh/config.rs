@@ -33,6 +33,8 @@ pub struct HostConfig {
     pub server_alive_interval: Option<u64>,
     /// `ServerAliveCountMax`.
     pub server_alive_count_max: Option<usize>,
+    /// `HostKeyAlias`: the name host keys are filed under instead of `HostName`.
+    pub host_key_alias: Option<String>,
 }
 
 /// A destination with every default applied: what the connection actually uses.
@@ -52,6 +54,8 @@ pub struct Resolved {
     pub server_alive_interval: Option<u64>,
     /// `ServerAliveCountMax`, when the config sets it.
     pub server_alive_count_max: Option<usize>,
+    /// `HostKeyAlias`, when the config sets it.
+    pub host_key_alias: Option<String>,
 }
 
 impl HostConfig {
@@ -132,6 +136,10 @@ fn apply(
             "user" => {
                 let v = one_arg(&keyword, &args).map_err(&err)?;
                 cfg.user.get_or_insert_with(|| v.to_owned());
+            }
+            "hostkeyalias" => {
+                let v = one_arg(&keyword, &args).map_err(&err)?;
+                cfg.host_key_alias.get_or_insert_with(|| v.to_owned());
             }
             "port" => {
                 let v = one_arg(&keyword, &args).map_err(&err)?;
@@ -345,6 +353,7 @@ pub fn resolve(
         identity_files,
         server_alive_interval: cfg.server_alive_interval,
         server_alive_count_max: cfg.server_alive_count_max,
+        host_key_alias: cfg.host_key_alias.clone(),
     })
 }
 
@@ -367,6 +376,7 @@ Host bot1 bot2
 Host=quoted
     HostName="10.0.0.7"
     Port = 2222
+    HostKeyAlias quoted.local
 
 Host *
     User fallback
@@ -399,6 +409,8 @@ Host *
         let c = cfg("quoted");
         assert_eq!(c.hostname.as_deref(), Some("10.0.0.7"));
         assert_eq!(c.port, Some(2222));
+        assert_eq!(c.host_key_alias.as_deref(), Some("quoted.local"));
+        assert_eq!(cfg("bot1").host_key_alias, None);
     }
 
     #[test]

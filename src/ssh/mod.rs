@@ -63,6 +63,15 @@ pub struct SshOptions {
     pub extra_known_hosts: Vec<PathBuf>,
     /// `--accept-new-host-key`: record an unknown host's key instead of refusing it.
     pub accept_new_host_key: bool,
+    /// OpenSSH's `HostKeyAlias`: the name the host key is looked up and recorded under instead
+    /// of the address connected to. A robot found by mDNS is filed under `NAME.local`, so its
+    /// key stays pinned when DHCP gives it another address, and an answer pointing its name
+    /// at another robot meets the wrong key. The config's `HostKeyAlias` beats this.
+    pub host_key_alias: Option<String>,
+    /// The ed25519 fingerprint (`SHA256:…`) the robot advertised over mDNS. Never a reason to
+    /// trust a key, only to refuse one: an ed25519 key that differs is refused even when
+    /// known_hosts would accept it.
+    pub advertised_fingerprint: Option<String>,
     /// A password to try last (provisioning a fresh robot with `--password-stdin`).
     pub password: Option<String>,
     /// OpenSSH's `IdentitiesOnly`: only the `identities` are tried — the config's
@@ -89,6 +98,8 @@ impl std::fmt::Debug for SshOptions {
             .field("known_hosts", &self.known_hosts)
             .field("extra_known_hosts", &self.extra_known_hosts)
             .field("accept_new_host_key", &self.accept_new_host_key)
+            .field("host_key_alias", &self.host_key_alias)
+            .field("advertised_fingerprint", &self.advertised_fingerprint)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
@@ -109,6 +120,8 @@ impl SshOptions {
             known_hosts: None,
             extra_known_hosts: Vec::new(),
             accept_new_host_key: false,
+            host_key_alias: None,
+            advertised_fingerprint: None,
             password: None,
             identities_only: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -242,6 +255,21 @@ pub enum SshError {
         fingerprint: String,
         /// The entries recording other keys for this host.
         old: Vec<Location>,
+    },
+    /// The robot's ed25519 host key is not the one its mDNS advert names: another machine
+    /// answering for its name or address. Refused whatever known_hosts says.
+    #[error(
+        "host key of `{addr}` is {fingerprint}, but the robot advertised {advertised} over mDNS: \
+         another machine may be answering for it; refusing (check the key on the robot with \
+         `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`, or connect by address)"
+    )]
+    AdvertisedKeyDiffers {
+        /// `host:port` (with the name it is filed under).
+        addr: String,
+        /// Fingerprint of the presented key.
+        fingerprint: String,
+        /// Fingerprint heard in the advert.
+        advertised: String,
     },
     /// The key is marked `@revoked`.
     #[error(

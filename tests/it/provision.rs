@@ -355,6 +355,46 @@ fn discovered(net: &mut TestNet) -> Vec<String> {
     }
 }
 
+/// The keys provision made are filed under `NAME.local` too: with every entry for the address
+/// removed (DHCP handed out another one), `dts duckiebot ps NAME` from a laptop on the LAN
+/// finds the robot over mDNS and trusts its key without `--accept-new-host-key`.
+fn by_name_at_any_address(l: &Laptop, net: &mut TestNet, robot: &FreshRobot, name: &str) {
+    let st = Command::new("ssh-keygen")
+        .arg("-R")
+        .arg(robot.addr().to_string())
+        .arg("-f")
+        .arg(l.known_hosts())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let known = std::fs::read_to_string(l.known_hosts()).unwrap();
+    assert!(
+        !known.contains(&robot.addr().to_string()),
+        "address entries left: {known}"
+    );
+    assert!(known.contains(&format!("{name}.local ")), "{known}");
+    let laptop = net.robot("laptop-by-name");
+    let out = laptop
+        .command(&[env!("CARGO_BIN_EXE_dts"), "duckiebot", "ps", name, "--json"])
+        .env("DTS_HOME", l.dts_home.path())
+        .env("HOME", l.home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "ps by name failed:\n{o}\n{e}");
+    assert!(o.contains("\"service\": \"app\""), "{o}");
+    assert_eq!(
+        std::fs::read_to_string(l.known_hosts()).unwrap(),
+        known,
+        "nothing new recorded"
+    );
+}
+
 fn busybox(arch: &str) -> String {
     format!("/var/cache/dts-fixtures/busybox/{arch}/busybox")
 }
@@ -550,6 +590,9 @@ fn end_to_end(arch: &str, cfg: &str, hardware: &str) {
     assert!(err.contains("never adopted"), "{err}");
     let d = fresh_robot::diff(&before, &robot.snapshot());
     assert!(d.is_empty(), "--restore-docker changed the robot:\n{d}");
+
+    // Last: it forgets the address entries every step above used.
+    by_name_at_any_address(&l, &mut net, &robot, &name);
 }
 
 #[test]

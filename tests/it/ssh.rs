@@ -275,6 +275,105 @@ async fn a_changed_key_is_refused_naming_the_old_entry() {
     assert_eq!(read(&sshd.known_hosts()), format!("# robots\n{old}\n"));
 }
 
+/// A robot found by mDNS is pinned under `NAME.local` (`host_key_alias`): at an address
+/// known_hosts has never seen (DHCP gave it another), its key is still known.
+#[tokio::test]
+async fn a_robot_pinned_by_name_is_known_at_a_new_address() {
+    let Some(sshd) = Sshd::start() else { return };
+    let entry = format!(
+        "[bot.local]:{} {}",
+        sshd.port,
+        key_line(&sshd.path("host_ed25519.pub"))
+    );
+    std::fs::write(sshd.known_hosts(), format!("{entry}\n")).unwrap();
+    let mut o = sshd.bare_options();
+    o.identities = vec![sshd.path("client")];
+    o.host_key_alias = Some("bot.local".into());
+    let s = connect(&sshd, &o).await.unwrap();
+    s.close().await.unwrap();
+    assert_eq!(
+        read(&sshd.known_hosts()),
+        format!("{entry}\n"),
+        "nothing recorded"
+    );
+    // The same name answering with another robot's key: refused, even with accept-new.
+    keygen(&sshd.path("other"), "ed25519", "");
+    let other = format!(
+        "[bot.local]:{} {}",
+        sshd.port,
+        key_line(&sshd.path("other.pub"))
+    );
+    std::fs::write(sshd.known_hosts(), format!("{other}\n")).unwrap();
+    o.accept_new_host_key = true;
+    let err = connect(&sshd, &o).await.err().expect("refused");
+    let SshError::ChangedHostKey { ref lookup, .. } = err else {
+        panic!("wanted ChangedHostKey, got {err:?}");
+    };
+    assert_eq!(lookup, &format!("[bot.local]:{}", sshd.port));
+    let msg = err.to_string();
+    assert!(msg.contains("bot.local"), "{msg}");
+    assert_eq!(read(&sshd.known_hosts()), format!("{other}\n"));
+}
+
+/// A known_hosts written before names were used vouches by address once, and the key is then
+/// filed under the name too.
+#[tokio::test]
+async fn an_address_entry_files_the_key_under_the_name() {
+    let Some(sshd) = Sshd::start() else { return };
+    let mut o = sshd.options();
+    o.host_key_alias = Some("bot.local".into());
+    let s = connect(&sshd, &o).await.unwrap();
+    s.close().await.unwrap();
+    let text = read(&sshd.known_hosts());
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("[bot.local]:{} ssh-ed25519 ", sshd.port)),
+        "{text}"
+    );
+    // Filed once: the next connection adds nothing.
+    let s = connect(&sshd, &o).await.unwrap();
+    s.close().await.unwrap();
+    assert_eq!(read(&sshd.known_hosts()), text);
+}
+
+/// An ed25519 key that is not the one the robot advertised is refused, however known.
+#[tokio::test]
+async fn a_key_other_than_the_advertised_one_is_refused() {
+    let Some(sshd) = Sshd::start() else { return };
+    let mut o = sshd.options();
+    keygen(&sshd.path("other"), "ed25519", "");
+    let out = run_ok(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(sshd.path("other.pub")),
+    );
+    let other_fp = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    o.advertised_fingerprint = Some(other_fp.clone());
+    let err = connect(&sshd, &o).await.err().expect("refused");
+    let SshError::AdvertisedKeyDiffers {
+        ref fingerprint,
+        ref advertised,
+        ..
+    } = err
+    else {
+        panic!("wanted AdvertisedKeyDiffers, got {err:?}");
+    };
+    assert_eq!(fingerprint, &sshd.fingerprint());
+    assert_eq!(advertised, &other_fp);
+    // The advertised key itself: connects.
+    o.advertised_fingerprint = Some(sshd.fingerprint());
+    let s = connect(&sshd, &o).await.unwrap();
+    s.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn hashed_entries_from_ssh_keygen_are_honoured() {
     let Some(sshd) = Sshd::start() else { return };

@@ -173,19 +173,23 @@ pub(super) async fn check_host_keys(cx: &mut Cx<'_>) -> Result<Plan> {
 }
 
 pub(super) async fn apply_host_keys(cx: &mut Cx<'_>, plan: &mut Plan) -> Result<()> {
+    let names = key_names(cx);
     if plan.change {
         regenerate_host_keys(
             &cx.robot,
             &cx.args.hostname,
             &cx.known_file,
-            &cx.host,
+            &names,
             cx.port,
         )
         .await?;
     }
     let current = robot_host_keys(&cx.robot).await?;
     verify(cx).await?;
-    let dropped = known_hosts::forget_other_keys(&cx.known_file, &cx.host, cx.port, &current)?;
+    let mut dropped = 0;
+    for name in &names {
+        dropped += known_hosts::forget_other_keys(&cx.known_file, name, cx.port, &current)?;
+    }
     if dropped > 0 && !plan.change {
         plan.detail = format!(
             "forgot {dropped} old host key(s) in {}",
@@ -434,4 +438,18 @@ pub(super) async fn apply_docker_tcp(cx: &mut Cx<'_>, plan: &mut Plan) -> Result
         ));
     }
     Ok(())
+}
+
+/// The names the robot's host keys are filed under: the address (or name) provision connected
+/// to, the name it was found by over mDNS, and `HOSTNAME.local`, the name it answers to from
+/// now on — so `dts duckiebot deploy HOSTNAME` finds the key at whatever address DHCP gives.
+fn key_names(cx: &Cx<'_>) -> Vec<String> {
+    let mut names = vec![cx.host.clone()];
+    let after = format!("{}.local", cx.args.hostname.to_lowercase());
+    for name in cx.opts.host_key_alias.iter().cloned().chain([after]) {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            names.push(name);
+        }
+    }
+    names
 }

@@ -389,7 +389,7 @@ pub(super) async fn regenerate_host_keys(
     robot: &Robot<'_>,
     hostname: &str,
     known_file: &Path,
-    host: &str,
+    names: &[String],
     port: u16,
 ) -> Result<()> {
     let staging = "/etc/ssh/.dts-new-host-keys";
@@ -418,8 +418,10 @@ pub(super) async fn regenerate_host_keys(
     if new_keys.is_empty() {
         return Err(robot.fail("host-keys", "ssh-keygen made no keys"));
     }
-    for k in &new_keys {
-        known_hosts::append(known_file, host, port, k)?;
+    for name in names {
+        for k in &new_keys {
+            known_hosts::append(known_file, name, port, k)?;
+        }
     }
     robot
         .root_ok(

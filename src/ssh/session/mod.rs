@@ -155,7 +155,13 @@ struct Shared {
 
 /// russh's handler: pins the host key and remembers why the connection ended.
 struct Client {
+    /// The name keys are filed under: `HostKeyAlias` when set, else the host connected to.
     host: String,
+    /// The host connected to, when keys are filed under an alias: an entry for it vouches
+    /// for a key not yet filed under the alias (known_hosts written before aliases existed).
+    address_host: Option<String>,
+    /// What the robot's mDNS advert said its ed25519 key is.
+    advertised: Option<String>,
     port: u16,
     addr: String,
     known: KnownHosts,
@@ -168,7 +174,28 @@ impl Client {
     fn judge(&self, key: &PublicKey) -> Result<(), SshError> {
         let fingerprint = known_hosts::fingerprint(key);
         let key_type = key.algorithm().as_str().to_owned();
-        match self.known.check(&self.host, self.port, key) {
+        // Only an ed25519 key is advertised; another type negotiated says nothing either way.
+        if let Some(advertised) = &self.advertised
+            && key.algorithm() == russh::keys::Algorithm::Ed25519
+            && *advertised != fingerprint
+        {
+            return Err(SshError::AdvertisedKeyDiffers {
+                addr: self.addr.clone(),
+                fingerprint,
+                advertised: advertised.clone(),
+            });
+        }
+        let mut status = self.known.check(&self.host, self.port, key);
+        if status == HostKeyStatus::Unknown
+            && let Some(address) = &self.address_host
+            && let HostKeyStatus::Known(_) = self.known.check(address, self.port, key)
+        {
+            // Trusted at this address already: file it under the name too, so the next
+            // address DHCP hands out finds it.
+            known_hosts::append(&self.record_in, &self.host, self.port, key)?;
+            status = self.known.check(address, self.port, key);
+        }
+        match status {
             HostKeyStatus::Known(_) => Ok(()),
             HostKeyStatus::Revoked(entry) => Err(SshError::RevokedHostKey {
                 addr: self.addr.clone(),
@@ -519,10 +546,20 @@ async fn connect_resolved(
 
     set("exchanging keys");
     let shared = Arc::new(Mutex::new(Shared::default()));
+    let alias = r
+        .host_key_alias
+        .clone()
+        .or_else(|| options.host_key_alias.clone())
+        .filter(|a| !a.eq_ignore_ascii_case(&r.hostname));
     let handler = Client {
-        host: r.hostname.clone(),
+        host: alias.clone().unwrap_or_else(|| r.hostname.clone()),
+        address_host: alias.as_ref().map(|_| r.hostname.clone()),
+        advertised: options.advertised_fingerprint.clone(),
         port: r.port,
-        addr: addr.to_owned(),
+        addr: match &alias {
+            Some(a) => format!("{a} ({addr})"),
+            None => addr.to_owned(),
+        },
         known,
         record_in: options.user_known_hosts(),
         accept_new: options.accept_new_host_key,
