@@ -28,3 +28,19 @@ pub(crate) fn skip_test(reason: &str) {
     // Nothing to do if stderr is gone; the test passes as skipped either way.
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
+
+/// `1.5 MB`-style sizes (decimal, as Docker prints them).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -21,6 +21,7 @@ use crate::store::Store;
 
 mod plan;
 mod send;
+mod space;
 
 pub use super::RobotHello;
 pub use plan::{
@@ -324,6 +325,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let plan = self
             .plan_with_held(store, images, held, Detail::Layers)
             .await?;
+        self.check_space(store, &plan)?;
         let mut report = self.execute(store, &plan, reporter).await?;
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)

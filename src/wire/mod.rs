@@ -133,6 +133,24 @@ pub enum WireError {
     /// A local file (the layer cache) failed.
     #[error(transparent)]
     Path(#[from] crate::util::fs::PathError),
+    /// What the transfer stores would not fit on the robot (checked before any content goes).
+    #[error(
+        "the robot has {} free and this deploy needs about {} more, leaving less than the {} \
+         a robot keeps free; free space on it (`dts duckiebot rollback`/older releases are \
+         removed as new ones commit; `dt-agent gc` on the robot frees what no release uses) \
+         or deploy less",
+        crate::util::human_size(*free),
+        crate::util::human_size(*needed),
+        crate::util::human_size(*reserve)
+    )]
+    NoSpace {
+        /// Bytes the transfer would store (files rounded to blocks).
+        needed: u64,
+        /// Bytes free in the robot's store, as its hello said.
+        free: u64,
+        /// Bytes kept free ([`client::SPACE_RESERVE`]).
+        reserve: u64,
+    },
     /// A layer on the laptop could not be read.
     #[error("layer {diff_id}: {reason}")]
     Layer {

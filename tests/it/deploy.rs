@@ -688,6 +688,9 @@ fn an_agent_killed_mid_transfer_resumes_with_only_the_rest() {
     );
 }
 
+/// A deploy that cannot fit in what the robot's hello reported free is refused before any
+/// content goes; a card that fills up during a transfer anyway (something else on the robot
+/// writing) is a clear error; either way the running release stays.
 #[test]
 fn a_full_robot_disk_is_a_clear_error_and_the_running_release_stays() {
     if !can_run() {
@@ -703,41 +706,67 @@ fn a_full_robot_disk_is_a_clear_error_and_the_running_release_stays() {
     };
     let ctx = w.context("small", 20, 0);
     w.build(&ctx, "example.com/dep/app:v1");
-    w.sim_up(&[]);
+    // Slow enough that the card can be filled while the transfer is on its way.
+    let sim = w.sim_up(&["--link-rate", "40mbit"]);
+    let host_if = sim["host_interface"].as_str().unwrap().to_owned();
     let stack = w.stack("example.com/dep/app:v1", "test");
     let (code, v, err) = w.deploy(&stack);
     assert_eq!(code, Some(0), "{v} {err}");
 
-    // Leave 4 MiB free, then ship 12 MiB more.
     let filler = sims.join("filler");
-    let free = {
-        let st = rustix::fs::statvfs(&sims).unwrap();
-        st.f_bavail * st.f_frsize
+    // In 1 MiB writes, watching the free space: the robot may be writing at the same time.
+    let fill_leaving = |left: u64| {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            let st = rustix::fs::statvfs(&sims).unwrap();
+            if st.f_bavail * st.f_frsize <= left + (1 << 20) || f.write_all(&chunk).is_err() {
+                break;
+            }
+        }
     };
-    std::fs::write(&filler, vec![0u8; (free - (4 << 20)) as usize]).unwrap();
     let ctx = w.context("big", 20, 12);
     w.build(&ctx, "example.com/dep/app:v2");
     let stack2 = w.stack("example.com/dep/app:v2", "test");
+
+    // 100 MiB free is room for the 12 MiB, but not with the 128 MiB a robot keeps free:
+    // refused with the numbers, and nothing of the image crosses the link.
+    fill_leaving(100 << 20);
+    let before = tx_bytes(&host_if);
     let (code, v, err) = w.deploy(&stack2);
+    let sent = tx_bytes(&host_if) - before;
     assert_eq!(code, Some(1), "{v} {err}");
+    assert!(
+        err.contains("free") && err.contains("needs about"),
+        "the error gives free and needed space: {err}"
+    );
+    assert!(sent < 512 << 10, "{sent} bytes went before the refusal");
+    let running = || {
+        let ps: serde_json::Value =
+            serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
+        let ps = ps.as_array().unwrap().clone();
+        assert_eq!(ps.len(), 2, "{ps:?}");
+        for c in &ps {
+            assert_eq!(c["state"], "running", "{c}");
+            assert_eq!(c["release"], 1, "{c}");
+        }
+        assert!(
+            w.ok(&["duckiebot", "logs", &w.name, "core"])
+                .contains("VERSION = \"small\"")
+        );
+    };
+    running();
+
+    // Room when the deploy starts; 4 MiB left once 2 MiB are on their way.
+    std::fs::remove_file(&filler).unwrap();
+    let (_, code, err) = w.deploy_cut(&stack2, &host_if, 2 << 20, || fill_leaving(4 << 20));
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("No space left") || err.contains("no space") || err.contains("full"),
         "the error says the robot's disk is full: {err}"
     );
-
-    // v1 still runs, as release 1, and nothing else was switched to.
-    let ps: serde_json::Value =
-        serde_json::from_str(&w.ok(&["duckiebot", "ps", &w.name, "--json"])).unwrap();
-    let ps = ps.as_array().unwrap();
-    assert_eq!(ps.len(), 2, "{ps:?}");
-    for c in ps {
-        assert_eq!(c["state"], "running", "{c}");
-        assert_eq!(c["release"], 1, "{c}");
-    }
-    assert!(
-        w.ok(&["duckiebot", "logs", &w.name, "core"])
-            .contains("VERSION = \"small\"")
-    );
+    running();
 
     // Room again: the deploy finishes the job.
     std::fs::remove_file(&filler).unwrap();
