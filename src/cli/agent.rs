@@ -266,10 +266,12 @@ fn start_containers(
     };
     // A robot.yaml the profiles cannot serve (a watchtower, a configuration this agent does
     // not know yet) must not keep the robot off the network: containers then get no roles.
+    let mut keep = crate::profile::robot::DEFAULT_KEEP_RELEASES;
     let roles = if config.exists() {
-        match crate::profile::robot::RobotConfig::load(config)
-            .and_then(|rc| crate::profile::robot::effective_roles(&rc))
-        {
+        match crate::profile::robot::RobotConfig::load(config).and_then(|rc| {
+            keep = rc.keep_releases;
+            crate::profile::robot::effective_roles(&rc)
+        }) {
             Ok(r) => r,
             Err(e) => {
                 log.event(Event::note(format!("no device roles for containers: {e}")));
@@ -289,10 +291,9 @@ fn start_containers(
     let log = Arc::clone(log);
     let note: Arc<dyn Fn(String) + Send + Sync> =
         Arc::new(move |m: String| log.event(Event::note(m)));
-    let releases = Arc::new(crate::agent::release::Releases::new(
-        &root,
-        Arc::clone(&manager),
-    )?);
+    let releases = Arc::new(
+        crate::agent::release::Releases::new(&root, Arc::clone(&manager))?.with_keep(keep),
+    );
     let server = crate::agent::daemon::Server::start(&root, manager, releases, note)?;
     Ok(Some(server))
 }

@@ -168,7 +168,14 @@ pub struct RobotConfig {
     pub configuration: String,
     /// Roles that replace the profile's role of the same name (or add new ones).
     pub devices: BTreeMap<String, RoleSpec>,
+    /// `releases.keep`: how many releases keep their images on the robot (the current one
+    /// included); older releases' images are removed as new ones commit.
+    pub keep_releases: u32,
 }
+
+/// Releases whose images a robot keeps when `robot.yaml` does not say: the current one and
+/// two to roll back to, on a 16 GB card holding a 1.5–3 GB stack.
+pub const DEFAULT_KEEP_RELEASES: u32 = 3;
 
 impl fmt::Display for NodeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -483,7 +490,10 @@ impl RobotConfig {
         let doc = Doc { file };
         let root = doc.parse(text)?;
         let m = doc.map("", &root, |k| {
-            matches!(k, "hostname" | "type" | "configuration" | "devices")
+            matches!(
+                k,
+                "hostname" | "type" | "configuration" | "devices" | "releases"
+            )
         })?;
         let required = |key: &str| -> Result<String, ProfileError> {
             let v = m.get(key).ok_or_else(|| doc.err(key, "missing"))?;
@@ -522,6 +532,24 @@ impl RobotConfig {
             devices: match m.get("devices") {
                 Some(v) => parse_roles(doc, "devices", v)?,
                 None => BTreeMap::new(),
+            },
+            keep_releases: match m.get("releases") {
+                Some(v) => {
+                    let r = doc.map("releases", v, |k| k == "keep")?;
+                    match r.get("keep") {
+                        Some(k) => match doc.u32("releases.keep", k)? {
+                            0 => {
+                                return Err(doc.err(
+                                    "releases.keep",
+                                    "must be at least 1 (the release that runs)",
+                                ));
+                            }
+                            n => n,
+                        },
+                        None => DEFAULT_KEEP_RELEASES,
+                    }
+                }
+                None => DEFAULT_KEEP_RELEASES,
             },
         })
     }

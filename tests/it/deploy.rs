@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn can_run() -> bool {
+pub(crate) fn can_run() -> bool {
     support::can_make_virtual_robot() && support::require_busybox("amd64").is_some()
 }
 
 /// One test's laptop and robot: the shared [`TestContext`] (which also takes the sim down
 /// when dropped) plus the robot's arch, and this module's build and deploy steps.
-struct World {
+pub(crate) struct World {
     ctx: TestContext,
     /// The robot's Debian arch (`amd64`, `arm64`, `armhf`): its busybox and images.
     arch: &'static str,
@@ -36,7 +36,7 @@ impl std::ops::Deref for World {
 }
 
 impl World {
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         World {
             ctx: TestContext::new(),
             arch: "amd64",
@@ -50,7 +50,7 @@ impl World {
         w
     }
 
-    fn sim_up(&self, extra: &[&str]) -> serde_json::Value {
+    pub(crate) fn sim_up(&self, extra: &[&str]) -> serde_json::Value {
         let mut args = vec!["sim", "up", self.name.as_str()];
         args.extend_from_slice(extra);
         self.ok(&args);
@@ -61,7 +61,7 @@ impl World {
 
     /// Writes the app's build context: busybox, `files` small modules, `big` files of 1 MiB of
     /// noise, and `run.sh` printing `version` and leaving on SIGTERM.
-    fn context(&self, version: &str, files: usize, big: usize) -> PathBuf {
+    pub(crate) fn context(&self, version: &str, files: usize, big: usize) -> PathBuf {
         let ctx = self.work.path().join("ctx");
         std::fs::create_dir_all(ctx.join("code")).unwrap();
         std::fs::copy(support::busybox(self.arch), ctx.join("busybox")).unwrap();
@@ -104,7 +104,7 @@ impl World {
         ctx
     }
 
-    fn build(&self, ctx: &Path, tag: &str) {
+    pub(crate) fn build(&self, ctx: &Path, tag: &str) {
         let dt_arch = match self.arch {
             "arm64" => "arm64v8",
             "armhf" => "arm32v7",
@@ -123,7 +123,7 @@ impl World {
     }
 
     /// A stack of two services on `tag`; the second's health check is `health`.
-    fn stack(&self, tag: &str, health: &str) -> PathBuf {
+    pub(crate) fn stack(&self, tag: &str, health: &str) -> PathBuf {
         let p = self.work.path().join("stack.yaml");
         std::fs::write(
             &p,
@@ -135,7 +135,7 @@ impl World {
         p
     }
 
-    fn deploy(&self, stack: &Path) -> (Option<i32>, serde_json::Value, String) {
+    pub(crate) fn deploy(&self, stack: &Path) -> (Option<i32>, serde_json::Value, String) {
         self.deploy_with(stack, &[])
     }
 
@@ -167,7 +167,7 @@ impl World {
     }
 
     /// `deploy --stack STACK --json EXTRA…`: (exit code, JSON, stderr).
-    fn deploy_with(
+    pub(crate) fn deploy_with(
         &self,
         stack: &Path,
         extra: &[&str],

@@ -22,6 +22,7 @@ mod build_buildah;
 mod contract;
 mod cross;
 mod deploy;
+mod deploy_keep;
 mod deploy_pull;
 mod discover;
 mod discover_parse;

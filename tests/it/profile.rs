@@ -301,6 +301,9 @@ fn robot_yaml_replaces_whole_roles() {
     // `type` may be left out; then the profile's.
     let c = RobotConfig::from_str("r.yaml", "hostname: a\nconfiguration: virtual\n").unwrap();
     assert_eq!(c.robot_type, "duckiebot");
+    assert_eq!(c.keep_releases, 3, "releases.keep defaults to 3");
+    let k = "hostname: a\nconfiguration: virtual\nreleases:\n  keep: 5\n";
+    assert_eq!(RobotConfig::from_str("r.yaml", k).unwrap().keep_releases, 5);
     assert_eq!(
         effective_roles(&c).unwrap(),
         RobotProfile::builtin("virtual").unwrap().roles
@@ -354,6 +357,14 @@ fn robot_yaml_errors_name_file_and_key() {
             "robot.yaml: devices: expected a mapping, found a list",
         ),
         ("colour: red\n", "robot.yaml: colour: unknown key"),
+        (
+            "releases: {keep: 0}\n",
+            "robot.yaml: releases.keep: must be at least 1",
+        ),
+        (
+            "releases: {kept: 2}\n",
+            "robot.yaml: releases.kept: unknown key",
+        ),
         (
             "type: watchtower\n",
             "robot.yaml: type: `watchtower` disagrees with configuration DB21J",

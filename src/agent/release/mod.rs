@@ -40,6 +40,7 @@
 
 pub mod probation;
 pub mod record;
+mod retain;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -151,6 +152,8 @@ pub struct Releases {
     dir: Dir,
     manager: Arc<Manager>,
     switch: Mutex<()>,
+    /// `robot.yaml`'s `releases.keep` (retain.rs).
+    keep: u32,
 }
 
 impl Releases {
@@ -161,7 +164,15 @@ impl Releases {
             dir: Dir::open(root)?,
             manager,
             switch: Mutex::new(()),
+            keep: crate::profile::robot::DEFAULT_KEEP_RELEASES,
         })
+    }
+
+    /// Keeps the images of the `keep` newest committed releases (at least 1) instead of
+    /// [`crate::profile::robot::DEFAULT_KEEP_RELEASES`].
+    pub fn with_keep(mut self, keep: u32) -> Releases {
+        self.keep = keep.max(1);
+        self
     }
 
     /// Every release, oldest first; `current` marks the one that runs.
@@ -308,6 +319,7 @@ impl Releases {
                 let mut roots = vec![n];
                 roots.extend(current);
                 self.write_roots(&records, &roots)?;
+                self.retire(&roots);
                 let (started, kept) = counts(&services);
                 Ok(DeployOutcome {
                     release: n,
@@ -401,6 +413,7 @@ impl Releases {
         let mut roots: Vec<u64> = back_to.into_iter().collect();
         roots.extend(prev.and_then(|p| p.previous));
         self.write_roots(records, &roots)?;
+        self.retire(&roots);
         Ok(DeployOutcome {
             release: n,
             state,
@@ -532,7 +545,9 @@ impl Releases {
         self.dir.end()?;
         let mut roots = vec![target];
         roots.extend(t.previous);
-        self.write_roots(records, &roots)
+        self.write_roots(records, &roots)?;
+        self.retire(&roots);
+        Ok(())
     }
 
     /// At daemon start: undoes a deploy (or finishes a rollback) that a killed or restarted
@@ -636,7 +651,7 @@ impl Releases {
     ) -> Result<(), ReleaseError> {
         let mut manifests = BTreeSet::new();
         let mut listed = Vec::new();
-        for n in releases {
+        for n in &retain::kept(records, releases, self.keep) {
             if let Some(r) = records.get(n) {
                 listed.push(n.to_string());
                 manifests.extend(r.services.values().cloned());
