@@ -244,6 +244,10 @@ pub struct ContainerConfig {
     pub workdir: Option<String>,
     /// Replaces the image's USER (`name[:group]`, or numbers).
     pub user: Option<String>,
+    /// Seccomp, `no_new_privileges`, a read-only root: left out of JSON when Docker's
+    /// defaults, so older records and requests keep their bytes.
+    #[serde(default, skip_serializing_if = "super::seccomp::Security::is_default")]
+    pub security: super::seccomp::Security,
     /// Its own hostname (and UTS namespace).
     pub hostname: Option<String>,
     /// Volumes and bind mounts.

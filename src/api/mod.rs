@@ -7,6 +7,7 @@
 //! - [`release`]: a release's spec, its record on the robot, a deploy's outcome.
 //! - [`daemon`]: the daemon's requests, their typed answers, and [`RemoteError`], which carries
 //!   its class and cause chain across.
+//! - [`seccomp`]: `--security-opt` and `--read-only`, and Docker's seccomp profile format.
 //! - [`transfer`]: what a transfer names (objects, the built image).
 //! - [`held`]: images the robot already holds, as its store resolves a name for the laptop.
 //!
@@ -17,6 +18,7 @@ pub mod container;
 pub mod daemon;
 pub mod held;
 pub mod release;
+pub mod seccomp;
 pub mod transfer;
 
 pub use container::{

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use super::table::Table;
 use super::{Exit, Printer};
 use crate::agent::daemon::{Client, ClientError};
+use crate::api::seccomp::Security;
 use crate::api::{
     ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, RestartPolicy, VolumeInfo,
     VolumeSpec,
@@ -64,6 +65,13 @@ pub struct RunArgs {
     /// Working directory inside
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
+    /// `seccomp=unconfined`, `seccomp=PROFILE.json` (Docker's format, read where this runs and
+    /// sent along) or `no-new-privileges[=true|false]`
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Mount the container's root file system read-only
+    #[arg(long)]
+    pub read_only: bool,
     /// Rotate the log at this size (`10m`)
     #[arg(long, default_value = "10m")]
     pub log_max_size: String,
@@ -134,6 +142,15 @@ impl RunArgs {
         if self.cpus.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
             anyhow::bail!("--cpus must be a positive number");
         }
+        let mut security = Security {
+            read_only: self.read_only,
+            ..Default::default()
+        };
+        for opt in &self.security_opt {
+            security.apply_opt(opt, |path| {
+                std::fs::read_to_string(path).map_err(|e| e.to_string())
+            })?;
+        }
         Ok(ContainerConfig {
             name,
             image: self.image.clone(),
@@ -143,6 +160,7 @@ impl RunArgs {
             env: self.env.clone(),
             workdir: self.workdir.clone(),
             user: self.user.clone(),
+            security,
             hostname: self.hostname.clone(),
             volumes,
             ports,

@@ -127,7 +127,7 @@ impl Manager {
         // Checked again at each start: the image may have been re-imported since create.
         let cwd = spec::working_dir(cfg, image)?;
         self.write_etc(bundle, &hostname, cfg.network)?;
-        let spec = spec::runtime_spec(&spec::SpecInput {
+        let mut spec = spec::runtime_spec(&spec::SpecInput {
             config: cfg,
             image,
             rootfs,
@@ -138,6 +138,7 @@ impl Manager {
             hostname,
             cwd,
         })?;
+        super::seccomp::apply(&mut spec, &cfg.security, self.runtime.command())?;
         let spec_json = serde_json::to_vec_pretty(&spec).expect("a spec serialises");
         atomic_write(&bundle.join("config.json"), &spec_json)?;
         let shim = shim::ShimConfig {

@@ -29,6 +29,7 @@
 pub mod diff;
 mod launch;
 pub mod logs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 mod supervise;
@@ -550,6 +551,7 @@ impl Manager {
         // Before anything is made: a `-w` or an image `WorkingDir` through /proc/*/fd
         // (CVE-2024-21626) is refused as bad input.
         spec::working_dir(&config, &image)?;
+        seccomp::check(&config.security)?;
         // A leftover of a crashed create or remove: nothing in it is worth keeping.
         if dir.exists() {
             self.remove_dir(&config.name)?;
