@@ -39,6 +39,7 @@ use crate::util::fs::PathContext;
 
 mod parse;
 mod release;
+mod security;
 
 use parse::{order, parse_service};
 pub use parse::{parse_bytes, parse_duration, split_words};
@@ -105,6 +106,9 @@ pub struct Service {
     pub devices: Vec<String>,
     /// Start stage (`x-duckiebot.stage`); lower stages start first and stop last.
     pub stage: u32,
+    /// `security_opt` and `read_only`.
+    #[serde(default)]
+    pub security: crate::api::seccomp::Security,
 }
 
 /// One entry of a service's `volumes`.
@@ -255,7 +259,7 @@ impl StackSource {
 /// Keys compose has that people copy from Duckietown's stacks, with what to do instead.
 fn hint_for(key: &str) -> Option<&'static str> {
     Some(match key {
-        "privileged" | "devices" | "cap_add" | "security_opt" => {
+        "privileged" | "devices" | "cap_add" => {
             "grant device roles instead: `x-duckiebot: { devices: [camera, motors] }`; the robot profile maps each role to exactly the nodes it needs"
         }
         "container_name" => "containers are named after their service key",

@@ -4,7 +4,7 @@
 
 use super::*;
 
-const SERVICE_KEYS: [&str; 14] = [
+const SERVICE_KEYS: [&str; 16] = [
     "image",
     "command",
     "entrypoint",
@@ -19,6 +19,8 @@ const SERVICE_KEYS: [&str; 14] = [
     "cpus",
     "x-duckiebot",
     "privileged",
+    "security_opt",
+    "read_only",
 ];
 
 pub(super) fn parse_service(
@@ -140,7 +142,9 @@ pub(super) fn parse_service(
         Some(v) => parse_x_duckiebot(doc, &m.at("x-duckiebot"), v)?,
         None => (Vec::new(), 0),
     };
+    let security = super::security::parse_security(doc, &m)?;
     Ok(Service {
+        security,
         image,
         command,
         entrypoint,

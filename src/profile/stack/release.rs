@@ -61,6 +61,7 @@ impl Service {
             memory: self.mem_limit,
             cpus: self.cpus,
             device_roles: self.devices.clone(),
+            security: self.security.clone(),
             service: Some(key.to_string()),
             log: LogConfig::default(),
             ..Default::default()
