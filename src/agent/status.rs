@@ -29,6 +29,8 @@ pub struct Status {
     pub release: Option<u64>,
     /// The named images.
     pub images: Vec<ImageInfo>,
+    /// What the robot's owner should fix (an OCI runtime with a known hole).
+    pub warnings: Vec<String>,
 }
 
 /// Collects the status.
@@ -46,6 +48,13 @@ pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
         memory_bytes: super::memory::memory_bytes(),
         release: crate::agent::release::current_release(store.root()),
         images: store.images()?,
+        warnings: runtime
+            .as_ref()
+            .and_then(|r| {
+                crate::runtime::advisory::cve_2024_21626(r.command(), std::path::Path::new("/"))
+            })
+            .into_iter()
+            .collect(),
     })
 }
 

@@ -264,6 +264,10 @@ fn start_containers(
             return Ok(None);
         }
     };
+    // Warned at every start, in the daemon's log (journalctl -u dt-agent) and in `status`.
+    if let Some(w) = crate::runtime::advisory::cve_2024_21626(runtime.command(), Path::new("/")) {
+        log.event(Event::note(format!("warning: {w}")));
+    }
     // A robot.yaml the profiles cannot serve (a watchtower, a configuration this agent does
     // not know yet) must not keep the robot off the network: containers then get no roles.
     let mut keep = crate::profile::robot::DEFAULT_KEEP_RELEASES;
@@ -494,6 +498,9 @@ fn status(a: &StoreJsonArgs, printer: &Printer) -> Result<Exit> {
         ));
         printer.out(&format!("free:          {}", human_size(s.free_bytes)));
         printer.out(&format!("images:        {}", s.images.len()));
+        for w in &s.warnings {
+            printer.info(&format!("warning: {w}"));
+        }
     }
     Ok(Exit::Ok)
 }

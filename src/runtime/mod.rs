@@ -6,6 +6,7 @@
 //! The builder runs RUN steps with it (`build::run`) and the robot's agent runs its containers
 //! with it (`agent::container`); neither owns the other's policy.
 
+pub mod advisory;
 pub mod overlay;
 pub mod spec;
 pub mod user;
