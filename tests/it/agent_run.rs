@@ -25,18 +25,18 @@ use dts::oci::Platform;
 const FIXTURES: &str = "/var/cache/dts-fixtures/busybox";
 
 /// Applets the test images link to busybox.
-const APPLETS: &[&str] = &[
+pub(crate) const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "sleep", "mknod", "uname", "httpd", "ls", "seq", "id", "grep", "head",
     "rm", "touch", "mkdir", "true", "false", "wc", "dd",
 ];
 
-fn busybox(arch: &str) -> Option<PathBuf> {
+pub(crate) fn busybox(arch: &str) -> Option<PathBuf> {
     let p = Path::new(FIXTURES).join(arch).join("busybox");
     p.exists().then_some(p)
 }
 
 /// Root, kernel features and fixtures every test here needs; prints the skip line otherwise.
-fn can_run(arch: &str) -> bool {
+pub(crate) fn can_run(arch: &str) -> bool {
     if !support::require_root("runs containers: overlay mounts, cgroups, namespaces") {
         return false;
     }
@@ -111,7 +111,7 @@ fn busybox_archive(dir: &Path, arch: &str, platform: &Platform, name: &str) -> P
 }
 
 /// One robot with a daemon.
-struct Agent {
+pub(crate) struct Agent {
     root: PathBuf,
     robot: Robot,
     daemon: Option<Child>,
@@ -120,7 +120,7 @@ struct Agent {
 
 impl Agent {
     /// A robot with `robot.yaml` = `yaml` (with `ROOT` replaced by the state dir's path).
-    fn new(net: &mut TestNet, yaml: &str) -> Agent {
+    pub(crate) fn new(net: &mut TestNet, yaml: &str) -> Agent {
         let tmp = tempfile::tempdir().unwrap();
         Agent::at(net, yaml, tmp.path().to_path_buf(), tmp)
     }
@@ -141,7 +141,7 @@ impl Agent {
         a
     }
 
-    fn state(&self) -> &Path {
+    pub(crate) fn state(&self) -> &Path {
         &self.root
     }
 
@@ -184,7 +184,7 @@ impl Agent {
         }
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_dt-agent"))
             .args(args)
             .env("DT_AGENT_ROOT", self.state())
@@ -194,7 +194,7 @@ impl Agent {
     }
 
     #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -206,7 +206,7 @@ impl Agent {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn import(&self, archive: &Path) {
+    pub(crate) fn import(&self, archive: &Path) {
         self.ok(&["image", "import", archive.to_str().unwrap()]);
     }
 
@@ -251,7 +251,7 @@ impl Drop for Agent {
     }
 }
 
-const ROBOT_YAML: &str = "hostname: testbot\ntype: duckiebot\nconfiguration: virtual\n";
+pub(crate) const ROBOT_YAML: &str = "hostname: testbot\ntype: duckiebot\nconfiguration: virtual\n";
 
 fn amd64_image(agent: &Agent) -> &'static str {
     let name = "example.com/test/busybox:amd64";

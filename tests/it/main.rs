@@ -15,6 +15,7 @@
 mod agent_net;
 mod agent_release;
 mod agent_run;
+mod agent_seccomp;
 mod agent_store;
 mod bench_adopt;
 mod build;

@@ -103,13 +103,25 @@ impl Layout {
 
     /// Writes one platform's image from uncompressed layer tars (stored gzip'd).
     pub fn image(&self, platform: &Platform, layers: &[Vec<u8>], cmd: &[&str]) -> Written {
+        self.image_with(platform, layers, cmd, |_| {})
+    }
+
+    /// [`Layout::image`], with `edit` changing the image's runtime config (`WorkingDir`…)
+    /// before it is written.
+    pub fn image_with(
+        &self,
+        platform: &Platform,
+        layers: &[Vec<u8>],
+        cmd: &[&str],
+        edit: impl FnOnce(&mut dts::oci::config::ContainerConfig),
+    ) -> Written {
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         for l in layers {
             diff_ids.push(Digest::of(l));
             descs.push(self.blob(media::OCI_LAYER_GZIP, &gzip(l)));
         }
-        let config = ImageConfig {
+        let mut config = ImageConfig {
             created: Some("2024-01-01T00:00:00Z".into()),
             architecture: platform.architecture.clone(),
             os: platform.os.clone(),
@@ -129,6 +141,7 @@ impl Layout {
             },
             ..Default::default()
         };
+        edit(config.config.as_mut().expect("set above"));
         let cbytes = config.to_canonical_json();
         let cdesc = self.blob(media::OCI_CONFIG, &cbytes);
         let m = Manifest {
