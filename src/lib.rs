@@ -21,6 +21,7 @@ pub mod archive;
 pub mod binfmt;
 #[cfg(feature = "workstation")]
 pub mod build;
+pub mod cdi;
 pub mod cli;
 pub mod discover;
 pub mod layer;

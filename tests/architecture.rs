@@ -49,8 +49,13 @@ const TABLE: &[(&str, &[&str], &str)] = &[
     ),
     // -- parts: each owns one concern over the bottom
     (
+        "cdi",
+        &[],
+        "the Container Device Interface: spec model, names, spec directories, L4T CSV conversion; data plus file reads, read by profiles (names) and the agent (injection)",
+    ),
+    (
         "profile",
-        &["api", "oci", "util"],
+        &["api", "cdi", "oci", "util"],
         "robot profiles and stack files: parsed data, read by both the laptop and the robot",
     ),
     (
@@ -109,8 +114,8 @@ const TABLE: &[(&str, &[&str], &str)] = &[
     (
         "agent",
         &[
-            "api", "archive", "binfmt", "layer", "oci", "profile", "progress", "runtime", "store",
-            "util",
+            "api", "archive", "binfmt", "cdi", "layer", "oci", "profile", "progress", "runtime",
+            "store", "util",
         ],
         "the robot side: no laptop-only module (it is cross-built without them), no verbs, no CLI",
     ),
@@ -141,9 +146,9 @@ const TABLE: &[(&str, &[&str], &str)] = &[
     (
         "cli",
         &[
-            "agent", "agents", "api", "archive", "binfmt", "build", "discover", "layer", "oci",
-            "ops", "paths", "profile", "progress", "registry", "runtime", "sim", "ssh", "store",
-            "util", "wire",
+            "agent", "agents", "api", "archive", "binfmt", "build", "cdi", "discover", "layer",
+            "oci", "ops", "paths", "profile", "progress", "registry", "runtime", "sim", "ssh",
+            "store", "util", "wire",
         ],
         "clap trees, printing and exit codes for both binaries: the only writer to stdout; `agent` only for `dt-agent`'s commands, the laptop's are checked below",
     ),
@@ -228,6 +233,7 @@ fn the_checker_sees_the_imports_src_has() {
 /// which reaches the robot only through `api` types and the wire.
 const ROBOT_FILES: &[&str] = &[
     "src/cli/agent.rs",
+    "src/cli/cdi.rs",
     "src/cli/containers.rs",
     "src/cli/releases.rs",
     "src/wire/serve.rs",

@@ -8,6 +8,9 @@
 //! filesystem, groups looked up in the robot's `/etc/group`. It reads; it never creates or
 //! changes a node, and it knows nothing of runc.
 //!
+//! A role's `cdi:` devices are resolved against the robot's CDI specs (`agent::cdi`) and
+//! merged with its nodes and mounts.
+//!
 //! A node that is missing fails the start, naming the role and the node, unless the role is
 //! `optional`, in which case it is a warning; a path that exists but is not a device (a regular
 //! file left where a node should be) is always an error.
@@ -42,6 +45,8 @@ pub struct DeviceNode {
     pub uid: u32,
     /// Group of the host node.
     pub gid: u32,
+    /// Device cgroup access (`rwm`; a CDI spec may say less).
+    pub access: String,
 }
 
 /// A bind mount a role grants.
@@ -55,6 +60,19 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// A mount a CDI device grants, with the spec's type and options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CdiMount {
+    /// Source on the robot.
+    pub host: PathBuf,
+    /// Target inside the container.
+    pub container: PathBuf,
+    /// File system type (`bind` unless the spec says otherwise).
+    pub typ: String,
+    /// Mount options, as the spec gives them.
+    pub options: Vec<String>,
+}
+
 /// Everything a set of granted roles gives one container.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ResolvedDevices {
@@ -66,6 +84,12 @@ pub struct ResolvedDevices {
     pub gids: Vec<u32>,
     /// What an optional role could not grant.
     pub warnings: Vec<String>,
+    /// Mounts of the roles' CDI devices.
+    pub cdi_mounts: Vec<CdiMount>,
+    /// `K=V` the roles' CDI devices add to the environment.
+    pub env: Vec<String>,
+    /// OCI hooks of the roles' CDI devices.
+    pub hooks: Vec<crate::cdi::Hook>,
 }
 
 /// Why a container's devices could not be resolved.
@@ -135,6 +159,16 @@ pub enum DeviceError {
     /// The group file could not be read.
     #[error(transparent)]
     Groups(PathError),
+    /// A CDI device of a role cannot be granted.
+    #[error("role {role}: CDI device {device}: {reason}")]
+    Cdi {
+        /// The role.
+        role: String,
+        /// The qualified device name.
+        device: String,
+        /// Why.
+        reason: String,
+    },
     /// Two roles put different things at one container path.
     #[error("{}: role {first} and role {second} grant different {what} there", .container_path.display())]
     Conflict {
@@ -171,6 +205,8 @@ pub fn resolve(
     let mut groups: Option<BTreeMap<String, u32>> = None;
     let group_file = etc_group_root.join("etc/group");
     let mut seen = BTreeSet::new();
+    let mut cdi_registry = None; // the CDI specs, read once when a role lists a CDI device
+
     for role_name in granted {
         if !seen.insert(role_name.as_str()) {
             continue;
@@ -300,9 +336,24 @@ pub fn resolve(
                 }
             }
         }
+        grant_cdi(role_name, role, &mut cdi_registry, &mut out)?;
     }
+    gids.extend(out.gids.iter().copied());
     out.gids = gids.into_iter().collect();
     Ok(out)
+}
+
+/// A role's CDI devices into `out`; `registry` is read on first use.
+fn grant_cdi(
+    role_name: &str,
+    role: &RoleSpec,
+    registry: &mut Option<crate::cdi::Registry>,
+    out: &mut ResolvedDevices,
+) -> Result<(), DeviceError> {
+    for name in &role.cdi {
+        super::cdi::grant(role_name, name, registry, out)?;
+    }
+    Ok(())
 }
 
 /// `name → gid` from a group(5) file.
@@ -479,6 +530,7 @@ fn stat_node(
         file_mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
+        access: "rwm".into(),
     }))
 }
 
@@ -523,6 +575,7 @@ mod tests {
                 .collect(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             optional,
+            cdi: Vec::new(),
         }
     }
 

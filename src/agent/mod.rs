@@ -19,6 +19,7 @@
 //! (`--no-default-features --features agent`) and never imports `build`, `registry`, `ssh` or
 //! `provision` (tests/architecture.rs).
 
+pub mod cdi;
 pub mod container;
 pub mod daemon;
 pub mod devices;

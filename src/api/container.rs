@@ -264,6 +264,9 @@ pub struct ContainerConfig {
     pub cpus: Option<f64>,
     /// Device roles granted.
     pub device_roles: Vec<String>,
+    /// CDI devices asked for (`vendor.com/class=name`), each listed by a granted role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
     /// The stack service it runs, when part of a release.
     pub service: Option<String>,
     /// The release it belongs to.

@@ -53,6 +53,10 @@ enum Command {
         #[arg(long, required = true)]
         stdio: bool,
     },
+    /// CDI devices (Container Device Interface): generate the Jetson's spec from its L4T CSV
+    /// files, export this robot's roles as a spec, list what the specs define
+    #[command(subcommand)]
+    Cdi(super::cdi::CdiCommand),
     #[command(flatten)]
     Container(Box<ContainerCommand>),
     #[command(flatten)]
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Gc(a) => store_exit(&printer, gc(a, &printer)),
         Command::Status(a) => store_exit(&printer, status(a, &printer)),
         Command::Serve { .. } => return serve(),
+        Command::Cdi(c) => super::cdi::run(c, &printer),
         Command::Container(c) => {
             return super::containers::run(c, &crate::agent::agent_root(), &printer).into();
         }
@@ -286,6 +291,19 @@ fn start_containers(
         Default::default()
     };
     crate::util::fs::create_dir_all(&root)?;
+    // The Jetson's L4T libraries as a CDI spec in /var/run/cdi (a tmpfs: made at every boot),
+    // before any container starts with the camera role.
+    if let Ok(exe) = std::env::current_exe() {
+        match crate::agent::cdi::generate_at_start(&exe) {
+            Some(Ok(g)) => log.event(Event::note(format!(
+                "CDI: wrote {} ({})",
+                g.file.display(),
+                g.devices.join(", ")
+            ))),
+            Some(Err(e)) => log.event(Event::note(format!("CDI: no L4T spec: {e}"))),
+            None => {}
+        }
+    }
     let manager = Arc::new(crate::agent::container::Manager::new(
         &root,
         runtime,

@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Grant a device role of this robot (`camera`, `motors`, `leds`, …)
     #[arg(long = "device-role")]
     pub device_roles: Vec<String>,
+    /// A CDI device (`nvidia.com/gpu=l4t`) a granted role lists
+    #[arg(long = "device", value_name = "VENDOR/CLASS=NAME")]
+    pub cdi_devices: Vec<String>,
     /// `host` (default, as ROS needs), `none`, or `bridge`
     #[arg(long, default_value = "host")]
     pub network: String,
@@ -169,6 +172,7 @@ impl RunArgs {
             memory: self.memory.as_deref().map(parse_size).transpose()?,
             cpus: self.cpus,
             device_roles: self.device_roles.clone(),
+            cdi_devices: self.cdi_devices.clone(),
             service: None,
             release: None,
             auto_remove: self.rm && self.detach,

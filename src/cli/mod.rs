@@ -4,6 +4,7 @@
 //! Exit codes (docs/cli.md): 0 ok, 1 the operation failed, 2 usage or input error.
 
 pub mod agent;
+pub mod cdi;
 pub mod containers;
 #[cfg(feature = "workstation")]
 pub mod dts;

@@ -1,6 +1,6 @@
 //! Robot profiles (`profiles/robots/<CONFIGURATION>.yaml`) and a robot's own `robot.yaml`
 //! (`/etc/dt-agent/robot.yaml`): which device roles a robot configuration has and which device
-//! nodes, bind mounts and groups each role grants a container.
+//! nodes, bind mounts, groups and CDI devices each role grants a container.
 //!
 //! A profile, shipped and embedded:
 //!
@@ -99,6 +99,9 @@ pub struct RoleSpec {
     /// A missing node or mount is a warning rather than a failed start (a sensor not every
     /// robot of the configuration has fitted).
     pub optional: bool,
+    /// CDI devices (`nvidia.com/gpu=l4t`) granted with the role, from the robot's CDI specs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi: Vec<String>,
 }
 
 /// A shipped robot profile: the roles of one Duckietown configuration.
@@ -355,7 +358,7 @@ fn parse_roles(
 
 fn parse_role(doc: Doc<'_>, path: &str, v: &Value) -> Result<RoleSpec, ProfileError> {
     let m = doc.map(path, v, |k| {
-        matches!(k, "nodes" | "mounts" | "groups" | "optional")
+        matches!(k, "nodes" | "mounts" | "groups" | "optional" | "cdi")
     })?;
     let mut role = RoleSpec::default();
     if let Some(v) = m.get("nodes") {
@@ -388,6 +391,15 @@ fn parse_role(doc: Doc<'_>, path: &str, v: &Value) -> Result<RoleSpec, ProfileEr
     }
     if let Some(v) = m.get("optional") {
         role.optional = doc.bool(&m.at("optional"), v)?;
+    }
+    if let Some(v) = m.get("cdi") {
+        let at = m.at("cdi");
+        for (i, s) in doc.strings(&at, v)?.iter().enumerate() {
+            crate::cdi::QualifiedName::parse(s).map_err(|e| doc.err(&index(&at, i), e))?;
+            if !role.cdi.contains(s) {
+                role.cdi.push(s.clone());
+            }
+        }
     }
     Ok(role)
 }

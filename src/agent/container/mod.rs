@@ -539,6 +539,8 @@ impl Manager {
                 )));
             }
         }
+        crate::agent::cdi::check_requests(&self.roles, &config.device_roles, &config.cdi_devices)
+            .map_err(ContainerError::BadSpec)?;
         let _g = self.lock();
         let dir = self.dir(&config.name);
         if dir.join("container.json").exists() {

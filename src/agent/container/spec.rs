@@ -174,6 +174,7 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
         // The host's UTS namespace: runc refuses to set a hostname there.
         spec.set_hostname(None);
     }
+    spec.set_hooks(super::super::cdi::oci_hooks(input.devices)?);
     Ok(spec)
 }
 
@@ -182,7 +183,8 @@ pub fn runtime_spec(input: &SpecInput<'_>) -> Result<Spec, RuntimeError> {
 fn process_for(input: &SpecInput<'_>) -> Result<Process, RuntimeError> {
     let cfg = input.config;
     let args = command_line(cfg, input.image);
-    let env = environment(cfg, input.image, &input.hostname);
+    let mut env = environment(cfg, input.image, &input.hostname);
+    super::super::cdi::add_env(&mut env, input.devices);
     let cwd = input.cwd.clone();
 
     let mut gids = input.user.additional_gids.clone();
@@ -281,7 +283,7 @@ fn devices_for(
             typ,
             Some(d.major as i64),
             Some(d.minor as i64),
-            "rwm",
+            &d.access,
         )?);
     }
     Ok((devices, rules))
@@ -338,6 +340,7 @@ fn mounts_for(input: &SpecInput<'_>) -> Result<Vec<Mount>, RuntimeError> {
     for m in &input.devices.mounts {
         mounts.push(bind(&m.container.to_string_lossy(), &m.host, m.read_only)?);
     }
+    mounts.extend(super::super::cdi::oci_mounts(input.devices)?);
     Ok(mounts)
 }
 

@@ -109,6 +109,10 @@ pub struct Service {
     /// `security_opt` and `read_only`.
     #[serde(default)]
     pub security: crate::api::seccomp::Security,
+    /// CDI devices asked for (`devices: [nvidia.com/gpu=all]`); each must be listed by a
+    /// granted role's `cdi:` (checked on the robot).
+    #[serde(default)]
+    pub cdi_devices: Vec<String>,
 }
 
 /// One entry of a service's `volumes`.
@@ -260,7 +264,7 @@ impl StackSource {
 fn hint_for(key: &str) -> Option<&'static str> {
     Some(match key {
         "privileged" | "devices" | "cap_add" => {
-            "grant device roles instead: `x-duckiebot: { devices: [camera, motors] }`; the robot profile maps each role to exactly the nodes it needs"
+            "grant device roles instead: `x-duckiebot: { devices: [camera, motors] }`; the robot profile maps each role to exactly the nodes it needs (`devices:` takes CDI names a granted role lists, e.g. `nvidia.com/gpu=l4t`)"
         }
         "container_name" => "containers are named after their service key",
         "build" => "build the image with `dts devel build` and name it in `image`",

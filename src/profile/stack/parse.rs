@@ -4,7 +4,7 @@
 
 use super::*;
 
-const SERVICE_KEYS: [&str; 16] = [
+const SERVICE_KEYS: [&str; 17] = [
     "image",
     "command",
     "entrypoint",
@@ -21,6 +21,7 @@ const SERVICE_KEYS: [&str; 16] = [
     "privileged",
     "security_opt",
     "read_only",
+    "devices",
 ];
 
 pub(super) fn parse_service(
@@ -143,8 +144,13 @@ pub(super) fn parse_service(
         None => (Vec::new(), 0),
     };
     let security = super::security::parse_security(doc, &m)?;
+    let cdi_devices = match m.get("devices") {
+        Some(v) => parse_cdi_devices(doc, &m.at("devices"), v)?,
+        None => Vec::new(),
+    };
     Ok(Service {
         security,
+        cdi_devices,
         image,
         command,
         entrypoint,
@@ -514,6 +520,30 @@ pub(super) fn parse_healthcheck(
         hc.retries = Some(doc.u32(&m.at("retries"), r)?);
     }
     Ok(hc)
+}
+
+/// Compose's `devices:`, as Docker ≥ 25 reads CDI names there: fully-qualified CDI device
+/// names only (`nvidia.com/gpu=all`). A host path (`/dev/video0:/dev/video0`) is refused with
+/// the role hint: what a robot grants is its roles', and a CDI device is checked on the robot
+/// against the roles the service is granted (`agent::cdi::check_requests`).
+fn parse_cdi_devices(doc: Doc<'_>, at: &str, v: &Value) -> Result<Vec<String>, ProfileError> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, d) in doc.strings(at, v)?.into_iter().enumerate() {
+        let here = index(at, i);
+        if !crate::cdi::is_qualified_name(&d) {
+            return Err(doc
+                .err(
+                    &here,
+                    format!("`{d}`: only CDI device names (vendor.com/class=name) are accepted"),
+                )
+                .with_hint(hint_for("devices").expect("has a hint")));
+        }
+        crate::cdi::QualifiedName::parse(&d).map_err(|e| doc.err(&here, e))?;
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn parse_x_duckiebot(

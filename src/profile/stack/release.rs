@@ -62,6 +62,7 @@ impl Service {
             cpus: self.cpus,
             device_roles: self.devices.clone(),
             security: self.security.clone(),
+            cdi_devices: self.cdi_devices.clone(),
             service: Some(key.to_string()),
             log: LogConfig::default(),
             ..Default::default()
