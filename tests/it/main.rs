@@ -12,6 +12,7 @@
 //! `tests/architecture.rs` stays a binary of its own: it reads `src/`, needs none of this, and
 //! links in a second.
 
+mod agent_cdi;
 mod agent_net;
 mod agent_release;
 mod agent_run;
