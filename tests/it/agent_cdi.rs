@@ -8,6 +8,11 @@
 //! `/usr/lib/aarch64-linux-gnu`, so the shipped DB21J profile and the CSV files name the real
 //! L4T paths while every node and library lives in the test's temp dir, never in the host's
 //! `/dev`. The state directory is under `/var/tmp`, outside the `/tmp` the robot gets.
+//!
+//! Every spec dt-agent writes is read back by its own strict parser; with
+//! `DTS_CDI_VALIDATOR=PROGRAM` (a program that exits 0 for a valid spec file, such as one
+//! calling `container_device_interface::schema::validate_builtin`, the CDI JSON schema) the
+//! generated and exported specs are checked by it as well.
 
 use crate::support;
 
@@ -317,6 +322,10 @@ fn the_db21j_camera_gets_the_l4t_libraries_nodes_and_socket_and_nothing_else() {
     );
     assert_eq!(list["devices"][2]["roles"], serde_json::json!(["camera"]));
     assert!(!text_spec.contains("libnot-on-this-jetson"), "{text_spec}");
+    if let Some(validator) = std::env::var_os("DTS_CDI_VALIDATOR") {
+        let out = Command::new(validator).arg(&spec).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
     let image = j.image();
 
     let probe = format!(
