@@ -569,3 +569,115 @@ pub(crate) fn oci_hooks(
     }
     Ok(Some(hooks.build()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(cdi: &[&str]) -> RoleSpec {
+        RoleSpec {
+            cdi: cdi.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_must_be_listed_by_a_granted_role() {
+        let roles: BTreeMap<String, RoleSpec> = [
+            ("camera", role(&["nvidia.com/gpu=l4t"])),
+            ("gpu", role(&["nvidia.com/gpu=l4t", "nvidia.com/gpu=all"])),
+            ("motors", role(&[])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_requests(&roles, &g(&["camera"]), &g(&["nvidia.com/gpu=l4t"])).unwrap();
+        check_requests(&roles, &g(&[]), &g(&[])).unwrap();
+        let e = check_requests(&roles, &g(&["motors"]), &g(&["nvidia.com/gpu=l4t"])).unwrap_err();
+        assert!(
+            e.contains("`nvidia.com/gpu=l4t`")
+                && e.contains("(motors)")
+                && e.contains("grant one of: camera, gpu"),
+            "{e}"
+        );
+        let e = check_requests(&roles, &g(&[]), &g(&["vendor.com/x=y"])).unwrap_err();
+        assert!(
+            e.contains("no role of this robot lists it") && e.contains("none"),
+            "{e}"
+        );
+        let e = check_requests(&roles, &g(&["camera"]), &g(&["/dev/video0"])).unwrap_err();
+        assert!(e.contains("not a CDI device name"), "{e}");
+    }
+
+    #[test]
+    fn edits_merge_and_unsupported_ones_are_refused() {
+        let mut out = ResolvedDevices::default();
+        let edits = ContainerEdits {
+            env: vec!["A=1".into(), "B=2".into()],
+            device_nodes: vec![cdi::DeviceNode {
+                path: "/dev/card0".into(),
+                host_path: Some("/dev/null".into()),
+                permissions: Some("rw".into()),
+                ..Default::default()
+            }],
+            mounts: vec![cdi::Mount {
+                host_path: "/dev/null".into(),
+                container_path: "/opt/lib.so".into(),
+                options: vec!["ro".into()],
+                typ: None,
+            }],
+            hooks: vec![cdi::Hook {
+                hook_name: "createContainer".into(),
+                path: "/bin/true".into(),
+                ..Default::default()
+            }],
+            additional_gids: vec![44],
+            ..Default::default()
+        };
+        let f = Path::new("/etc/cdi/x.yaml");
+        apply("camera", "x.com/y=z", f, &edits, &mut out).unwrap();
+        // Granted twice (two roles listing it): nothing doubles.
+        apply("gpu", "x.com/y=z", f, &edits, &mut out).unwrap();
+        assert_eq!(out.devices.len(), 1);
+        let d = &out.devices[0];
+        assert_eq!(
+            (d.kind, d.major, d.minor, d.access.as_str()),
+            (DeviceKind::Char, 1, 3, "rw")
+        );
+        assert_eq!(out.cdi_mounts.len(), 1);
+        assert_eq!(out.hooks.len(), 1);
+        assert_eq!(out.gids, [44]);
+        assert_eq!(out.env, ["A=1", "B=2"]);
+        let m = oci_mounts(&out).unwrap();
+        assert_eq!(m[0].options().as_ref().unwrap(), &["ro", "rbind"]);
+        let hooks = oci_hooks(&out).unwrap().unwrap();
+        assert_eq!(hooks.create_container().as_ref().unwrap().len(), 1);
+        let mut env = vec!["A=0".to_string(), "PATH=/bin".into()];
+        add_env(&mut env, &out);
+        assert_eq!(env, ["PATH=/bin", "A=1", "B=2"]);
+
+        // Another file at the same container path is a conflict; a missing source is named.
+        let mut other = edits.clone();
+        other.mounts[0].host_path = "/dev/zero".into();
+        let e = apply("imu", "x.com/y=w", f, &other, &mut out).unwrap_err();
+        assert!(e.to_string().contains("/opt/lib.so"), "{e}");
+        let mut gone = ContainerEdits::default();
+        gone.mounts.push(cdi::Mount {
+            host_path: "/nonexistent/lib.so".into(),
+            container_path: "/lib.so".into(),
+            ..Default::default()
+        });
+        let e = apply("imu", "x.com/y=w", f, &gone, &mut out).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/lib.so"), "{e}");
+        let rdt = ContainerEdits {
+            intel_rdt: Some(serde_yaml_ng::Value::Null),
+            ..Default::default()
+        };
+        let e = apply("imu", "x.com/y=w", f, &rdt, &mut out).unwrap_err();
+        assert!(
+            e.to_string().contains("intelRdt") && e.to_string().contains("x.yaml"),
+            "{e}"
+        );
+    }
+}

@@ -122,6 +122,8 @@ fn real_device_facts_per_configuration() {
         assert_eq!(cam.mounts[0].host, "/tmp/argus_socket");
         let hosts: Vec<&str> = cam.nodes.iter().map(|n| n.host.as_str()).collect();
         assert_eq!(hosts, ["/dev/nvmap", "/dev/nvhost-*"], "{cfg}");
+        // The L4T libraries come as the CDI device dt-agent generates from l4t.csv.
+        assert_eq!(cam.cdi, ["nvidia.com/gpu=l4t"], "{cfg}");
         assert!(!p(cfg).roles["imu"].nodes.is_empty(), "{cfg} has an IMU");
         assert!(p(cfg).roles["tof"].optional);
     }
@@ -342,6 +344,10 @@ fn robot_yaml_errors_name_file_and_key() {
             "robot.yaml: devices.camera.mounts[0]: `/a:/b:/c:ro`",
         ),
         (
+            "devices:\n  camera:\n    cdi: [nvidia.com/gpu]\n",
+            "robot.yaml: devices.camera.cdi[0]: `nvidia.com/gpu` is not a CDI device name",
+        ),
+        (
             "devices:\n  tof:\n    optional: maybe\n",
             "robot.yaml: devices.tof.optional: expected true or false",
         ),
@@ -414,7 +420,11 @@ fn stack_errors_name_file_and_key() {
         ),
         (
             svc("    devices: [/dev/i2c-1]\n"),
-            "s.yaml: services.core.devices: unknown key; hint: grant device roles",
+            "s.yaml: services.core.devices[0]: `/dev/i2c-1`: only CDI device names (vendor.com/class=name) are accepted; hint: grant device roles",
+        ),
+        (
+            svc("    devices: [nvidia.com/gpu=-all]\n"),
+            "s.yaml: services.core.devices[0]: `nvidia.com/gpu=-all`: device name `-all` must start and end",
         ),
         (
             svc("    privileged: true\n"),
@@ -622,6 +632,7 @@ services:
       start_period: 500ms
     mem_limit: 512m
     cpus: ${CPUS:-1.5}
+    devices: [nvidia.com/gpu=l4t, nvidia.com/gpu=l4t]
     x-duckiebot:
       devices: [camera]
       stage: 2
@@ -691,6 +702,11 @@ services:
         (api.devices.as_slice(), api.stage),
         (&["camera".to_string()][..], 2)
     );
+    // Compose's `devices:` with CDI names, once each, reaching the container config.
+    assert_eq!(api.cdi_devices, ["nvidia.com/gpu=l4t"]);
+    let manifest: dts::oci::Digest = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+    let c = api.container("api", &manifest).unwrap();
+    assert_eq!(c.cdi_devices, ["nvidia.com/gpu=l4t"]);
     let db = &s.services["db"];
     assert_eq!(db.environment["K"], "V=W");
     assert_eq!(db.environment["HOME"], "/root");
