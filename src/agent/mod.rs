@@ -4,7 +4,8 @@
 //! docs/architecture.md, "The robot's state"): the object store ([`store`]: images as
 //! content-addressed file objects, tar-split metadata and hardlink-farm snapshots), containers
 //! ([`container`]: overlay roots, runtime bundles, per-container shims, logs), their networks
-//! ([`net`]: CNI), device roles ([`devices`]), and the daemon's control socket ([`daemon`]).
+//! ([`net`]: CNI), device roles ([`devices`]) and the CDI devices they list ([`cdi`]; specs in `/etc/cdi`,
+//! `/var/run/cdi`), and the daemon's control socket ([`daemon`]).
 //!
 //! ```text
 //! $DT_AGENT_ROOT/            (0700: snapshots hold setuid files and capabilities)

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// NVIDIA's published example (the CDI README's `vendor.com/device`), JSON.
+/// A spec shaped like the CDI specification's own example (`vendor.com/device`, JSON; SPEC.md):
+/// numbers, modes and permissions given, spec-wide edits with a tmpfs mount and a hook.
 const README_EXAMPLE: &str = r#"{
   "cdiVersion": "0.6.0",
   "kind": "vendor.com/device",
@@ -28,12 +29,14 @@ const README_EXAMPLE: &str = r#"{
       {"hostPath": "tmpfs", "containerPath": "/tmp/data", "type": "tmpfs", "options": ["nosuid","strictatime","mode=755","size=65536k"]}
     ],
     "hooks": [
-      {"createContainer": "x", "hookName": "createContainer", "path": "/bin/vendor-hook"}
+      {"hookName": "createContainer", "path": "/bin/vendor-hook"},
+      {"hookName": "startContainer", "path": "/usr/bin/ls", "args": ["/dev"]}
     ]
   }
 }"#;
 
-/// What `nvidia-ctk cdi generate` writes (abridged from its YAML output on a desktop GPU).
+/// A spec in the shape `nvidia-ctk cdi generate` writes (YAML, nodes without numbers, spec-wide
+/// mounts and `nvidia-ctk hook` createContainer hooks; paths and versions illustrative).
 const NVIDIA_CTK_YAML: &str = r#"---
 cdiVersion: 0.5.0
 containerEdits:
@@ -83,12 +86,16 @@ kind: nvidia.com/gpu
 
 #[test]
 fn published_formats_parse() {
-    // The README example carries a stray key inside a hook: strict parsing names it.
-    let e = parse_spec(Path::new("/etc/cdi/vendor.json"), README_EXAMPLE).unwrap_err();
+    // A stray key inside a hook: strict parsing names it.
+    let stray = README_EXAMPLE.replace(
+        r#"{"hookName": "createContainer","#,
+        r#"{"createContainer": "x", "hookName": "createContainer","#,
+    );
+    let e = parse_spec(Path::new("/etc/cdi/vendor.json"), &stray).unwrap_err();
     assert!(e.field.contains("hooks[0]"), "{e}");
     assert!(e.message.contains("createContainer"), "{e}");
-    let fixed = README_EXAMPLE.replace(r#""createContainer": "x", "#, "");
-    let s = parse_spec(Path::new("/etc/cdi/vendor.json"), &fixed).unwrap();
+    let s = parse_spec(Path::new("/etc/cdi/vendor.json"), README_EXAMPLE).unwrap();
+    assert_eq!(s.container_edits.hooks[1].args, ["/dev"]);
     assert_eq!(s.kind, "vendor.com/device");
     assert_eq!(
         s.devices[0].container_edits.device_nodes[0].file_mode,

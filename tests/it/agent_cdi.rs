@@ -1,7 +1,7 @@
 //! CDI devices through `dt-agent daemon` with real runc: the Jetson camera of a virtual DB21J
 //! from a fake L4T tree (NVIDIA-format CSV files, libraries as files, nodes made by mknod, a
-//! listening argus socket), vendor specs in the formats NVIDIA publishes, a malformed spec
-//! beside them, and `dt-agent cdi export`.
+//! listening argus socket), vendor specs in the CDI example's and nvidia-ctk's formats, a
+//! malformed spec beside them, and `dt-agent cdi export`.
 //!
 //! The robot's own root: the daemon runs in a private mount namespace (as in `agent_run`) in
 //! which the test's directories are bind-mounted over `/dev`, `/tmp` and
@@ -122,8 +122,8 @@ impl Jetson {
             "plugin\n",
         )
         .unwrap();
-        // NVIDIA's format (JetPack 4.4's l4t.csv, abridged), and a CUDA file the camera must
-        // not get.
+        // NVIDIA's CSV format with L4T's paths (a few of l4t.csv's kinds of line), and a CUDA
+        // file the camera must not get.
         std::fs::write(
             base.join("csv/l4t.csv"),
             format!(
@@ -408,8 +408,8 @@ fn the_db21j_camera_gets_the_l4t_libraries_nodes_and_socket_and_nothing_else() {
     assert!(t.contains("Operation not permitted"), "{t}");
 }
 
-/// NVIDIA's published example format (JSON, numbers given) and nvidia-ctk's (YAML, numbers
-/// read from the node), a malformed spec beside them, and the export.
+/// The CDI specification example's format (JSON, numbers given) and nvidia-ctk's (YAML,
+/// numbers read from the node), a malformed spec beside them, and the export.
 #[test]
 fn vendor_specs_inject_a_bad_one_is_named_and_export_validates() {
     if !can_run() {
