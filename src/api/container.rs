@@ -277,6 +277,14 @@ pub struct ContainerConfig {
     pub log: LogConfig,
     /// Seconds between the stop signal and SIGKILL.
     pub stop_timeout: Option<u64>,
+    /// The stop signal (`SIGTERM`, `SIGINT`, `15`…), over the image's `StopSignal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Run a minimal init as PID 1 (compose's `init`), which forwards signals to the command
+    /// and reaps zombies. `None`: on for a release's service whose image and stack set no
+    /// entrypoint (docs/formats.md), off otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
 }
 
 /// A container as `ps` shows it (the JSON fields of `dts duckiebot ps --json` and more).

@@ -68,6 +68,13 @@ enum Command {
         /// The container's directory
         dir: PathBuf,
     },
+    /// Internal: a container's PID 1 with `init: true` (forwards signals, reaps zombies)
+    #[command(hide = true)]
+    Init {
+        /// The command and its arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// `dt-agent image …`.
@@ -160,6 +167,9 @@ pub fn main() -> ExitCode {
         }
         Command::Shim { dir } => {
             return std::process::ExitCode::from(crate::agent::container::shim::main(dir) as u8);
+        }
+        Command::Init { command } => {
+            return std::process::ExitCode::from(crate::agent::container::init::main(command) as u8);
         }
     };
     match result {

@@ -181,6 +181,8 @@ impl RunArgs {
                 max_files: self.log_max_files.max(1),
             },
             stop_timeout: self.stop_timeout,
+            stop_signal: None,
+            init: None,
         })
     }
 }

@@ -65,7 +65,7 @@ impl Manager {
         check_platform(&cfg.image, &image.platform())?;
         // A leftover runtime container (agent killed between create and delete) would make
         // `create` fail with "container exists".
-        self.runtime.delete(name)?;
+        self.runtime.delete(record.rid())?;
 
         if !is_mount_point(&rootfs) {
             mount_overlay(
@@ -138,11 +138,12 @@ impl Manager {
             hostname,
             cwd,
         })?;
+        self.adjust_spec(record, image, &mut spec)?;
         super::seccomp::apply(&mut spec, &cfg.security, self.runtime.command())?;
         let spec_json = serde_json::to_vec_pretty(&spec).expect("a spec serialises");
         atomic_write(&bundle.join("config.json"), &spec_json)?;
         let shim = shim::ShimConfig {
-            id: name.clone(),
+            id: record.rid().to_string(),
             runtime: self.runtime.command().to_path_buf(),
             runtime_root: self.runtime.root().to_path_buf(),
             bundle: bundle.to_path_buf(),

@@ -27,6 +27,8 @@
 //! missing node fails the start naming the role and the node.
 
 pub mod diff;
+pub mod handover;
+pub mod init;
 mod launch;
 pub mod logs;
 pub mod seccomp;
@@ -221,6 +223,13 @@ pub struct Record {
     pub stop_signal: Option<String>,
     /// When it was created.
     pub created_at: String,
+    /// The runtime's id when it is not the name ([`handover`]); absent in records of older
+    /// agents, whose containers are never retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_id: Option<String>,
+    /// The name it had before a release switch retired it ([`handover`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_from: Option<String>,
 }
 
 /// A container's lifecycle state.
@@ -569,7 +578,10 @@ impl Manager {
             let p = tmp.join(sub);
             crate::util::fs::create_dir_all(&p)?;
         }
+        let runtime_id = Some(self.fresh_rid(&config.name));
         let record = Record {
+            runtime_id,
+            retired_from: None,
             stop_signal: image.config.as_ref().and_then(|c| c.stop_signal.clone()),
             config,
             manifest,
@@ -614,12 +626,19 @@ impl Manager {
             if state.status != Status::Running {
                 return self.info(name);
             }
-            let signal = record.stop_signal.clone().unwrap_or_else(|| "TERM".into());
+            // The container's own (`run --stop-signal`, a stack's `stop_signal`), else the
+            // image's `StopSignal`, else SIGTERM: Docker's order.
+            let signal = record
+                .config
+                .stop_signal
+                .clone()
+                .or_else(|| record.stop_signal.clone())
+                .unwrap_or_else(|| "TERM".into());
             let signal = signal.trim_start_matches("SIG").to_string();
-            let _ = self.runtime.kill(name, &signal);
+            let _ = self.runtime.kill(record.rid(), &signal);
         }
         if !self.wait_exit(name, timeout) {
-            let _ = self.runtime.kill(name, "KILL");
+            let _ = self.runtime.kill(record.rid(), "KILL");
             self.wait_exit(name, Duration::from_secs(10));
         }
         self.supervise_one(name)?;
@@ -628,7 +647,7 @@ impl Manager {
 
     /// Sends `signal` to the container's process.
     pub fn kill(&self, name: &str, signal: &str) -> Result<(), ContainerError> {
-        self.record(name)?;
+        let record = self.record(name)?;
         let state = self.state(name)?;
         if state.status != Status::Running {
             return Err(ContainerError::State {
@@ -637,7 +656,9 @@ impl Manager {
                 hint: "only a running container takes signals",
             });
         }
-        Ok(self.runtime.kill(name, signal.trim_start_matches("SIG"))?)
+        Ok(self
+            .runtime
+            .kill(record.rid(), signal.trim_start_matches("SIG"))?)
     }
 
     /// Whether the container's process (and its shim) are gone, waiting up to `timeout`.
@@ -657,6 +678,7 @@ impl Manager {
     /// Whether the container still runs: its shim, or (when the shim was killed) its process.
     fn alive(&self, name: &str) -> bool {
         let dir = self.dir(name);
+        let shim_dir = self.shim_dir(name);
         {
             let mut inner = self.inner();
             if let Some(child) = inner.children.get_mut(name)
@@ -668,13 +690,13 @@ impl Manager {
         let Ok(state) = self.state(name) else {
             return false;
         };
-        if state.shim_pid.is_some_and(|p| shim_alive(p, &dir)) {
+        if state.shim_pid.is_some_and(|p| shim_alive(p, &shim_dir)) {
             return true;
         }
         if dir.join("exit.json").exists() {
             return false;
         }
-        matches!(self.runtime.state(name), Ok(Some(s)) if s.status == "running" || s.status == "created")
+        matches!(self.runtime.state(&self.rid(name)), Ok(Some(s)) if s.status == "running" || s.status == "created")
     }
 
     /// Removes a container, its writable layer and its logs. A running one needs `force`
@@ -696,7 +718,7 @@ impl Manager {
         if record.config.network == NetworkMode::Bridge
             && let Ok(net) = crate::agent::net::Network::new(&self.root.join("net"))
         {
-            let _ = net.detach(name, None, &record.config.ports);
+            let _ = net.detach(record.rid(), None, &record.config.ports);
         }
         self.remove_dir(name)?;
         self.inner().restart_at.remove(name);
@@ -708,7 +730,7 @@ impl Manager {
     /// root's mount point only with `rmdir`, so a failed unmount can never delete the image.
     fn remove_dir(&self, name: &str) -> Result<(), ContainerError> {
         let dir = self.dir(name);
-        self.runtime.delete(name)?;
+        self.runtime.delete(&self.rid(name))?;
         let rootfs = dir.join("rootfs");
         unmount(&rootfs)?;
         // Mark it gone first: a crash from here on leaves a directory `names()` skips and the

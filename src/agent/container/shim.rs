@@ -107,6 +107,18 @@ pub fn main(dir: &Path) -> i32 {
         }
         eprintln!("shim: cannot become a subreaper ({err}); watching the container through /proc");
     }
+    // From here on the container's directory is the working directory and its files are
+    // reached relative to it: a release switch renames the directory of a container it
+    // retires (agent::container::handover) while this shim still runs, and the exit record
+    // and the logs must follow it rather than land in the new container's directory.
+    if let Err(e) = std::env::set_current_dir(dir) {
+        return fail(format!("cannot enter {}: {e}", dir.display()));
+    }
+    let logs_dir = cfg
+        .logs
+        .strip_prefix(dir)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| cfg.logs.clone());
     let runtime = Runtime::new(&cfg.runtime, &cfg.runtime_root);
     let pipes = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .and_then(|o| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map(|e| (o, e)));
@@ -167,7 +179,7 @@ pub fn main(dir: &Path) -> i32 {
         return fail(e.to_string());
     }
 
-    let writer = match LogWriter::open(&cfg.logs, cfg.log) {
+    let writer = match LogWriter::open(&logs_dir, cfg.log) {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {
             let _ = runtime.kill(&cfg.id, "KILL");
@@ -204,7 +216,7 @@ pub fn main(dir: &Path) -> i32 {
         code,
         finished_at: crate::util::time::rfc3339(crate::util::time::now_secs()),
     };
-    if let Err(e) = write_json(&dir.join("exit.json"), &record) {
+    if let Err(e) = write_json(Path::new("./exit.json"), &record) {
         eprintln!("shim: {e}");
     }
     detach(&attached);

@@ -58,7 +58,7 @@ impl Manager {
             let exit: Option<ExitRecord> = read_json(&self.dir(name).join("exit.json")).ok();
             // The shim deletes the runtime's container; without a shim (killed, or power lost)
             // it is ours to delete.
-            let _ = self.runtime.delete(name);
+            let _ = self.runtime.delete(record.rid());
             let _ = unmount(&self.dir(name).join("rootfs"));
             state.status = Status::Exited;
             state.pid = None;

@@ -267,7 +267,7 @@ fn check_until_decided(
         if stop.load(Ordering::Relaxed) {
             return Err("probation ended".into());
         }
-        let last = match m.runtime().exec(name, cmd, &[], timeout) {
+        let last = match m.exec(name, cmd, timeout) {
             Ok(o) if o.code == Some(0) => return Ok(()),
             Ok(o) => {
                 let mut out = String::from_utf8_lossy(&o.stdout).into_owned();

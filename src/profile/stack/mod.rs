@@ -14,8 +14,8 @@
 //! `command`, `entrypoint` (string, split as a shell would, or list), `environment` (map or
 //! `K=V` list), `volumes` (`name:/path[:ro]` for a top-level volume, `/host:/path[:ro]`),
 //! `ports` (`HOST:CONTAINER[/tcp|/udp]`), `network_mode` (`host`, the default, `none`,
-//! `bridge`), `restart`, `depends_on` (list or map), `healthcheck`, `mem_limit`, `cpus`, and
-//! `x-duckiebot: { devices: [ROLE…], stage: N }`. Other `x-` keys are ignored, as compose does;
+//! `bridge`), `restart`, `depends_on` (list or map), `healthcheck`, `mem_limit`, `cpus`,
+//! `stop_signal`, `stop_grace_period`, `init`, and `x-duckiebot: { devices: [ROLE…], stage: N }`. Other `x-` keys are ignored, as compose does;
 //! top-level `version` is accepted and ignored. Any other key is an error naming its path, and
 //! `privileged: true` is refused: least privilege is the point of device roles.
 //!
@@ -40,6 +40,8 @@ use crate::util::fs::PathContext;
 mod parse;
 mod release;
 mod security;
+mod stop;
+pub use stop::parse_signal;
 
 use parse::{order, parse_service};
 pub use parse::{parse_bytes, parse_duration, split_words};
@@ -113,6 +115,16 @@ pub struct Service {
     /// granted role's `cdi:` (checked on the robot).
     #[serde(default)]
     pub cdi_devices: Vec<String>,
+    /// `stop_signal`: the signal that asks it to stop (Docker's default: the image's
+    /// `StopSignal`, else SIGTERM).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// `stop_grace_period`: how long a stop waits before SIGKILL (Docker's default: 10 s).
+    #[serde(default)]
+    pub stop_grace_period: Option<Duration>,
+    /// `init`: a minimal init as PID 1 (`None`: the agent decides, docs/formats.md).
+    #[serde(default)]
+    pub init: Option<bool>,
 }
 
 /// One entry of a service's `volumes`.

@@ -4,7 +4,7 @@
 
 use super::*;
 
-const SERVICE_KEYS: [&str; 17] = [
+const SERVICE_KEYS: [&str; 20] = [
     "image",
     "command",
     "entrypoint",
@@ -22,6 +22,9 @@ const SERVICE_KEYS: [&str; 17] = [
     "security_opt",
     "read_only",
     "devices",
+    "stop_signal",
+    "stop_grace_period",
+    "init",
 ];
 
 pub(super) fn parse_service(
@@ -148,6 +151,7 @@ pub(super) fn parse_service(
         Some(v) => parse_cdi_devices(doc, &m.at("devices"), v)?,
         None => Vec::new(),
     };
+    let (stop_signal, stop_grace_period, init) = super::stop::parse_stop(doc, &m)?;
     Ok(Service {
         security,
         cdi_devices,
@@ -165,6 +169,9 @@ pub(super) fn parse_service(
         cpus,
         devices,
         stage,
+        stop_signal,
+        stop_grace_period,
+        init,
     })
 }
 

@@ -65,6 +65,10 @@ impl Service {
             cdi_devices: self.cdi_devices.clone(),
             service: Some(key.to_string()),
             log: LogConfig::default(),
+            // Docker rounds a grace period down to whole seconds too (`StopTimeout`).
+            stop_timeout: self.stop_grace_period.map(|d| d.as_secs()),
+            stop_signal: self.stop_signal.clone(),
+            init: self.init,
             ..Default::default()
         })
     }
