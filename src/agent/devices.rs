@@ -575,7 +575,7 @@ mod tests {
                 .collect(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             optional,
-            cdi: Vec::new(),
+            ..Default::default()
         }
     }
 

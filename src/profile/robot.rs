@@ -102,6 +102,10 @@ pub struct RoleSpec {
     /// CDI devices (`nvidia.com/gpu=l4t`) granted with the role, from the robot's CDI specs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cdi: Vec<String>,
+    /// One container at a time: a release switch stops the old holder before the new one
+    /// starts, so two never drive the hardware at once (profiles/README.md says which and why).
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// A shipped robot profile: the roles of one Duckietown configuration.
@@ -358,7 +362,7 @@ fn parse_roles(
 
 fn parse_role(doc: Doc<'_>, path: &str, v: &Value) -> Result<RoleSpec, ProfileError> {
     let m = doc.map(path, v, |k| {
-        matches!(k, "nodes" | "mounts" | "groups" | "optional" | "cdi")
+        matches!(k, "nodes" | "mounts" | "groups" | "optional" | "cdi" | "exclusive")
     })?;
     let mut role = RoleSpec::default();
     if let Some(v) = m.get("nodes") {
@@ -400,6 +404,9 @@ fn parse_role(doc: Doc<'_>, path: &str, v: &Value) -> Result<RoleSpec, ProfileEr
                 role.cdi.push(s.clone());
             }
         }
+    }
+    if let Some(v) = m.get("exclusive") {
+        role.exclusive = doc.bool(&m.at("exclusive"), v)?;
     }
     Ok(role)
 }

@@ -288,7 +288,7 @@ fn robot_yaml_replaces_whole_roles() {
             mounts: vec![],
             groups: vec!["i2c".into(), "998".into()],
             optional: false,
-            cdi: vec![],
+            ..Default::default()
         }
     );
     assert_eq!(

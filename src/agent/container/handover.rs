@@ -61,6 +61,15 @@ impl Manager {
         format!("{name}-{:06x}", nanos & 0xff_ffff)
     }
 
+    /// Which of `roles` are exclusive on this robot (one holder at a time).
+    pub fn exclusive_roles(&self, roles: &[String]) -> Vec<String> {
+        roles
+            .iter()
+            .filter(|r| self.roles.get(*r).is_some_and(|s| s.exclusive))
+            .cloned()
+            .collect()
+    }
+
     /// Runs `cmd` inside container `name` (health checks).
     pub fn exec(
         &self,

@@ -38,6 +38,7 @@
 //! deploy — back to N-1, N recorded `rolled-back` ("the agent stopped during probation") — and
 //! finishes an interrupted rollback. A release is only ever `committed` by passing probation.
 
+mod handover;
 pub mod probation;
 pub mod record;
 mod retain;
@@ -154,6 +155,7 @@ pub struct Releases {
     switch: Mutex<()>,
     /// `robot.yaml`'s `releases.keep` (retain.rs).
     keep: u32,
+    retiring: handover::Retiring,
 }
 
 impl Releases {
@@ -165,6 +167,7 @@ impl Releases {
             manager,
             switch: Mutex::new(()),
             keep: crate::profile::robot::DEFAULT_KEEP_RELEASES,
+            retiring: handover::Retiring::default(),
         })
     }
 
@@ -684,6 +687,8 @@ impl Releases {
             service: String::new(),
             reason: e.to_string(),
         };
+        // The previous switch's retired containers are gone before this one looks.
+        self.retiring.finish();
         let existing: Vec<ContainerInfo> = self
             .manager
             .list(true)
@@ -713,10 +718,26 @@ impl Releases {
             }
         }
 
+        // Replaced services that may hand over in parallel: retired now, stopped once the new
+        // containers run (handover). A retire that fails falls back to stop-first.
+        let mut retired = Vec::new();
+        if let (Some((spec, _)), false) = (target, quick) {
+            let replaced = spec.services.iter().filter_map(|s| {
+                let c = existing.iter().find(|c| c.name == s.name)?;
+                (!keep.contains(&s.name)).then(|| (s, c, spec_of(c)))
+            });
+            for old in handover::parallel(&self.manager, replaced) {
+                if let Ok(new_name) = self.manager.retire(&old) {
+                    retired.push((old, new_name));
+                }
+            }
+        }
+        let handed: BTreeSet<&String> = retired.iter().map(|(old, _)| old).collect();
+
         // Stop and remove, highest stage first.
         let mut going: Vec<(u32, u32, &ContainerInfo)> = existing
             .iter()
-            .filter(|c| !keep.contains(&c.name))
+            .filter(|c| !keep.contains(&c.name) && !handed.contains(&c.name))
             .map(|c| {
                 let (st, ord) = spec_of(c).map_or((u32::MAX, u32::MAX), |s| (s.stage, s.order));
                 (st, ord, c)
@@ -811,6 +832,8 @@ impl Releases {
             // The stage runs before the next one starts.
             probation::quick_check(&self.manager, &started, Duration::ZERO)?;
         }
+        self.retiring
+            .stop_later(&self.manager, retired.into_iter().map(|(_, n)| n).collect());
         Ok(out)
     }
 }

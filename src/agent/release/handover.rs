@@ -1,0 +1,78 @@
+//! Which services of a switch start their new container before the old one stops, and the
+//! old ones' stops that go on in the background (docs/architecture.md, "Releases").
+//!
+//! A service whose container is replaced starts its new container first — the old one is
+//! retired (`Manager::retire`: renamed out of the way, still running) and stopped once the new
+//! ones run, with its full stop grace period, while probation goes on — unless:
+//! - either container holds an exclusive device role (the robot profile's `exclusive`): the
+//!   old holder must be gone before the new one starts, so two never drive the hardware;
+//! - either publishes ports (`-p`): the host port cannot be bound twice;
+//! - the old container is not running, or was recorded by an older agent (no runtime id of
+//!   its own), or the switch is a rollback after a failure (quick, and it must not overlap the
+//!   release that failed).
+//!
+//! Those are stopped first, as before. Background stops are joined before the next switch
+//! begins, so two switches never overlap.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::agent::container::{ContainerInfo, Manager};
+
+use super::spec::ServiceSpec;
+
+/// The old containers of `replaced` (service spec → its running container and that
+/// container's spec) that can hand over in parallel.
+pub(super) fn parallel<'a>(
+    manager: &Manager,
+    replaced: impl Iterator<Item = (&'a ServiceSpec, &'a ContainerInfo, Option<&'a ServiceSpec>)>,
+) -> BTreeSet<String> {
+    replaced
+        .filter(|(new, old, old_spec)| {
+            old.state == "running"
+                && manager.can_retire(&old.name)
+                && manager
+                    .exclusive_roles(&new.container.device_roles)
+                    .is_empty()
+                && manager.exclusive_roles(&old.device_roles).is_empty()
+                && new.container.ports.is_empty()
+                && old_spec.is_none_or(|s| s.container.ports.is_empty())
+        })
+        .map(|(_, old, _)| old.name.clone())
+        .collect()
+}
+
+/// Stops and removes retired containers in the background.
+#[derive(Default)]
+pub(super) struct Retiring {
+    pending: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Retiring {
+    /// Stops (with its own grace period) and removes each of `names`, each on its thread.
+    pub fn stop_later(&self, manager: &Arc<Manager>, names: Vec<String>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            let m = Arc::clone(manager);
+            let h = std::thread::Builder::new()
+                .name(format!("retire-{name}"))
+                .spawn(move || {
+                    let _ = m.stop(&name, None);
+                    let _ = m.remove(&name, true);
+                });
+            if let Ok(h) = h {
+                pending.push(h);
+            }
+        }
+    }
+
+    /// Waits for every background stop.
+    pub fn finish(&self) {
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
