@@ -60,7 +60,11 @@ enum Response {
     Ok(Value),
     Error(RemoteError),
     Line(LogLine),
-    End { exit_code: Option<i32> },
+    End {
+        exit_code: Option<i32>,
+    },
+    /// Why a deploy waits, before its answer (only to a request that asked for notices).
+    Notice(String),
 }
 
 /// The daemon's side: listens until [`Server::shutdown`]; containers keep running after it.
@@ -177,11 +181,13 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
                 tail,
                 until_exit,
             } => stream_logs(&mut conn, m, &name, follow, tail, until_exit),
-            Request::Deploy { spec, detach: true } => deploy_detached(&mut conn, releases, *spec),
-            req @ (Request::Deploy { .. }
-            | Request::History
-            | Request::Rollback { .. }
-            | Request::Release) => {
+            Request::Deploy {
+                spec,
+                detach,
+                force,
+                notices,
+            } => deploy(&mut conn, releases, *spec, detach, force, notices),
+            req @ (Request::History | Request::Rollback { .. } | Request::Release) => {
                 let r = match handle_release(releases, req) {
                     Ok(v) => Response::Ok(v),
                     Err(e) => Response::Error(RemoteError::from(&e)),
@@ -258,7 +264,6 @@ fn handle(m: &Manager, req: Request) -> Result<Value, ContainerError> {
 
 fn handle_release(r: &Releases, req: Request) -> Result<Value, ReleaseError> {
     Ok(match req {
-        Request::Deploy { spec, .. } => to_value(r.apply(*spec)?),
         Request::History => to_value(r.history()?),
         Request::Rollback { to } => to_value(r.rollback(to)?),
         Request::Release => to_value(r.current()?),
@@ -266,17 +271,43 @@ fn handle_release(r: &Releases, req: Request) -> Result<Value, ReleaseError> {
     })
 }
 
-/// A detached deploy: the answer goes out when probation begins, then this thread sees the
+/// A deploy. Detached, the answer goes out when probation begins, then this thread sees the
 /// release through probation to its commit or rollback — whether or not the client is still
-/// there, since nothing after the answer reads or writes the connection. A deploy that ends
-/// before probation (nothing to do, a failed switch) is answered when it ends.
-fn deploy_detached(
+/// there, since nothing after the answer reads or writes the connection; a deploy that ends
+/// before probation (nothing to do, a failed switch) is answered when it ends. While it waits
+/// for an update lock, a client that asked for notices hears why, and a client that went away
+/// abandons it.
+fn deploy(
     conn: &mut UnixStream,
     releases: &Releases,
     spec: ReleaseSpec,
+    detach: bool,
+    force: bool,
+    notices: bool,
 ) -> std::io::Result<()> {
     let mut answered = false;
-    let r = releases.apply_notify(spec, &mut |out| {
+    let mut said: Option<(String, std::time::Instant)> = None;
+    let mut probe = conn.try_clone().ok();
+    let mut on_wait = |msg: &str| -> bool {
+        if !client_there(probe.as_ref()) {
+            return false;
+        }
+        let due = said
+            .as_ref()
+            .is_none_or(|(m, at)| m != msg || at.elapsed() >= Duration::from_secs(10));
+        if notices
+            && due
+            && let Some(p) = probe.as_mut()
+        {
+            said = Some((msg.to_string(), std::time::Instant::now()));
+            return send(p, &Response::Notice(msg.to_string())).is_ok();
+        }
+        true
+    };
+    let r = releases.apply_with(spec, force, &mut on_wait, &mut |out| {
+        if !detach {
+            return;
+        }
         answered = true;
         // A client that went away meanwhile changes nothing: probation goes on.
         let _ = send(conn, &Response::Ok(to_value(out)));
@@ -289,6 +320,23 @@ fn deploy_detached(
         Err(e) => Response::Error(RemoteError::from(&e)),
     };
     send(conn, &r)
+}
+
+/// Whether the client of `conn` is still connected (it sends nothing while it waits for an
+/// answer, so a readable end of file means it left).
+fn client_there(conn: Option<&UnixStream>) -> bool {
+    let Some(c) = conn else { return true };
+    let mut b = [0u8; 1];
+    // SAFETY: a non-blocking peek into a local buffer.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(c),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n != 0
 }
 
 fn stream_logs(
@@ -399,6 +447,24 @@ impl Client {
         }
     }
 
+    /// Sends a request that may be answered after notices (a `deploy` asking for them),
+    /// passing each notice to `on_notice`.
+    pub fn call_with_notices(
+        &mut self,
+        req: &Request,
+        on_notice: &mut dyn FnMut(String),
+    ) -> Result<Value, ClientError> {
+        self.send(req)?;
+        loop {
+            match self.receive()? {
+                Response::Notice(n) => on_notice(n),
+                Response::Ok(v) => return Ok(v),
+                Response::Error(e) => return Err(e.into()),
+                _ => return Err(ClientError::Protocol("a log line to a deploy".into())),
+            }
+        }
+    }
+
     /// Sends a `logs` request, passes each line to `on_line`, and returns the exit code the
     /// stream ended with.
     pub fn logs(
@@ -412,7 +478,7 @@ impl Client {
                 Response::Line(l) => on_line(l),
                 Response::End { exit_code } => return Ok(exit_code),
                 Response::Error(e) => return Err(e.into()),
-                Response::Ok(_) => {
+                Response::Ok(_) | Response::Notice(_) => {
                     return Err(ClientError::Protocol("a plain answer to `logs`".into()));
                 }
             }

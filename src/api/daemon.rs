@@ -104,6 +104,13 @@ pub enum Request {
         /// way. Absent from older clients: they wait.
         #[serde(default)]
         detach: bool,
+        /// Do not wait for containers that hold their update lock (`--force`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        /// The client takes `notice` lines before the answer (why the deploy waits). Absent
+        /// from older clients: they get none.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        notices: bool,
     },
     /// Every release, oldest first (`ReleaseRecord`s).
     History,

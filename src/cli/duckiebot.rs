@@ -102,6 +102,10 @@ enum DuckiebotCommand {
         /// the release or rolls it back by itself (see `dts duckiebot history`)
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Do not wait for containers that hold their update lock
+        /// (/data/locks/dt-agent-update.lock): switch now
+        #[arg(long, conflicts_with = "dry_run")]
+        force: bool,
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
@@ -312,11 +316,13 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             insecure,
             dry_run,
             detach,
+            force,
             json,
         } => {
             let how = DeployHow {
                 dry_run: *dry_run,
                 detach: *detach,
+                force: *force,
                 json: *json,
                 pull: crate::ops::deploy::PullOptions {
                     policy: *pull,
@@ -563,6 +569,7 @@ fn outcome_exit(out: &DeployOutcome) -> Exit {
 struct DeployHow {
     dry_run: bool,
     detach: bool,
+    force: bool,
     json: bool,
     pull: crate::ops::deploy::PullOptions,
 }
@@ -579,6 +586,7 @@ async fn deploy(
     let DeployHow {
         dry_run,
         detach,
+        force,
         json,
         pull,
     } = how;
@@ -650,7 +658,7 @@ async fn deploy(
             .transfer_with_held(&store, &plan.images, &plan.held, &*log),
     )
     .await?;
-    let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, detach, &*log).await?;
+    let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, (detach, force), &*log).await?;
     let state = if outcome.unchanged {
         "unchanged".to_string()
     } else {

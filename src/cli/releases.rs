@@ -31,6 +31,10 @@ pub enum ReleaseCommand {
         /// the release or rolls it back by itself (see `dt-agent history`)
         #[arg(short = 'd', long)]
         detach: bool,
+        /// Do not wait for containers that hold their update lock
+        /// (/data/locks/dt-agent-update.lock): switch now
+        #[arg(long)]
+        force: bool,
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
@@ -70,12 +74,23 @@ pub fn run(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Exit {
 
 fn dispatch(c: &ReleaseCommand, root: &Path, printer: &Printer) -> Result<Exit> {
     match c {
-        ReleaseCommand::Deploy { file, detach, json } => {
+        ReleaseCommand::Deploy {
+            file,
+            detach,
+            force,
+            json,
+        } => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("read `{}`", file.display()))?;
             let spec: ReleaseSpec = serde_json::from_slice(&bytes)
                 .with_context(|| format!("`{}` is not a release spec", file.display()))?;
-            let out = now(verbs::deploy(&mut Client::connect(root)?, &spec, *detach))?;
+            let out = now(verbs::deploy_with(
+                &mut Client::connect(root)?,
+                &spec,
+                *detach,
+                *force,
+                &mut |n| printer.info(&n),
+            ))?;
             Ok(print_outcome(printer, &out, *json))
         }
         ReleaseCommand::History { json } => {

@@ -364,11 +364,12 @@ fn by_content(store: &Store, d: &Digest) -> Option<crate::oci::Descriptor> {
 /// Switches the robot to `spec` and returns the daemon's outcome: once the release is
 /// committed or rolled back, or with `detach` once every service runs (state `probation`; the
 /// robot finishes probation by itself). Tells `log` what probation watches first, so a
-/// deploy is never silent for the probation time.
+/// deploy is never silent for the probation time, and why the robot waits when a container
+/// holds its update lock; `force` (the second of `(detach, force)`) does not wait.
 pub async fn apply(
     link: &mut impl verbs::RobotApi,
     spec: &ReleaseSpec,
-    detach: bool,
+    (detach, force): (bool, bool),
     log: &dyn Reporter,
 ) -> Result<DeployOutcome> {
     for line in watch_lines(spec) {
@@ -380,7 +381,10 @@ pub async fn apply(
         "starting the release's services and watching them"
     };
     log.event(Event::start("release", label, None));
-    let outcome = verbs::deploy(link, spec, detach).await;
+    let outcome = verbs::deploy_with(link, spec, detach, force, &mut |n| {
+        log.event(Event::note(n));
+    })
+    .await;
     let how = match &outcome {
         Ok(o) if o.unchanged => "unchanged".to_string(),
         Ok(o) => o.state.to_string(),

@@ -21,4 +21,17 @@ impl RobotApi for Client {
     ) -> Result<Option<i32>> {
         Ok(self.logs(req, &mut |l| on_line(l))?)
     }
+
+    async fn request_with_notices<T: Answer>(
+        &mut self,
+        req: &Request,
+        on_notice: &mut (dyn FnMut(String) + Send),
+    ) -> Result<T> {
+        let v = self.call_with_notices(req, &mut |n| on_notice(n))?;
+        Ok(decode(v).map_err(|e| ClientError::Protocol(e.to_string()))?)
+    }
+
+    fn takes_notices(&self) -> bool {
+        true
+    }
 }

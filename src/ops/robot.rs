@@ -159,4 +159,17 @@ impl RobotApi for RobotLink {
     ) -> Result<Option<i32>> {
         guarded(&self.session, self.conn.daemon_logs(req, on_line)).await
     }
+
+    async fn request_with_notices<T: Answer>(
+        &mut self,
+        req: &Request,
+        on_notice: &mut (dyn FnMut(String) + Send),
+    ) -> Result<T> {
+        let v = guarded(&self.session, self.conn.daemon_with_notices(req, on_notice)).await?;
+        decode(v).with_context(|| format!("robot `{}`", self.name))
+    }
+
+    fn takes_notices(&self) -> bool {
+        true
+    }
 }

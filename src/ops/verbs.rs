@@ -26,6 +26,23 @@ pub trait RobotApi {
         req: &Request,
         on_line: &mut (dyn FnMut(LogLine) + Send),
     ) -> impl Future<Output = Result<Option<i32>>>;
+
+    /// [`RobotApi::request`] for a request whose answer may follow notices (a `deploy` that
+    /// waits for an update lock), passing each to `on_notice`. Without its own, notices are
+    /// not asked for.
+    fn request_with_notices<T: Answer>(
+        &mut self,
+        req: &Request,
+        on_notice: &mut (dyn FnMut(String) + Send),
+    ) -> impl Future<Output = Result<T>> {
+        let _ = on_notice;
+        self.request(req)
+    }
+
+    /// Whether [`RobotApi::request_with_notices`] passes notices on.
+    fn takes_notices(&self) -> bool {
+        false
+    }
 }
 
 /// The containers (exited ones too with `all`).
@@ -139,11 +156,25 @@ pub async fn deploy(
     spec: &ReleaseSpec,
     detach: bool,
 ) -> Result<DeployOutcome> {
+    deploy_with(r, spec, detach, false, &mut |_| {}).await
+}
+
+/// [`deploy`] that tells `on_notice` why it waits (a container holds its update lock) and,
+/// with `force`, does not wait.
+pub async fn deploy_with(
+    r: &mut impl RobotApi,
+    spec: &ReleaseSpec,
+    detach: bool,
+    force: bool,
+    on_notice: &mut (dyn FnMut(String) + Send),
+) -> Result<DeployOutcome> {
     let req = Request::Deploy {
         spec: Box::new(spec.clone()),
         detach,
+        force,
+        notices: r.takes_notices(),
     };
-    r.request(&req).await
+    r.request_with_notices(&req, on_notice).await
 }
 
 /// Every release, oldest first.

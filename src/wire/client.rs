@@ -270,6 +270,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         }
     }
 
+    /// Relays a request whose answer may follow notices (a `deploy` with `notices`), passing
+    /// each to `on_notice`.
+    pub async fn daemon_with_notices(
+        &mut self,
+        request: &Request,
+        on_notice: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Value, WireError> {
+        let msg = ToRobot::Daemon {
+            request: request.clone(),
+        };
+        let mut next = self.call(&msg).await?;
+        loop {
+            match next {
+                FromRobot::DaemonNotice { message } => on_notice(message),
+                FromRobot::DaemonOk { value } => return Ok(value),
+                FromRobot::DaemonError { error } => return Err(WireError::Daemon(error)),
+                other => return Err(unexpected(&other)),
+            }
+            next = self.answer().await?;
+        }
+    }
+
     /// Relays a streaming request (`logs`), passing each line to `on_line`; returns the exit
     /// code the stream ended with.
     pub async fn daemon_logs(

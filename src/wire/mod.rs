@@ -70,7 +70,7 @@ pub const MAJOR: u16 = 2;
 /// robot's cause chain (`causes`, [`RemoteError`]); older laptops ignore it. 3: `resolve`
 /// asks the robot's store what image names mean there ([`ToRobot::Resolve`]); a laptop sends
 /// it only to a robot whose hello says 2.3 or later ([`RobotHello::resolves`]).
-pub const MINOR: u16 = 3;
+pub const MINOR: u16 = 4;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -398,6 +398,12 @@ pub enum FromRobot {
     DaemonLine {
         /// The line.
         line: LogLine,
+    },
+    /// Why a deploy waits, before its answer (since 2.4; only to a `deploy` request with
+    /// `notices`).
+    DaemonNotice {
+        /// What to tell the user.
+        message: String,
     },
     /// The end of a streamed request.
     DaemonEnd {

@@ -506,6 +506,22 @@ fn relay(root: &Path, request: &Request, output: &mut dyn Write) -> Result<(), W
             Ok(exit_code) => send(output, &FromRobot::DaemonEnd { exit_code }),
             Err(e) => send(output, &answer(e)),
         }
+    } else if let Request::Deploy { notices: true, .. } = request {
+        let mut failed: Option<WireError> = None;
+        let r = client.call_with_notices(request, &mut |message| {
+            if failed.is_none()
+                && let Err(e) = send(output, &FromRobot::DaemonNotice { message })
+            {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match r {
+            Ok(value) => send(output, &FromRobot::DaemonOk { value }),
+            Err(e) => send(output, &answer(e)),
+        }
     } else {
         match client.call(request) {
             Ok(value) => send(output, &FromRobot::DaemonOk { value }),

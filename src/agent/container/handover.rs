@@ -175,12 +175,13 @@ impl Manager {
             spec.set_mounts(Some(mounts));
         }
         if wants_init(cfg, image) {
-            if static_exe(&self.exe) {
-                init::wrap(spec, &self.exe)?;
+            let exe = init_binary(&self.exe);
+            if static_exe(&exe) {
+                init::wrap(spec, &exe)?;
             } else if cfg.init == Some(true) {
                 return Err(ContainerError::BadSpec(format!(
-                    "init: true needs a statically linked dt-agent to run inside the container, and {} is not",
-                    self.exe.display()
+                    "init: true needs a statically linked dt-agent to run inside the container, and {} is not (set DT_AGENT_INIT to one)",
+                    exe.display()
                 )));
             }
         }
@@ -203,7 +204,17 @@ pub fn wants_init(cfg: &ContainerConfig, image: &ImageConfig) -> bool {
     })
 }
 
+/// The binary that serves as init: `$DT_AGENT_INIT` (a static `dt-agent`, for an agent that
+/// is itself dynamically linked, as a debug build on a laptop is), else the agent's own.
+fn init_binary(exe: &Path) -> PathBuf {
+    std::env::var_os("DT_AGENT_INIT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| exe.to_path_buf())
+}
+
 fn static_exe(exe: &Path) -> bool {
-    static STATIC: OnceLock<bool> = OnceLock::new();
-    *STATIC.get_or_init(|| init::is_static(exe))
+    static STATIC: OnceLock<(PathBuf, bool)> = OnceLock::new();
+    let (p, s) = STATIC.get_or_init(|| (exe.to_path_buf(), init::is_static(exe)));
+    if p == exe { *s } else { init::is_static(exe) }
 }

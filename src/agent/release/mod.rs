@@ -39,6 +39,7 @@
 //! finishes an interrupted rollback. A release is only ever `committed` by passing probation.
 
 mod handover;
+mod locks;
 pub mod probation;
 pub mod record;
 mod retain;
@@ -106,6 +107,9 @@ pub enum ReleaseError {
     /// A rollback's switch failed; the release that ran before it runs again.
     #[error("{0}")]
     Switch(String),
+    /// The client went away while the deploy waited for an update lock.
+    #[error("deploy abandoned while {0}")]
+    Abandoned(String),
     /// A state file is damaged.
     #[error("release state `{}` is damaged: {reason}", path.display())]
     Corrupt {
@@ -214,6 +218,19 @@ impl Releases {
         spec: ReleaseSpec,
         on_probation: &mut dyn FnMut(&DeployOutcome),
     ) -> Result<DeployOutcome, ReleaseError> {
+        self.apply_with(spec, false, &mut |_| true, on_probation)
+    }
+
+    /// [`Releases::apply_notify`] that waits while a container holds its update lock
+    /// ([`locks`]) unless `force`; `on_wait` hears why it waits and answers whether the
+    /// client still wants the deploy (`false`: it is abandoned, nothing switched).
+    pub fn apply_with(
+        &self,
+        spec: ReleaseSpec,
+        force: bool,
+        on_wait: &mut dyn FnMut(&str) -> bool,
+        on_probation: &mut dyn FnMut(&DeployOutcome),
+    ) -> Result<DeployOutcome, ReleaseError> {
         let spec = normalize(spec)?;
         let (_g, waited_ms) = self.lock();
         let records = self.dir.all()?;
@@ -253,6 +270,12 @@ impl Releases {
             }
         }
         self.check_images(&spec)?;
+        // Held by the agent until the new containers run.
+        let holds = if force {
+            Vec::new()
+        } else {
+            locks::wait(&self.manager, on_wait)?
+        };
 
         // Staged.
         let n = records.keys().next_back().map_or(1, |m| m + 1);
@@ -287,7 +310,9 @@ impl Releases {
         let result = (|| {
             rec.state = ReleaseState::Switching;
             self.save_or_fail(&rec)?;
-            let outcomes = self.converge(Some((&spec, n)), &records, false)?;
+            let outcomes = self.converge(Some((&spec, n)), &records, false);
+            drop(holds);
+            let outcomes = outcomes?;
             rec.state = ReleaseState::Probation;
             self.save_or_fail(&rec)?;
             let (started, kept) = counts(&outcomes);

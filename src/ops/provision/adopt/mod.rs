@@ -519,7 +519,8 @@ pub(super) async fn apply_stack(cx: &mut Cx<'_>, plan: &mut Plan) -> Result<()> 
         )
         .await?;
     let mut link = AgentLink::open(&cx.robot).await?;
-    let outcome = crate::ops::deploy::apply(&mut link, &adoption.spec, false, cx.reporter).await;
+    let outcome =
+        crate::ops::deploy::apply(&mut link, &adoption.spec, (false, false), cx.reporter).await;
     let failure = match &outcome {
         Ok(o) if o.state == ReleaseState::Committed => None,
         Ok(o) => Some((o.release, o.message.clone())),
