@@ -33,7 +33,7 @@ fn busybox() -> Option<PathBuf> {
 }
 
 /// Root, kernel features and fixtures every test here needs; prints the skip line otherwise.
-fn can_run() -> bool {
+pub(crate) fn can_run() -> bool {
     if !support::require_root("runs containers: overlay mounts, cgroups, namespaces") {
         return false;
     }
@@ -87,21 +87,27 @@ fn busybox_layout(dir: &Path, version: &str, name: &str) -> PathBuf {
 }
 
 /// One robot with a daemon (the fixture of tests/it/agent_run.rs).
-struct Agent {
+pub(crate) struct Agent {
     root: PathBuf,
     robot: Robot,
     daemon: Option<Child>,
+    env: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
 impl Agent {
-    fn new(net: &mut TestNet) -> Agent {
+    pub(crate) fn new(net: &mut TestNet) -> Agent {
+        Agent::with(net, "", &[])
+    }
+
+    /// A robot whose `robot.yaml` ends with `extra` and whose daemon has `env` besides.
+    pub(crate) fn with(net: &mut TestNet, extra: &str, env: &[(&str, &str)]) -> Agent {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("agent");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(
             root.join("robot.yaml"),
-            "hostname: testbot\ntype: duckiebot\nconfiguration: virtual\n",
+            format!("hostname: testbot\ntype: duckiebot\nconfiguration: virtual\n{extra}"),
         )
         .unwrap();
         let robot = net.robot("agent");
@@ -109,13 +115,17 @@ impl Agent {
             root,
             robot,
             daemon: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: tmp,
         };
         a.start_daemon();
         a
     }
 
-    fn state(&self) -> &Path {
+    pub(crate) fn state(&self) -> &Path {
         &self.root
     }
 
@@ -135,6 +145,7 @@ impl Agent {
             ])
             .env("DT_AGENT_ROOT", self.state())
             .env("DT_AGENT_CONFIG", self.state().join("robot.yaml"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -159,7 +170,7 @@ impl Agent {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_dt-agent"));
         c.args(args)
             .env("DT_AGENT_ROOT", self.state())
@@ -167,12 +178,12 @@ impl Agent {
         c
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
 
     #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -185,7 +196,7 @@ impl Agent {
     }
 
     /// Imports a busybox image `name` of `version`; returns its manifest digest.
-    fn image(&self, version: &str, name: &str) -> Digest {
+    pub(crate) fn image(&self, version: &str, name: &str) -> Digest {
         let layout = busybox_layout(self.state(), version, name);
         self.ok(&["image", "import", layout.to_str().unwrap()]);
         let images: Value = serde_json::from_str(&self.ok(&["image", "ls", "--json"])).unwrap();
@@ -199,7 +210,7 @@ impl Agent {
     }
 
     /// Writes `spec` to a file and returns its path.
-    fn spec_file(&self, spec: &ReleaseSpec, tag: &str) -> String {
+    pub(crate) fn spec_file(&self, spec: &ReleaseSpec, tag: &str) -> String {
         let p = self.state().join(format!("release-{tag}.json"));
         let mut f = std::fs::File::create(&p).unwrap();
         f.write_all(&serde_json::to_vec_pretty(spec).unwrap())
@@ -208,7 +219,7 @@ impl Agent {
     }
 
     /// `dt-agent deploy FILE --json`: (exit code, outcome, stderr).
-    fn deploy(&self, spec: &ReleaseSpec, tag: &str) -> (Option<i32>, Value, String) {
+    pub(crate) fn deploy(&self, spec: &ReleaseSpec, tag: &str) -> (Option<i32>, Value, String) {
         let file = self.spec_file(spec, tag);
         let out = self.cli(&["deploy", &file, "--json"]);
         let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -219,25 +230,25 @@ impl Agent {
         )
     }
 
-    fn ps(&self) -> Vec<Value> {
+    pub(crate) fn ps(&self) -> Vec<Value> {
         let v: Value = serde_json::from_str(&self.ok(&["ps", "-a", "--json"])).unwrap();
         v.as_array().unwrap().clone()
     }
 
-    fn container(&self, name: &str) -> Value {
+    pub(crate) fn container(&self, name: &str) -> Value {
         self.ps()
             .into_iter()
             .find(|c| c["name"] == name)
             .unwrap_or_else(|| panic!("no container {name}: {:?}", self.ps()))
     }
 
-    fn history(&self) -> Vec<Value> {
+    pub(crate) fn history(&self) -> Vec<Value> {
         let v: Value = serde_json::from_str(&self.ok(&["history", "--json"])).unwrap();
         v.as_array().unwrap().clone()
     }
 
     /// Waits until release `n` is in `state`.
-    fn wait_state(&self, n: u64, state: &str) {
+    pub(crate) fn wait_state(&self, n: u64, state: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let h = self.history();
@@ -268,7 +279,7 @@ impl Drop for Agent {
 }
 
 /// A shell loop that leaves at once on SIGTERM (a busybox `sleep` as pid 1 would ignore it).
-fn looping(before: &str) -> Vec<String> {
+pub(crate) fn looping(before: &str) -> Vec<String> {
     vec![
         "sh".into(),
         "-c".into(),
@@ -276,7 +287,7 @@ fn looping(before: &str) -> Vec<String> {
     ]
 }
 
-fn service(name: &str, stage: u32, manifest: &Digest, cmd: Vec<String>) -> ServiceSpec {
+pub(crate) fn service(name: &str, stage: u32, manifest: &Digest, cmd: Vec<String>) -> ServiceSpec {
     ServiceSpec {
         name: name.into(),
         stage,
@@ -292,7 +303,7 @@ fn service(name: &str, stage: u32, manifest: &Digest, cmd: Vec<String>) -> Servi
     }
 }
 
-fn health(test: &[&str]) -> Option<HealthSpec> {
+pub(crate) fn health(test: &[&str]) -> Option<HealthSpec> {
     Some(HealthSpec {
         test: test.iter().map(|s| s.to_string()).collect(),
         interval: Duration::from_millis(200),
@@ -320,7 +331,7 @@ fn pid(c: &Value) -> u64 {
         .unwrap_or_else(|| panic!("not running: {c}"))
 }
 
-fn release_of(h: &[Value], n: u64) -> Value {
+pub(crate) fn release_of(h: &[Value], n: u64) -> Value {
     h.iter()
         .find(|r| r["release"] == n)
         .cloned()

@@ -18,6 +18,7 @@ mod agent_release;
 mod agent_run;
 mod agent_seccomp;
 mod agent_store;
+mod agent_switch;
 mod bench_adopt;
 mod build;
 mod build_buildah;
