@@ -538,6 +538,17 @@ fn two_deploys_at_once_are_never_mixed() {
         (Some(1), Some(2))
     );
     assert!(vb["waited_ms"].as_u64().unwrap() > 1000, "{vb}");
+    // A's containers were retired and stop in the background (agent::release::handover).
+    let t = Instant::now();
+    while agent.ps().iter().any(|c| c["release"] == 1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "A's containers stayed: {:?}",
+            agent.ps()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("A's retired containers went after {:?}", t.elapsed());
     for c in agent.ps() {
         assert_eq!(c["release"], 2, "{c}");
         assert_eq!(c["manifest"], v2.to_string(), "{c}");

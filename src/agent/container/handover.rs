@@ -12,7 +12,7 @@
 //! under the service's name. The old one keeps running under its runtime id; its shim works
 //! relative to the directory it entered, so its logs and exit record follow the rename.
 //!
-//! **Update locks.** Every container gets `$DT_AGENT_ROOT/locks/<service or name>/` at
+//! **Update locks.** Every release container gets `$DT_AGENT_ROOT/locks/<service>/` at
 //! [`LOCK_DIR`]; a process there that holds an exclusive `flock` on [`LOCK_FILE`] defers
 //! release switches (agent::release::locks).
 //!
@@ -154,7 +154,8 @@ impl Manager {
             let t = v.target.trim_end_matches('/');
             t == LOCK_DIR || (v.read_only && LOCK_DIR.starts_with(&format!("{t}/")))
         });
-        if !covered {
+        // Release containers only: a switch is what the lock defers.
+        if !covered && cfg.service.is_some() {
             let src = self.lock_dir(cfg)?;
             let mut mounts = spec.mounts().clone().unwrap_or_default();
             mounts.push(

@@ -767,6 +767,7 @@ impl Manager {
             "/etc/hosts",
             "/etc/hostname",
             "/etc/resolv.conf",
+            handover::LOCK_DIR,
         ]
         .map(String::from)
         .to_vec();

@@ -14,13 +14,14 @@
 //! Those are stopped first, as before. Background stops are joined before the next switch
 //! begins, so two switches never overlap.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::agent::container::{ContainerInfo, Manager};
 
-use super::spec::ServiceSpec;
+use super::ReleaseRecord;
+use super::spec::{ReleaseSpec, ServiceSpec};
 
 /// The old containers of `replaced` (service spec → its running container and that
 /// container's spec) that can hand over in parallel.
@@ -40,6 +41,42 @@ pub(super) fn parallel<'a>(
                 && old_spec.is_none_or(|s| s.container.ports.is_empty())
         })
         .map(|(_, old, _)| old.name.clone())
+        .collect()
+}
+
+/// Retires the running old containers of `spec`'s replaced services (not in `keep`) that
+/// can hand over in parallel; returns (old name, retired name) of each. None for a switch
+/// that must not overlap (no target, a quick rollback).
+pub(super) fn retire(
+    manager: &Manager,
+    spec: Option<&ReleaseSpec>,
+    existing: &[ContainerInfo],
+    keep: &BTreeSet<String>,
+    records: &BTreeMap<u64, ReleaseRecord>,
+) -> Vec<(String, String)> {
+    let spec_of = |c: &ContainerInfo| {
+        let svc = c.service.as_deref().unwrap_or(&c.name);
+        records
+            .get(&c.release?)?
+            .spec
+            .services
+            .iter()
+            .find(|s| s.name == svc)
+    };
+    let Some(spec) = spec else {
+        return Vec::new();
+    };
+    let replaced = spec.services.iter().filter_map(|s| {
+        let c = existing.iter().find(|c| c.name == s.name)?;
+        (!keep.contains(&s.name)).then(|| (s, c, spec_of(c)))
+    });
+    parallel(manager, replaced)
+        .into_iter()
+        .filter_map(|old| {
+            // A retire that fails leaves the container where it was: it is stopped first.
+            let new = manager.retire(&old).ok()?;
+            Some((old, new))
+        })
         .collect()
 }
 

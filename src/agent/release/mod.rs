@@ -745,18 +745,8 @@ impl Releases {
 
         // Replaced services that may hand over in parallel: retired now, stopped once the new
         // containers run (handover). A retire that fails falls back to stop-first.
-        let mut retired = Vec::new();
-        if let (Some((spec, _)), false) = (target, quick) {
-            let replaced = spec.services.iter().filter_map(|s| {
-                let c = existing.iter().find(|c| c.name == s.name)?;
-                (!keep.contains(&s.name)).then(|| (s, c, spec_of(c)))
-            });
-            for old in handover::parallel(&self.manager, replaced) {
-                if let Ok(new_name) = self.manager.retire(&old) {
-                    retired.push((old, new_name));
-                }
-            }
-        }
+        let to = target.filter(|_| !quick).map(|t| t.0);
+        let retired = handover::retire(&self.manager, to, &existing, &keep, records);
         let handed: BTreeSet<&String> = retired.iter().map(|(old, _)| old).collect();
 
         // Stop and remove, highest stage first.

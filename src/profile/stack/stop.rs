@@ -35,11 +35,11 @@ pub fn parse_signal(s: &str) -> Result<String, String> {
     }
 }
 
+/// A service's `stop_signal`, `stop_grace_period` and `init`, in that order.
+type StopKeys = (Option<String>, Option<Duration>, Option<bool>);
+
 /// A service's `stop_signal`, `stop_grace_period` and `init`.
-pub(super) fn parse_stop(
-    doc: Doc<'_>,
-    m: &Map<'_>,
-) -> Result<(Option<String>, Option<Duration>, Option<bool>), ProfileError> {
+pub(super) fn parse_stop(doc: Doc<'_>, m: &Map<'_>) -> Result<StopKeys, ProfileError> {
     let signal = match m.get("stop_signal") {
         None => None,
         Some(v) => {
