@@ -11,8 +11,9 @@
 //!   its own), or the switch is a rollback after a failure (quick, and it must not overlap the
 //!   release that failed).
 //!
-//! Those are stopped first, as before. Background stops are joined before the next switch
-//! begins, so two switches never overlap.
+//! Those are stopped first, as before. A retired container still being stopped when the next
+//! switch begins is left to its thread (it holds no exclusive role and is no service's
+//! container any more), so back-to-back deploys never wait out an old grace period.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -84,32 +85,40 @@ pub(super) fn retire(
 #[derive(Default)]
 pub(super) struct Retiring {
     pending: Mutex<Vec<JoinHandle<()>>>,
+    /// The retired containers whose stop is under way.
+    names: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Retiring {
     /// Stops (with its own grace period) and removes each of `names`, each on its thread.
     pub fn stop_later(&self, manager: &Arc<Manager>, names: Vec<String>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|h| !h.is_finished());
         for name in names {
-            let m = Arc::clone(manager);
+            let (m, busy) = (Arc::clone(manager), Arc::clone(&self.names));
+            busy.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone());
             let h = std::thread::Builder::new()
                 .name(format!("retire-{name}"))
                 .spawn(move || {
                     let _ = m.stop(&name, None);
                     let _ = m.remove(&name, true);
+                    busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
                 });
-            if let Ok(h) = h {
-                pending.push(h);
+            match h {
+                Ok(h) => pending.push(h),
+                // Left to the next switch, which stops it as any other old container.
+                Err(_) => {
+                    self.names.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                }
             }
         }
     }
 
-    /// Waits for every background stop.
-    pub fn finish(&self) {
-        let handles: Vec<_> =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in handles {
-            let _ = h.join();
-        }
+    /// The retired containers still being stopped: a switch leaves them to their threads
+    /// rather than wait out their grace periods again.
+    pub fn in_flight(&self) -> BTreeSet<String> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

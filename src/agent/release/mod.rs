@@ -712,14 +712,14 @@ impl Releases {
             service: String::new(),
             reason: e.to_string(),
         };
-        // The previous switch's retired containers are gone before this one looks.
-        self.retiring.finish();
+        // Retired containers of an earlier switch still stopping are left to their threads.
+        let stopping = self.retiring.in_flight();
         let existing: Vec<ContainerInfo> = self
             .manager
             .list(true)
             .map_err(|e| agent_failure(&e))?
             .into_iter()
-            .filter(|c| c.release.is_some())
+            .filter(|c| c.release.is_some() && !stopping.contains(&c.name))
             .collect();
         let spec_of = |c: &ContainerInfo| -> Option<&ServiceSpec> {
             let svc = c.service.as_deref().unwrap_or(&c.name);
