@@ -48,14 +48,19 @@ pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
         memory_bytes: super::memory::memory_bytes(),
         release: crate::agent::release::current_release(store.root()),
         images: store.images()?,
-        warnings: runtime
-            .as_ref()
-            .and_then(|r| {
-                crate::runtime::advisory::cve_2024_21626(r.command(), std::path::Path::new("/"))
-            })
-            .into_iter()
-            .collect(),
+        warnings: runtime_warnings(runtime.as_ref()),
     })
+}
+
+/// What the robot's owner should fix about its OCI runtime (`runtime` as detected): in
+/// `status` and in the hello, so every deploy says it too.
+pub fn runtime_warnings(runtime: Option<&crate::runtime::Runtime>) -> Vec<String> {
+    runtime
+        .and_then(|r| {
+            crate::runtime::advisory::cve_2024_21626(r.command(), std::path::Path::new("/"))
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The kernel's hostname (the UTS namespace's, like `hostname`).

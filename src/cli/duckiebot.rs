@@ -593,6 +593,9 @@ async fn deploy(
     let started = Instant::now();
     let store = crate::ops::image::open_store()?;
     let mut l = link(robot, ssh).await?;
+    for w in &l.hello.warnings {
+        printer.info(&format!("warning: {robot}: {w}"));
+    }
     let platform = l.hello.platform.clone();
     let stack = crate::ops::deploy::load_stack(stack_arg, sets, &platform)?;
     for w in &stack.warnings {

@@ -112,6 +112,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             has_objects: true,
             protocol: String::new(),
             window_log_max: super::LEGACY_WINDOW_LOG,
+            warnings: Vec::new(),
         };
         let mut c = Connection {
             io,

@@ -219,6 +219,10 @@ pub struct RobotHello {
     /// frame the laptop sends may need more. Absent before protocol 2.1.
     #[serde(default = "legacy_window_log")]
     pub window_log_max: u32,
+    /// What its owner should fix (an OCI runtime with a known hole); `deploy` prints them.
+    /// Absent from older robots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl RobotHello {

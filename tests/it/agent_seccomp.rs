@@ -335,6 +335,34 @@ fn status_warns_about_a_runc_without_the_cve_2024_21626_fix() {
     .unwrap();
     std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
     let s = status(Some(&fake));
+    // The hello of `serve --stdio` carries it too, so `dts duckiebot deploy` prints it.
+    let hello_warnings = |path: Option<&Path>| -> Vec<String> {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dt-agent"));
+        cmd.args(["serve", "--stdio"])
+            .env("DT_AGENT_ROOT", tmp.path().join("root"))
+            .env_remove("DTS_RUNTIME")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(p) = path {
+            let old = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{old}", p.display()));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut child = cmd.spawn().unwrap();
+            let io = tokio::io::join(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+            let (_conn, hello) = dts::wire::client::Connection::open(io).await.unwrap();
+            hello.warnings
+        })
+    };
+    let hw = hello_warnings(Some(&fake));
+    assert_eq!(hw.len(), 1, "{hw:?}");
+    assert!(hw[0].contains("CVE-2024-21626"), "{hw:?}");
+    assert_eq!(hello_warnings(None), Vec::<String>::new());
     assert_eq!(s["runtime_version"], "runc version 1.1.11", "{s}");
     let warnings = s["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{s}");
