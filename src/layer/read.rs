@@ -171,6 +171,8 @@ pub enum ReadError {
 struct Counted<R> {
     inner: R,
     hasher: Sha256,
+    /// False when the caller does not want the diff_id ([`TarReader::unhashed`]).
+    hash: bool,
     count: u64,
     max: u64,
     over: bool,
@@ -182,7 +184,9 @@ impl<R: Read> Read for Counted<R> {
         let room = (self.max - self.count.min(self.max)).saturating_add(1);
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
-        self.hasher.update(&buf[..n]);
+        if self.hash {
+            self.hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         if self.count > self.max {
             self.over = true;
@@ -214,6 +218,7 @@ impl<R: Read> TarReader<R> {
             inner: Counted {
                 inner,
                 hasher: Sha256::new(),
+                hash: true,
                 count: 0,
                 max: limits.max_bytes,
                 over: false,
@@ -225,6 +230,14 @@ impl<R: Read> TarReader<R> {
             ended: false,
             current: PathBuf::new(),
         }
+    }
+
+    /// Does not hash the stream: [`finish`](TarReader::finish) then returns the digest of
+    /// nothing. For a caller that verified the layer before and only replays it (hashing
+    /// costs more than everything else the reader does).
+    pub fn unhashed(mut self) -> Self {
+        self.inner.hash = false;
+        self
     }
 
     /// Bytes consumed so far.

@@ -33,7 +33,7 @@ use std::rc::Rc;
 use sha2::{Digest as _, Sha256};
 
 use super::import::{commit_objects, remove_tree, rename_noreplace, syncfs};
-use super::object::{LinkSink, Recorder, Staging, Tee};
+use super::object::{LinkSink, Recorder, SourceCell, Staging, Tee};
 use super::pending::{self, Pending};
 use super::tarsplit::{self, SplitWriter};
 use super::{AgentStore, AgentStoreError, LayerMeta};
@@ -84,6 +84,11 @@ pub(super) struct Consumer<'a> {
     pub bytes_read: u64,
     /// Its `.pending` file.
     pub pending: Pending,
+    /// The diff_id the next layer entry must have (a layer rebuilt from Docker's files is
+    /// checked here, by the tar reader's own hash, before it is committed).
+    pub expect_diff_id: Option<Digest>,
+    /// Where the next layer entry's bodies come from, when it is rebuilt from files.
+    pub source: Option<SourceCell>,
 }
 
 impl<'a> Consumer<'a> {
@@ -108,6 +113,8 @@ impl<'a> Consumer<'a> {
             object_bytes_added: 0,
             bytes_read: 0,
             pending: Pending::new(store),
+            expect_diff_id: None,
+            source: None,
         }
     }
 
@@ -174,6 +181,9 @@ impl<'a> Consumer<'a> {
         let mut raw = Hashing {
             inner: io::Cursor::new(head).chain(content),
             hasher: Sha256::new(),
+            // An uncompressed entry's digest is its diff_id, which the tar reader computes (it
+            // reads to the end of the stream): one pass over the bytes, not two.
+            on: compression != Compression::None,
             len: 0,
         };
         let key = pending::source_key(path);
@@ -202,8 +212,16 @@ impl<'a> Consumer<'a> {
             }
             None => self.unpack(path, &mut raw, compression)?,
         };
-        io::copy(&mut raw, &mut io::sink()).map_err(|e| stream_err(path, e))?;
-        let blob = Digest::from_hex(&hex::encode(raw.hasher.finalize())).expect("sha256 hex");
+        let drained = io::copy(&mut raw, &mut io::sink()).map_err(|e| stream_err(path, e))?;
+        let blob = if raw.on {
+            Digest::from_hex(&hex::encode(raw.hasher.finalize())).expect("sha256 hex")
+        } else if drained == 0 {
+            diff_id.clone()
+        } else {
+            return Err(AgentStoreError::bad_archive(format!(
+                "entry `{path}` has {drained} bytes after its tar's end"
+            )));
+        };
         if let Some(hex) = path.strip_prefix("blobs/sha256/")
             && hex != blob.hex()
         {
@@ -272,6 +290,7 @@ impl<'a> Consumer<'a> {
         let recorder = Rc::new(RefCell::new(Recorder {
             split: SplitWriter::create(&split_path).at("create", &split_path)?,
             in_body: false,
+            pos: 0,
         }));
         let dec = compression.decoder(raw).map_err(|e| {
             AgentStoreError::bad_archive(format!("`{path}` does not decompress: {e}"))
@@ -293,6 +312,11 @@ impl<'a> Consumer<'a> {
             staging: &mut staging,
             recorder: Some(recorder.clone()),
             known: None,
+            // Positions are the source's only when nothing decompresses in between.
+            source: self
+                .source
+                .clone()
+                .filter(|_| compression == Compression::None),
         };
         let stats = unpack_with(tee, &scratch, &opts, &mut sink).map_err(|source| {
             AgentStoreError::LayerEntry {
@@ -302,6 +326,16 @@ impl<'a> Consumer<'a> {
         })?;
         drop(sink);
         let diff_id = stats.diff_id.clone();
+        if let Some(want) = self.expect_diff_id.as_ref().filter(|w| **w != diff_id) {
+            return Err(AgentStoreError::DockerLayer {
+                diff_id: want.clone(),
+                reason: format!(
+                    "the tar rebuilt from its files ({} bytes) hashes to {diff_id}, not to the \
+                     layer's diff_id: the diff directory was changed",
+                    stats.size
+                ),
+            });
+        }
         let rec = Rc::try_unwrap(recorder)
             .ok()
             .expect("the tee and the sink are gone")
@@ -419,17 +453,20 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Hashes the bytes read through it.
+/// Hashes (when `on`) and counts the bytes read through it.
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,
+    on: bool,
     len: u64,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.on {
+            self.hasher.update(&buf[..n]);
+        }
         self.len += n as u64;
         Ok(n)
     }

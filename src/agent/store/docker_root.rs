@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::consume::{ConsumedLayer, Consumer};
 use super::docker_split::{self, Fault, Reassembly, SplitReader};
 use super::import::{ImportOptions, ImportReport, Tx, clean_tmp, finish, refused};
+use super::object::SourceCell;
 use super::{AgentStore, AgentStoreError};
 use crate::archive::Entry;
 use crate::oci::digest::chain_id;
@@ -328,14 +329,22 @@ fn take_layer(
     fault: &Fault,
 ) -> Result<(), AgentStoreError> {
     let split = SplitReader::open(&l.split).map_err(|e| source_err(&l.split, e))?;
-    let mut reader = Reassembly::new(split, &l.diff_dir, l.diff_id.clone(), fault.clone())
-        .map_err(|e| source_err(&l.diff_dir, e))?;
+    let source = SourceCell::default();
+    // The consumer's tar reader checks the diff_id (before the layer is committed), so the
+    // reassembly does not hash the stream a second time.
+    let mut reader = Reassembly::new(split, &l.diff_dir, None, fault.clone())
+        .map_err(|e| source_err(&l.diff_dir, e))?
+        .with_source(source.clone());
     let path = entry_path(&l.diff_id);
+    c.expect_diff_id = Some(l.diff_id.clone());
+    c.source = Some(source);
     let r = c.entry(Entry::File {
         path: &path,
         size,
         content: &mut reader,
     });
+    c.expect_diff_id = None;
+    c.source = None;
     match (r, fault.borrow_mut().take()) {
         (_, Some(reason)) => Err(AgentStoreError::DockerLayer {
             diff_id: l.diff_id.clone(),

@@ -13,8 +13,10 @@
 //! the agent runs as root): lines are bounded, names are resolved inside the diff directory
 //! only (`..` refused, symlinks never lead out of it: crate::layer's in-root resolver), a body
 //! must be a regular file of exactly the size recorded, and the whole stream must hash to the
-//! layer's diff_id — checked by the reader itself at its end, so a mismatch fails the layer
-//! before anything built from it is committed.
+//! layer's diff_id — checked at its end (by the reader, or by the import's tar reader, which
+//! hashes the stream anyway), so a mismatch fails the layer before anything built from it is
+//! committed. The reader also tells the object store which file each body is
+//! ([`BodySource`]), so that a new object can be a hard link to it rather than a copy.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -28,6 +30,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::object::{BodySource, SourceCell};
 use crate::layer::{Resolver, Root};
 use crate::oci::Digest;
 
@@ -184,13 +187,17 @@ pub(super) fn tar_size(split: &Path) -> io::Result<u64> {
 pub(super) type Fault = std::rc::Rc<std::cell::RefCell<Option<String>>>;
 
 /// The layer's tar stream, reassembled as it is read. At its end, its sha256 must be
-/// `diff_id`, or the read fails (and `fault` says why).
+/// `diff_id` when one is given, or the read fails (and `fault` says why); without one the
+/// caller checks the digest (the import's tar reader hashes the stream anyway: hashing it
+/// twice would cost a second pass over every byte).
 pub(super) struct Reassembly<R> {
     split: SplitReader<R>,
     root: Root,
     diff_dir: PathBuf,
-    diff_id: Digest,
+    diff_id: Option<Digest>,
     hasher: Sha256,
+    /// Told which file each body comes from, for the object store to link it.
+    source: Option<SourceCell>,
     len: u64,
     cur: Current,
     fault: Fault,
@@ -208,7 +215,7 @@ impl<R: Read> Reassembly<R> {
     pub(super) fn new(
         split: SplitReader<R>,
         diff_dir: &Path,
-        diff_id: Digest,
+        diff_id: Option<Digest>,
         fault: Fault,
     ) -> io::Result<Self> {
         let root = Root::open(diff_dir, Resolver::Auto).map_err(|e| named(diff_dir, e))?;
@@ -218,11 +225,18 @@ impl<R: Read> Reassembly<R> {
             diff_dir: diff_dir.to_path_buf(),
             diff_id,
             hasher: Sha256::new(),
+            source: None,
             len: 0,
             cur: Current::None,
             fault,
             done: false,
         })
+    }
+
+    /// Tells `cell` which file each body comes from ([`BodySource`]).
+    pub(super) fn with_source(mut self, cell: SourceCell) -> Self {
+        self.source = Some(cell);
+        self
     }
 
     fn fail(&self, reason: String) -> io::Error {
@@ -278,6 +292,9 @@ impl<R: Read> Reassembly<R> {
 
     /// Moves to the next entry with bytes; false at the end.
     fn advance(&mut self) -> io::Result<bool> {
+        if let Some(cell) = &self.source {
+            *cell.borrow_mut() = None;
+        }
         loop {
             let next = self
                 .split
@@ -293,6 +310,14 @@ impl<R: Read> Reassembly<R> {
                 Some(SplitEntry::File { size: 0, .. }) => {}
                 Some(SplitEntry::File { name, size }) => {
                     let f = self.open_body(&name, size)?;
+                    if let Some(cell) = &self.source {
+                        *cell.borrow_mut() = Some(BodySource {
+                            file: f.try_clone().map_err(|e| self.fail(e.to_string()))?,
+                            start: self.len,
+                            size,
+                            delivered: 0,
+                        });
+                    }
                     self.cur = Current::File(f, name, size);
                     return Ok(true);
                 }
@@ -302,14 +327,17 @@ impl<R: Read> Reassembly<R> {
 
     fn finish(&mut self) -> io::Result<()> {
         self.done = true;
+        let Some(want) = &self.diff_id else {
+            return Ok(());
+        };
         let got = Digest::from_hex(&hex::encode(self.hasher.clone().finalize())).expect("hex");
-        if got != self.diff_id {
+        if got != *want {
             return Err(self.fail(format!(
                 "the tar rebuilt from `{}` ({} bytes) hashes to {got}, not to the layer's \
                  diff_id {}: the diff directory was changed",
                 self.diff_dir.display(),
                 self.len,
-                self.diff_id
+                want
             )));
         }
         Ok(())
@@ -341,11 +369,18 @@ impl<R: Read> Read for Reassembly<R> {
                         )));
                     }
                     *left -= n as u64;
+                    if let Some(cell) = &self.source
+                        && let Some(src) = cell.borrow_mut().as_mut()
+                    {
+                        src.delivered += n as u64;
+                    }
                     n
                 }
             };
             if n > 0 {
-                self.hasher.update(&buf[..n]);
+                if self.diff_id.is_some() {
+                    self.hasher.update(&buf[..n]);
+                }
                 self.len += n as u64;
                 return Ok(n);
             }
@@ -471,7 +506,7 @@ mod tests {
         let fault = Fault::default();
         let r = SplitReader::new(GzDecoder::new(io::Cursor::new(gz(split))), "t".into());
         let mut out = Vec::new();
-        let res = Reassembly::new(r, dir, diff_id, fault.clone())
+        let res = Reassembly::new(r, dir, Some(diff_id), fault.clone())
             .and_then(|mut a| a.read_to_end(&mut out))
             .map(|_| out);
         (res, fault)

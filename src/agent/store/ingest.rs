@@ -646,12 +646,15 @@ pub(super) fn replay_snapshot(
             same_owner: is_root,
             devices: DevicePolicy::Skip,
             expect_diff_id: None,
+            // Nor is the replayed stream hashed: its bodies are zeros here anyway.
+            hash: false,
             ..UnpackOptions::default()
         };
         let mut sink = LinkSink {
             staging,
             recorder: None,
             known,
+            source: None,
         };
         unpack_with(reader, &rootfs, &opts, &mut sink).map_err(|source| {
             AgentStoreError::Layer {

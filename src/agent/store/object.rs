@@ -14,6 +14,11 @@
 //! import's `tmp/` directory with its metadata applied (owner, then mode — chown clears setuid —
 //! then xattrs, then mtime) and linked into the snapshot being built; the import renames it to
 //! its final name after the whole archive checked out.
+//!
+//! When the layer stream is rebuilt from files on the same file system (Docker's overlay2 diff
+//! dirs, `--docker-root`), a new object is that file itself, hard-linked, when its inode
+//! already carries the key's metadata ([`BodySource`]): adopting a robot's images then writes
+//! no file data at all, and Docker's copy and the store's share their blocks.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -122,6 +127,9 @@ pub(crate) fn xattrs_key(xattrs: &[(&[u8], &[u8])]) -> Option<String> {
 pub(crate) struct Recorder {
     pub split: SplitWriter,
     pub in_body: bool,
+    /// Bytes of the decompressed stream the [`Tee`] has passed on: where a body starts and
+    /// ends, for [`BodySource`]'s check.
+    pub pos: u64,
 }
 
 /// Shared between the [`Tee`] under the tar reader and the [`LinkSink`] above it.
@@ -142,6 +150,7 @@ impl<R: Read> Read for Tee<R> {
             if !rec.in_body {
                 rec.split.raw(&buf[..n])?;
             }
+            rec.pos += n as u64;
         }
         Ok(n)
     }
@@ -165,6 +174,8 @@ pub(crate) struct Staging {
     pub copied: u64,
     /// Owner given to objects when the unpacker does not chown (not root).
     pub ids: (u32, u32),
+    /// New objects that are their source's file, linked ([`BodySource`]), not copies.
+    pub shared: u64,
     spills: u64,
 }
 
@@ -175,7 +186,30 @@ enum Body {
     /// Already stored, at this path (some variant of the content): read only when a new
     /// variant must be made.
     Stored(PathBuf),
+    /// Exactly the bytes of this file, hashed as they streamed by ([`BodySource`]): a new
+    /// object can be the file itself.
+    Source(File),
+    /// Hashed only: a large body whose bytes were expected to come from one file and did not.
+    Dropped,
 }
+
+/// The file the bytes being read come from, when the layer stream is rebuilt from files
+/// (Docker's diff dirs, docker_split.rs): the reader sets it as it opens each body and clears
+/// it at every other entry. [`LinkSink`] takes it once a body is read, and only if the body
+/// was that file's bytes and nothing else, by position in the stream.
+pub(crate) struct BodySource {
+    /// The file, open for reading.
+    pub file: File,
+    /// Offset in the (uncompressed) layer stream of its first byte.
+    pub start: u64,
+    /// Its size, as the stream's recipe says.
+    pub size: u64,
+    /// Bytes of it the reader has given out.
+    pub delivered: u64,
+}
+
+/// Shared between the stream's reader and the [`LinkSink`].
+pub(crate) type SourceCell = Rc<RefCell<Option<BodySource>>>;
 
 /// The content of the file being unpacked, when the reader already knows it: a layer the store
 /// committed (and verified) before, replayed from its tar-split to build another snapshot.
@@ -197,16 +231,24 @@ impl Staging {
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
             ),
+            shared: 0,
             spills: 0,
         }
     }
 
-    /// Reads a body to its end, hashing it; large ones spill into a staging file.
-    fn read_body(&mut self, content: &mut dyn Read, size: u64) -> io::Result<(Body, Digest)> {
+    /// Reads a body to its end, hashing it; large ones spill into a staging file, or with
+    /// `keep_large` false are only hashed ([`Body::Dropped`]: the caller has them elsewhere).
+    fn read_body(
+        &mut self,
+        content: &mut dyn Read,
+        size: u64,
+        keep_large: bool,
+    ) -> io::Result<(Body, Digest)> {
         let mut h = Sha256::new();
         let mut mem = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(SMALL_BODY));
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 256 * 1024];
         let mut spill: Option<(PathBuf, File)> = None;
+        let mut dropped = false;
         let mut total = 0u64;
         loop {
             let n = match content.read(&mut buf) {
@@ -224,7 +266,12 @@ impl Staging {
             total += n as u64;
             match &mut spill {
                 Some((_, f)) => f.write_all(&buf[..n])?,
+                None if dropped => {}
                 None if mem.len() + n <= SMALL_BODY => mem.extend_from_slice(&buf[..n]),
+                None if !keep_large => {
+                    dropped = true;
+                    mem = Vec::new();
+                }
                 None => {
                     self.spills += 1;
                     let p = self.dir.join(format!(".spill-{}", self.spills));
@@ -237,6 +284,9 @@ impl Staging {
             }
         }
         if total != size {
+            if let Some((p, _)) = &spill {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("file body has {total} bytes, its header says {size}"),
@@ -245,6 +295,7 @@ impl Staging {
         let digest = Digest::from_hex(&hex::encode(h.finalize())).expect("sha256 hex");
         Ok(match spill {
             Some((p, _)) => (Body::Spilled(p), digest),
+            None if dropped => (Body::Dropped, digest),
             None => (Body::Mem(mem), digest),
         })
     }
@@ -269,24 +320,36 @@ impl Staging {
         } else {
             let p = self.dir.join(&fname);
             let file = match body {
+                Body::Source(from) if link_source(&from, key, meta, &p) => {
+                    self.shared += 1;
+                    None
+                }
+                Body::Source(from) => Some(copy_source(&from, meta.size, &p)?),
+                Body::Dropped => {
+                    return Err(io::Error::other(format!(
+                        "`{}`: its body was not kept",
+                        meta.path.display()
+                    )));
+                }
                 Body::Mem(bytes) => {
                     let mut f = File::options().write(true).create_new(true).open(&p)?;
                     f.write_all(&bytes)?;
-                    f
+                    Some(f)
                 }
                 Body::Spilled(s) => {
                     std::fs::rename(&s, &p)?;
-                    File::options().write(true).open(&p)?
+                    Some(File::options().write(true).open(&p)?)
                 }
                 Body::Stored(s) => {
                     let mut from = File::open(&s)?;
                     let mut f = File::options().write(true).create_new(true).open(&p)?;
                     io::copy(&mut from, &mut f)?;
-                    f
+                    Some(f)
                 }
             };
-            apply_meta(file.as_fd(), key, meta)?;
-            drop(file);
+            if let Some(file) = file {
+                apply_meta(file.as_fd(), key, meta)?;
+            }
             self.added_bytes += meta.size;
             self.staged.insert(fname, p.clone());
             p
@@ -313,6 +376,68 @@ fn discard(body: Body) {
         // Best effort: the staging directory is removed with the import anyway.
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// Links `from` as the new object `to` when the file already is what the object must be: the
+/// key's mode and owner, the tar's mtime and size, and no xattrs at all (the key has none
+/// either). Sharing the inode is sound because neither side writes it again: the store never
+/// changes an object in place (a new variant is a new file), and Docker never rewrites a
+/// committed layer's files (containers see them read-only, as overlay lower dirs; removing an
+/// image unlinks them, which leaves the object whole). False whenever a link cannot be made
+/// (another file system, the link limit, no permission): the caller copies.
+fn link_source(from: &File, key: &ObjectKey, meta: &FileMeta<'_>, to: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(st) = from.metadata() else {
+        return false;
+    };
+    if key.xattrs.is_some()
+        || !st.is_file()
+        || (st.mode() & 0o7777, st.uid(), st.gid()) != (key.mode, key.uid, key.gid)
+        || st.mtime() != meta.mtime
+        || st.len() != meta.size
+    {
+        return false;
+    }
+    let mut names = [0u8; 64];
+    match rustix::fs::flistxattr(from, &mut names[..]) {
+        Ok(0) | Err(Errno::OPNOTSUPP) => {}
+        _ => return false,
+    }
+    // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH (root has it); /proc's link does not.
+    rustix::fs::linkat(from, "", rustix::fs::CWD, to, AtFlags::EMPTY_PATH).is_ok()
+        || rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", from.as_raw_fd()),
+            rustix::fs::CWD,
+            to,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .is_ok()
+}
+
+/// A new file `to` holding the first `size` bytes of `from`, read by offset (the reader that
+/// opened `from` keeps its own position).
+fn copy_source(from: &File, size: u64, to: &Path) -> io::Result<File> {
+    use std::os::unix::fs::FileExt as _;
+    let mut f = File::options().write(true).create_new(true).open(to)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut at = 0u64;
+    while at < size {
+        let want = buf
+            .len()
+            .min(usize::try_from(size - at).unwrap_or(usize::MAX));
+        let n = from.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("`{}`: the source file shrank", to.display()),
+            ));
+        }
+        f.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(f)
 }
 
 /// Owner, then mode (chown clears setuid), then xattrs (chown clears file capabilities), then
@@ -379,6 +504,8 @@ pub(crate) struct LinkSink<'a> {
     pub recorder: Option<SharedRecorder>,
     /// Set for layers replayed from a committed tar-split (see [`KnownContent`]).
     pub known: Option<KnownContent>,
+    /// Set when the stream is rebuilt from files (see [`BodySource`]); needs `recorder`.
+    pub source: Option<SourceCell>,
 }
 
 impl FileSink for LinkSink<'_> {
@@ -419,8 +546,25 @@ impl FileSink for LinkSink<'_> {
             };
             io::copy(content, &mut io::sink())?;
             (Body::Stored(path), digest)
+        } else if self.source.is_some() && file.size > 0 {
+            let start = self.recorder.as_ref().map(|r| r.borrow().pos);
+            let (body, digest) = self.read_recorded(content, file.size, false)?;
+            match (self.source_of(start, file.size), body) {
+                (Some(f), _) => (Body::Source(f), digest),
+                (None, Body::Dropped) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "`{}`: its {} bytes are not one whole file of the layer's source",
+                            file.path.display(),
+                            file.size
+                        ),
+                    ));
+                }
+                (None, body) => (body, digest),
+            }
         } else {
-            self.read_recorded(content, file.size)?
+            self.read_recorded(content, file.size, true)?
         };
         let (uid, gid) = file.owner.unwrap_or(self.staging.ids);
         let key = ObjectKey {
@@ -436,9 +580,27 @@ impl FileSink for LinkSink<'_> {
 }
 
 impl LinkSink<'_> {
+    /// The file the body just read came from, if its bytes were exactly that file's: the
+    /// body began at `start` in the stream, ended where the recorder is now, and the source
+    /// the reader opened covers the same bytes, all given out.
+    fn source_of(&mut self, start: Option<u64>, size: u64) -> Option<File> {
+        let end = self.recorder.as_ref()?.borrow().pos;
+        let src = self.source.as_ref()?.borrow_mut().take()?;
+        (Some(src.start) == start
+            && src.size == size
+            && src.delivered == size
+            && end.checked_sub(src.start) == Some(size))
+        .then_some(src.file)
+    }
+
     /// Reads and hashes a body, recording it in the tar-split being written, if any.
-    fn read_recorded(&mut self, content: &mut dyn Read, size: u64) -> io::Result<(Body, Digest)> {
-        let body = self.staging.read_body(content, size);
+    fn read_recorded(
+        &mut self,
+        content: &mut dyn Read,
+        size: u64,
+        keep_large: bool,
+    ) -> io::Result<(Body, Digest)> {
+        let body = self.staging.read_body(content, size, keep_large);
         if let Some(r) = &self.recorder {
             let mut r = r.borrow_mut();
             r.in_body = false;
@@ -453,6 +615,53 @@ impl LinkSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    /// A source file whose inode carries the key's metadata becomes the object (same inode);
+    /// one that does not (another mode) is copied, and the copy gets the key's metadata.
+    #[test]
+    fn source_bodies_are_linked_when_their_metadata_is_the_keys() {
+        let t = tempfile::tempdir().unwrap();
+        let (objects, tmp, snap) = (t.path().join("o"), t.path().join("t"), t.path().join("s"));
+        for d in [&objects, &tmp, &snap] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let src = t.path().join("src");
+        std::fs::write(&src, b"body").unwrap();
+        std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        let mtime = std::fs::metadata(&src).unwrap().mtime();
+        let mut staging = Staging::new(tmp.clone(), objects);
+        let snap_dir = File::open(&snap).unwrap();
+        for (mode, name) in [(0o640, "same"), (0o644, "other")] {
+            let meta = FileMeta {
+                path: Path::new(name),
+                size: 4,
+                mode,
+                owner: None,
+                mtime,
+                xattrs: Vec::new(),
+            };
+            let key = ObjectKey {
+                digest: Digest::of(b"body"),
+                mode,
+                uid: staging.ids.0,
+                gid: staging.ids.1,
+                xattrs: None,
+            };
+            let body = Body::Source(File::open(&src).unwrap());
+            staging
+                .place(&key, body, &meta, snap_dir.as_fd(), name.as_bytes())
+                .unwrap();
+        }
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&snap.join("same")), ino(&src));
+        assert_ne!(ino(&snap.join("other")), ino(&src));
+        assert_eq!(std::fs::read(snap.join("other")).unwrap(), b"body");
+        let m = std::fs::metadata(snap.join("other")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o644);
+        assert_eq!(staging.shared, 1);
+    }
 
     #[test]
     fn object_names_round_trip_and_refuse_others() {

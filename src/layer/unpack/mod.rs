@@ -87,6 +87,9 @@ pub struct UnpackOptions {
     /// If set, the stream's sha256 must be this, or the unpack fails at the end (the root then
     /// holds unverified content: unpack into a staging directory and discard it on error).
     pub expect_diff_id: Option<Digest>,
+    /// Hash the stream for the stats' diff_id (and `expect_diff_id`). False for a layer the
+    /// caller verified before and only replays: the diff_id is then the digest of nothing.
+    pub hash: bool,
     /// The layer is unpacked alone, without the layers below it (to record its files, not to
     /// build an image): a hard link whose target is not in the layer is skipped, not refused.
     /// The unpack onto the real lower layers checks it.
@@ -105,6 +108,7 @@ impl Default for UnpackOptions {
             max_file_bytes: l.max_file_bytes,
             resolver: Resolver::default(),
             expect_diff_id: None,
+            hash: true,
             alone: false,
         }
     }
@@ -261,6 +265,9 @@ pub fn unpack_with<R: Read>(
         max_file_bytes: opts.max_file_bytes,
     };
     let mut reader = TarReader::new(layer, limits);
+    if !opts.hash && opts.expect_diff_id.is_none() {
+        reader = reader.unhashed();
+    }
     let mut u = Unpacker {
         root: root_dir,
         opts,
