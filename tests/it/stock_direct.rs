@@ -192,6 +192,31 @@ fn direct_adopt(arch: &str) {
     support::write_stderr_line(&format!(
         "stock_direct: {arch}: tampered layer refused: {err}"
     ));
+    // … and one byte changed, the size kept: the layer's hash says so, before anything is
+    // committed (the tar reader's diff_id, compared with Docker's).
+    robot.exec_ok(&[
+        "bash",
+        "-c",
+        &format!(
+            "f={}/blob; truncate -s -1 $f; printf '\\377\\000\\377\\000\\377\\000\\377\\000' | dd of=$f bs=1 seek=7 conv=notrunc status=none",
+            upper.trim()
+        ),
+    ]);
+    let root4 = "/var/lib/dt-agent-tampered-same-size";
+    let out = direct(&robot, root4, &[BIG.to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "same size: {err}");
+    assert!(err.contains(layer.trim()), "names the layer: {err}");
+    assert!(err.contains("diff_id"), "says the digest differs: {err}");
+    let ls = robot.exec_ok(&[
+        "env",
+        &format!("DT_AGENT_ROOT={root4}"),
+        AGENT,
+        "image",
+        "ls",
+        "--json",
+    ]);
+    assert_eq!(json(&ls), serde_json::json!([]), "nothing named");
 
     // 5. A RepoDigest (what `docker pull` records; `docker load` sets none, so one is written
     // into repositories.json here, as dockerd writes it) becomes an alias of the manifest the

@@ -84,9 +84,10 @@ pub(super) struct Consumer<'a> {
     pub bytes_read: u64,
     /// Its `.pending` file.
     pub pending: Pending,
-    /// The diff_id the next layer entry must have (a layer rebuilt from Docker's files is
-    /// checked here, by the tar reader's own hash, before it is committed).
-    pub expect_diff_id: Option<Digest>,
+    /// The diff_id the next layer entry must have, and what its bytes were rebuilt from (a
+    /// layer rebuilt from Docker's files is checked here, by the tar reader's own hash, before
+    /// it is committed).
+    pub expect_diff_id: Option<(Digest, PathBuf)>,
     /// Where the next layer entry's bodies come from, when it is rebuilt from files.
     pub source: Option<SourceCell>,
 }
@@ -326,12 +327,13 @@ impl<'a> Consumer<'a> {
         })?;
         drop(sink);
         let diff_id = stats.diff_id.clone();
-        if let Some(want) = self.expect_diff_id.as_ref().filter(|w| **w != diff_id) {
+        if let Some((want, from)) = self.expect_diff_id.as_ref().filter(|(w, _)| *w != diff_id) {
             return Err(AgentStoreError::DockerLayer {
                 diff_id: want.clone(),
                 reason: format!(
-                    "the tar rebuilt from its files ({} bytes) hashes to {diff_id}, not to the \
+                    "the tar rebuilt from `{}` ({} bytes) hashes to {diff_id}, not to the \
                      layer's diff_id: the diff directory was changed",
+                    from.display(),
                     stats.size
                 ),
             });

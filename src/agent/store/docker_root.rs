@@ -336,7 +336,7 @@ fn take_layer(
         .map_err(|e| source_err(&l.diff_dir, e))?
         .with_source(source.clone());
     let path = entry_path(&l.diff_id);
-    c.expect_diff_id = Some(l.diff_id.clone());
+    c.expect_diff_id = Some((l.diff_id.clone(), l.diff_dir.clone()));
     c.source = Some(source);
     let r = c.entry(Entry::File {
         path: &path,
