@@ -362,7 +362,10 @@ fn parse_roles(
 
 fn parse_role(doc: Doc<'_>, path: &str, v: &Value) -> Result<RoleSpec, ProfileError> {
     let m = doc.map(path, v, |k| {
-        matches!(k, "nodes" | "mounts" | "groups" | "optional" | "cdi" | "exclusive")
+        matches!(
+            k,
+            "nodes" | "mounts" | "groups" | "optional" | "cdi" | "exclusive"
+        )
     })?;
     let mut role = RoleSpec::default();
     if let Some(v) = m.get("nodes") {
