@@ -732,24 +732,8 @@ fn volumes_binds_and_overrides_reach_the_container() {
     );
 }
 
-/// Makes a character device node (a real one, not a file) at `path`.
 fn mknod(path: &Path, major: u32, minor: u32) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string; mknod only creates the node.
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | 0o660,
-            libc::makedev(major, minor),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "mknod {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+    crate::support::mknod_char(path, major, minor, 0o660);
 }
 
 #[test]

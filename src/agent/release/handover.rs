@@ -55,15 +55,7 @@ pub(super) fn retire(
     keep: &BTreeSet<String>,
     records: &BTreeMap<u64, ReleaseRecord>,
 ) -> Vec<(String, String)> {
-    let spec_of = |c: &ContainerInfo| {
-        let svc = c.service.as_deref().unwrap_or(&c.name);
-        records
-            .get(&c.release?)?
-            .spec
-            .services
-            .iter()
-            .find(|s| s.name == svc)
-    };
+    let spec_of = |c: &ContainerInfo| super::service_spec(records, c);
     let Some(spec) = spec else {
         return Vec::new();
     };

@@ -721,15 +721,7 @@ impl Releases {
             .into_iter()
             .filter(|c| c.release.is_some() && !stopping.contains(&c.name))
             .collect();
-        let spec_of = |c: &ContainerInfo| -> Option<&ServiceSpec> {
-            let svc = c.service.as_deref().unwrap_or(&c.name);
-            records
-                .get(&c.release?)?
-                .spec
-                .services
-                .iter()
-                .find(|s| s.name == svc)
-        };
+        let spec_of = |c: &ContainerInfo| service_spec(records, c);
         let mut keep = BTreeSet::new();
         if let Some((spec, _)) = target {
             for s in &spec.services {
@@ -860,6 +852,20 @@ fn counts(services: &[ServiceOutcome]) -> (usize, usize) {
         .filter(|s| s.action == ServiceAction::Started)
         .count();
     (started, services.len() - started)
+}
+
+/// The spec of the service container `c` runs, from the release it was created for.
+fn service_spec<'a>(
+    records: &'a BTreeMap<u64, ReleaseRecord>,
+    c: &ContainerInfo,
+) -> Option<&'a ServiceSpec> {
+    let svc = c.service.as_deref().unwrap_or(&c.name);
+    records
+        .get(&c.release?)?
+        .spec
+        .services
+        .iter()
+        .find(|s| s.name == svc)
 }
 
 #[cfg(test)]

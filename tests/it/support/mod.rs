@@ -174,3 +174,23 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// Makes a character device node (a real one, not a file) at `path` with `mode`.
+pub fn mknod_char(path: &Path, major: u32, minor: u32, mode: u32) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mknod only creates the node.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | mode,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
