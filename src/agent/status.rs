@@ -52,6 +52,12 @@ pub fn status(store: &AgentStore) -> Result<Status, AgentStoreError> {
     })
 }
 
+/// [`runtime_warnings`] of the runtime the agent of `store` uses.
+pub fn store_runtime_warnings(store: &AgentStore) -> Vec<String> {
+    let runtime = crate::runtime::Runtime::detect(&store.root().join("runtime")).ok();
+    runtime_warnings(runtime.as_ref())
+}
+
 /// What the robot's owner should fix about its OCI runtime (`runtime` as detected): in
 /// `status` and in the hello, so every deploy says it too.
 pub fn runtime_warnings(runtime: Option<&crate::runtime::Runtime>) -> Vec<String> {

@@ -57,11 +57,7 @@ pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
         has_objects: has_objects(store),
         protocol: format!("{MAJOR}.{MINOR}"),
         window_log_max: window_log_max(),
-        warnings: crate::agent::status::runtime_warnings(
-            crate::runtime::Runtime::detect(&store.root().join("runtime"))
-                .ok()
-                .as_ref(),
-        ),
+        warnings: crate::agent::status::store_runtime_warnings(store),
     })
 }
 
