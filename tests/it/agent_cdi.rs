@@ -128,6 +128,9 @@ impl Jetson {
         .unwrap();
         let yaml = format!("hostname: jetson\ntype: duckiebot\nconfiguration: DB21J\n{extra_yaml}");
         std::fs::write(base.join("state/robot.yaml"), yaml).unwrap();
+        // The daemon runs with the fake /tmp bound over /tmp, where the build's own binary may
+        // live (a clone under /tmp): it runs a copy beside the fake root instead.
+        std::fs::copy(env!("CARGO_BIN_EXE_dt-agent"), base.join("dt-agent")).unwrap();
         let robot = net.robot("jetson");
         let mut j = Jetson {
             base,
@@ -181,6 +184,7 @@ impl Jetson {
     }
 
     fn start_daemon(&mut self) {
+        let agent = self.base.join("dt-agent").display().to_string();
         let netns = format!("--net=/run/netns/{}", self.robot.ns);
         let nsenter = support::find_cmd("nsenter").unwrap();
         let child = self
@@ -188,7 +192,7 @@ impl Jetson {
                 nsenter.to_str().unwrap(),
                 &netns,
                 "--",
-                env!("CARGO_BIN_EXE_dt-agent"),
+                &agent,
                 "daemon",
                 "--ssh-host-key",
                 "/nonexistent",
@@ -217,7 +221,8 @@ impl Jetson {
 
     /// A `dt-agent` command seeing the robot's paths (as the daemon does).
     fn cli_in_robot(&self, args: &[&str]) -> Output {
-        let mut all = vec![env!("CARGO_BIN_EXE_dt-agent")];
+        let agent = self.base.join("dt-agent").display().to_string();
+        let mut all = vec![agent.as_str()];
         all.extend_from_slice(args);
         self.in_robot(&all).stdin(Stdio::null()).output().unwrap()
     }

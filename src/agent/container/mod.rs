@@ -31,6 +31,7 @@ pub mod handover;
 pub mod init;
 mod launch;
 pub mod logs;
+pub mod ports;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

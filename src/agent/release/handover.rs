@@ -7,6 +7,9 @@
 //! - either container holds an exclusive device role (the robot profile's `exclusive`): the
 //!   old holder must be gone before the new one starts, so two never drive the hardware;
 //! - either publishes ports (`-p`): the host port cannot be bound twice;
+//! - the old one runs on the robot's own network and holds a fixed port (a TCP listener or
+//!   bound UDP socket outside the ephemeral range: roscore's 11311, a dashboard's 80;
+//!   `container::ports`): the new one would fail to bind it while both run;
 //! - the old container is not running, or was recorded by an older agent (no runtime id of
 //!   its own), or the switch is a rollback after a failure (quick, and it must not overlap the
 //!   release that failed).
@@ -19,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::agent::container::{ContainerInfo, Manager};
+use crate::agent::container::{ContainerInfo, Manager, ports};
+use crate::api::NetworkMode;
 
 use super::ReleaseRecord;
 use super::spec::{ReleaseSpec, ServiceSpec};
@@ -40,6 +44,8 @@ pub(super) fn parallel<'a>(
                 && manager.exclusive_roles(&old.device_roles).is_empty()
                 && new.container.ports.is_empty()
                 && old_spec.is_none_or(|s| s.container.ports.is_empty())
+                && !(old_spec.is_none_or(|s| s.container.network == NetworkMode::Host)
+                    && old.pid.is_none_or(ports::holds_fixed_port))
         })
         .map(|(_, old, _)| old.name.clone())
         .collect()
