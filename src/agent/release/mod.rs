@@ -346,8 +346,7 @@ impl Releases {
                 self.dir.end()?;
                 let mut roots = vec![n];
                 roots.extend(current);
-                self.write_roots(&records, &roots)?;
-                self.retire(&roots);
+                self.retire(&roots)?;
                 let (started, kept) = counts(&services);
                 Ok(DeployOutcome {
                     release: n,
@@ -440,8 +439,7 @@ impl Releases {
         self.dir.end()?;
         let mut roots: Vec<u64> = back_to.into_iter().collect();
         roots.extend(prev.and_then(|p| p.previous));
-        self.write_roots(records, &roots)?;
-        self.retire(&roots);
+        self.retire(&roots)?;
         Ok(DeployOutcome {
             release: n,
             state,
@@ -573,8 +571,7 @@ impl Releases {
         self.dir.end()?;
         let mut roots = vec![target];
         roots.extend(t.previous);
-        self.write_roots(records, &roots)?;
-        self.retire(&roots);
+        self.retire(&roots)?;
         Ok(())
     }
 

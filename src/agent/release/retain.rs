@@ -59,22 +59,14 @@ fn dropped_names(
 
 impl Releases {
     /// After a switch ended with `pinned` (the release that runs, and the one it would go
-    /// back to): drops the names only older releases used, then collects the store in the
-    /// background. Failures are logged, never the switch's: a full store is reported by the
-    /// next transfer.
-    pub(super) fn retire(&self, pinned: &[u64]) {
-        // Read again: the caller's records predate the commit that just happened.
-        let records = match self.dir.all() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("dt-agent: releases: reading the records to free old ones: {e}");
-                return;
-            }
-        };
-        if let Err(e) = self.write_roots(&records, pinned) {
-            eprintln!("dt-agent: releases: writing the release roots: {e}");
-            return;
-        }
+    /// back to): writes the release roots, drops the names only older releases used, then
+    /// collects the store in the background. Only the roots' failure is returned; the rest is
+    /// logged, never the switch's (a full store is reported by the next transfer).
+    pub(super) fn retire(&self, pinned: &[u64]) -> Result<(), ReleaseError> {
+        // Read again: the caller's records predate the commit that just happened. The roots
+        // are the one part that must not fail quietly: gc would collect from stale ones.
+        let records = self.dir.all()?;
+        self.write_roots(&records, pinned)?;
         let kept = kept(&records, pinned, self.keep);
         let names = dropped_names(&records, &kept);
         let root = self.root.clone();
@@ -111,6 +103,7 @@ impl Releases {
         if let Err(e) = spawned {
             eprintln!("dt-agent: releases: cannot start gc: {e}");
         }
+        Ok(())
     }
 }
 
