@@ -40,7 +40,7 @@ pub use resolve::Resolver;
 pub(crate) use resolve::Root;
 pub use unpack::{
     CopySink, DevicePolicy, FileMeta, FileRecord, FileSink, HashingSink, UnpackError,
-    UnpackOptions, UnpackStats, unpack, unpack_with, xattr_allowed,
+    UnpackOptions, UnpackStats, record_with, unpack, unpack_with, xattr_allowed,
 };
 pub use write::{
     Change, EntryMeta, LayerBuilder, SpecialFile, WriteError, WriteOptions, WrittenLayer,

@@ -3,19 +3,18 @@
 //! ```text
 //! tmp/import-<pid>-…/        the import's staging area (import.rs)
 //!   layer/                   tar-split.zst + meta.json of the layer being consumed
-//!   scratch/                 that layer alone, unpacked as links to its objects
 //!   objects/<object name>    its new objects, metadata applied
 //! ```
 //!
 //! A layer (a `<id>/layer.tar`, or any entry that is a tar or a gzip/zstd stream) goes through
 //! a hasher (its blob digest), the decompressor, the [`Tee`] recording its tar-split, and the
-//! safe unpacker into `scratch/` with the [`LinkSink`], which hashes every body and makes each
-//! new content an object; its diff_id is the sha256 of the decompressed stream. If the store
+//! layer recorder (crate::layer's `record_with`: the unpacker's checks, nothing created) with
+//! the [`LinkSink`], which hashes every body and makes each new content an object; its diff_id is the sha256 of the decompressed stream. If the store
 //! already holds that layer, all of it is discarded (its objects were all there: nothing was
 //! written but bodies over 256 KiB, spilled and removed). Otherwise the tar-split is verified
 //! by rebuilding the tar from it, and the layer is committed at once — `syncfs`, listed in the
 //! import's `.pending` file, objects renamed into place, `syncfs`, `layers/<diff>/` renamed
-//! into place — so the peak extra disk is one layer's scratch tree and spills, and an import
+//! into place — so the peak extra disk is one layer's new objects and spills, and an import
 //! killed later keeps it (pending.rs). An entry whose layer a previous import recorded
 //! (`imports/sources/`), and which the store holds, is only hashed.
 //!
@@ -26,7 +25,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -38,7 +36,7 @@ use super::pending::{self, Pending};
 use super::tarsplit::{self, SplitWriter};
 use super::{AgentStore, AgentStoreError, LayerMeta};
 use crate::archive::Entry;
-use crate::layer::{DevicePolicy, UnpackOptions, unpack_with};
+use crate::layer::{DevicePolicy, UnpackOptions, record_with};
 use crate::oci::json::canonical;
 use crate::oci::{Compression, Digest};
 use crate::progress::{Event, Reporter};
@@ -266,7 +264,7 @@ impl<'a> Consumer<'a> {
         }
     }
 
-    /// Unpacks a layer into `scratch/`, recording its tar-split; commits it unless the store
+    /// Records a layer's objects and tar-split (nothing of it unpacked); commits it unless the store
     /// has it. Returns its diff_id and what happened.
     fn unpack(
         &mut self,
@@ -274,16 +272,11 @@ impl<'a> Consumer<'a> {
         raw: &mut dyn Read,
         compression: Compression,
     ) -> Result<(Digest, &'static str), AgentStoreError> {
-        let scratch = self.dir.join("scratch");
         let layer_dir = self.dir.join("layer");
         let objects = self.dir.join("objects");
-        for d in [&scratch, &layer_dir, &objects] {
+        for d in [&layer_dir, &objects] {
             remove_tree(d).at("remove", d)?;
         }
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&scratch)
-            .at("create directory", &scratch)?;
         for d in [&layer_dir, &objects] {
             fs::create_dir(d).at("create directory", d)?;
         }
@@ -301,8 +294,6 @@ impl<'a> Consumer<'a> {
             same_owner: self.is_root,
             // The device cgroup is the gate; a node on disk would only be noise (docs/security.md).
             devices: DevicePolicy::Skip,
-            // Without its lower layers: the snapshot's replay checks links into them.
-            alone: true,
             ..UnpackOptions::default()
         };
         let tee = Tee {
@@ -319,12 +310,13 @@ impl<'a> Consumer<'a> {
                 .clone()
                 .filter(|_| compression == Compression::None),
         };
-        let stats = unpack_with(tee, &scratch, &opts, &mut sink).map_err(|source| {
-            AgentStoreError::LayerEntry {
+        // Recorded, not unpacked: the objects and the tar-split are all the store keeps of
+        // a layer; snapshots are built from them later (layer::unpack::record).
+        let stats =
+            record_with(tee, &opts, &mut sink).map_err(|source| AgentStoreError::LayerEntry {
                 entry: path.to_string(),
                 source,
-            }
-        })?;
+            })?;
         drop(sink);
         let diff_id = stats.diff_id.clone();
         if let Some((want, from)) = self.expect_diff_id.as_ref().filter(|(w, _)| *w != diff_id) {
@@ -345,7 +337,7 @@ impl<'a> Consumer<'a> {
         if self.store.has_layer(&diff_id) || self.added.contains(&diff_id) {
             // Every object it names is here already (a complete layer's are).
             drop(rec);
-            for d in [&scratch, &layer_dir, &objects] {
+            for d in [&layer_dir, &objects] {
                 remove_tree(d).at("remove", d)?;
             }
             return Ok((diff_id, "present"));
@@ -381,9 +373,7 @@ impl<'a> Consumer<'a> {
         let mp = layer_dir.join("meta.json");
         fs::write(&mp, canonical(&meta)).at("write", &mp)?;
         self.commit(&staging, &layer_dir, &diff_id)?;
-        for d in [&scratch, &objects] {
-            remove_tree(d).at("remove", d)?;
-        }
+        remove_tree(&objects).at("remove", &objects)?;
         Ok((diff_id, "new"))
     }
 

@@ -309,6 +309,22 @@ impl Staging {
         dir: BorrowedFd<'_>,
         name: &[u8],
     ) -> io::Result<()> {
+        let src = self.stage(key, body, meta)?;
+        match rustix::fs::linkat(rustix::fs::CWD, &src, dir, name, AtFlags::empty()) {
+            Ok(()) => self.linked += 1,
+            // ext4 allows 65000 links per inode; a very common object (an empty
+            // `__init__.py`) can get there across many snapshots. ostree copies then; so do we.
+            Err(Errno::MLINK) => {
+                copy_into(&src, dir, name, key, meta)?;
+                self.copied += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Finds the object for `key`, or stages it from `body`; returns its path.
+    fn stage(&mut self, key: &ObjectKey, body: Body, meta: &FileMeta<'_>) -> io::Result<PathBuf> {
         let fname = key.file_name();
         let final_path = self.objects.join(key.rel_path());
         let src = if final_path.is_file() {
@@ -357,17 +373,7 @@ impl Staging {
         self.content
             .entry(key.digest.clone())
             .or_insert_with(|| src.clone());
-        match rustix::fs::linkat(rustix::fs::CWD, &src, dir, name, AtFlags::empty()) {
-            Ok(()) => self.linked += 1,
-            // ext4 allows 65000 links per inode; a very common object (an empty
-            // `__init__.py`) can get there across many snapshots. ostree copies then; so do we.
-            Err(Errno::MLINK) => {
-                copy_into(&src, dir, name, key, meta)?;
-                self.copied += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        Ok(())
+        Ok(src)
     }
 }
 
@@ -530,6 +536,26 @@ impl FileSink for LinkSink<'_> {
         dir: BorrowedFd<'_>,
         name: &[u8],
     ) -> io::Result<bool> {
+        let (key, body) = self.object(file, content)?;
+        self.staging.place(&key, body, file, dir, name)?;
+        Ok(true)
+    }
+
+    fn record_file(&mut self, file: &FileMeta<'_>, content: &mut dyn Read) -> io::Result<bool> {
+        let (key, body) = self.object(file, content)?;
+        self.staging.stage(&key, body, file)?;
+        Ok(true)
+    }
+}
+
+impl LinkSink<'_> {
+    /// Reads a file's body (recording it in the tar-split being written, if any): its object
+    /// key and where its bytes are.
+    fn object(
+        &mut self,
+        file: &FileMeta<'_>,
+        content: &mut dyn Read,
+    ) -> io::Result<(ObjectKey, Body)> {
         if let Some(r) = &self.recorder {
             r.borrow_mut().in_body = true;
         }
@@ -574,12 +600,9 @@ impl FileSink for LinkSink<'_> {
             gid,
             xattrs: xattrs_key(&file.xattrs),
         };
-        self.staging.place(&key, body, file, dir, name)?;
-        Ok(true)
+        Ok((key, body))
     }
-}
 
-impl LinkSink<'_> {
     /// The file the body just read came from, if its bytes were exactly that file's: the
     /// body began at `start` in the stream, ended where the recorder is now, and the source
     /// the reader opened covers the same bytes, all given out.

@@ -47,9 +47,13 @@ use super::resolve::{Resolver, Root};
 use super::{OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX};
 use crate::oci::Digest;
 use crate::util::fs::PathError;
+use entry::{file_meta, owner_of};
 
+mod entry;
+mod record;
 mod sink;
 
+pub use record::record_with;
 pub use sink::{CopySink, FileMeta, FileRecord, FileSink, HashingSink};
 
 /// What to do with character and block devices in a layer.
@@ -518,19 +522,7 @@ impl Unpacker<'_> {
 
     /// The owner to give the entry: its own with [`UnpackOptions::same_owner`], else none.
     fn owner(&self, shown: &Path, e: &TarEntry) -> Result<Option<(Uid, Gid)>, UnpackError> {
-        if !self.opts.same_owner {
-            return Ok(None);
-        }
-        let id = |v: u64, what| {
-            u32::try_from(v)
-                .ok()
-                .filter(|v| *v != u32::MAX)
-                .ok_or_else(|| hostile(shown, format!("{what} {v} is out of range")))
-        };
-        Ok(Some((
-            Uid::from_raw(id(e.uid, "uid")?),
-            Gid::from_raw(id(e.gid, "gid")?),
-        )))
+        owner_of(self.opts, shown, e)
     }
 
     /// A regular file, as `base` in the directory `d` (nothing is there any more): placed by
@@ -548,19 +540,7 @@ impl Unpacker<'_> {
         owner: Option<(Uid, Gid)>,
     ) -> Result<(), UnpackError> {
         let clean_path = to_path(name);
-        let meta = FileMeta {
-            path: &clean_path,
-            size: e.size,
-            mode: e.mode & 0o7777,
-            owner: owner.map(|(u, g)| (u.as_raw(), g.as_raw())),
-            mtime: e.mtime,
-            xattrs: e
-                .xattrs
-                .iter()
-                .filter(|(k, _)| self.opts.xattrs && xattr_allowed(k))
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                .collect(),
-        };
+        let meta = file_meta(self.opts, e, &clean_path, owner);
         let mut content = Tracked {
             body: reader.body(),
             failed: None,

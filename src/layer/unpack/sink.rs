@@ -54,6 +54,15 @@ pub trait FileSink {
         Ok(false)
     }
 
+    /// Takes the content of the regular file `file.path` when the layer is only recorded
+    /// ([`record_with`](super::record_with)): nothing is created on disk for it. Returns
+    /// `Ok(true)` after reading `content` (exactly `file.size` bytes) to its end, or
+    /// `Ok(false)` without reading it, to have the recorder drain it.
+    fn record_file(&mut self, file: &FileMeta<'_>, content: &mut dyn Read) -> io::Result<bool> {
+        let _ = (file, content);
+        Ok(false)
+    }
+
     /// Writes the content of the regular file `path` (the entry's normalised name in the
     /// layer; it lands where the parent resolved, which may differ through symlinks). `file` is
     /// newly created and empty; `content` yields exactly `size` bytes and must be read to its

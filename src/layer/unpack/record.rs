@@ -1,0 +1,198 @@
+//! Recording a layer without applying it: the tar is read with the same limits, its names
+//! cleaned and checked as [`unpack_with`](super::unpack_with) checks them, and every regular
+//! file's body goes to the sink's [`record_file`](super::FileSink::record_file) — but nothing
+//! is created on disk. The agent's import uses it: it only needs a layer's objects and its
+//! tar-split, and a scratch tree of the layer (a `mkdirat` per directory, a link per file,
+//! all removed again) was most of an adoption's file system calls on a robot's card.
+//!
+//! What needs the tree is not checked here: where a name lands through the layer's own
+//! symlinks, hard link targets, whiteouts' victims. The unpack that builds a snapshot from the
+//! recorded layer, onto its real lower layers, checks all of that before any container sees it.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use super::path::{self, MAX_PATH, to_path};
+use super::sink::FileSink;
+use super::{
+    DevicePolicy, EntryKind, OPAQUE_MARKER, ReadLimits, TarEntry, TarReader, Tracked, UnpackError,
+    UnpackOptions, UnpackStats, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, file_meta, hostile, invalid,
+    owner_of,
+};
+use crate::oci::Digest;
+
+/// Reads the layer `layer` (an uncompressed tar stream) to its end, handing each regular
+/// file's body to `sink`, creating nothing. The stats count what an unpack would have
+/// created; `diff_id` and `size` are the stream's.
+pub fn record_with<R: Read>(
+    layer: R,
+    opts: &UnpackOptions,
+    sink: &mut dyn FileSink,
+) -> Result<UnpackStats, UnpackError> {
+    let limits = ReadLimits {
+        max_entries: opts.max_entries,
+        max_bytes: opts.max_total_bytes,
+        max_file_bytes: opts.max_file_bytes,
+    };
+    let mut reader = TarReader::new(layer, limits);
+    if !opts.hash && opts.expect_diff_id.is_none() {
+        reader = reader.unhashed();
+    }
+    let mut stats = UnpackStats {
+        diff_id: Digest::of(b""),
+        size: 0,
+        entries: 0,
+        files: 0,
+        file_bytes: 0,
+        dirs: 0,
+        symlinks: 0,
+        hardlinks: 0,
+        specials: 0,
+        whiteouts: 0,
+        opaques: 0,
+        skipped: 0,
+        xattrs_skipped: 0,
+    };
+    while let Some(entry) = reader.next_entry()? {
+        stats.entries += 1;
+        record_entry(&mut reader, &entry, opts, sink, &mut stats)?;
+    }
+    let (diff_id, size) = reader.finish()?;
+    if let Some(expected) = &opts.expect_diff_id
+        && *expected != diff_id
+    {
+        return Err(UnpackError::DiffIdMismatch {
+            expected: expected.clone(),
+            actual: diff_id,
+        });
+    }
+    stats.diff_id = diff_id;
+    stats.size = size;
+    Ok(stats)
+}
+
+/// One entry: its name and kind checked, a regular file's body handed to the sink.
+fn record_entry<R: Read>(
+    reader: &mut TarReader<R>,
+    e: &TarEntry,
+    opts: &UnpackOptions,
+    sink: &mut dyn FileSink,
+    stats: &mut UnpackStats,
+) -> Result<(), UnpackError> {
+    let shown = e.display_path();
+    let name = path::clean(&e.path).map_err(|r| hostile(&shown, r))?;
+    if name.is_empty() {
+        if e.kind == EntryKind::Dir {
+            stats.skipped += 1;
+            return Ok(());
+        }
+        return Err(hostile(
+            &shown,
+            "a non-directory entry names the root itself",
+        ));
+    }
+    let (_, base) = path::split_last(&name);
+    if base.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+        if e.kind != EntryKind::File {
+            return Err(hostile(&shown, "a whiteout must be a regular file"));
+        }
+        let victim = &base[WHITEOUT_PREFIX.len()..];
+        if base == OPAQUE_MARKER.as_bytes() {
+            stats.opaques += 1;
+        } else if base.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+            stats.skipped += 1;
+        } else if victim.is_empty() || victim == b"." || victim == b".." {
+            return Err(hostile(&shown, "the whiteout names no file"));
+        } else {
+            stats.whiteouts += 1;
+        }
+        return Ok(());
+    }
+    let kind = if e.kind == EntryKind::File && e.path.ends_with(b"/") {
+        EntryKind::Dir // old (V7) archives mark directories with a trailing slash only
+    } else {
+        e.kind
+    };
+    let owner = owner_of(opts, &shown, e)?;
+    match kind {
+        EntryKind::Other(flag) => {
+            return Err(invalid(
+                &shown,
+                format!("unsupported entry type `{}`", flag.escape_ascii()),
+            ));
+        }
+        EntryKind::CharDevice | EntryKind::BlockDevice => match opts.devices {
+            DevicePolicy::Refuse => return Err(hostile(&shown, "device nodes are not allowed")),
+            DevicePolicy::Skip => stats.skipped += 1,
+            DevicePolicy::Create => stats.specials += 1,
+        },
+        EntryKind::Fifo => stats.specials += 1,
+        EntryKind::Dir => stats.dirs += 1,
+        EntryKind::Symlink => {
+            if e.link.is_empty() || e.link.contains(&0) || e.link.len() > MAX_PATH {
+                return Err(hostile(
+                    &shown,
+                    "a symlink target must be 1 to 4096 bytes without NUL",
+                ));
+            }
+            stats.symlinks += 1;
+        }
+        EntryKind::Hardlink => {
+            let target = path::clean(&e.link)
+                .map_err(|r| hostile(&shown, format!("hard link target: {r}")))?;
+            if target.is_empty() {
+                return Err(hostile(&shown, "a hard link to the root"));
+            }
+            stats.hardlinks += 1;
+        }
+        EntryKind::File => {
+            let clean_path = to_path(&name);
+            let meta = file_meta(opts, e, &clean_path, owner);
+            record_body(reader, &meta, sink, &shown)?;
+            stats.files += 1;
+            stats.file_bytes += e.size;
+        }
+    }
+    Ok(())
+}
+
+/// Hands a body to the sink (or drains it when the sink does not take it), telling the
+/// layer's read errors apart from the sink's.
+fn record_body<R: Read>(
+    reader: &mut TarReader<R>,
+    meta: &super::FileMeta<'_>,
+    sink: &mut dyn FileSink,
+    shown: &Path,
+) -> Result<(), UnpackError> {
+    let mut content = Tracked {
+        body: reader.body(),
+        failed: None,
+    };
+    let taken = sink
+        .record_file(meta, &mut content)
+        .and_then(|taken| match taken {
+            true => Ok(()),
+            false => io::copy(&mut content, &mut io::sink()).map(|_| ()),
+        });
+    if let Err(err) = taken {
+        return Err(match content.failed.take() {
+            Some(read_err) => reader.io_err(read_err).into(),
+            None => UnpackError::Fs {
+                entry: shown.to_owned(),
+                action: "record",
+                source: err,
+            },
+        });
+    }
+    if reader.remaining() != 0 {
+        return Err(UnpackError::Fs {
+            entry: shown.to_owned(),
+            action: "record",
+            source: io::Error::other(format!(
+                "the file sink left {} bytes unread",
+                reader.remaining()
+            )),
+        });
+    }
+    Ok(())
+}
