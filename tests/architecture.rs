@@ -28,9 +28,14 @@ const TABLE: &[(&str, &[&str], &str)] = &[
         "the image model (references, digests, manifests, platforms) is pure data: no I/O",
     ),
     (
+        "cdi",
+        &[],
+        "the Container Device Interface: spec model, names, spec directories, L4T CSV conversion; data plus file reads, read by profiles (names), `api` (a CDI device name checks itself) and the agent (injection)",
+    ),
+    (
         "api",
-        &["oci"],
-        "the laptop<->robot contract (containers, releases, daemon requests, remote errors) is pure data: no I/O",
+        &["cdi", "oci"],
+        "the laptop<->robot contract (containers, releases, daemon requests, remote errors) is pure data: no I/O; `cdi` only for its device-name rules",
     ),
     (
         "util",
@@ -48,11 +53,6 @@ const TABLE: &[(&str, &[&str], &str)] = &[
         "where dts keeps laptop state (`$DTS_HOME`): read by layers that must not import `ops`",
     ),
     // -- parts: each owns one concern over the bottom
-    (
-        "cdi",
-        &[],
-        "the Container Device Interface: spec model, names, spec directories, L4T CSV conversion; data plus file reads, read by profiles (names) and the agent (injection)",
-    ),
     (
         "profile",
         &["api", "cdi", "oci", "util"],

@@ -5,11 +5,14 @@
 //! format: fields are only ever added, with defaults.
 
 use core::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::names::{
+    CdiDevice, ContainerName, ImageRef, RoleName, Signal, VolumeName, is_valid_name,
+};
 use crate::oci::Digest;
 
 /// A value that cannot be part of a container (a flag, a name, a field of a request): the
@@ -17,20 +20,6 @@ use crate::oci::Digest;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct SpecError(pub String);
-
-/// Whether `name` may name a container or a volume (runc's id rules, Docker's name rules):
-/// letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most 64 characters.
-pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
 
 /// The network a container joins.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,71 +90,6 @@ impl FromStr for RestartPolicy {
     }
 }
 
-/// A named volume's name: checked whenever one is made, from a flag or from a request.
-///
-/// It becomes a directory under the agent's `volumes/`, created as root: a derived
-/// `Deserialize` of a plain `String` would let a daemon request or a release spec carry
-/// `../../x` past the check `-v` does and create directories anywhere. `try_from` makes serde
-/// go through [`VolumeName::new`], so no value of this type holds an unchecked name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct VolumeName(String);
-
-impl VolumeName {
-    /// Checks `name` with the container-name rules ([`is_valid_name`]).
-    pub fn new(name: impl Into<String>) -> Result<VolumeName, SpecError> {
-        let name = name.into();
-        if !is_valid_name(&name) {
-            return Err(SpecError(bad_volume_name(&name)));
-        }
-        Ok(VolumeName(name))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn bad_volume_name(name: &str) -> String {
-    format!(
-        "invalid volume name `{name}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit, at most 64 characters"
-    )
-}
-
-impl TryFrom<String> for VolumeName {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        // serde's error is a string; the same message as `VolumeName::new`.
-        VolumeName::new(name).map_err(|e| e.to_string())
-    }
-}
-
-impl From<VolumeName> for String {
-    fn from(n: VolumeName) -> String {
-        n.0
-    }
-}
-
-impl std::ops::Deref for VolumeName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for VolumeName {
-    fn as_ref(&self) -> &Path {
-        Path::new(&self.0)
-    }
-}
-
-impl std::fmt::Display for VolumeName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Where a volume's data comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -225,61 +149,83 @@ impl FromStr for VolumeSpec {
 }
 
 /// What a container is made of: the image and everything `run` can override.
+///
+/// Every field but `name` and `image` may be left out of its JSON (the type's default); those
+/// two decode only as checked names ([`ContainerName`], [`ImageRef`]), so a config missing
+/// one does not decode either.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct ContainerConfig {
     /// Its name (also the runtime's container id).
-    pub name: String,
+    pub name: ContainerName,
     /// The image as named (`duckietown/dt-core:daffy-arm64v8`) or a manifest digest.
-    pub image: String,
+    pub image: ImageRef,
     /// The image's name for people, when `image` is a digest (a release's services).
+    #[serde(default)]
     pub image_name: Option<String>,
     /// Replaces the image's ENTRYPOINT (and drops its CMD).
+    #[serde(default)]
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's CMD.
+    #[serde(default)]
     pub cmd: Option<Vec<String>>,
     /// `K=V`, over the image's.
+    #[serde(default)]
     pub env: Vec<String>,
     /// Replaces the image's WORKDIR.
+    #[serde(default)]
     pub workdir: Option<String>,
     /// Replaces the image's USER (`name[:group]`, or numbers).
+    #[serde(default)]
     pub user: Option<String>,
     /// Seccomp, `no_new_privileges`, a read-only root: left out of JSON when Docker's
     /// defaults, so older records and requests keep their bytes.
     #[serde(default, skip_serializing_if = "super::seccomp::Security::is_default")]
     pub security: super::seccomp::Security,
     /// Its own hostname (and UTS namespace).
+    #[serde(default)]
     pub hostname: Option<String>,
     /// Volumes and bind mounts.
+    #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
     /// Published ports (they imply [`NetworkMode::Bridge`]).
+    #[serde(default)]
     pub ports: Vec<PortMapping>,
     /// Its network.
+    #[serde(default)]
     pub network: NetworkMode,
     /// Restart policy.
+    #[serde(default)]
     pub restart: RestartPolicy,
     /// Memory limit in bytes.
+    #[serde(default)]
     pub memory: Option<u64>,
     /// CPU limit in CPUs (`1.5`).
+    #[serde(default)]
     pub cpus: Option<f64>,
     /// Device roles granted.
-    pub device_roles: Vec<String>,
+    #[serde(default)]
+    pub device_roles: Vec<RoleName>,
     /// CDI devices asked for (`vendor.com/class=name`), each listed by a granted role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cdi_devices: Vec<String>,
+    pub cdi_devices: Vec<CdiDevice>,
     /// The stack service it runs, when part of a release.
-    pub service: Option<String>,
+    #[serde(default)]
+    pub service: Option<ContainerName>,
     /// The release it belongs to.
+    #[serde(default)]
     pub release: Option<u64>,
     /// Removed once it exits (and is not restarted).
+    #[serde(default)]
     pub auto_remove: bool,
     /// Output kept.
+    #[serde(default)]
     pub log: LogConfig,
     /// Seconds between the stop signal and SIGKILL.
+    #[serde(default)]
     pub stop_timeout: Option<u64>,
     /// The stop signal (`SIGTERM`, `SIGINT`, `15`…), over the image's `StopSignal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_signal: Option<String>,
+    pub stop_signal: Option<Signal>,
     /// Run a minimal init as PID 1 (compose's `init`), which forwards signals to the command
     /// and reaps zombies. `None`: on for a release's service whose image and stack set no
     /// entrypoint (docs/formats.md), off otherwise.

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::container::{Change, ContainerConfig, ContainerInfo, VolumeInfo};
+use super::names::{ContainerName, Signal, VolumeName};
 use super::release::{DeployOutcome, ReleaseRecord, ReleaseSpec};
 
 /// Where `dt-agent` keeps its state on a robot unless `DT_AGENT_ROOT` says otherwise: part of
@@ -17,7 +18,8 @@ pub const DEFAULT_ROOT: &str = "/var/lib/dt-agent";
 /// The daemon's socket: this file name under the agent's state directory.
 pub const SOCKET: &str = "daemon.sock";
 
-/// A request to the daemon.
+/// A request to the daemon. Every name in it is a checked type (`api::names`): a request
+/// naming `../x` does not decode.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -31,26 +33,26 @@ pub enum Request {
     /// Start a container.
     Start {
         /// Its name.
-        name: String,
+        name: ContainerName,
     },
     /// Stop a container.
     Stop {
         /// Its name.
-        name: String,
+        name: ContainerName,
         /// Seconds before SIGKILL.
         timeout: Option<u64>,
     },
     /// Signal a container.
     Kill {
         /// Its name.
-        name: String,
+        name: ContainerName,
         /// The signal (`TERM`, `SIGKILL`, `9`).
-        signal: String,
+        signal: Signal,
     },
     /// Remove a container.
     Rm {
         /// Its name.
-        name: String,
+        name: ContainerName,
         /// Kill it first if it runs.
         force: bool,
     },
@@ -62,12 +64,12 @@ pub enum Request {
     /// One container.
     Inspect {
         /// Its name.
-        name: String,
+        name: ContainerName,
     },
     /// A container's output.
     Logs {
         /// Its name.
-        name: String,
+        name: ContainerName,
         /// Keep streaming new lines.
         follow: bool,
         /// Only the last N lines kept.
@@ -78,19 +80,19 @@ pub enum Request {
     /// What a container changed.
     Diff {
         /// Its name.
-        name: String,
+        name: ContainerName,
     },
     /// Named volumes.
     VolumeLs,
     /// Create a named volume.
     VolumeCreate {
         /// Its name.
-        name: String,
+        name: VolumeName,
     },
     /// Remove a named volume.
     VolumeRm {
         /// Its name.
-        name: String,
+        name: VolumeName,
     },
     /// The runtime in use and its version.
     Runtime,

@@ -3,7 +3,10 @@
 //! embed them. Pure data, like `oci`: no I/O, no async, nothing of either side's machinery.
 //!
 //! - [`container`]: what a container is made of and what `ps`, `logs`, `diff`, `volume`
-//!   answer; [`VolumeName`] checks itself when deserialized.
+//!   answer.
+//! - [`names`]: every name that becomes a path or a command-line argument on the robot
+//!   ([`ContainerName`], [`VolumeName`], [`ImageRef`], [`RoleName`], [`CdiDevice`],
+//!   [`Signal`]), each checked when made and when deserialized.
 //! - [`release`]: a release's spec, its record on the robot, a deploy's outcome.
 //! - [`daemon`]: the daemon's requests, their typed answers, and [`RemoteError`], which carries
 //!   its class and cause chain across.
@@ -17,17 +20,18 @@
 pub mod container;
 pub mod daemon;
 pub mod held;
+pub mod names;
 pub mod release;
 pub mod seccomp;
 pub mod transfer;
 
 pub use container::{
     Change, ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, PortMapping,
-    PortSpecError, Proto, RestartPolicy, SpecError, VolumeInfo, VolumeName, VolumeSource,
-    VolumeSpec, is_valid_name,
+    PortSpecError, Proto, RestartPolicy, SpecError, VolumeInfo, VolumeSource, VolumeSpec,
 };
 pub use daemon::{Answer, AnswerError, ErrorClass, RemoteError, Request, RuntimeInfo, decode};
 pub use held::{HeldImage, ResolveQuery};
+pub use names::{CdiDevice, ContainerName, ImageRef, RoleName, Signal, VolumeName, is_valid_name};
 pub use release::{
     DeployOutcome, HealthSpec, ReleaseRecord, ReleaseSpec, ReleaseState, ServiceAction,
     ServiceOutcome, ServiceSpec,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::container::ContainerConfig;
+use super::names::ContainerName;
 use crate::oci::Digest;
 
 /// A release to apply: one stack's services.
@@ -28,7 +29,7 @@ pub struct ReleaseSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// The service key; also the container's name.
-    pub name: String,
+    pub name: ContainerName,
     /// Start stage: lower stages start first and stop last.
     pub stage: u32,
     /// Position within the stage (a topological order of `depends_on`).
@@ -64,7 +65,7 @@ impl ReleaseSpec {
     pub fn services_map(&self) -> std::collections::BTreeMap<String, Digest> {
         self.services
             .iter()
-            .map(|s| (s.name.clone(), s.manifest.clone()))
+            .map(|s| (s.name.to_string(), s.manifest.clone()))
             .collect()
     }
 }

@@ -12,8 +12,8 @@ use super::{Exit, Printer};
 use crate::agent::daemon::{Client, ClientError};
 use crate::api::seccomp::Security;
 use crate::api::{
-    ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, RestartPolicy, VolumeInfo,
-    VolumeSpec,
+    CdiDevice, ContainerConfig, ContainerInfo, ContainerName, ImageRef, LogConfig, LogLine,
+    NetworkMode, RestartPolicy, RoleName, VolumeInfo, VolumeSpec,
 };
 use crate::ops::verbs::{self, now};
 
@@ -155,8 +155,8 @@ impl RunArgs {
             })?;
         }
         Ok(ContainerConfig {
-            name,
-            image: self.image.clone(),
+            name: ContainerName::new(name)?,
+            image: ImageRef::new(&*self.image)?,
             image_name: None,
             entrypoint: self.entrypoint.as_ref().map(|e| vec![e.clone()]),
             cmd: (!self.command.is_empty()).then(|| self.command.clone()),
@@ -171,8 +171,16 @@ impl RunArgs {
             restart: self.restart.parse::<RestartPolicy>()?,
             memory: self.memory.as_deref().map(parse_size).transpose()?,
             cpus: self.cpus,
-            device_roles: self.device_roles.clone(),
-            cdi_devices: self.cdi_devices.clone(),
+            device_roles: self
+                .device_roles
+                .iter()
+                .map(RoleName::new)
+                .collect::<Result<_, _>>()?,
+            cdi_devices: self
+                .cdi_devices
+                .iter()
+                .map(CdiDevice::new)
+                .collect::<Result<_, _>>()?,
             service: None,
             release: None,
             auto_remove: self.rm && self.detach,

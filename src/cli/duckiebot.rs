@@ -548,7 +548,7 @@ fn plan_table(spec: &ReleaseSpec) -> Table {
     for s in &spec.services {
         t.row([
             s.stage.to_string(),
-            s.name.clone(),
+            s.name.to_string(),
             s.image_name.clone(),
             s.manifest.to_string(),
         ]);
@@ -721,7 +721,7 @@ async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs)
             .transfer(&store, &[(a.image.clone(), manifest.clone())], &*log),
     )
     .await?;
-    config.image = manifest.to_string();
+    config.image = crate::api::ImageRef::digest(&manifest);
     config.image_name = Some(a.image.clone());
     let name = config.name.clone();
     verbs::create(&mut l, config, true).await?;

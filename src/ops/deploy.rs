@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::api::{DeployOutcome, HeldImage, ReleaseSpec, ServiceSpec};
+use crate::api::{ContainerName, DeployOutcome, HeldImage, ReleaseSpec, ServiceSpec};
 use crate::oci::{Digest, Platform, Reference};
 use crate::ops::verbs;
 use crate::profile::stack::{self, Healthcheck, Stack, StackSource};
@@ -128,7 +128,7 @@ pub fn plan_with(
             let healthcheck =
                 Healthcheck::resolve(svc.healthcheck.as_ref(), config.config.as_ref());
             services.push(ServiceSpec {
-                name: key.clone(),
+                name: ContainerName::new(&**key)?,
                 stage: svc.stage,
                 order: order as u32,
                 image_name: svc.image.clone(),
@@ -452,7 +452,7 @@ mod tests {
 
     fn service(name: &str, healthcheck: Option<HealthSpec>) -> ServiceSpec {
         ServiceSpec {
-            name: name.into(),
+            name: name.parse().unwrap(),
             stage: 0,
             order: 0,
             image_name: "busybox".into(),

@@ -10,8 +10,8 @@ use std::future::Future;
 use anyhow::Result;
 
 use crate::api::{
-    Answer, Change, ContainerConfig, ContainerInfo, DeployOutcome, LogLine, ReleaseRecord,
-    ReleaseSpec, Request, VolumeInfo,
+    Answer, Change, ContainerConfig, ContainerInfo, ContainerName, DeployOutcome, LogLine,
+    ReleaseRecord, ReleaseSpec, Request, Signal, VolumeInfo, VolumeName,
 };
 
 /// A way to a robot's daemon.
@@ -61,7 +61,7 @@ pub async fn logs(
     on_line: &mut (dyn FnMut(LogLine) + Send),
 ) -> Result<Option<i32>> {
     let req = Request::Logs {
-        name: name.to_string(),
+        name: ContainerName::new(name)?,
         follow,
         tail,
         until_exit,
@@ -85,7 +85,7 @@ pub async fn create(
 /// Starts a container.
 pub async fn start(r: &mut impl RobotApi, name: &str) -> Result<ContainerInfo> {
     r.request(&Request::Start {
-        name: name.to_string(),
+        name: ContainerName::new(name)?,
     })
     .await
 }
@@ -97,7 +97,7 @@ pub async fn stop(
     timeout: Option<u64>,
 ) -> Result<ContainerInfo> {
     r.request(&Request::Stop {
-        name: name.to_string(),
+        name: ContainerName::new(name)?,
         timeout,
     })
     .await
@@ -106,8 +106,8 @@ pub async fn stop(
 /// Signals a container.
 pub async fn kill(r: &mut impl RobotApi, name: &str, signal: &str) -> Result<()> {
     r.request(&Request::Kill {
-        name: name.to_string(),
-        signal: signal.to_string(),
+        name: ContainerName::new(name)?,
+        signal: Signal::new(signal)?,
     })
     .await
 }
@@ -115,7 +115,7 @@ pub async fn kill(r: &mut impl RobotApi, name: &str, signal: &str) -> Result<()>
 /// Removes a container (killing it first with `force`).
 pub async fn rm(r: &mut impl RobotApi, name: &str, force: bool) -> Result<()> {
     r.request(&Request::Rm {
-        name: name.to_string(),
+        name: ContainerName::new(name)?,
         force,
     })
     .await
@@ -124,7 +124,7 @@ pub async fn rm(r: &mut impl RobotApi, name: &str, force: bool) -> Result<()> {
 /// What a container changed.
 pub async fn diff(r: &mut impl RobotApi, name: &str) -> Result<Vec<Change>> {
     r.request(&Request::Diff {
-        name: name.to_string(),
+        name: ContainerName::new(name)?,
     })
     .await
 }
@@ -137,7 +137,7 @@ pub async fn volumes(r: &mut impl RobotApi) -> Result<Vec<VolumeInfo>> {
 /// Creates a named volume.
 pub async fn volume_create(r: &mut impl RobotApi, name: &str) -> Result<VolumeInfo> {
     r.request(&Request::VolumeCreate {
-        name: name.to_string(),
+        name: VolumeName::new(name)?,
     })
     .await
 }
@@ -145,7 +145,7 @@ pub async fn volume_create(r: &mut impl RobotApi, name: &str) -> Result<VolumeIn
 /// Removes a named volume.
 pub async fn volume_rm(r: &mut impl RobotApi, name: &str) -> Result<()> {
     r.request(&Request::VolumeRm {
-        name: name.to_string(),
+        name: VolumeName::new(name)?,
     })
     .await
 }

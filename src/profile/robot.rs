@@ -316,21 +316,9 @@ impl MountSpec {
     }
 }
 
-/// Role names are what stack files and `--device-role` say: lowercase words joined by `-`.
-fn check_role_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "role name `{name}` must be lowercase letters, digits and `-`, starting with a letter"
-        ))
-    }
-}
+// Role names are what stack files and `--device-role` say: the contract's rule, which a
+// container's `api::RoleName` checks too.
+use crate::api::names::check_role_name;
 
 fn check_group(g: &str) -> Result<(), String> {
     let ok = !g.is_empty()

@@ -289,12 +289,16 @@ pub(crate) fn looping(before: &str) -> Vec<String> {
 
 pub(crate) fn service(name: &str, stage: u32, manifest: &Digest, cmd: Vec<String>) -> ServiceSpec {
     ServiceSpec {
-        name: name.into(),
+        name: name.parse().unwrap(),
         stage,
         order: 0,
         image_name: "example.com/test/busybox".into(),
         manifest: manifest.clone(),
         container: ContainerConfig {
+            // The robot names it after the service and runs the manifest (normalize), but a
+            // config decodes only with a checked name and image.
+            name: name.parse().unwrap(),
+            image: dts::api::ImageRef::digest(manifest),
             cmd: Some(cmd),
             stop_timeout: Some(5),
             ..Default::default()

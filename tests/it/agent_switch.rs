@@ -67,7 +67,7 @@ fn a_switch_starts_free_services_first_and_never_doubles_an_exclusive_role() {
             ],
         );
         cam.container.stop_timeout = Some(2);
-        cam.container.device_roles = vec!["camera".into()];
+        cam.container.device_roles = vec!["camera".parse().unwrap()];
         ReleaseSpec {
             stack: "duckiebot".into(),
             services: vec![free, cam],
@@ -241,7 +241,7 @@ fn init_stops_a_shell_at_once_and_stop_signal_and_grace_period_are_honoured() {
             "trap 'echo got INT; exit 0' INT; trap '' TERM; while :; do sleep 0.1; done".into(),
         ],
     );
-    int.container.stop_signal = Some("SIGINT".into());
+    int.container.stop_signal = Some("SIGINT".parse().unwrap());
     int.container.stop_timeout = Some(10);
     int.container.init = Some(false);
     let mut grace = service(

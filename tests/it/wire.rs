@@ -891,7 +891,7 @@ async fn daemon_requests_are_relayed_whatever_their_kind() {
     let code = conn
         .daemon_logs(
             &Request::Logs {
-                name: "x".into(),
+                name: "x".parse().unwrap(),
                 follow: true,
                 tail: None,
                 until_exit: true,
@@ -906,7 +906,7 @@ async fn daemon_requests_are_relayed_whatever_their_kind() {
     );
     let err = conn
         .daemon(&Request::Rm {
-            name: "x".into(),
+            name: "x".parse().unwrap(),
             force: false,
         })
         .await

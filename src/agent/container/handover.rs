@@ -62,11 +62,12 @@ impl Manager {
     }
 
     /// Which of `roles` are exclusive on this robot (one holder at a time).
-    pub fn exclusive_roles(&self, roles: &[String]) -> Vec<String> {
+    pub fn exclusive_roles(&self, roles: &[impl AsRef<str>]) -> Vec<String> {
         roles
             .iter()
+            .map(AsRef::as_ref)
             .filter(|r| self.roles.get(*r).is_some_and(|s| s.exclusive))
-            .cloned()
+            .map(str::to_string)
             .collect()
     }
 
@@ -105,7 +106,8 @@ impl Manager {
         let (from, to) = (self.dir(name), self.dir(&new));
         fs::rename(&from, &to).at("rename", &from)?;
         rec.retired_from.get_or_insert_with(|| name.to_string());
-        rec.config.name = new.clone();
+        rec.config.name = crate::api::ContainerName::new(&*new)
+            .map_err(|_| ContainerError::BadName(new.clone()))?;
         write_json(&to.join("container.json"), &rec)?;
         crate::util::fs::sync_dir(&self.root.join("containers"))?;
         let mut inner = self.inner();
@@ -126,7 +128,7 @@ impl Manager {
 
     /// The update-lock directory of a container, made if missing.
     pub fn lock_dir(&self, config: &ContainerConfig) -> Result<PathBuf, ContainerError> {
-        let key = config.service.as_deref().unwrap_or(&config.name);
+        let key = config.service.as_deref().unwrap_or(config.name.as_str());
         let d = self.root.join("locks").join(key);
         crate::util::fs::create_dir_all(&d)?;
         Ok(d)
@@ -141,7 +143,7 @@ impl Manager {
         spec: &mut Spec,
     ) -> Result<(), ContainerError> {
         let cfg = &record.config;
-        if record.rid() != cfg.name
+        if cfg.name != record.rid()
             && let Some(l) = spec.linux_mut()
         {
             l.set_cgroups_path(Some(

@@ -58,7 +58,7 @@ impl Manager {
         let store = AgentStore::open(&self.root)?;
         let snapshot = store.snapshot_rootfs(&record.chain_id);
         if !snapshot.is_dir() {
-            return Err(ContainerError::NoSnapshot(cfg.image.clone()));
+            return Err(ContainerError::NoSnapshot(cfg.image.to_string()));
         }
         let (_, image) = store.image_config(&record.manifest)?;
         drop(store);
@@ -96,12 +96,10 @@ impl Manager {
             .or_else(|| image.config.as_ref().and_then(|c| c.user.clone()))
             .unwrap_or_default();
         let user = self.resolve_user(name, rootfs, &user_spec)?;
-        let devices =
-            devices::resolve(&self.roles, &cfg.device_roles, &self.etc_root).map_err(|source| {
-                ContainerError::Device {
-                    name: name.clone(),
-                    source,
-                }
+        let devices = devices::resolve(&self.roles, &strings(&cfg.device_roles), &self.etc_root)
+            .map_err(|source| ContainerError::Device {
+                name: name.to_string(),
+                source,
             })?;
         for v in &cfg.volumes {
             match &v.source {
@@ -121,7 +119,7 @@ impl Manager {
             if cfg.network == NetworkMode::Host {
                 host_hostname()
             } else {
-                name.clone()
+                name.to_string()
             }
         });
         // Checked again at each start: the image may have been re-imported since create.

@@ -310,7 +310,14 @@ struct Inner {
     restart_at: HashMap<String, Instant>,
 }
 
-/// Checks a container or volume name (runc's id rules, Docker's name rules).
+/// Names as plain strings, for what reads them as text (answers, role lookups).
+pub(crate) fn strings(names: &[impl AsRef<str>]) -> Vec<String> {
+    names.iter().map(|n| n.as_ref().to_string()).collect()
+}
+
+/// Checks a container or volume name (runc's id rules, Docker's name rules). Requests decode
+/// only with checked names (`api::names`); this guards names from elsewhere (a directory
+/// listing, a retired container's record) and keeps the agent's own error.
 pub fn check_name(name: &str) -> Result<(), ContainerError> {
     if crate::api::is_valid_name(name) {
         Ok(())
@@ -435,17 +442,17 @@ impl Manager {
         let s = self.state(name)?;
         Ok(ContainerInfo {
             name: name.to_string(),
-            service: r.config.service.clone(),
+            service: r.config.service.as_ref().map(|s| s.to_string()),
             release: r.config.release,
             image: r
                 .config
                 .image_name
                 .clone()
-                .unwrap_or_else(|| r.config.image.clone()),
+                .unwrap_or_else(|| r.config.image.to_string()),
             manifest: r.manifest.clone(),
             state: s.status.to_string(),
             pid: s.pid.filter(|_| s.status == Status::Running),
-            device_roles: r.config.device_roles.clone(),
+            device_roles: strings(&r.config.device_roles),
             started_at: s.started_at.clone(),
             finished_at: s.finished_at.clone(),
             exit_code: s.exit_code,
@@ -538,7 +545,7 @@ impl Manager {
             ));
         }
         for role in &config.device_roles {
-            if !self.roles.contains_key(role) {
+            if !self.roles.contains_key(role.as_str()) {
                 let mut known: Vec<String> = self.roles.keys().cloned().collect();
                 if known.is_empty() {
                     known.push("none: no robot.yaml".into());
@@ -549,12 +556,16 @@ impl Manager {
                 )));
             }
         }
-        crate::agent::cdi::check_requests(&self.roles, &config.device_roles, &config.cdi_devices)
-            .map_err(ContainerError::BadSpec)?;
+        crate::agent::cdi::check_requests(
+            &self.roles,
+            &strings(&config.device_roles),
+            &strings(&config.cdi_devices),
+        )
+        .map_err(ContainerError::BadSpec)?;
         let _g = self.lock();
         let dir = self.dir(&config.name);
         if dir.join("container.json").exists() {
-            return Err(ContainerError::Exists(config.name.clone()));
+            return Err(ContainerError::Exists(config.name.to_string()));
         }
         let store = AgentStore::open(&self.root)?;
         let (manifest, image, chain_id) = self.resolve_image(&store, &config.image)?;
@@ -632,7 +643,8 @@ impl Manager {
             let signal = record
                 .config
                 .stop_signal
-                .clone()
+                .as_ref()
+                .map(|s| s.to_string())
                 .or_else(|| record.stop_signal.clone())
                 .unwrap_or_else(|| "TERM".into());
             let signal = signal.trim_start_matches("SIG").to_string();

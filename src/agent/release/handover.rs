@@ -67,7 +67,7 @@ pub(super) fn retire(
     };
     let replaced = spec.services.iter().filter_map(|s| {
         let c = existing.iter().find(|c| c.name == s.name)?;
-        (!keep.contains(&s.name)).then(|| (s, c, spec_of(c)))
+        (!keep.contains(s.name.as_str())).then(|| (s, c, spec_of(c)))
     });
     parallel(manager, replaced)
         .into_iter()

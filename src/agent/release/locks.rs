@@ -39,9 +39,13 @@ pub(super) fn take(manager: &Manager) -> Result<Probe, ReleaseError> {
     let mut taken = Vec::new();
     let mut held = Vec::new();
     for s in services {
+        // Service names come from releases and records, which hold checked names.
+        let Ok(name) = crate::api::ContainerName::new(&*s) else {
+            continue;
+        };
         let cfg = ContainerConfig {
-            name: s.clone(),
-            service: Some(s.clone()),
+            name: name.clone(),
+            service: Some(name),
             ..Default::default()
         };
         let path: PathBuf = manager.lock_dir(&cfg)?.join(LOCK_FILE);

@@ -252,7 +252,7 @@ impl Releases {
                     .services
                     .iter()
                     .map(|s| ServiceOutcome {
-                        name: s.name.clone(),
+                        name: s.name.to_string(),
                         manifest: s.manifest.clone(),
                         action: ServiceAction::Kept,
                     })
@@ -266,7 +266,7 @@ impl Releases {
             if let Ok(info) = self.manager.inspect(&s.name)
                 && info.release.is_none()
             {
-                return Err(ReleaseError::Conflict(s.name.clone()));
+                return Err(ReleaseError::Conflict(s.name.to_string()));
             }
         }
         self.check_images(&spec)?;
@@ -393,7 +393,7 @@ impl Releases {
                     .converge(Some((&p.spec, p.release)), records, true)
                     .and_then(|s| {
                         let names: Vec<String> =
-                            p.spec.services.iter().map(|s| s.name.clone()).collect();
+                            p.spec.services.iter().map(|s| s.name.to_string()).collect();
                         probation::quick_check(&self.manager, &names, SETTLE)?;
                         Ok(s)
                     });
@@ -495,7 +495,8 @@ impl Releases {
         let r = self
             .converge(Some((&t.spec, target)), &records, false)
             .and_then(|s| {
-                let names: Vec<String> = t.spec.services.iter().map(|s| s.name.clone()).collect();
+                let names: Vec<String> =
+                    t.spec.services.iter().map(|s| s.name.to_string()).collect();
                 probation::quick_check(&self.manager, &names, SETTLE)?;
                 Ok(s)
             });
@@ -654,7 +655,7 @@ impl Releases {
         let store = AgentStore::open(&self.root)?;
         for s in &spec.services {
             let missing = |reason: String| ReleaseError::MissingImage {
-                service: s.name.clone(),
+                service: s.name.to_string(),
                 manifest: s.manifest.clone(),
                 reason,
             };
@@ -727,7 +728,7 @@ impl Releases {
                     && c.pid.is_none_or(crate::util::fs::pid_alive)
                     && spec_of(c).is_some_and(|old| same_service(old, s))
                 {
-                    keep.insert(s.name.clone());
+                    keep.insert(s.name.to_string());
                 }
             }
         }
@@ -805,9 +806,9 @@ impl Releases {
             i += group.len();
             let mut started = Vec::new();
             for s in group {
-                if keep.contains(&s.name) {
+                if keep.contains(s.name.as_str()) {
                     out.push(ServiceOutcome {
-                        name: s.name.clone(),
+                        name: s.name.to_string(),
                         manifest: s.manifest.clone(),
                         action: ServiceAction::Kept,
                     });
@@ -817,18 +818,18 @@ impl Releases {
                 cfg.name = s.name.clone();
                 cfg.service = Some(s.name.clone());
                 cfg.release = Some(label);
-                cfg.image = s.manifest.to_string();
+                cfg.image = crate::api::ImageRef::digest(&s.manifest);
                 self.manager.create(cfg).map_err(|e| Failure {
-                    service: s.name.clone(),
+                    service: s.name.to_string(),
                     reason: format!("could not be created: {e}"),
                 })?;
                 self.manager.start(&s.name).map_err(|e| Failure {
-                    service: s.name.clone(),
+                    service: s.name.to_string(),
                     reason: format!("did not start: {e}"),
                 })?;
-                started.push(s.name.clone());
+                started.push(s.name.to_string());
                 out.push(ServiceOutcome {
-                    name: s.name.clone(),
+                    name: s.name.to_string(),
                     manifest: s.manifest.clone(),
                     action: ServiceAction::Started,
                 });

@@ -88,10 +88,10 @@ pub fn watch(manager: &Arc<Manager>, spec: &ReleaseSpec) -> Result<(), Failure> 
             .and_then(|h| command(h).map(|c| (h, c)))
         {
             Some((h, cmd)) => {
-                checked.insert(s.name.clone());
+                checked.insert(s.name.to_string());
                 let (m, name, h, stop, tx) = (
                     Arc::clone(manager),
-                    s.name.clone(),
+                    s.name.to_string(),
                     h.clone(),
                     Arc::clone(&stop),
                     tx.clone(),
@@ -104,7 +104,7 @@ pub fn watch(manager: &Arc<Manager>, spec: &ReleaseSpec) -> Result<(), Failure> 
                         let _ = tx.send((name, r));
                     })
                     .map_err(|e| Failure {
-                        service: s.name.clone(),
+                        service: s.name.to_string(),
                         reason: format!("could not start its health check: {e}"),
                     })?;
             }

@@ -50,7 +50,7 @@ pub(super) fn normalize(mut spec: ReleaseSpec) -> Result<ReleaseSpec, ReleaseErr
         s.container.name = s.name.clone();
         s.container.service = Some(s.name.clone());
         s.container.release = None;
-        s.container.image = s.manifest.to_string();
+        s.container.image = crate::api::ImageRef::digest(&s.manifest);
     }
     spec.services
         .sort_by(|a, b| (a.stage, a.order, &a.name).cmp(&(b.stage, b.order, &b.name)));
@@ -67,7 +67,7 @@ mod tests {
 
     fn svc(name: &str, stage: u32) -> ServiceSpec {
         ServiceSpec {
-            name: name.into(),
+            name: name.parse().unwrap(),
             stage,
             order: 0,
             image_name: "busybox".into(),
@@ -106,7 +106,8 @@ mod tests {
         dup.services.push(svc("core", 0));
         assert!(matches!(normalize(dup), Err(ReleaseError::BadSpec(m)) if m.contains("twice")));
         let mut bad = spec.clone();
-        bad.services[0].name = "a/b".into();
+        // Decoding never yields an unchecked name; the one a `Default` leaves is refused.
+        bad.services[0].name = crate::api::ContainerName::default();
         assert!(normalize(bad).unwrap_err().is_bad_input());
         let mut empty = spec;
         empty.services.clear();

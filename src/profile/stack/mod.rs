@@ -290,12 +290,7 @@ fn hint_for(key: &str) -> Option<&'static str> {
 fn check_name(what: &str, name: &str) -> Result<(), String> {
     // The agent's rules (`agent::container::check_name`): both names become a directory and
     // a runc id on the robot, which allow at most 64 characters; refusing here names the file.
-    let ok = name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if crate::api::is_valid_name(name) {
         Ok(())
     } else {
         Err(format!(

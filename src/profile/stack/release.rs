@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use super::{HealthTest, Healthcheck, RestartPolicy, Service, VolumeMount, VolumeSource};
-use crate::api::{self, ContainerConfig, HealthSpec, LogConfig, SpecError, VolumeName, VolumeSpec};
+use crate::api::{
+    self, CdiDevice, ContainerConfig, ContainerName, HealthSpec, ImageRef, LogConfig, RoleName,
+    Signal, SpecError, VolumeName, VolumeSpec,
+};
 use crate::oci::Digest;
 
 impl From<RestartPolicy> for api::RestartPolicy {
@@ -37,11 +40,14 @@ impl VolumeMount {
 }
 
 impl Service {
-    /// The container service `key` runs, from the image with manifest `manifest`.
+    /// The container service `key` runs, from the image with manifest `manifest`. Fails only
+    /// on a name the robot would refuse (`api::names`), which the stack's own checks catch
+    /// first for service keys and volumes.
     pub fn container(&self, key: &str, manifest: &Digest) -> Result<ContainerConfig, SpecError> {
+        let name = ContainerName::new(key)?;
         Ok(ContainerConfig {
-            name: key.to_string(),
-            image: manifest.to_string(),
+            name: name.clone(),
+            image: ImageRef::digest(manifest),
             image_name: Some(self.image.clone()),
             entrypoint: self.entrypoint.clone(),
             cmd: self.command.clone(),
@@ -60,14 +66,22 @@ impl Service {
             restart: self.restart.into(),
             memory: self.mem_limit,
             cpus: self.cpus,
-            device_roles: self.devices.clone(),
+            device_roles: self
+                .devices
+                .iter()
+                .map(RoleName::new)
+                .collect::<Result<_, _>>()?,
             security: self.security.clone(),
-            cdi_devices: self.cdi_devices.clone(),
-            service: Some(key.to_string()),
+            cdi_devices: self
+                .cdi_devices
+                .iter()
+                .map(CdiDevice::new)
+                .collect::<Result<_, _>>()?,
+            service: Some(name),
             log: LogConfig::default(),
             // Docker rounds a grace period down to whole seconds too (`StopTimeout`).
             stop_timeout: self.stop_grace_period.map(|d| d.as_secs()),
-            stop_signal: self.stop_signal.clone(),
+            stop_signal: self.stop_signal.as_deref().map(Signal::new).transpose()?,
             init: self.init,
             ..Default::default()
         })

@@ -6,34 +6,9 @@
 use super::parse::parse_duration;
 use super::*;
 
-/// The signals a stop may send, by name without `SIG` (Linux's numbers 1–31; real-time
-/// signals go by number).
-const SIGNALS: [&str; 31] = [
-    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
-    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
-    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
-];
-
-/// A signal as Docker accepts it, in the form `runc kill` takes: `SIGTERM`, `term`, `15`
-/// become `TERM`, `TERM`, `15`.
-pub fn parse_signal(s: &str) -> Result<String, String> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n.to_string());
-        }
-        return Err(format!("`{s}` is not a signal number (1–64)"));
-    }
-    let up = t.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    if SIGNALS.contains(&name) {
-        Ok(name.to_string())
-    } else {
-        Err(format!(
-            "`{s}` is not a signal (e.g. `SIGTERM`, `SIGINT`, `SIGQUIT` or a number)"
-        ))
-    }
-}
+/// A signal as Docker accepts it, in the form `runc kill` takes: the contract's rule, which a
+/// container's `api::Signal` checks too.
+pub use crate::api::names::parse_signal;
 
 /// A service's `stop_signal`, `stop_grace_period` and `init`, in that order.
 type StopKeys = (Option<String>, Option<Duration>, Option<bool>);

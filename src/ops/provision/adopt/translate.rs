@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    ContainerConfig, NetworkMode, ReleaseSpec, RestartPolicy, ServiceSpec, VolumeName,
-    VolumeSource, VolumeSpec,
+    ContainerConfig, ContainerName, ImageRef, NetworkMode, ReleaseSpec, RestartPolicy, RoleName,
+    ServiceSpec, VolumeName, VolumeSource, VolumeSpec,
 };
 use crate::oci::Digest;
 use crate::profile::stack::Healthcheck;
@@ -257,12 +257,12 @@ fn service(
     warnings: &mut Vec<String>,
 ) -> Result<(ServiceSpec, Vec<VolumeCopy>), TranslateError> {
     let key = service_key(c);
-    if !crate::api::container::is_valid_name(&key) {
+    let Ok(service_name) = ContainerName::new(&*key) else {
         return Err(TranslateError::Invalid(
             key,
             "not a container name dts accepts".into(),
         ));
-    }
+    };
     let name = image_name(c);
     let manifest =
         manifests
@@ -274,7 +274,11 @@ fn service(
                 name: name.clone(),
             })?;
     let (mounts, vols) = mounts(c, &key, roles, warnings)?;
-    let device_roles = privileges(c, &key, roles, warnings);
+    let device_roles = privileges(c, &key, roles, warnings)
+        .into_iter()
+        .map(RoleName::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TranslateError::Invalid(key.clone(), e.to_string()))?;
     let cfg = &c.config;
     let network = match c.host_config.network_mode.as_str() {
         "host" => NetworkMode::Host,
@@ -287,8 +291,8 @@ fn service(
         }
     };
     let container = ContainerConfig {
-        name: key.clone(),
-        image: manifest.to_string(),
+        name: service_name.clone(),
+        image: ImageRef::digest(&manifest),
         image_name: Some(name.clone()),
         entrypoint: cfg.entrypoint.clone(),
         cmd: cfg.cmd.clone(),
@@ -299,13 +303,13 @@ fn service(
         network,
         restart: c.host_config.restart_policy.to_policy(),
         device_roles,
-        service: Some(key.clone()),
+        service: Some(service_name.clone()),
         ..Default::default()
     };
     let healthcheck = Healthcheck::resolve(None, Some(cfg));
     Ok((
         ServiceSpec {
-            name: key,
+            name: service_name,
             stage: stage_of(c),
             order: 0,
             image_name: name,
