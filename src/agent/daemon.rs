@@ -160,16 +160,10 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
     let mut conn = conn;
     let mut line = String::new();
     while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-        let req: Request = match serde_json::from_str(line.trim()) {
+        let req = match decode_request(&line) {
             Ok(r) => r,
             Err(e) => {
-                let _ = send(
-                    &mut conn,
-                    &Response::Error(RemoteError::new(
-                        ErrorClass::BadInput,
-                        format!("bad request: {e}"),
-                    )),
-                );
+                let _ = send(&mut conn, &Response::Error(e));
                 return;
             }
         };
@@ -206,6 +200,15 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
             return;
         }
     }
+}
+
+/// Decodes one request line, as the daemon reads its socket. Every name in a [`Request`] is a
+/// checked type (`api::names`), so a request naming `../x` (or anything else that would not
+/// stay a single path component) is refused here, as bad input naming the value, before any
+/// code could make a path of it.
+pub fn decode_request(line: &str) -> Result<Request, RemoteError> {
+    serde_json::from_str(line.trim())
+        .map_err(|e| RemoteError::new(ErrorClass::BadInput, format!("bad request: {e}")))
 }
 
 fn to_value<T: Serialize>(v: T) -> Value {

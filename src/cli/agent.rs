@@ -193,7 +193,7 @@ pub fn main() -> ExitCode {
 }
 
 /// `dt-agent serve --stdio`: the wire protocol on stdin/stdout; errors go to stderr (and to
-/// the laptop as a message), never to stdout.
+/// the laptop as a message), never to stdout. Exits 2 when the laptop was at fault.
 fn serve() -> ExitCode {
     let root = crate::agent::agent_root();
     let mut input = std::io::stdin().lock();
@@ -202,7 +202,11 @@ fn serve() -> ExitCode {
         Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("dt-agent serve: {e}");
-            Exit::Failed.into()
+            if crate::wire::serve::is_bad_input(&e) {
+                Exit::BadInput.into()
+            } else {
+                Exit::Failed.into()
+            }
         }
     }
 }

@@ -94,15 +94,9 @@ fn has_objects(store: &AgentStore) -> bool {
 pub fn serve(root: &Path, input: &mut dyn Read, output: &mut dyn Write) -> Result<(), ServeError> {
     let result = serve_inner(root, input, output);
     if let Err(e) = &result {
-        let bad_input = match e {
-            ServeError::Store(s) => {
-                s.is_bad_input() || matches!(s, AgentStoreError::Corrupt { .. })
-            }
-            ServeError::Wire(w) => matches!(w, WireError::Version { .. } | WireError::Protocol(_)),
-        };
         let msg = FromRobot::Error {
             message: e.to_string(),
-            bad_input,
+            bad_input: is_bad_input(e),
         };
         let _ = write_frame(output, &Frame::control(&msg));
         let _ = output.flush();
@@ -143,15 +137,9 @@ fn serve_inner(
     // The session's object stream: one zstd decoder across every `objects` batch.
     let mut stream: Option<zstd::stream::raw::Decoder<'static>> = None;
     loop {
-        let Some(frame) = read_frame(input)? else {
+        let Some(msg) = read_message(input)? else {
             return Ok(());
         };
-        if frame.kind == Kind::Data || frame.kind == Kind::Hello {
-            return Err(
-                WireError::Protocol(format!("an unexpected {:?} frame", frame.kind)).into(),
-            );
-        }
-        let msg: ToRobot = frame.message()?;
         match msg {
             ToRobot::Bye => return Ok(()),
             ToRobot::Query {
@@ -248,6 +236,32 @@ fn serve_inner(
             ToRobot::Resolve { images } => send(output, &resolve_answer(&store, &images)?)?,
             ToRobot::Daemon { request } => relay(root, &request, output)?,
         }
+    }
+}
+
+/// Reads the laptop's next message after the hello; `None` at the end of `input`. Every name
+/// a message carries is a checked type (`api::names`), so one naming `../x` fails here as a
+/// protocol error, which ends the session as bad input.
+pub fn read_message(input: &mut dyn Read) -> Result<Option<ToRobot>, WireError> {
+    let Some(frame) = read_frame(input)? else {
+        return Ok(None);
+    };
+    if frame.kind == Kind::Data || frame.kind == Kind::Hello {
+        return Err(WireError::Protocol(format!(
+            "an unexpected {:?} frame",
+            frame.kind
+        )));
+    }
+    frame.message().map(Some)
+}
+
+/// Whether a session ended through the laptop's fault (a message out of step or naming what
+/// may not be named, another major version, content that does not verify): the `error` it
+/// gets says so, and `dt-agent serve` exits 2.
+pub fn is_bad_input(e: &ServeError) -> bool {
+    match e {
+        ServeError::Store(s) => s.is_bad_input() || matches!(s, AgentStoreError::Corrupt { .. }),
+        ServeError::Wire(w) => matches!(w, WireError::Version { .. } | WireError::Protocol(_)),
     }
 }
 
