@@ -908,50 +908,209 @@ fn a_full_disk_fails_the_import_and_leaves_running_containers_alone() {
     assert!(!images.contains("big"), "nothing half-committed: {images}");
 }
 
+/// Every file, directory and link under `dir` but `skip`: path → kind, mode and contents.
+fn tree(dir: &Path, skip: &Path) -> std::collections::BTreeMap<PathBuf, (String, u32, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p == skip {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode();
+            let entry = if m.is_dir() {
+                todo.push(p.clone());
+                ("dir".to_string(), mode, Vec::new())
+            } else if m.file_type().is_symlink() {
+                let to = std::fs::read_link(&p).unwrap();
+                (
+                    "link".to_string(),
+                    mode,
+                    to.into_os_string().into_encoded_bytes(),
+                )
+            } else {
+                ("file".to_string(), mode, std::fs::read(&p).unwrap())
+            };
+            out.insert(p, entry);
+        }
+    }
+    out
+}
+
+/// Requests with `../` in each path-like name (issue 17): what the daemon's socket and
+/// `serve --stdio` are sent. Each carries one bad name and is otherwise valid.
+fn climbing_requests(image: &str) -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    const UP: &str = "../../canary/escaped";
+    let config = |patch: serde_json::Value| {
+        let mut c = json!({"name": "escape", "image": image, "cmd": ["true"]});
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        json!({"op": "create", "start": true, "config": c})
+    };
+    let deploy = |service: &str, container: &str| {
+        json!({"op": "deploy", "detach": true, "spec": {
+            "stack": "s", "probation": {"secs": 1, "nanos": 0},
+            "services": [{
+                "name": service, "stage": 0, "order": 0, "image_name": image,
+                "manifest": format!("sha256:{}", "a".repeat(64)), "healthcheck": null,
+                "container": {"name": container, "image": image},
+            }],
+        }})
+    };
+    let mut out = vec![
+        ("container name", config(json!({"name": UP}))),
+        ("image", config(json!({"image": UP}))),
+        ("service", config(json!({"service": UP}))),
+        (
+            "volume",
+            config(
+                json!({"volumes": [{"source": {"named": UP}, "target": "/data", "read_only": false}]}),
+            ),
+        ),
+        ("role", config(json!({"device_roles": [UP]}))),
+        (
+            "CDI device",
+            config(json!({"cdi_devices": [format!("{UP}=x")]})),
+        ),
+        ("stop signal", config(json!({"stop_signal": UP}))),
+        (
+            "kill signal",
+            json!({"op": "kill", "name": "escape", "signal": UP}),
+        ),
+        ("release service", deploy(UP, "escape")),
+        ("release container", deploy("escape", UP)),
+        ("volume create", json!({"op": "volume_create", "name": UP})),
+        ("volume rm", json!({"op": "volume_rm", "name": UP})),
+    ];
+    for op in ["start", "inspect", "diff"] {
+        out.push((op, json!({"op": op, "name": UP})));
+    }
+    out.push(("stop", json!({"op": "stop", "name": UP, "timeout": 1})));
+    out.push(("rm", json!({"op": "rm", "name": UP, "force": true})));
+    out.push((
+        "logs",
+        json!({"op": "logs", "name": UP, "follow": false, "tail": null, "until_exit": false}),
+    ));
+    out
+}
+
+/// `dt-agent serve --stdio` on `root` given a hello and `msg`: its exit code and the frames it
+/// answered with.
+fn serve_once(root: &Path, msg: &serde_json::Value) -> (Option<i32>, Vec<dts::wire::FromRobot>) {
+    use dts::wire::frame::{Frame, read_frame};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dt-agent"))
+        .args(["serve", "--stdio"])
+        .env("DT_AGENT_ROOT", root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = Frame::hello(
+        dts::wire::MAJOR,
+        dts::wire::MINOR,
+        &dts::wire::ClientHello {
+            client: "test".into(),
+        },
+    )
+    .encode();
+    input.extend(Frame::control(msg).encode());
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut stdout = &out.stdout[..];
+    let mut frames = Vec::new();
+    let _hello = read_frame(&mut stdout).unwrap().unwrap();
+    while let Some(f) = read_frame(&mut stdout).unwrap() {
+        frames.push(f.message().unwrap());
+    }
+    (out.status.code(), frames)
+}
+
 #[test]
-fn a_daemon_request_with_a_volume_name_out_of_the_root_is_refused() {
+fn requests_naming_paths_out_of_the_root_are_refused_and_touch_nothing() {
     if !can_run("amd64") {
         return;
     }
     let mut net = TestNet::new();
-    // The state dir one level down, so `../../canary` from its `volumes/` lands in the temp
-    // dir: a canary directory the test owns, outside the agent's root.
+    // The state dir one level down, so `../../canary` from its `volumes/` or `containers/`
+    // lands in the temp dir: a canary tree the test owns, around the agent's root.
     let tmp = tempfile::tempdir().unwrap();
     let canary = tmp.path().join("canary");
-    std::fs::create_dir(&canary).unwrap();
-    let agent = Agent::at(&mut net, ROBOT_YAML, tmp.path().join("state"), tmp);
-    // An image the request can name, so only the volume can stop it.
+    std::fs::create_dir_all(canary.join("deep")).unwrap();
+    std::fs::write(canary.join("keep"), b"canary\n").unwrap();
+    std::fs::write(canary.join("deep/keep"), b"deeper canary\n").unwrap();
+    std::os::unix::fs::symlink("../keep", canary.join("deep/link")).unwrap();
+    let top = tmp.path().to_path_buf();
+    let state = top.join("state");
+    let agent = Agent::at(&mut net, ROBOT_YAML, state.clone(), tmp);
+    // An image the requests can name, so only the bad name can stop them.
     let image = amd64_image(&agent);
-    let request = serde_json::json!({
-        "op": "create",
-        "start": true,
-        "config": {
-            "name": "escape",
-            "image": image,
-            "cmd": ["true"],
-            "volumes": [{
-                "source": {"named": "../../canary/escaped"},
-                "target": "/data",
-                "read_only": false
-            }]
+    let before = tree(&top, &state);
+    for (what, request) in climbing_requests(image) {
+        // The daemon's socket: refused as bad input, naming the value.
+        let mut sock = std::os::unix::net::UnixStream::connect(state.join("daemon.sock")).unwrap();
+        sock.write_all(format!("{request}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(&sock)
+            .read_line(&mut answer)
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["error"]["bad_input"], true, "{what}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("../../canary/escaped"),
+            "{what}: {message}"
+        );
+        // `serve --stdio`: the session ends with a bad-input error, and the agent exits 2.
+        let msg = serde_json::json!({"op": "daemon", "request": request});
+        let (code, frames) = serve_once(&state, &msg);
+        assert_eq!(code, Some(2), "{what}: {frames:?}");
+        match frames.as_slice() {
+            [dts::wire::FromRobot::Error { message, bad_input }] => {
+                assert!(bad_input, "{what}: {message}");
+                assert!(
+                    message.contains("../../canary/escaped"),
+                    "{what}: {message}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
         }
-    });
-    let mut sock =
-        std::os::unix::net::UnixStream::connect(agent.state().join("daemon.sock")).unwrap();
-    sock.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut answer = String::new();
-    std::io::BufReader::new(&sock)
-        .read_line(&mut answer)
-        .unwrap();
-    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["error"]["bad_input"], true, "{answer}");
-    let message = answer["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("invalid volume name `../../canary/escaped`"),
-        "{message}"
-    );
-    assert_eq!(std::fs::read_dir(&canary).unwrap().count(), 0);
-    assert!(!agent.state().join("containers").join("escape").exists());
+    }
+    // The CLI refuses them before any request, exit 2.
+    for args in [
+        &["run", "--name", "../../canary/escaped", image, "true"][..],
+        &[
+            "run",
+            "--name",
+            "escape",
+            "-v",
+            "../../canary/escaped:/data",
+            image,
+            "true",
+        ],
+        &[
+            "run",
+            "--name",
+            "escape",
+            "--device-role",
+            "../../canary",
+            image,
+            "true",
+        ],
+        &["volume", "create", "../../canary/escaped"],
+        &["rm", "-f", "../../canary"],
+        &["logs", "../../canary"],
+    ] {
+        let out = agent.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+    assert_eq!(tree(&top, &state), before, "the canary tree changed");
+    assert!(!state.join("containers").join("escape").exists());
     let ps = agent.ok(&["ps", "-a", "--json"]);
     assert!(!ps.contains("escape"), "{ps}");
 }

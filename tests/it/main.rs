@@ -24,6 +24,7 @@ mod build;
 mod build_buildah;
 mod contract;
 mod cross;
+mod decode_fuzz;
 mod deploy;
 mod deploy_keep;
 mod deploy_pull;
