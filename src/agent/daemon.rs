@@ -5,7 +5,8 @@
 //! `$DT_AGENT_ROOT/daemon.sock`, mode 0600 (root only: whoever can talk to it can start
 //! containers with devices). One JSON [`Request`] per line; the answer is one JSON line
 //! (`{"ok": …}` or `{"error": {…}}`), except `logs`, which answers with a line per log line and
-//! ends with `{"end": {"exit_code": …}}`. Each connection is served on its own thread, so a
+//! ends with `{"end": {"exit_code": …}}`, and `exec` (see [`super::exec`]), whose request line
+//! carries the client's stdio as file descriptors. Each connection is served on its own thread, so a
 //! follower never holds up anyone else; the supervisor runs on another.
 
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 use super::container::logs::{LogLine, LogReader};
 use super::container::{ContainerError, Manager};
+use super::fdpass::LineReader;
 use super::release::{ReleaseError, ReleaseSpec, Releases};
 use crate::api::ErrorClass;
 pub use crate::api::daemon::{RemoteError, Request};
@@ -153,13 +155,14 @@ fn send(conn: &mut UnixStream, r: &Response) -> std::io::Result<()> {
 }
 
 fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
-    let mut reader = BufReader::new(match conn.try_clone() {
+    // Requests are read with `recvmsg`: an `exec` line carries the client's stdio with it.
+    let mut reader = LineReader::new(match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
     });
     let mut conn = conn;
-    let mut line = String::new();
-    while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+    while let Ok(Some(line)) = reader.read_line() {
+        let fds = reader.take_fds();
         let req = match decode_request(&line) {
             Ok(r) => r,
             Err(e) => {
@@ -167,14 +170,19 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
                 return;
             }
         };
-        line.clear();
         let done = match req {
             Request::Logs {
                 name,
                 follow,
                 tail,
                 until_exit,
-            } => stream_logs(&mut conn, m, &name, follow, tail, until_exit),
+                since,
+                until,
+            } => {
+                let window = LogWindow { since, until };
+                stream_logs(&mut conn, m, &name, follow, tail, until_exit, &window)
+            }
+            Request::Exec { spec } => super::exec::serve(&conn, m, &spec, fds),
             Request::Deploy {
                 spec,
                 detach,
@@ -206,8 +214,8 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
 /// checked type (`api::names`), so a request naming `../x` (or anything else that would not
 /// stay a single path component) is refused here, as bad input naming the value, before any
 /// code could make a path of it.
-pub fn decode_request(line: &str) -> Result<Request, RemoteError> {
-    serde_json::from_str(line.trim())
+pub fn decode_request(line: &[u8]) -> Result<Request, RemoteError> {
+    serde_json::from_slice(line.trim_ascii())
         .map_err(|e| RemoteError::new(ErrorClass::BadInput, format!("bad request: {e}")))
 }
 
@@ -258,7 +266,7 @@ fn handle(m: &Manager, req: Request) -> Result<Value, ContainerError> {
             "command": m.runtime().command(),
             "version": m.runtime().version()?,
         })),
-        Request::Logs { .. } => unreachable!("streamed"),
+        Request::Logs { .. } | Request::Exec { .. } => unreachable!("streamed"),
         Request::Deploy { .. } | Request::History | Request::Rollback { .. } | Request::Release => {
             unreachable!("releases")
         }
@@ -342,6 +350,26 @@ fn client_there(conn: Option<&UnixStream>) -> bool {
     n != 0
 }
 
+/// The instants `logs --since/--until` keep lines between (RFC 3339, nanoseconds, UTC).
+struct LogWindow {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+impl LogWindow {
+    /// Whether `line` is inside.
+    fn keeps(&self, line: &LogLine) -> bool {
+        crate::api::container::log_line_in(line, self.since.as_deref(), self.until.as_deref())
+    }
+
+    /// Whether the clock has passed `until`: a follower stops.
+    fn over(&self) -> bool {
+        self.until
+            .as_deref()
+            .is_some_and(|u| crate::util::time::now_rfc3339_nanos().as_str() >= u)
+    }
+}
+
 fn stream_logs(
     conn: &mut UnixStream,
     m: &Manager,
@@ -349,6 +377,7 @@ fn stream_logs(
     follow: bool,
     tail: Option<usize>,
     until_exit: bool,
+    window: &LogWindow,
 ) -> std::io::Result<()> {
     if let Err(e) = m.inspect(name) {
         return send(conn, &Response::Error(RemoteError::from(&e)));
@@ -365,12 +394,13 @@ fn stream_logs(
     loop {
         // Read the state before the lines: lines written before the exit are then all seen.
         let info = m.inspect(name).ok();
+        let over = window.over();
         let lines = reader.poll().unwrap_or_default();
-        for l in lines {
+        for l in lines.into_iter().filter(|l| window.keeps(l)) {
             send(conn, &Response::Line(l))?;
         }
         let exited = info.as_ref().is_none_or(|i| i.state != "running");
-        if !follow || (until_exit && exited) {
+        if !follow || (until_exit && exited) || over {
             return send(
                 conn,
                 &Response::End {

@@ -24,6 +24,8 @@ pub mod cdi;
 pub mod container;
 pub mod daemon;
 pub mod devices;
+pub mod exec;
+pub mod fdpass;
 pub mod memory;
 pub mod net;
 pub mod release;

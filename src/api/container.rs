@@ -447,8 +447,20 @@ pub struct LogLine {
     pub log: String,
     /// `stdout` or `stderr`.
     pub stream: String,
-    /// When the shim read it (RFC 3339, nanoseconds).
+    /// When the shim read it (RFC 3339, UTC, always nine digits of nanoseconds, as Docker's
+    /// `json-file` driver writes it: two stamps compare as text as their instants do).
     pub time: String,
+}
+
+/// Whether `line` was stamped at or after `since` and at or before `until` (`docker logs
+/// --since/--until`; both instants written as [`LogLine::time`] is). A line without a stamp
+/// is kept.
+pub fn log_line_in(line: &LogLine, since: Option<&str>, until: Option<&str>) -> bool {
+    if line.time.is_empty() {
+        return true;
+    }
+    let t = line.time.as_str();
+    since.is_none_or(|s| t >= s) && until.is_none_or(|u| t <= u)
 }
 
 /// One change.

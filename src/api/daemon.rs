@@ -76,6 +76,14 @@ pub enum Request {
         tail: Option<usize>,
         /// Stop following when the container has exited (and report its code).
         until_exit: bool,
+        /// Only lines stamped at or after this instant (RFC 3339, UTC, nanoseconds: what
+        /// [`crate::api::LogLine::time`] holds). Absent from older clients; an older daemon
+        /// ignores it, so the laptop filters too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        /// Only lines stamped before this instant; a follower stops once the clock passes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
     },
     /// What a container changed.
     Diff {
@@ -123,6 +131,58 @@ pub enum Request {
     },
     /// The current release (`ReleaseRecord`, or null).
     Release,
+    /// Run a command in a running container, as `docker exec` does. The client's stdin,
+    /// stdout and stderr travel with the request line as file descriptors (`SCM_RIGHTS`;
+    /// without `tty`), so the streams are the process's own. Answered by [`ExecReply`]s:
+    /// `started` (with a `tty`, carrying the terminal's master as a file descriptor), then
+    /// `exit`. Daemons before wire 2.5 answer `bad request`.
+    Exec {
+        /// What to run.
+        spec: ExecSpec,
+    },
+}
+
+/// What `exec` runs, and how (`docker exec`'s flags). The process joins the container's
+/// namespaces and cgroup with the container's own process settings (capabilities, seccomp,
+/// no_new_privileges, AppArmor, rlimits); only the command, user, working directory and
+/// added environment differ.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// The container.
+    pub name: ContainerName,
+    /// The command and its arguments.
+    pub cmd: Vec<String>,
+    /// A pseudo-terminal: stdout and stderr merge, Ctrl-C is a byte to its line discipline.
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open (`-i`); otherwise the process reads /dev/null.
+    #[serde(default)]
+    pub interactive: bool,
+    /// `user[:group]`, names looked up in the container (default: the container's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `K=V` added to (or replacing in) the container's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// The working directory (default: the container's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// The terminal's size at start (rows, columns), with `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<(u16, u16)>,
+}
+
+/// The daemon's answers to [`Request::Exec`], one JSON line each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecReply {
+    /// The process was started (with a tty: its terminal's master comes with this line).
+    Started,
+    /// The process ended with this code (`128 + n` for signal `n`; 126 when it could not be
+    /// executed, 127 when the command was not found, as Docker says).
+    Exit(i32),
+    /// Refused or failed before starting.
+    Error(RemoteError),
 }
 
 /// The answer to [`Request::Runtime`].

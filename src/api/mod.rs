@@ -29,7 +29,9 @@ pub use container::{
     Change, ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, PortMapping,
     PortSpecError, Proto, RestartPolicy, SpecError, VolumeInfo, VolumeSource, VolumeSpec,
 };
-pub use daemon::{Answer, AnswerError, ErrorClass, RemoteError, Request, RuntimeInfo, decode};
+pub use daemon::{
+    Answer, AnswerError, ErrorClass, ExecReply, ExecSpec, RemoteError, Request, RuntimeInfo, decode,
+};
 pub use held::{HeldImage, ResolveQuery};
 pub use names::{CdiDevice, ContainerName, ImageRef, RoleName, Signal, VolumeName, is_valid_name};
 pub use release::{

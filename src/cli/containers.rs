@@ -2,11 +2,12 @@
 //! `volume`. `dt-agent` sends them to its daemon over the control socket; `dts duckiebot`
 //! reuses the same flag definitions ([`RunArgs`]) and renderers for a robot over SSH.
 
-use std::io::Write;
+use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use super::exec::{ExecArgs, LogsArgs};
 use super::table::Table;
 use super::{Exit, Printer};
 use crate::agent::daemon::{Client, ClientError};
@@ -239,16 +240,10 @@ pub enum ContainerCommand {
         json: bool,
     },
     /// A container's output
-    Logs {
-        /// The container
-        name: String,
-        /// Keep streaming new output
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Only the last N lines
-        #[arg(long)]
-        tail: Option<usize>,
-    },
+    Logs(LogsArgs),
+    /// Run a command in a running container (`-it`: an interactive terminal); exits with its
+    /// code (126: cannot be executed, 127: not found)
+    Exec(ExecArgs),
     /// Start a stopped container again
     Start {
         /// The container
@@ -319,6 +314,8 @@ fn remote_exit(e: &anyhow::Error, run: bool) -> Exit {
             .is_some_and(|c| matches!(c, ClientError::Remote(r) if r.is_bad_input()))
             || c.downcast_ref::<crate::agent::container::ContainerError>()
                 .is_some_and(|c| c.is_bad_input())
+            || c.downcast_ref::<crate::api::RemoteError>()
+                .is_some_and(|r| r.is_bad_input())
             || c.is::<crate::api::SpecError>()
             || c.is::<crate::api::PortSpecError>()
     });
@@ -381,16 +378,34 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
             }
             Ok(Exit::Ok)
         }
-        ContainerCommand::Logs { name, follow, tail } => {
-            now(verbs::logs(
+        ContainerCommand::Logs(l) => {
+            let window = l.window()?;
+            let mut print = l.printer();
+            now(verbs::logs_in(
                 &mut client()?,
-                name,
-                *follow,
-                *tail,
+                &l.name,
+                l.follow,
+                l.tail(),
                 false,
-                &mut print_line,
+                &window,
+                &mut print,
             ))?;
             Ok(Exit::Ok)
+        }
+        ContainerCommand::Exec(a) => {
+            let spec = a.to_spec(crate::util::tty::own_size())?;
+            if a.tty && a.interactive && !std::io::stdin().is_terminal() {
+                return Err(crate::api::SpecError(
+                    "the input device is not a TTY: drop -t, or run this in a terminal".into(),
+                )
+                .into());
+            }
+            let code = crate::agent::exec::run(root, &spec)?;
+            Ok(if code == 0 {
+                Exit::Ok
+            } else {
+                Exit::Code(code.clamp(0, 255) as u8)
+            })
         }
         ContainerCommand::Start { name } => {
             now(verbs::start(&mut client()?, name))?;
@@ -449,14 +464,7 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
 
 /// Writes a container's line to our stdout or stderr, as it wrote it.
 pub fn print_line(l: LogLine) {
-    let bytes = l.log.as_bytes();
-    let _ = if l.stream == "stderr" {
-        let mut e = std::io::stderr().lock();
-        e.write_all(bytes).and_then(|_| e.flush())
-    } else {
-        let mut o = std::io::stdout().lock();
-        o.write_all(bytes).and_then(|_| o.flush())
-    };
+    super::exec::print_line_as(l, false);
 }
 
 /// The `ps` table (`dt-agent ps`, `dts duckiebot ps`).

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::containers::{RunArgs, print_line, print_ps, volumes_table};
+use super::exec::{ExecArgs, LogsArgs};
 use super::releases::print_history;
 use super::table::{Style, Table};
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
@@ -149,14 +150,18 @@ enum DuckiebotCommand {
         robot: String,
         #[command(flatten)]
         ssh: SshFlags,
-        /// The container
-        name: String,
-        /// Keep streaming
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Only the last N lines
-        #[arg(long)]
-        tail: Option<usize>,
+        #[command(flatten)]
+        logs: LogsArgs,
+    },
+    /// Run a command in a running container (`-it`: an interactive terminal); exits with its
+    /// code (126: cannot be executed, 127: not found)
+    Exec {
+        /// The robot
+        robot: String,
+        #[command(flatten)]
+        ssh: RunSshFlags,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// One container, docker-run style; ships the image first if the robot lacks it
     Run {
@@ -361,16 +366,16 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             }
             Ok(Exit::Ok)
         }
-        DuckiebotCommand::Logs {
-            robot,
-            ssh,
-            name,
-            follow,
-            tail,
-        } => {
+        DuckiebotCommand::Logs { robot, ssh, logs } => {
+            let window = logs.window()?;
             let mut l = link(robot, ssh).await?;
-            verbs::logs(&mut l, name, *follow, *tail, false, &mut print_line).await?;
+            let mut print = logs.printer();
+            let (name, tail) = (&logs.name, logs.tail());
+            verbs::logs_in(&mut l, name, logs.follow, tail, false, &window, &mut print).await?;
             Ok(Exit::Ok)
+        }
+        DuckiebotCommand::Exec { robot, ssh, exec } => {
+            super::remote_exec::exec(robot, &SshFlags::from(ssh).args(), exec).await
         }
         DuckiebotCommand::Run { robot, ssh, run } => {
             run_container(robot, run, &SshFlags::from(ssh), g).await

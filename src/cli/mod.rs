@@ -10,7 +10,10 @@ pub mod containers;
 pub mod dts;
 #[cfg(feature = "workstation")]
 pub mod duckiebot;
+pub mod exec;
 pub mod releases;
+#[cfg(feature = "workstation")]
+mod remote_exec;
 mod report;
 #[cfg(feature = "workstation")]
 pub mod sim;

@@ -60,13 +60,46 @@ pub async fn logs(
     until_exit: bool,
     on_line: &mut (dyn FnMut(LogLine) + Send),
 ) -> Result<Option<i32>> {
+    let window = LogWindow::default();
+    logs_in(r, name, follow, tail, until_exit, &window, on_line).await
+}
+
+/// The instants `logs --since/--until` keep lines between, written as log lines stamp them
+/// (`util::time::rfc3339_nanos`).
+#[derive(Clone, Debug, Default)]
+pub struct LogWindow {
+    /// Lines stamped at or after this.
+    pub since: Option<String>,
+    /// Lines stamped at or before this; a follower stops once the clock passes it.
+    pub until: Option<String>,
+}
+
+/// [`logs`] of the lines in `window` (`--tail` counts before the window, as Docker's does).
+/// Lines are filtered here too: a robot before wire 2.5 ignores the window.
+pub async fn logs_in(
+    r: &mut impl RobotApi,
+    name: &str,
+    follow: bool,
+    tail: Option<usize>,
+    until_exit: bool,
+    window: &LogWindow,
+    on_line: &mut (dyn FnMut(LogLine) + Send),
+) -> Result<Option<i32>> {
     let req = Request::Logs {
         name: ContainerName::new(name)?,
         follow,
         tail,
         until_exit,
+        since: window.since.clone(),
+        until: window.until.clone(),
     };
-    r.stream_logs(&req, on_line).await
+    let (since, until) = (window.since.as_deref(), window.until.as_deref());
+    let mut keep = |l: LogLine| {
+        if crate::api::container::log_line_in(&l, since, until) {
+            on_line(l);
+        }
+    };
+    r.stream_logs(&req, &mut keep).await
 }
 
 /// Creates a container, and starts it with `start` (a container that cannot start is removed).

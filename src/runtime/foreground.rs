@@ -65,6 +65,17 @@ impl Runtime {
         })
     }
 
+    /// `exec --process PROCESS ID` (`docker exec`): the command of a running container's
+    /// process file, its stdio left to the caller (the runtime passes it through, or with a
+    /// terminal in the process, relays its own stdin/stdout as the terminal's). The runtime's
+    /// own messages go to `log` ([`exec_outcome`] reads them).
+    pub fn exec_command(&self, id: &str, process: &Path, log: &Path) -> Command {
+        let mut cmd = self.base();
+        self.with_log(&mut cmd, log);
+        cmd.arg("exec").arg("--process").arg(process).arg(id);
+        cmd
+    }
+
     /// Runs the bundle's container in the foreground (`run --bundle BUNDLE ID`) and waits for
     /// it. Its stdout and stderr are merged into one pipe; each line goes to `output` as it
     /// arrives (`\r` ends a line too, so progress bars show), and the last lines are kept.
@@ -276,6 +287,25 @@ fn spawn_merged(
 
 /// The error-level messages in a runtime's JSON log (runc: `{"level":"error","msg":…}`; crun
 /// writes the same keys). Lines that are not JSON count as errors: something went wrong.
+/// How an exec ended, as `docker exec` reports it: the process's code; when the runtime
+/// could not start it, 127 for a command not found, 126 for one that cannot be executed
+/// (or any other refusal), with the runtime's message.
+pub fn exec_outcome(status: ExitStatus, log: &Path) -> (i32, Option<String>) {
+    let code = exit_code(status);
+    let errors = runtime_errors(log).unwrap_or_default();
+    if code == 0 || errors.is_empty() {
+        return (code, None);
+    }
+    let text = errors.join("; ");
+    let lower = text.to_lowercase();
+    let code = if lower.contains("not found") || lower.contains("no such file or directory") {
+        127
+    } else {
+        126
+    };
+    (code, Some(text))
+}
+
 pub(crate) fn runtime_errors(log: &Path) -> Result<Vec<String>, RuntimeError> {
     let text = match fs::read(log) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),

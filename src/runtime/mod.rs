@@ -13,6 +13,7 @@ pub mod user;
 
 mod foreground;
 
+pub use foreground::exec_outcome;
 use foreground::runtime_errors;
 
 use std::collections::VecDeque;

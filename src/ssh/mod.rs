@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use known_hosts::Location;
 pub use session::{
     ByteCounters, ExecChannel, ExecStdin, ExecStdout, Exit, ExitStatus, ExitWaiter, Output,
-    Session, Stderr,
+    PtyRequest, Session, Stderr, WindowChanger,
 };
 pub use target::Target;
 

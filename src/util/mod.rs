@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod fs;
 pub mod glob;
 pub mod time;
+pub mod tty;
 
 /// For unit tests that cannot run on this machine: prints `SKIP: <test>: <reason>` (as
 /// `tests/it/support`'s `skip` does) and the caller returns; under `CI=true`, panics with that line.

@@ -69,8 +69,11 @@ pub const MAJOR: u16 = 2;
 /// zstd window it decodes ([`RobotHello::window_log_max`]). 2: a `daemon_error` carries the
 /// robot's cause chain (`causes`, [`RemoteError`]); older laptops ignore it. 3: `resolve`
 /// asks the robot's store what image names mean there ([`ToRobot::Resolve`]); a laptop sends
-/// it only to a robot whose hello says 2.3 or later ([`RobotHello::resolves`]).
-pub const MINOR: u16 = 4;
+/// it only to a robot whose hello says 2.3 or later ([`RobotHello::resolves`]). 4: a
+/// `deploy` may be answered by `daemon_notice`s first. 5: the robot has `dt-agent exec`
+/// (which `dts duckiebot exec` runs over its own SSH channel, [`RobotHello::execs`]) and a
+/// `logs` request takes `since`/`until`.
+pub const MINOR: u16 = 5;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -229,12 +232,23 @@ impl RobotHello {
     /// Whether the robot answers [`ToRobot::Resolve`] (protocol 2.3 or later): an older one
     /// would end the session on the unknown `op`.
     pub fn resolves(&self) -> bool {
+        self.speaks(3)
+    }
+
+    /// Whether the robot's agent has `dt-agent exec` (protocol 2.5 or later): an older one
+    /// would refuse the command line.
+    pub fn execs(&self) -> bool {
+        self.speaks(5)
+    }
+
+    /// Whether the robot speaks our major version at `minor` or later.
+    fn speaks(&self, minor: u16) -> bool {
         let mut parts = self
             .protocol
             .split('.')
             .map(|p| p.parse::<u16>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        major == MAJOR && minor >= 3
+        let (major, theirs) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        major == MAJOR && theirs >= minor
     }
 }
 
@@ -563,6 +577,10 @@ mod tests {
         ] {
             h.protocol = protocol.into();
             assert_eq!(h.resolves(), resolves, "{protocol}");
+        }
+        for (protocol, execs) in [("2.4", false), ("2.5", true), ("3.5", false)] {
+            h.protocol = protocol.into();
+            assert_eq!(h.execs(), execs, "{protocol}");
         }
         let m = ToRobot::Resolve {
             images: vec![ResolveQuery {

@@ -501,6 +501,14 @@ fn relay(root: &Path, request: &Request, output: &mut dyn Write) -> Result<(), W
             error: RemoteError::from_error(ErrorClass::Failed, &other),
         },
     };
+    if let Request::Exec { .. } = request {
+        // Its streams are file descriptors of a local client: over SSH it has its own channel.
+        let error = RemoteError::new(
+            ErrorClass::BadInput,
+            "exec is not relayed: run `dt-agent exec` on its own SSH channel (as `dts duckiebot exec` does)",
+        );
+        return send(output, &FromRobot::DaemonError { error });
+    }
     let mut client = match Client::connect(root) {
         Ok(c) => c,
         Err(e) => return send(output, &answer(e)),

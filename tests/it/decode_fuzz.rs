@@ -162,7 +162,13 @@ fn request() -> BoxedStrategy<(Value, bool)> {
             json!({"stack": "s", "services": services, "probation": {"secs": 1, "nanos": 0}});
         (json!({"op": "deploy", "spec": spec, "detach": true}), bad)
     });
-    prop_oneof![by_name, kill, volume, create, deploy].boxed()
+    let exec = (container_name(), any::<bool>()).prop_map(|(n, tty)| {
+        (
+            json!({"op": "exec", "spec": {"name": n.text, "cmd": ["sh"], "tty": tty}}),
+            n.hostile,
+        )
+    });
+    prop_oneof![by_name, kill, volume, create, deploy, exec].boxed()
 }
 
 /// A container config as JSON, and whether any name in it is hostile.
@@ -322,6 +328,7 @@ fn check_names(req: &Request) {
         | Request::Inspect { name }
         | Request::Logs { name, .. }
         | Request::Diff { name } => assert!(one_component(name), "{name:?}"),
+        Request::Exec { spec } => assert!(one_component(&spec.name), "{:?}", spec.name),
         Request::Kill { name, signal } => {
             assert!(one_component(name), "{name:?}");
             assert!(
@@ -350,8 +357,7 @@ fn check_names(req: &Request) {
 /// Feeds one line to the daemon's reader: `Some(request)` when it decodes (its names checked),
 /// `None` when refused (as bad input).
 fn daemon(line: &[u8]) -> Option<Request> {
-    let text = String::from_utf8_lossy(line);
-    match dts::agent::daemon::decode_request(&text) {
+    match dts::agent::daemon::decode_request(line) {
         Ok(r) => {
             check_names(&r);
             Some(r)

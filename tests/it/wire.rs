@@ -895,6 +895,8 @@ async fn daemon_requests_are_relayed_whatever_their_kind() {
                 follow: true,
                 tail: None,
                 until_exit: true,
+                since: None,
+                until: None,
             },
             &mut |l| lines.push(l.log),
         )

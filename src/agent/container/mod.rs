@@ -27,6 +27,7 @@
 //! missing node fails the start naming the role and the node.
 
 pub mod diff;
+pub mod exec;
 pub mod handover;
 pub mod init;
 mod launch;

@@ -28,6 +28,9 @@ use crate::ssh::target::host_port;
 use crate::ssh::{SshError, SshOptions, Target};
 
 mod auth;
+mod open;
+
+pub use open::{PtyRequest, WindowChanger};
 
 use auth::authenticate;
 
@@ -339,48 +342,6 @@ impl Session {
     /// collected.
     pub async fn exec(&self, command: &str) -> Result<ExecChannel, SshError> {
         self.exec_with(command, Stderr::Collect).await
-    }
-
-    /// Runs `command` with stderr going where `stderr` says.
-    pub async fn exec_with(&self, command: &str, stderr: Stderr) -> Result<ExecChannel, SshError> {
-        let channel = self
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| self.lost_or(e, "opening a channel"))?;
-        // want_reply: a server that refuses to run it says so with `Failure`, seen by the pump.
-        channel
-            .exec(true, command)
-            .await
-            .map_err(|e| self.lost_or(e, "starting the command"))?;
-        let (read, write) = channel.split();
-        let count = Count {
-            channel: ByteCounters::default(),
-            session: self.counters.clone(),
-        };
-        let (pipe_rx, pipe_tx) = tokio::io::simplex(STDOUT_PIPE_BYTES);
-        let (alive, pump_gone) = tokio::sync::oneshot::channel();
-        let pump = Pump {
-            _alive: alive,
-            addr: self.addr.clone(),
-            command: command.to_owned(),
-            shared: self.shared.clone(),
-            count: count.clone(),
-        };
-        let done = tokio::spawn(pump.run(read, pipe_tx, stderr));
-        Ok(ExecChannel {
-            stdin: ExecStdin {
-                inner: Box::pin(write.make_writer()),
-                count: count.clone(),
-                pump_gone: Some(pump_gone),
-            },
-            stdout: ExecStdout { inner: pipe_rx },
-            waiter: ExitWaiter {
-                done,
-                addr: self.addr.clone(),
-            },
-            counters: count.channel,
-        })
     }
 
     /// Runs `command` with empty stdin and returns everything it printed and its status.
