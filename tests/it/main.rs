@@ -30,6 +30,7 @@ mod deploy_keep;
 mod deploy_pull;
 mod discover;
 mod discover_parse;
+mod exec;
 mod fresh_robot;
 mod image_cli;
 mod image_registry_cli;

@@ -70,8 +70,19 @@ impl Session {
             .await
             .map_err(|e| self.lost_or(e, "opening a channel"))?;
         if let Some(p) = pty {
-            // Modes as OpenSSH's client sends for a raw local terminal: the remote line
-            // discipline does the cooking (the pty's defaults), with 8-bit input.
+            // Raw from birth, as the laptop's terminal is: bytes typed before the command
+            // makes it raw are neither echoed nor cooked there (the container's terminal
+            // does both).
+            let raw = [
+                (Pty::ECHO, 0),
+                (Pty::ICANON, 0),
+                (Pty::ISIG, 0),
+                (Pty::IEXTEN, 0),
+                (Pty::ICRNL, 0),
+                (Pty::IXON, 0),
+                (Pty::OPOST, 0),
+                (Pty::CS8, 1),
+            ];
             channel
                 .request_pty(
                     true,
@@ -80,7 +91,7 @@ impl Session {
                     u32::from(p.rows),
                     0,
                     0,
-                    &[(Pty::CS8, 1)],
+                    &raw,
                 )
                 .await
                 .map_err(|e| self.lost_or(e, "asking for a terminal"))?;
