@@ -8,7 +8,7 @@
 use crate::support::{self, TestContext};
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -120,6 +120,7 @@ fn exec_without_a_terminal_is_byte_exact_and_exits_as_the_process() {
     // Docker's codes for what cannot run.
     let (code, _, err) = exec(&w, &["box", "--", "no-such-command"], b"");
     assert_eq!(code, Some(127), "{err}");
+    assert!(err.contains("no-such-command"), "the runtime's message: {err}");
     let (code, _, err) = exec(&w, &["box", "--", "/etc"], b"");
     assert_eq!(code, Some(126), "{err}");
 
@@ -202,7 +203,7 @@ fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
         .open(name.to_str().unwrap())
         .unwrap();
     set_size(&master, rows, cols);
-    (std::fs::File::from(OwnedFd::from(master)), slave)
+    (std::fs::File::from(master), slave)
 }
 
 fn set_size(fd: impl AsFd, rows: u16, cols: u16) {
