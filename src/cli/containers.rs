@@ -121,7 +121,7 @@ impl RunArgs {
     pub fn to_config(&self) -> Result<ContainerConfig> {
         if self.interactive || self.tty {
             anyhow::bail!(
-                "-i/-t (an interactive terminal) is not supported yet: run the command non-interactively, or log in to the robot"
+                "-i/-t (an interactive terminal) is not supported by run yet: start the container with -d and open a terminal in it with `exec -it NAME -- sh`"
             );
         }
         let name = match &self.name {
