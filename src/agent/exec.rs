@@ -202,6 +202,13 @@ pub fn run(root: &Path, spec: &ExecSpec) -> Result<i32, ExecError> {
     let mut reader = LineReader::new(conn.try_clone()?);
     match next_reply(&mut reader)? {
         ExecReply::Started => {}
+        ExecReply::Error(e) if e.message().contains("unknown variant `exec`") => {
+            return Err(RemoteError::new(
+                crate::api::ErrorClass::Failed,
+                "the dt-agent daemon running is older than this dt-agent and has no exec: restart it (`systemctl restart dt-agent`)",
+            )
+            .into());
+        }
         ExecReply::Error(e) => return Err(e.into()),
         ExecReply::Exit(c) => return Ok(c),
     }

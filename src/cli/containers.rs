@@ -400,7 +400,11 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
                 )
                 .into());
             }
-            let code = crate::agent::exec::run(root, &spec)?;
+            // The daemon's refusal itself, so that its class decides the exit (2 for bad input).
+            let code = crate::agent::exec::run(root, &spec).map_err(|e| match e {
+                crate::agent::exec::ExecError::Remote(r) => anyhow::Error::from(r),
+                other => other.into(),
+            })?;
             Ok(if code == 0 {
                 Exit::Ok
             } else {

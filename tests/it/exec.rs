@@ -120,7 +120,10 @@ fn exec_without_a_terminal_is_byte_exact_and_exits_as_the_process() {
     // Docker's codes for what cannot run.
     let (code, _, err) = exec(&w, &["box", "--", "no-such-command"], b"");
     assert_eq!(code, Some(127), "{err}");
-    assert!(err.contains("no-such-command"), "the runtime's message: {err}");
+    assert!(
+        err.contains("no-such-command"),
+        "the runtime's message: {err}"
+    );
     let (code, _, err) = exec(&w, &["box", "--", "/etc"], b"");
     assert_eq!(code, Some(126), "{err}");
 
@@ -181,6 +184,10 @@ fn exec_without_a_terminal_is_byte_exact_and_exits_as_the_process() {
     let (code, _, err) = exec(&w, &["--privileged", "box", "--", "true"], b"");
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--privileged"), "{err}");
+    // What only the robot finds wrong is bad input there too.
+    let (code, _, err) = exec(&w, &["-e", "NOEQUALS", "box", "--", "true"], b"");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("NOEQUALS"), "{err}");
     let (code, _, err) = exec(&w, &["nobox", "--", "true"], b"");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no container `nobox`"), "{err}");
