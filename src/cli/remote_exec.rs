@@ -198,8 +198,17 @@ async fn relay_tty(
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
     let (mut stdin, stdout, waiter) = channel.into_parts();
-    let mut chunks = if interactive {
-        Some(stdin_chunks())
+    // Keys go on a task of their own: a write waiting for the channel's window must not stop
+    // the output from being read meanwhile.
+    let feed = if interactive {
+        let mut chunks = stdin_chunks();
+        Some(tokio::spawn(async move {
+            while let Some(c) = chunks.recv().await {
+                if stdin.write_all(&c).await.is_err() {
+                    return;
+                }
+            }
+        }))
     } else {
         let _ = stdin.shutdown().await;
         None
@@ -212,12 +221,6 @@ async fn relay_tty(
                 r.context("writing the command's output")?;
                 break None;
             }
-            c = async { chunks.as_mut()?.recv().await }, if chunks.is_some() => match c {
-                Some(c) => {
-                    let _ = stdin.write_all(&c).await;
-                }
-                None => chunks = None,
-            },
             _ = winch.recv() => {
                 if let Some((rows, cols)) = tty::own_size() {
                     resizer.resize(rows, cols).await;
@@ -227,6 +230,9 @@ async fn relay_tty(
             _ = hup.recv() => break Some(128 + 1),
         }
     };
+    if let Some(f) = feed {
+        f.abort();
+    }
     drop(raw);
     if let Some(code) = stopped {
         return Ok(code);
