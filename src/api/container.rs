@@ -231,6 +231,64 @@ pub struct ContainerConfig {
     /// entrypoint (docs/formats.md), off otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// Labels (compose's `labels`, `docker run --label`): metadata `ps --json` shows.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Resource limits of the container's process (compose's `ulimits`), over the default
+    /// open-files limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// One resource limit of a container's process (`docker run --ulimit nofile=1024:2048`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// The resource as Docker names it, lower case without `RLIMIT_` (`nofile`, `nproc`).
+    pub name: String,
+    /// The soft limit; `u64::MAX` is unlimited.
+    pub soft: u64,
+    /// The hard limit; `u64::MAX` is unlimited.
+    pub hard: u64,
+}
+
+/// The resources `ulimits` may name: setrlimit(2)'s, as Docker spells them.
+pub const ULIMIT_NAMES: [&str; 16] = [
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+impl Ulimit {
+    /// Checks the name and that the soft limit is not above the hard one.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if !ULIMIT_NAMES.contains(&self.name.as_str()) {
+            return Err(SpecError(format!(
+                "unknown ulimit `{}` (known: {})",
+                self.name,
+                ULIMIT_NAMES.join(", ")
+            )));
+        }
+        if self.soft > self.hard {
+            return Err(SpecError(format!(
+                "ulimit `{}`: the soft limit {} is above the hard limit {}",
+                self.name, self.soft, self.hard
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A container as `ps` shows it (the JSON fields of `dts duckiebot ps --json` and more).
@@ -266,6 +324,9 @@ pub struct ContainerInfo {
     pub ip: Option<String>,
     /// Why the last start failed.
     pub error: Option<String>,
+    /// Its labels (compose's `labels`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A named volume.
@@ -428,6 +489,9 @@ pub struct LogConfig {
     pub max_size: u64,
     /// Files kept, the current one included (at least 1).
     pub max_files: u32,
+    /// Nothing is kept (compose's `logging: {driver: none}`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard: bool,
 }
 
 impl Default for LogConfig {
@@ -436,6 +500,7 @@ impl Default for LogConfig {
         LogConfig {
             max_size: 10 << 20,
             max_files: 3,
+            discard: false,
         }
     }
 }

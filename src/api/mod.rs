@@ -27,7 +27,7 @@ pub mod transfer;
 
 pub use container::{
     Change, ContainerConfig, ContainerInfo, LogConfig, LogLine, NetworkMode, PortMapping,
-    PortSpecError, Proto, RestartPolicy, SpecError, VolumeInfo, VolumeSource, VolumeSpec,
+    PortSpecError, Proto, RestartPolicy, SpecError, Ulimit, VolumeInfo, VolumeSource, VolumeSpec,
 };
 pub use daemon::{
     Answer, AnswerError, ErrorClass, ExecReply, ExecSpec, RemoteError, Request, RuntimeInfo, decode,

@@ -188,10 +188,13 @@ impl RunArgs {
             log: LogConfig {
                 max_size: parse_size(&self.log_max_size)?.max(1),
                 max_files: self.log_max_files.max(1),
+                discard: false,
             },
             stop_timeout: self.stop_timeout,
             stop_signal: None,
             init: None,
+            labels: Default::default(),
+            ulimits: Vec::new(),
         })
     }
 }

@@ -50,6 +50,9 @@ impl LogWriter {
 
     /// Writes one line (`text` as read, newline included when there was one).
     pub fn write(&mut self, stream: &str, text: &[u8]) -> Result<(), PathError> {
+        if self.config.discard {
+            return Ok(());
+        }
         let line = LogLine {
             log: String::from_utf8_lossy(text).into_owned(),
             stream: stream.to_string(),
@@ -225,6 +228,7 @@ mod tests {
         let cfg = LogConfig {
             max_size: 300,
             max_files: 3,
+            discard: false,
         };
         let mut w = LogWriter::open(dir.path(), cfg).unwrap();
         let mut r = LogReader::open(dir.path(), None).unwrap();

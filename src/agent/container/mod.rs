@@ -461,6 +461,7 @@ impl Manager {
             restart: r.config.restart,
             ip: s.ip.clone(),
             error: s.error.clone(),
+            labels: r.config.labels.clone(),
         })
     }
 
@@ -563,6 +564,9 @@ impl Manager {
             &strings(&config.cdi_devices),
         )
         .map_err(ContainerError::BadSpec)?;
+        for u in &config.ulimits {
+            u.check()?;
+        }
         let _g = self.lock();
         let dir = self.dir(&config.name);
         if dir.join("container.json").exists() {

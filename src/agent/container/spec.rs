@@ -8,8 +8,8 @@ use std::path::Path;
 use oci_spec::runtime::{
     Linux, LinuxBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup,
     LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResources, LinuxResourcesBuilder, Mount, Process, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    LinuxResources, LinuxResourcesBuilder, Mount, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{ContainerConfig, ContainerError, NetworkMode, VolumeSource};
@@ -208,8 +208,38 @@ fn process_for(input: &SpecInput<'_>) -> Result<Process, RuntimeError> {
         .cwd(cwd)
         .capabilities(capabilities_for(input.user.uid)?)
         .no_new_privileges(false)
-        .rlimits(vec![nofile_limit()?])
+        .rlimits(rlimits_for(cfg)?)
         .build()?)
+}
+
+/// The process's resource limits: the default open-files limit unless the container sets its
+/// own, then each of its `ulimits` (names checked at create).
+fn rlimits_for(cfg: &ContainerConfig) -> Result<Vec<PosixRlimit>, RuntimeError> {
+    let mut out = Vec::new();
+    if !cfg.ulimits.iter().any(|u| u.name == "nofile") {
+        out.push(nofile_limit()?);
+    }
+    for u in &cfg.ulimits {
+        // oci-spec names the types as the runtime spec does: `RLIMIT_NOFILE`.
+        let typ: PosixRlimitType = serde_json::from_value(serde_json::Value::String(format!(
+            "RLIMIT_{}",
+            u.name.to_ascii_uppercase()
+        )))
+        .map_err(|_| {
+            RuntimeError::Spec(oci_spec::OciSpecError::Other(format!(
+                "unknown ulimit `{}`",
+                u.name
+            )))
+        })?;
+        out.push(
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(u.soft)
+                .hard(u.hard)
+                .build()?,
+        );
+    }
+    Ok(out)
 }
 
 /// The `linux` section: namespaces (`own_net` and `uts` say whether the network and UTS
@@ -355,6 +385,45 @@ fn bind(dest: &str, src: &Path, read_only: bool) -> Result<Mount, RuntimeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compose's `ulimits` become the process's OCI rlimits; a `nofile` of its own replaces
+    /// the default open-files limit.
+    #[test]
+    fn ulimits_are_rlimits() {
+        let ul = |name: &str, soft, hard| crate::api::Ulimit {
+            name: name.into(),
+            soft,
+            hard,
+        };
+        let kinds = |cfg: &ContainerConfig| -> Vec<(String, u64, u64)> {
+            rlimits_for(cfg)
+                .unwrap()
+                .iter()
+                .map(|r| (format!("{:?}", r.typ()), r.soft(), r.hard()))
+                .collect()
+        };
+        let plain = kinds(&ContainerConfig::default());
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].0, "RlimitNofile");
+        let cfg = ContainerConfig {
+            ulimits: vec![
+                ul("nofile", 100, 200),
+                ul("core", 0, 0),
+                ul("memlock", u64::MAX, u64::MAX),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            kinds(&cfg),
+            [
+                ("RlimitNofile".to_string(), 100, 200),
+                ("RlimitCore".to_string(), 0, 0),
+                ("RlimitMemlock".to_string(), u64::MAX, u64::MAX)
+            ]
+        );
+        assert!(ul("nofiles", 1, 1).check().is_err());
+        assert!(ul("nofile", 2, 1).check().is_err());
+    }
 
     #[test]
     fn working_dirs_through_proc_fd_are_refused() {
