@@ -11,7 +11,9 @@
 //! (`robot.yaml: devices.motors.nodez: unknown key`), and every one of them is the user's input
 //! at fault (exit 2, [`ProfileError::is_bad_input`]) except a file that cannot be read.
 
+pub mod dotenv;
 pub mod interpolate;
+mod locate;
 pub mod robot;
 pub mod stack;
 mod yaml;
@@ -36,10 +38,12 @@ pub enum ProfileError {
         message: String,
     },
     /// Valid YAML, but not a valid document of its kind.
-    #[error("{}", invalid_text(.file, .key, .message, .hint.as_deref()))]
+    #[error("{}", invalid_text(.file, .pos, .key, .message, .hint.as_deref()))]
     Invalid {
         /// Which file.
         file: String,
+        /// `(line, column)` in the file, 1-based, where the key was written (stack files).
+        pos: Option<(usize, usize)>,
         /// Dotted key path of the offending value (`services.core.volumes[1]`); empty for the
         /// document itself.
         key: String,
@@ -100,10 +104,21 @@ impl ProfileError {
     pub(crate) fn invalid(file: &str, key: &str, message: impl Into<String>) -> ProfileError {
         ProfileError::Invalid {
             file: file.to_string(),
+            pos: None,
             key: key.to_string(),
             message: message.into(),
             hint: None,
         }
+    }
+
+    /// Adds where in the file's `text` the error's key was written, when it can be found.
+    pub(crate) fn located(mut self, positions: &locate::Positions) -> ProfileError {
+        if let ProfileError::Invalid { key, pos, .. } = &mut self
+            && pos.is_none()
+        {
+            *pos = positions.find(key);
+        }
+        self
     }
 
     pub(crate) fn with_hint(mut self, text: impl Into<String>) -> ProfileError {
@@ -114,7 +129,18 @@ impl ProfileError {
     }
 }
 
-fn invalid_text(file: &str, key: &str, message: &str, hint: Option<&str>) -> String {
+fn invalid_text(
+    file: &str,
+    pos: &Option<(usize, usize)>,
+    key: &str,
+    message: &str,
+    hint: Option<&str>,
+) -> String {
+    // `FILE:LINE:COL:` as compilers and compose print it, so editors jump to the key.
+    let file = match pos {
+        Some((l, c)) => format!("{file}:{l}:{c}"),
+        None => file.to_string(),
+    };
     let mut s = if key.is_empty() {
         format!("{file}: {message}")
     } else {

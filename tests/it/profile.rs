@@ -412,180 +412,180 @@ fn stack_errors_name_file_and_key() {
     let cases: Vec<(String, &str)> = vec![
         (
             svc("    imagez: x\n"),
-            "s.yaml: services.core.imagez: unknown key",
+            "s.yaml:4:5: services.core.imagez: unknown key",
         ),
         (
-            svc("    container_name: c\n"),
-            "s.yaml: services.core.container_name: unknown key; hint: containers are named after their service key",
+            svc("    pid: host\n"),
+            "s.yaml:4:5: services.core.pid: `pid` is refused: every container has its own namespaces",
         ),
         (
-            svc("    devices: [/dev/i2c-1]\n"),
-            "s.yaml: services.core.devices[0]: `/dev/i2c-1`: only CDI device names (vendor.com/class=name) are accepted; hint: grant device roles",
+            svc("    devices: [video0]\n"),
+            "s.yaml:4:5: services.core.devices[0]: `video0`: expected a host device path (`/dev/video0`) or a CDI device name (vendor.com/class=name); hint: grant device roles",
         ),
         (
             svc("    devices: [nvidia.com/gpu=-all]\n"),
-            "s.yaml: services.core.devices[0]: `nvidia.com/gpu=-all`: device name `-all` must start and end",
+            "s.yaml:4:5: services.core.devices[0]: `nvidia.com/gpu=-all`: device name `-all` must start and end",
         ),
         (
-            svc("    privileged: true\n"),
-            "s.yaml: services.core.privileged: `privileged: true` is refused; hint: grant device roles instead: `x-duckiebot: { devices: [camera, motors] }`",
+            svc("    privileged: maybe\n"),
+            "s.yaml:4:5: services.core.privileged: expected true or false, found a string",
         ),
         (
             svc("    x-duckiebot: { devices: [camera], stages: 1 }\n"),
-            "s.yaml: services.core.x-duckiebot.stages: unknown key",
+            "s.yaml:4:5: services.core.x-duckiebot.stages: unknown key",
         ),
         (
             svc("    x-duckiebot: { stage: -1 }\n"),
-            "s.yaml: services.core.x-duckiebot.stage: expected a non-negative integer, found `-1`",
+            "s.yaml:4:5: services.core.x-duckiebot.stage: expected a non-negative integer, found `-1`",
         ),
         (
             svc("    x-duckiebot: { devices: [camera, camera] }\n"),
-            "s.yaml: services.core.x-duckiebot.devices[1]: role `camera` is listed twice",
+            "s.yaml:4:5: services.core.x-duckiebot.devices[1]: role `camera` is listed twice",
         ),
         (
             svc("    volumes: [\"data:/data\"]\n"),
-            "s.yaml: services.core.volumes[0]: `data:/data`: volume `data` is not declared",
+            "s.yaml:4:5: services.core.volumes[0]: `data:/data`: volume `data` is not declared",
         ),
         (
             svc("    volumes: [\"./code:/code\"]\n"),
-            "s.yaml: services.core.volumes[0]: `./code:/code`: a bind mount's source is a path on the robot",
+            "s.yaml:4:5: services.core.volumes[0]: `./code:/code`: a bind mount's source is a path on the robot",
         ),
         (
             svc("    volumes: [\"/data\"]\n"),
-            "s.yaml: services.core.volumes[0]: `/data`: anonymous volumes are not supported",
+            "s.yaml:4:5: services.core.volumes[0]: `/data`: anonymous volumes are not supported",
         ),
         (
             svc("    volumes: [\"/data:/data:z\"]\n"),
-            "s.yaml: services.core.volumes[0]: `/data:/data:z`: mode `z`",
+            "s.yaml:4:5: services.core.volumes[0]: `/data:/data:z`: mode `z`",
         ),
         (
             svc("    volumes: [{type: bind, source: /a, target: /b}]\n"),
-            "s.yaml: services.core.volumes[0]: the long volume syntax is not supported",
+            "s.yaml:4:5: services.core.volumes[0]: the long volume syntax is not supported",
         ),
         (
             svc("    ports: [\"80\"]\n"),
-            "s.yaml: services.core.ports[0]: `80`: expected HOST:CONTAINER",
+            "s.yaml:4:5: services.core.ports[0]: `80`: expected HOST:CONTAINER",
         ),
         (
             svc("    network_mode: service:ros\n"),
-            "s.yaml: services.core.network_mode: `service:ros` is not supported",
+            "s.yaml:4:5: services.core.network_mode: `service:ros` is not supported",
         ),
         (
             svc("    restart: sometimes\n"),
-            "s.yaml: services.core.restart: `sometimes` is not `no`",
+            "s.yaml:4:5: services.core.restart: `sometimes` is not `no`",
         ),
         (
             svc("    depends_on: { ros: { condition: service_ready } }\n"),
-            "s.yaml: services.core.depends_on.ros.condition: `service_ready`",
+            "s.yaml:4:5: services.core.depends_on.ros.condition: `service_ready`",
         ),
         (
             svc("    depends_on: { ros: { required: true } }\n"),
-            "s.yaml: services.core.depends_on.ros.required: unknown key",
+            "s.yaml:4:5: services.core.depends_on.ros.required: unknown key",
         ),
         (
             svc("    depends_on: [ros]\n"),
-            "s.yaml: services.core.depends_on: no service `ros` in this stack",
+            "s.yaml:4:5: services.core.depends_on: no service `ros` in this stack",
         ),
         (
             svc("    depends_on: [core]\n"),
-            "s.yaml: services.core.depends_on: a service cannot depend on itself",
+            "s.yaml:4:5: services.core.depends_on: a service cannot depend on itself",
         ),
         (
             svc("    healthcheck: { test: [\"CMD\"] }\n"),
-            "s.yaml: services.core.healthcheck.test: expected [\"CMD\", ARG…]",
+            "s.yaml:4:5: services.core.healthcheck.test: expected [\"CMD\", ARG…]",
         ),
         (
             svc("    healthcheck: { interval: 30 }\n"),
-            "s.yaml: services.core.healthcheck.interval: `30` is not a duration",
+            "s.yaml:4:5: services.core.healthcheck.interval: `30` is not a duration",
         ),
         (
             svc("    healthcheck: { timeout: 0s }\n"),
-            "s.yaml: services.core.healthcheck.timeout: must be longer than zero",
+            "s.yaml:4:5: services.core.healthcheck.timeout: must be longer than zero",
         ),
         (
             svc("    healthcheck: { disable: true, test: [\"CMD\", \"true\"] }\n"),
-            "s.yaml: services.core.healthcheck.test: a test cannot be given with `disable: true`",
+            "s.yaml:4:5: services.core.healthcheck.test: a test cannot be given with `disable: true`",
         ),
         (
             svc("    healthcheck: { retry: 3 }\n"),
-            "s.yaml: services.core.healthcheck.retry: unknown key",
+            "s.yaml:4:5: services.core.healthcheck.retry: unknown key",
         ),
         (
             svc("    mem_limit: 1q\n"),
-            "s.yaml: services.core.mem_limit: `1q` is not a size",
+            "s.yaml:4:5: services.core.mem_limit: `1q` is not a size",
         ),
         (
             svc("    mem_limit: 1k\n"),
-            "s.yaml: services.core.mem_limit: 1024 bytes is below the 6 MiB minimum",
+            "s.yaml:4:5: services.core.mem_limit: 1024 bytes is below the 6 MiB minimum",
         ),
         (
             svc("    cpus: 0\n"),
-            "s.yaml: services.core.cpus: expected a positive number of CPUs",
+            "s.yaml:4:5: services.core.cpus: expected a positive number of CPUs",
         ),
         (
             svc("    cpus: many\n"),
-            "s.yaml: services.core.cpus: expected a number, found `many`",
+            "s.yaml:4:5: services.core.cpus: expected a number, found `many`",
         ),
         (
             svc("    command: \"bash -c 'x\"\n"),
-            "s.yaml: services.core.command: `bash -c 'x` has an unterminated `'`",
+            "s.yaml:4:5: services.core.command: `bash -c 'x` has an unterminated `'`",
         ),
         (
             svc("    entrypoint: 5\n"),
-            "s.yaml: services.core.entrypoint: expected a string or a list, found a number",
+            "s.yaml:4:5: services.core.entrypoint: expected a string or a list, found a number",
         ),
         (
             svc("    environment: [\"=x\"]\n"),
-            "s.yaml: services.core.environment[0]: `` is not an environment variable name",
+            "s.yaml:4:5: services.core.environment[0]: `` is not an environment variable name",
         ),
         (
             svc("    environment: 5\n"),
-            "s.yaml: services.core.environment: expected a mapping or a list of K=V",
+            "s.yaml:4:5: services.core.environment: expected a mapping or a list of K=V",
         ),
         (
-            svc("    labels: {a: b}\n"),
-            "s.yaml: services.core.labels: unknown key",
+            svc("    labels: 5\n"),
+            "s.yaml:4:5: services.core.labels: expected a mapping or a list of KEY=VALUE, found a number",
         ),
         (
             svc("    command: echo ${HOME\n"),
-            "s.yaml: services.core.command: unterminated `${`",
+            "s.yaml:4:5: services.core.command: unterminated `${`",
         ),
         (
             svc("    command: echo $1\n"),
-            "s.yaml: services.core.command: invalid interpolation",
+            "s.yaml:4:5: services.core.command: invalid interpolation",
         ),
         (
             svc("    environment: { TAG: \"${TAG:?set TAG to deploy}\" }\n"),
-            "s.yaml: services.core.environment.TAG: required variable `TAG` is not set: set TAG to deploy",
+            "s.yaml:4:5: services.core.environment.TAG: required variable `TAG` is not set: set TAG to deploy",
         ),
         (
             "services:\n  core:\n    command: x\n".into(),
-            "s.yaml: services.core.image: missing",
+            "s.yaml:2:3: services.core.image: missing",
         ),
         (
             "services:\n  core:\n    image: \"dt-core:${NOPE}\"\n".into(),
-            "s.yaml: services.core.image: `dt-core:` is not an image reference",
+            "s.yaml:3:5: services.core.image: `dt-core:` is not an image reference",
         ),
         (
             "services:\n  \"my core\":\n    image: a\n".into(),
-            "s.yaml: services.my core: service name `my core`",
+            "s.yaml:2:3: services.my core: service name `my core`",
         ),
         (
             "services: {}\n".into(),
-            "s.yaml: services: a stack runs at least one service",
+            "s.yaml:1:1: services: a stack runs at least one service",
         ),
         ("volumes: {}\n".into(), "s.yaml: services: missing"),
         (
             "name: x\nservices:\n  a:\n    image: a\n".into(),
-            "s.yaml: name: unknown key",
+            "s.yaml:1:1: name: unknown key",
         ),
         (
             "services:\n  a:\n    image: a\nvolumes:\n  data:\n    driver: local\n".into(),
-            "s.yaml: volumes.data.driver: unknown key",
+            "s.yaml:6:5: volumes.data.driver: unknown key",
         ),
         (
             "services:\n  - a\n".into(),
-            "s.yaml: services: expected a mapping, found a list",
+            "s.yaml:1:1: services: expected a mapping, found a list",
         ),
         ("services:\n  a: {image: a\n".into(), "s.yaml: "),
     ];
@@ -777,14 +777,14 @@ fn start_order_follows_stages_then_dependencies() {
     );
     assert_eq!(
         e,
-        "s.yaml: services.a.depends_on: dependency cycle: a → b → c → a"
+        "s.yaml:2:3: services.a.depends_on: dependency cycle: a → b → c → a"
     );
     let e = stack_err(
         "services:\n  a: { image: a, depends_on: [b] }\n  b: { image: b, x-duckiebot: { stage: 1 } }\n",
     );
     assert_eq!(
         e,
-        "s.yaml: services.a.depends_on: `b` is in stage 1, which starts after this service's stage 0"
+        "s.yaml:2:3: services.a.depends_on: `b` is in stage 1, which starts after this service's stage 0"
     );
     // The robot's roles are checked against what the stack grants.
     let s =

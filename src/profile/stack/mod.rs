@@ -37,10 +37,14 @@ use super::yaml::{Doc, Map, index, join, kind, show};
 pub use crate::api::{NetworkMode, PortMapping, Proto as Protocol};
 use crate::util::fs::PathContext;
 
+mod compose;
+#[cfg(test)]
+mod corpus;
 mod parse;
 mod release;
 mod security;
 mod stop;
+pub use compose::{Located, Privileges};
 pub use stop::parse_signal;
 
 use parse::{order, parse_service};
@@ -125,6 +129,37 @@ pub struct Service {
     /// `init`: a minimal init as PID 1 (`None`: the agent decides, docs/formats.md).
     #[serde(default)]
     pub init: Option<bool>,
+    /// `labels`, shown by `ps --json`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `user`: replaces the image's USER.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `working_dir`: replaces the image's WORKDIR.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// `hostname`: its own host name (and UTS namespace).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `ulimits`.
+    #[serde(default)]
+    pub ulimits: Vec<crate::api::Ulimit>,
+    /// `logging`, mapped onto the agent's log rotation; `None`: the agent's default.
+    #[serde(default)]
+    pub logging: Option<crate::api::LogConfig>,
+    /// `container_name`: the container's name on the robot (default: the service key).
+    #[serde(default)]
+    pub container_name: Option<String>,
+    /// `privileged: true` and host-path `devices`, which the deploy grants as device roles.
+    #[serde(default)]
+    pub privileges: Privileges,
+}
+
+impl Service {
+    /// The container's name on the robot: `container_name`, else the service key.
+    pub fn container_name_or<'a>(&'a self, key: &'a str) -> &'a str {
+        self.container_name.as_deref().unwrap_or(key)
+    }
 }
 
 /// One entry of a service's `volumes`.
@@ -262,6 +297,98 @@ pub fn resolve_stack_arg(arg: Option<&str>) -> StackSource {
     }
 }
 
+/// Docker's compose file names, in the order Docker Compose picks them.
+pub const COMPOSE_FILE_NAMES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// The compose file Docker Compose would pick in `dir`, and a note when several were there
+/// (Docker warns the same way and takes the first).
+pub fn find_compose_file(dir: &Path) -> Option<(PathBuf, Option<String>)> {
+    let found: Vec<PathBuf> = COMPOSE_FILE_NAMES
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .collect();
+    let first = found.first()?.clone();
+    let note = (found.len() > 1).then(|| {
+        let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "found several compose files ({}); using `{}`, as Docker Compose does",
+            names.join(", "),
+            first.display()
+        )
+    });
+    Some((first, note))
+}
+
+/// Interprets `--stack` as Docker Compose and the shipped stacks together: a directory (`.`)
+/// means the compose file in it; no `--stack` means the compose file of `cwd` when there is
+/// one (said in a note: the default stack is `--stack duckiebot` then), else
+/// [`DEFAULT_STACK`]. The notes are for the user.
+pub fn resolve_stack_in(
+    arg: Option<&str>,
+    cwd: &Path,
+) -> Result<(StackSource, Vec<String>), ProfileError> {
+    let mut notes = Vec::new();
+    match arg {
+        None => {
+            if let Some((file, note)) = find_compose_file(cwd) {
+                notes.extend(note);
+                notes.push(format!(
+                    "deploying `{}`, the compose file of the current directory; `--stack {DEFAULT_STACK}` deploys the default stack",
+                    file.display()
+                ));
+                return Ok((StackSource::File(file), notes));
+            }
+            Ok((resolve_stack_arg(None), notes))
+        }
+        Some(a) => {
+            let p = cwd.join(a);
+            if p.is_dir() {
+                let (file, note) = find_compose_file(&p).ok_or_else(|| {
+                    ProfileError::invalid(
+                        a,
+                        "",
+                        format!(
+                            "a directory without a compose file (looked for {})",
+                            COMPOSE_FILE_NAMES.join(", ")
+                        ),
+                    )
+                })?;
+                notes.extend(note);
+                return Ok((StackSource::File(file), notes));
+            }
+            Ok((resolve_stack_arg(Some(a)), notes))
+        }
+    }
+}
+
+/// The name a release records for a stack file: the directory's name for Docker's compose
+/// file names (compose's project name), else the file's stem.
+pub fn file_stack_name(p: &Path) -> String {
+    let file = p.file_name().map(|f| f.to_string_lossy().into_owned());
+    if file
+        .as_deref()
+        .is_some_and(|f| COMPOSE_FILE_NAMES.contains(&f))
+    {
+        let dir = std::path::absolute(p).ok().and_then(|a| {
+            a.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+        if let Some(d) = dir.filter(|d| !d.is_empty()) {
+            return d;
+        }
+    }
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stack".into())
+}
+
 impl StackSource {
     /// Reads (a file) or looks up (a shipped stack) and parses it.
     pub fn load(&self, env: &BTreeMap<String, String>) -> Result<Stack, ProfileError> {
@@ -275,13 +402,8 @@ impl StackSource {
 /// Keys compose has that people copy from Duckietown's stacks, with what to do instead.
 fn hint_for(key: &str) -> Option<&'static str> {
     Some(match key {
-        "privileged" | "devices" | "cap_add" => {
-            "grant device roles instead: `x-duckiebot: { devices: [camera, motors] }`; the robot profile maps each role to exactly the nodes it needs (`devices:` takes CDI names a granted role lists, e.g. `nvidia.com/gpu=l4t`)"
-        }
-        "container_name" => "containers are named after their service key",
-        "build" => "build the image with `dts devel build` and name it in `image`",
-        "runtime" => {
-            "the Jetson camera's nodes and argus socket come with the `camera` device role"
+        "devices" => {
+            "grant device roles instead: `x-duckiebot: { devices: [camera, motors] }`; the robot profile maps each role to exactly the nodes it needs (`devices:` takes host paths, turned into those roles at deploy, and CDI names a granted role lists, e.g. `nvidia.com/gpu=l4t`)"
         }
         _ => return None,
     })
@@ -316,14 +438,45 @@ impl Stack {
         Self::parse(file, text, env)
     }
 
-    /// Reads and parses a stack file.
+    /// Reads and parses a stack file, with the `.env` beside it: its variables interpolate
+    /// the file, and `env` (the laptop's environment) wins over them, as in compose.
     pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Stack, ProfileError> {
         let text = std::fs::read_to_string(path).at("read", path)?;
-        Self::parse(&path.display().to_string(), &text, env)
+        let dotenv = path.parent().unwrap_or(Path::new("")).join(".env");
+        let mut env = env.clone();
+        if dotenv.is_file() {
+            let t = std::fs::read_to_string(&dotenv).at("read", &dotenv)?;
+            for (k, v) in crate::profile::dotenv::parse(&dotenv.display().to_string(), &t, &env)? {
+                env.entry(k).or_insert(v);
+            }
+        }
+        Self::parse(&path.display().to_string(), &text, &env)
     }
 
-    /// Parses a stack file's text; `file` names it in errors, `env` supplies variables.
+    /// Parses a stack file's text; `file` names it in errors (as `FILE:LINE:COL` where the
+    /// key can be found in `text`), `env` supplies variables.
     pub fn parse(
+        file: &str,
+        text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Stack, ProfileError> {
+        let positions = crate::profile::locate::Positions::scan(text);
+        let mut stack = Self::parse_tree(file, text, env).map_err(|e| e.located(&positions))?;
+        // Where each privilege was written, for the deploy's warning line.
+        for svc in stack.services.values_mut() {
+            let p = &mut svc.privileges;
+            for at in p
+                .privileged
+                .iter_mut()
+                .chain(p.host_devices.iter_mut().map(|(_, l)| l))
+            {
+                at.pos = positions.find(&at.key);
+            }
+        }
+        Ok(stack)
+    }
+
+    fn parse_tree(
         file: &str,
         text: &str,
         env: &BTreeMap<String, String>,
@@ -360,6 +513,7 @@ impl Stack {
             let svc = parse_service(doc, &at, v, &volumes, env, &mut warnings)?;
             services.insert(name.clone(), svc);
         }
+        check_container_names(doc, &services)?;
         let stack = Stack {
             source: file.to_string(),
             services,
@@ -428,6 +582,32 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// Docker's rule: a container name is unique on the host. A service's container is named by
+/// its `container_name` or else its key, so no two services may end up with one name.
+fn check_container_names(
+    doc: Doc<'_>,
+    services: &BTreeMap<String, Service>,
+) -> Result<(), ProfileError> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (key, svc) in services {
+        let name = svc.container_name_or(key);
+        if let Some(other) = seen.insert(name, key) {
+            let (at, with) = if svc.container_name.is_some() {
+                (key.as_str(), other)
+            } else {
+                (other, key.as_str())
+            };
+            return Err(doc.err(
+                &join(&join("services", at), "container_name"),
+                format!(
+                    "container name `{name}` is also the container of service `{with}`: container names are unique on the robot"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Substitutes variables in every string value (not in keys) of the tree.

@@ -2,9 +2,10 @@
 //! a [`Service`], with errors naming the file and the key's path; also the start order from
 //! `depends_on`, and the word, duration and size syntaxes stack files share with flags.
 
+use super::compose;
 use super::*;
 
-const SERVICE_KEYS: [&str; 20] = [
+const SERVICE_KEYS: [&str; 29] = [
     "image",
     "command",
     "entrypoint",
@@ -25,6 +26,15 @@ const SERVICE_KEYS: [&str; 20] = [
     "stop_signal",
     "stop_grace_period",
     "init",
+    "labels",
+    "user",
+    "working_dir",
+    "hostname",
+    "env_file",
+    "logging",
+    "ulimits",
+    "container_name",
+    "expose",
 ];
 
 pub(super) fn parse_service(
@@ -42,20 +52,16 @@ pub(super) fn parse_service(
         .map_err(|e| match &e {
             ProfileError::Invalid { key, .. } => {
                 let last = key.rsplit('.').next().unwrap_or_default().to_string();
-                match hint_for(&last) {
-                    Some(h) => e.with_hint(h),
-                    None => e,
+                match super::compose::refused_why(&last) {
+                    Some(why) => doc.err(key, format!("`{last}` is refused: {why}")),
+                    None => e.with_hint(
+                        "not a compose service key dt-agent knows; docs/formats.md lists them",
+                    ),
                 }
             }
             _ => e,
         })?;
-    if let Some(p) = m.get("privileged")
-        && doc.bool(&m.at("privileged"), p)?
-    {
-        return Err(doc
-            .err(&m.at("privileged"), "`privileged: true` is refused")
-            .with_hint(hint_for("privileged").expect("has a hint")));
-    }
+    let extra = super::compose::parse_extra(doc, &m, env)?;
     let image_at = m.at("image");
     let image = doc.string(
         &image_at,
@@ -84,10 +90,11 @@ pub(super) fn parse_service(
     };
     let command = words("command")?;
     let entrypoint = words("entrypoint")?;
-    let environment = match m.get("environment") {
-        Some(v) => parse_environment(doc, &m.at("environment"), v, env)?,
-        None => BTreeMap::new(),
-    };
+    // `env_file` first, `environment` over it: compose's precedence.
+    let mut environment = extra.env_file.clone();
+    if let Some(v) = m.get("environment") {
+        environment.extend(parse_environment(doc, &m.at("environment"), v, env)?);
+    }
     let mounts = parse_mounts(doc, &m, volumes)?;
     let network_mode = match m.get("network_mode") {
         None => NetworkMode::Host,
@@ -147,9 +154,16 @@ pub(super) fn parse_service(
         None => (Vec::new(), 0),
     };
     let security = super::security::parse_security(doc, &m)?;
-    let cdi_devices = match m.get("devices") {
-        Some(v) => parse_cdi_devices(doc, &m.at("devices"), v)?,
-        None => Vec::new(),
+    let (cdi_devices, host_devices) = match m.get("devices") {
+        Some(v) => super::compose::parse_devices(doc, &m.at("devices"), v)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let privileges = Privileges {
+        privileged: extra.privileged.then(|| compose::Located {
+            key: m.at("privileged"),
+            pos: None,
+        }),
+        host_devices,
     };
     let (stop_signal, stop_grace_period, init) = super::stop::parse_stop(doc, &m)?;
     Ok(Service {
@@ -172,6 +186,14 @@ pub(super) fn parse_service(
         stop_signal,
         stop_grace_period,
         init,
+        labels: extra.labels,
+        user: extra.user,
+        working_dir: extra.working_dir,
+        hostname: extra.hostname,
+        ulimits: extra.ulimits,
+        logging: extra.logging,
+        container_name: extra.container_name,
+        privileges,
     })
 }
 
@@ -529,39 +551,26 @@ pub(super) fn parse_healthcheck(
     Ok(hc)
 }
 
-/// Compose's `devices:`, as Docker ≥ 25 reads CDI names there: fully-qualified CDI device
-/// names only (`nvidia.com/gpu=all`). A host path (`/dev/video0:/dev/video0`) is refused with
-/// the role hint: what a robot grants is its roles', and a CDI device is checked on the robot
-/// against the roles the service is granted (`agent::cdi::check_requests`).
-fn parse_cdi_devices(doc: Doc<'_>, at: &str, v: &Value) -> Result<Vec<String>, ProfileError> {
-    let mut out: Vec<String> = Vec::new();
-    for (i, d) in doc.strings(at, v)?.into_iter().enumerate() {
-        let here = index(at, i);
-        if !crate::cdi::is_qualified_name(&d) {
-            return Err(doc
-                .err(
-                    &here,
-                    format!("`{d}`: only CDI device names (vendor.com/class=name) are accepted"),
-                )
-                .with_hint(hint_for("devices").expect("has a hint")));
-        }
-        crate::cdi::QualifiedName::parse(&d).map_err(|e| doc.err(&here, e))?;
-        if !out.contains(&d) {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
 pub(super) fn parse_x_duckiebot(
     doc: Doc<'_>,
     path: &str,
     v: &Value,
 ) -> Result<(Vec<String>, u32), ProfileError> {
-    let m: Map<'_> = doc.map(path, v, |k| matches!(k, "devices" | "stage"))?;
+    let m: Map<'_> = doc.map(path, v, |k| matches!(k, "devices" | "roles" | "stage"))?;
     let mut devices = Vec::new();
-    if let Some(d) = m.get("devices") {
-        let at = m.at("devices");
+    // `roles` is another name for `devices`, the one the issue tracker and docs use.
+    let key = match (m.get("devices"), m.get("roles")) {
+        (Some(_), Some(_)) => {
+            return Err(doc.err(
+                &m.at("roles"),
+                "give the roles once: `roles` and `devices` are the same key",
+            ));
+        }
+        (None, Some(_)) => "roles",
+        _ => "devices",
+    };
+    if let Some(d) = m.get(key) {
+        let at = m.at(key);
         for (i, role) in doc.strings(&at, d)?.into_iter().enumerate() {
             if devices.contains(&role) {
                 return Err(doc.err(&index(&at, i), format!("role `{role}` is listed twice")));

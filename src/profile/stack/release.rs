@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::{HealthTest, Healthcheck, RestartPolicy, Service, VolumeMount, VolumeSource};
 use crate::api::{
-    self, CdiDevice, ContainerConfig, ContainerName, HealthSpec, ImageRef, LogConfig, RoleName,
-    Signal, SpecError, VolumeName, VolumeSpec,
+    self, CdiDevice, ContainerConfig, ContainerName, HealthSpec, ImageRef, RoleName, Signal,
+    SpecError, VolumeName, VolumeSpec,
 };
 use crate::oci::Digest;
 
@@ -40,11 +40,13 @@ impl VolumeMount {
 }
 
 impl Service {
-    /// The container service `key` runs, from the image with manifest `manifest`. Fails only
-    /// on a name the robot would refuse (`api::names`), which the stack's own checks catch
-    /// first for service keys and volumes.
+    /// The container service `key` runs, from the image with manifest `manifest`: named by
+    /// its `container_name`, else by the key. A release knows its services by their
+    /// containers' names, so the robot's `ps`, `logs` and `history` use that name too. Fails
+    /// only on a name the robot would refuse (`api::names`), which the stack's own checks
+    /// catch first for service keys, container names and volumes.
     pub fn container(&self, key: &str, manifest: &Digest) -> Result<ContainerConfig, SpecError> {
-        let name = ContainerName::new(key)?;
+        let name = ContainerName::new(self.container_name_or(key))?;
         Ok(ContainerConfig {
             name: name.clone(),
             image: ImageRef::digest(manifest),
@@ -78,7 +80,12 @@ impl Service {
                 .map(CdiDevice::new)
                 .collect::<Result<_, _>>()?,
             service: Some(name),
-            log: LogConfig::default(),
+            log: self.logging.unwrap_or_default(),
+            labels: self.labels.clone(),
+            ulimits: self.ulimits.clone(),
+            user: self.user.clone(),
+            workdir: self.working_dir.clone(),
+            hostname: self.hostname.clone(),
             // Docker rounds a grace period down to whole seconds too (`StopTimeout`).
             stop_timeout: self.stop_grace_period.map(|d| d.as_secs()),
             stop_signal: self.stop_signal.as_deref().map(Signal::new).transpose()?,
