@@ -49,23 +49,34 @@ pub fn stack_env(platform: &Platform) -> BTreeMap<String, String> {
     env
 }
 
-/// Loads `--stack` (a file or a shipped name) for a robot of `platform` and applies `--set`.
+/// Loads `--stack` (a file, a directory holding a compose file, or a shipped name; without
+/// it the current directory's compose file, else the default stack) for a robot of
+/// `platform` and applies `--set`. How `--stack` was understood is among the warnings.
 pub fn load_stack(arg: Option<&str>, sets: &[String], platform: &Platform) -> Result<Stack> {
-    let mut stack = stack::resolve_stack_arg(arg).load(&stack_env(platform))?;
+    let (source, notes) = stack::resolve_stack_in(arg, &current_dir()?)?;
+    let mut stack = source.load(&stack_env(platform))?;
+    stack.warnings.splice(0..0, notes);
     for s in sets {
         stack.apply_set(s)?;
     }
     Ok(stack)
 }
 
-/// The stack's name as a release records it: a shipped stack's name, a file's stem.
+fn current_dir() -> Result<std::path::PathBuf> {
+    std::env::current_dir().context("the current directory")
+}
+
+/// The stack's name as a release records it: a shipped stack's name; a file's stem, or for
+/// Docker's compose file names their directory's name (compose's project name).
 pub fn stack_name(arg: Option<&str>) -> String {
-    match stack::resolve_stack_arg(arg) {
+    let source = current_dir()
+        .ok()
+        .and_then(|cwd| stack::resolve_stack_in(arg, &cwd).ok())
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| stack::resolve_stack_arg(arg));
+    match source {
         StackSource::Builtin(n) => n,
-        StackSource::File(p) => p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "stack".into()),
+        StackSource::File(p) => stack::file_stack_name(&p),
     }
 }
 
@@ -86,6 +97,17 @@ pub fn plan_with(
     platform: &Platform,
     held: &BTreeMap<String, HeldImage>,
 ) -> Result<DeployPlan> {
+    // Without the robot's roles, `privileged` and host devices are granted only where the
+    // stack names the roles itself; never dropped in silence.
+    let granted;
+    let stack = if stack.services.values().any(|s| !s.privileges.is_empty()) {
+        let mut s = stack.clone();
+        s.grant_privileges(None)?;
+        granted = s;
+        &granted
+    } else {
+        stack
+    };
     let mut services = Vec::new();
     let mut images: Vec<(String, Digest)> = Vec::new();
     let mut robot: Vec<HeldImage> = Vec::new();
@@ -128,7 +150,7 @@ pub fn plan_with(
             let healthcheck =
                 Healthcheck::resolve(svc.healthcheck.as_ref(), config.config.as_ref());
             services.push(ServiceSpec {
-                name: ContainerName::new(&**key)?,
+                name: ContainerName::new(svc.container_name_or(key))?,
                 stage: svc.stage,
                 order: order as u32,
                 image_name: svc.image.clone(),
@@ -212,8 +234,12 @@ pub async fn plan_for_robot(
     pull: &PullOptions,
     log: &dyn Reporter,
 ) -> Result<DeployPlan> {
-    let held = resolve_images(link, store, stack, pull, log).await?;
-    plan_with(store, stack, name, &link.hello.platform, &held)
+    // Compose's `privileged` and host `devices` become the robot's roles, here where its
+    // roles are known (the hello), with one warning line per service.
+    let mut stack = stack.clone();
+    stack.grant_privileges(link.hello.roles.as_ref())?;
+    let held = resolve_images(link, store, &stack, pull, log).await?;
+    plan_with(store, &stack, name, &link.hello.platform, &held)
 }
 
 /// The images of `stack` the robot holds and the laptop lacks, by canonical name, after

@@ -113,6 +113,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             protocol: String::new(),
             window_log_max: super::LEGACY_WINDOW_LOG,
             warnings: Vec::new(),
+            roles: None,
         };
         let mut c = Connection {
             io,

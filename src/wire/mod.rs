@@ -226,6 +226,12 @@ pub struct RobotHello {
     /// Absent from older robots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Its device roles, each with the paths it grants (device nodes on the robot and in the
+    /// container, bind mounts; empty where the hardware is absent), from its `robot.yaml`:
+    /// a deploy turns compose's `privileged` and host-path `devices` into these roles. Absent
+    /// from older robots, and when the robot has no `robot.yaml` a profile serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl RobotHello {
