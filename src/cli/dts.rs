@@ -57,7 +57,7 @@ enum DevelCmd {
         #[arg(long, value_parser = parse_platforms, conflicts_with = "arch")]
         platform: Option<PlatformList>,
         /// Target platforms in Duckietown's spelling (arm64v8,arm32v7,amd64)
-        #[arg(long, value_parser = parse_platforms)]
+        #[arg(short = 'a', long, value_parser = parse_platforms)]
         arch: Option<PlatformList>,
         /// Build argument KEY=VALUE (repeatable)
         #[arg(long = "build-arg", value_parser = parse_kv)]

@@ -83,8 +83,9 @@ enum DuckiebotCommand {
         robot: String,
         #[command(flatten)]
         ssh: SshFlags,
-        /// A stack file, or the name of a shipped stack (default `duckiebot`)
-        #[arg(long)]
+        /// A stack file, a directory holding a compose file, or the name of a shipped stack
+        /// (default: the current directory's compose.yaml/docker-compose.yml, else `duckiebot`)
+        #[arg(short = 'f', long, visible_alias = "file")]
         stack: Option<String>,
         /// Swap one service's image for this deploy: `SERVICE=IMAGE`
         #[arg(long = "set")]
@@ -105,6 +106,31 @@ enum DuckiebotCommand {
         detach: bool,
         /// Do not wait for containers that hold their update lock
         /// (/data/locks/dt-agent-update.lock): switch now
+        #[arg(long, conflicts_with = "dry_run")]
+        force: bool,
+        /// One JSON document on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy the default stack (`duckiebot`): Duckietown's `dts duckiebot update`
+    Update {
+        /// The robot
+        robot: String,
+        #[command(flatten)]
+        ssh: SshFlags,
+        /// When to pull an image from its registry: `missing`, `always`, `never`
+        #[arg(long, value_name = "WHEN", default_value = "missing", value_parser = parse_pull)]
+        pull: crate::ops::deploy::PullPolicy,
+        /// Talk plain HTTP to registries and skip TLS verification when pulling
+        #[arg(long)]
+        insecure: bool,
+        /// Resolve everything, send and change nothing
+        #[arg(long, conflicts_with = "detach")]
+        dry_run: bool,
+        /// Return as soon as every service runs
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Do not wait for containers that hold their update lock
         #[arg(long, conflicts_with = "dry_run")]
         force: bool,
         /// One JSON document on stdout
@@ -335,6 +361,30 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
                 },
             };
             deploy(robot, stack.as_deref(), set, how, ssh, g, printer).await
+        }
+        DuckiebotCommand::Update {
+            robot,
+            ssh,
+            pull,
+            insecure,
+            dry_run,
+            detach,
+            force,
+            json,
+        } => {
+            let how = DeployHow {
+                dry_run: *dry_run,
+                detach: *detach,
+                force: *force,
+                json: *json,
+                pull: crate::ops::deploy::PullOptions {
+                    policy: *pull,
+                    registry: crate::ops::registry::client_options(*insecure)?,
+                },
+            };
+            // Always the shipped default, never a compose file of the current directory.
+            let default = crate::profile::stack::DEFAULT_STACK;
+            deploy(robot, Some(default), &[], how, ssh, g, printer).await
         }
         DuckiebotCommand::History { robot, ssh, json } => {
             let mut l = link(robot, ssh).await?;

@@ -11,6 +11,7 @@ pub mod dts;
 #[cfg(feature = "workstation")]
 pub mod duckiebot;
 pub mod exec;
+mod habits;
 pub mod releases;
 #[cfg(feature = "workstation")]
 mod remote_exec;
@@ -163,7 +164,11 @@ impl Printer {
 /// Parses the process arguments; on failure prints clap's message and returns the exit
 /// (`--help`/`--version` are 0, usage errors 2 as docs/cli.md says, not clap's own codes).
 pub fn parse_args<C: clap::Parser>() -> Result<C, Exit> {
-    C::try_parse().map_err(|e| {
+    let argv = habits::normalize(&C::command(), std::env::args_os().collect()).map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::BadInput
+    })?;
+    C::try_parse_from(argv).map_err(|e| {
         let _ = e.print();
         if e.use_stderr() {
             Exit::BadInput

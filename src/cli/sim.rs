@@ -24,7 +24,7 @@ pub enum SimCommand {
         name: String,
         /// Robot CPU: amd64, arm64 or armhf (foreign ones run their agent under QEMU; the
         /// binary comes from `scripts/cross-build ARCH`)
-        #[arg(long, default_value = "amd64", value_parser = parse_platform)]
+        #[arg(short = 'a', long, default_value = "amd64", value_parser = parse_platform)]
         arch: Platform,
         /// Duckietown configuration: selects the device roles and nodes
         #[arg(long, default_value = "virtual")]
