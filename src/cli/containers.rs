@@ -76,6 +76,12 @@ pub struct RunArgs {
     /// Mount the container's root file system read-only
     #[arg(long)]
     pub read_only: bool,
+    /// A label `KEY=VALUE` (repeatable), shown by `ps --json`
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// A resource limit `NAME=SOFT[:HARD]` (repeatable; `-1` unlimited), Docker's `--ulimit`
+    #[arg(long = "ulimit", value_parser = parse_ulimit)]
+    pub ulimits: Vec<crate::api::Ulimit>,
     /// Rotate the log at this size (`10m`)
     #[arg(long, default_value = "10m")]
     pub log_max_size: String,
@@ -193,10 +199,40 @@ impl RunArgs {
             stop_timeout: self.stop_timeout,
             stop_signal: None,
             init: None,
-            labels: Default::default(),
-            ulimits: Vec::new(),
+            labels: self
+                .labels
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            ulimits: self.ulimits.clone(),
         })
     }
+}
+
+/// `--ulimit NAME=SOFT[:HARD]`, as Docker reads it (`-1` is unlimited).
+fn parse_ulimit(s: &str) -> Result<crate::api::Ulimit, String> {
+    let bad = || format!("`{s}`: expected NAME=SOFT[:HARD] (`nofile=1024:4096`)");
+    let (name, limits) = s.split_once('=').ok_or_else(bad)?;
+    let n = |v: &str| -> Result<u64, String> {
+        match v.trim() {
+            "-1" => Ok(u64::MAX),
+            v => v.parse().map_err(|_| bad()),
+        }
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((a, b)) => (n(a)?, n(b)?),
+        None => (n(limits)?, n(limits)?),
+    };
+    let u = crate::api::Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
+    };
+    u.check().map_err(|e| e.0)?;
+    Ok(u)
 }
 
 /// A name from the image's last path component plus a few random hex digits

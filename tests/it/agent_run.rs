@@ -635,6 +635,51 @@ fn restart_policies_hold_across_an_agent_restart() {
     assert_eq!(agent.inspect("steady")["state"], "exited");
 }
 
+/// Compose's `labels`, `ulimits`, `user` and `working_dir` (issue 18), as `run` spells them:
+/// the labels in `ps --json`, the limits as the process's rlimits.
+#[test]
+fn labels_ulimits_user_and_workdir_reach_the_container() {
+    if !can_run("amd64") {
+        return;
+    }
+    let mut net = TestNet::new();
+    let agent = Agent::new(&mut net, ROBOT_YAML);
+    let image = amd64_image(&agent);
+    let out = agent.ok(&[
+        "run",
+        "--name",
+        "limits",
+        "--label",
+        "org.example.owner=lab-3",
+        "-l",
+        "tier",
+        "--ulimit",
+        "nofile=100:200",
+        "--ulimit",
+        "core=0",
+        "-u",
+        "1000:1000",
+        "-w",
+        "/bin",
+        image,
+        "sh",
+        "-c",
+        "ulimit -Sn; ulimit -Hn; ulimit -c; id -u; pwd",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["100", "200", "0", "1000", "/bin"], "{out}");
+    let c = agent.inspect("limits");
+    assert_eq!(
+        c["labels"],
+        serde_json::json!({"org.example.owner": "lab-3", "tier": ""}),
+        "{c}"
+    );
+    let out = agent.cli(&["run", "--ulimit", "nofiles=1", image, "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("unknown ulimit `nofiles`"), "{e}");
+}
+
 #[test]
 fn volumes_binds_and_overrides_reach_the_container() {
     if !can_run("amd64") {
