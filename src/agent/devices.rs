@@ -534,6 +534,31 @@ fn stat_node(
     }))
 }
 
+/// The robot's device roles and the paths each grants (node paths on the robot and in the
+/// container, mount sources, CDI names), as `robot.yaml` (`DT_AGENT_CONFIG`) and its profile
+/// define them, for the hello (a deploy turns compose's `privileged` and host `devices` into
+/// them); `None` when they cannot be read.
+pub fn role_paths() -> Option<BTreeMap<String, Vec<String>>> {
+    use crate::profile::robot::{DEFAULT_ROBOT_YAML, RobotConfig, effective_roles};
+    let path = std::env::var_os("DT_AGENT_CONFIG").unwrap_or(DEFAULT_ROBOT_YAML.into());
+    let roles = effective_roles(&RobotConfig::load(Path::new(&path)).ok()?).ok()?;
+    Some(
+        roles
+            .into_iter()
+            .map(|(name, r)| {
+                let mut paths: Vec<String> = Vec::new();
+                for n in &r.nodes {
+                    paths.push(n.host.clone());
+                    paths.extend(n.container.clone());
+                }
+                paths.extend(r.mounts.iter().map(|m| m.host.clone()));
+                paths.extend(r.cdi.iter().cloned());
+                (name, paths)
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,16 +350,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             force,
             json,
         } => {
-            let how = DeployHow {
-                dry_run: *dry_run,
-                detach: *detach,
-                force: *force,
-                json: *json,
-                pull: crate::ops::deploy::PullOptions {
-                    policy: *pull,
-                    registry: crate::ops::registry::client_options(*insecure)?,
-                },
-            };
+            let how = DeployHow::new([*dry_run, *detach, *force, *json], *pull, *insecure)?;
             deploy(robot, stack.as_deref(), set, how, ssh, g, printer).await
         }
         DuckiebotCommand::Update {
@@ -372,16 +363,7 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             force,
             json,
         } => {
-            let how = DeployHow {
-                dry_run: *dry_run,
-                detach: *detach,
-                force: *force,
-                json: *json,
-                pull: crate::ops::deploy::PullOptions {
-                    policy: *pull,
-                    registry: crate::ops::registry::client_options(*insecure)?,
-                },
-            };
+            let how = DeployHow::new([*dry_run, *detach, *force, *json], *pull, *insecure)?;
             // Always the shipped default, never a compose file of the current directory.
             let default = crate::profile::stack::DEFAULT_STACK;
             deploy(robot, Some(default), &[], how, ssh, g, printer).await
@@ -627,6 +609,26 @@ struct DeployHow {
     force: bool,
     json: bool,
     pull: crate::ops::deploy::PullOptions,
+}
+
+impl DeployHow {
+    /// From `[dry_run, detach, force, json]`, `--pull` and `--insecure` (`update`'s flags).
+    fn new(
+        [dry_run, detach, force, json]: [bool; 4],
+        policy: crate::ops::deploy::PullPolicy,
+        insecure: bool,
+    ) -> Result<DeployHow> {
+        Ok(DeployHow {
+            dry_run,
+            detach,
+            force,
+            json,
+            pull: crate::ops::deploy::PullOptions {
+                policy,
+                registry: crate::ops::registry::client_options(insecure)?,
+            },
+        })
+    }
 }
 
 async fn deploy(

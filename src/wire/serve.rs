@@ -58,31 +58,8 @@ pub fn robot_hello(store: &AgentStore) -> Result<RobotHello, AgentStoreError> {
         protocol: format!("{MAJOR}.{MINOR}"),
         window_log_max: window_log_max(),
         warnings: crate::agent::status::store_runtime_warnings(store),
-        roles: robot_roles(),
+        roles: crate::agent::devices::role_paths(),
     })
-}
-
-/// The robot's device roles and the paths each grants, as `robot.yaml` (`DT_AGENT_CONFIG`)
-/// and its profile define them; `None` when they cannot be read.
-fn robot_roles() -> Option<std::collections::BTreeMap<String, Vec<String>>> {
-    use crate::profile::robot::{DEFAULT_ROBOT_YAML, RobotConfig, effective_roles};
-    let path = std::env::var_os("DT_AGENT_CONFIG").unwrap_or(DEFAULT_ROBOT_YAML.into());
-    let roles = effective_roles(&RobotConfig::load(Path::new(&path)).ok()?).ok()?;
-    Some(
-        roles
-            .into_iter()
-            .map(|(name, r)| {
-                let mut paths: Vec<String> = Vec::new();
-                for n in &r.nodes {
-                    paths.push(n.host.clone());
-                    paths.extend(n.container.clone());
-                }
-                paths.extend(r.mounts.iter().map(|m| m.host.clone()));
-                paths.extend(r.cdi.iter().cloned());
-                (name, paths)
-            })
-            .collect(),
-    )
 }
 
 /// The largest zstd window this robot's decoders take: from its word size, the memory the agent

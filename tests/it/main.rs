@@ -22,6 +22,7 @@ mod agent_switch;
 mod bench_adopt;
 mod build;
 mod build_buildah;
+mod compose;
 mod contract;
 mod cross;
 mod decode_fuzz;

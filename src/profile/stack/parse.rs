@@ -96,23 +96,7 @@ pub(super) fn parse_service(
         environment.extend(parse_environment(doc, &m.at("environment"), v, env)?);
     }
     let mounts = parse_mounts(doc, &m, volumes)?;
-    let network_mode = match m.get("network_mode") {
-        None => NetworkMode::Host,
-        Some(v) => {
-            let at = m.at("network_mode");
-            match doc.string(&at, v)?.as_str() {
-                "host" => NetworkMode::Host,
-                "none" => NetworkMode::None,
-                "bridge" => NetworkMode::Bridge,
-                other => {
-                    return Err(doc.err(
-                        &at,
-                        format!("`{other}` is not supported (use `host`, `none` or `bridge`)"),
-                    ));
-                }
-            }
-        }
-    };
+    let network_mode = parse_network_mode(doc, &m)?;
     let mut ports = Vec::new();
     if let Some(v) = m.get("ports") {
         let at = m.at("ports");
@@ -195,6 +179,23 @@ pub(super) fn parse_service(
         container_name: extra.container_name,
         privileges,
     })
+}
+
+/// A service's `network_mode`: `host` (the default), `none` or `bridge`.
+fn parse_network_mode(doc: Doc<'_>, m: &Map<'_>) -> Result<NetworkMode, ProfileError> {
+    let Some(v) = m.get("network_mode") else {
+        return Ok(NetworkMode::Host);
+    };
+    let at = m.at("network_mode");
+    match doc.string(&at, v)?.as_str() {
+        "host" => Ok(NetworkMode::Host),
+        "none" => Ok(NetworkMode::None),
+        "bridge" => Ok(NetworkMode::Bridge),
+        other => Err(doc.err(
+            &at,
+            format!("`{other}` is not supported (use `host`, `none` or `bridge`)"),
+        )),
+    }
 }
 
 /// A service's `volumes`: each `SOURCE:TARGET[:ro]`, no target twice.
