@@ -205,6 +205,31 @@ pub(super) fn refused_why(key: &str) -> Option<&'static str> {
     })
 }
 
+/// The key paths of every refused key of every service (`services.shell.tty`), so that an
+/// error can name them all at once rather than one per run.
+pub(super) fn refused_keys(doc: Doc<'_>, text: &str) -> Vec<String> {
+    let Ok(root) = doc.parse(text) else {
+        return Vec::new();
+    };
+    let Some(Value::Mapping(services)) = root.get("services") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, svc) in services {
+        let (Value::String(name), Value::Mapping(keys)) = (name, svc) else {
+            continue;
+        };
+        for k in keys.keys() {
+            if let Value::String(k) = k
+                && refused_why(k).is_some()
+            {
+                out.push(join(&join("services", name), k));
+            }
+        }
+    }
+    out
+}
+
 /// Reads this module's keys of one service.
 pub(super) fn parse_extra(
     doc: Doc<'_>,

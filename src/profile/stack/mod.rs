@@ -461,7 +461,8 @@ impl Stack {
         env: &BTreeMap<String, String>,
     ) -> Result<Stack, ProfileError> {
         let positions = crate::profile::locate::Positions::scan(text);
-        let mut stack = Self::parse_tree(file, text, env).map_err(|e| e.located(&positions))?;
+        let mut stack = Self::parse_tree(file, text, env)
+            .map_err(|e| Self::also_refused(e, Doc { file }, text).located(&positions))?;
         // Where each privilege was written, for the deploy's warning line.
         for svc in stack.services.values_mut() {
             let p = &mut svc.privileges;
@@ -474,6 +475,27 @@ impl Stack {
             }
         }
         Ok(stack)
+    }
+
+    /// A refused key's error, with the file's other refused keys and where each was written.
+    fn also_refused(mut e: ProfileError, doc: Doc<'_>, text: &str) -> ProfileError {
+        if let ProfileError::Invalid { key, message, .. } = &mut e
+            && message.contains("` is refused: ")
+        {
+            let positions = crate::profile::locate::Positions::scan(text);
+            let others: Vec<String> = compose::refused_keys(doc, text)
+                .into_iter()
+                .filter(|k| k != key)
+                .map(|k| match positions.find(&k) {
+                    Some((l, c)) => format!("{}:{l}:{c}: {k}", doc.file),
+                    None => format!("{}: {k}", doc.file),
+                })
+                .collect();
+            if !others.is_empty() {
+                message.push_str(&format!("; also refused: {}", others.join(", ")));
+            }
+        }
+        e
     }
 
     fn parse_tree(
