@@ -15,12 +15,19 @@
 //! `K=V` list), `volumes` (`name:/path[:ro]` for a top-level volume, `/host:/path[:ro]`),
 //! `ports` (`HOST:CONTAINER[/tcp|/udp]`), `network_mode` (`host`, the default, `none`,
 //! `bridge`), `restart`, `depends_on` (list or map), `healthcheck`, `mem_limit`, `cpus`,
-//! `stop_signal`, `stop_grace_period`, `init`, and `x-duckiebot: { devices: [ROLE…], stage: N }`. Other `x-` keys are ignored, as compose does;
-//! top-level `version` is accepted and ignored. Any other key is an error naming its path, and
-//! `privileged: true` is refused: least privilege is the point of device roles.
+//! `stop_signal`, `stop_grace_period`, `init`, `security_opt`, `read_only`, and (`compose.rs`)
+//! `labels`, `user`, `working_dir`, `hostname`, `env_file`, `logging`, `ulimits`,
+//! `container_name`, `expose`, `privileged` and `devices`, each with Docker's meaning, and
+//! `x-duckiebot: { devices: [ROLE…], stage: N }`. Other `x-` keys are ignored, as compose
+//! does; top-level `version` is accepted and ignored. Any other key is an error naming its
+//! path and `FILE:LINE:COL`, with why for compose's keys that stay refused. `privileged: true`
+//! and host-path `devices` are kept for the deploy, which grants them as the robot's device
+//! roles ([`Stack::grant_privileges`]): least privilege is the point of device roles.
 //!
 //! Variables are substituted first (see [`super::interpolate`]), in every value but not in keys,
-//! so `cpus: ${CPUS:-1.5}` works. YAML anchors and `<<` merge keys are honoured.
+//! so `cpus: ${CPUS:-1.5}` works, from the caller's variables over the `.env` beside the file.
+//! YAML anchors and `<<` merge keys are honoured. Without `--stack`, Docker's compose file
+//! names in the current directory are looked for ([`resolve_stack_in`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
