@@ -119,12 +119,13 @@ impl Context {
         Ok(Context::new(root, None))
     }
 
-    fn ignored(&self, path: &str) -> bool {
+    /// Whether `path` (slash-separated, relative to the root) is excluded by `.dockerignore`.
+    pub fn ignored(&self, path: &str) -> bool {
         self.ignore.as_ref().is_some_and(|i| i.matches(path))
     }
 
     /// Whether nothing under an ignored directory can be re-included by a `!` exception.
-    fn skip_dir(&self, path: &str) -> bool {
+    pub fn skip_dir(&self, path: &str) -> bool {
         self.ignore.as_ref().is_none_or(|i| i.can_skip_dir(path))
     }
 

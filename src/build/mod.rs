@@ -436,6 +436,90 @@ pub mod duckietown {
             .filter(|s| !s.is_empty())
     }
 
+    /// Why Duckietown's image name cannot be made for a context.
+    #[derive(Debug, thiserror::Error)]
+    pub enum TagError {
+        /// Not in a git checkout, or HEAD on no branch: Duckietown's tag takes the branch.
+        #[error(
+            "`{0}` is not on a git branch (Duckietown's tag is `duckietown/<repo>:<branch>-<arch>`): check out a branch, or name the image with `-t`"
+        )]
+        NoBranch(PathBuf),
+    }
+
+    /// Duckietown's name for the image of the project at `root` built for `p`, as its shell
+    /// tags a `dts devel build`: `duckietown/<repo>:<branch>-<arch>`. `repo` is the project's
+    /// name: `dtproject/self.yaml`'s `name`, else the git remote `origin`'s repository, else the
+    /// checkout's directory; `branch` is the checked-out branch (`daffy`, `ente`, a topic
+    /// branch); `arch` the Duckietown arch tag (`arm64v8`, `arm32v7`, `amd64`).
+    pub fn image_tag(root: &Path, p: &Platform) -> Result<String, TagError> {
+        let branch = git(root, &["rev-parse", "--abbrev-ref", "HEAD"])
+            .filter(|b| b != "HEAD")
+            .ok_or_else(|| TagError::NoBranch(root.to_path_buf()))?;
+        let from_yaml = std::fs::read_to_string(root.join("dtproject/self.yaml"))
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("name:")
+                        .map(|v| v.trim().trim_matches(['"', '\'']).to_string())
+                })
+            })
+            .filter(|n| !n.is_empty());
+        let from_remote = || {
+            git(root, &["config", "--get", "remote.origin.url"]).map(|url| {
+                url.trim_end_matches('/')
+                    .trim_end_matches(".git")
+                    .rsplit(['/', ':'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        };
+        let from_dir = || {
+            git(root, &["rev-parse", "--show-toplevel"])
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.to_path_buf())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        let name = from_yaml
+            .or_else(from_remote)
+            .filter(|n| !n.is_empty())
+            .or_else(from_dir)
+            .unwrap_or_else(|| "project".into());
+        Ok(tag_from(
+            &name,
+            &branch,
+            p.duckietown_arch().unwrap_or("amd64"),
+        ))
+    }
+
+    /// `duckietown/<name>:<branch>-<arch>` with what an image reference cannot hold mended: the
+    /// repository in lower case, a `/` or other character a tag forbids in the branch as `-`.
+    pub fn tag_from(name: &str, branch: &str, arch: &str) -> String {
+        let repo: String = name
+            .to_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let version: String = branch
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("duckietown/{repo}:{version}-{arch}")
+    }
+
     impl Project {
         /// A project if the context has `dependencies-apt.txt`, `.dtproject` or `dtproject/`.
         pub fn detect(root: &Path) -> Option<Project> {

@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Development: build images for the robots' platforms
+    /// Development: build images for the robots' platforms, deploy them in place of a service
     #[command(subcommand)]
     Devel(DevelCmd),
     /// Images in the local store: list, inspect, tag, remove, save, load, pull, push
@@ -71,10 +71,18 @@ enum DevelCmd {
         /// Pull base images over plain HTTP (lab registries)
         #[arg(long)]
         insecure: bool,
+        /// Build for this robot's platform only (asks the robot; ships nothing)
+        #[arg(short = 'H', long = "host", value_name = "ROBOT", conflicts_with_all = ["platform", "arch"])]
+        host: Option<String>,
+        #[command(flatten)]
+        ssh: super::devel::DevelSsh,
         /// One JSON document on stdout
         #[arg(long)]
         json: bool,
     },
+    /// Build the context for a robot and deploy it in place of one service of the release it
+    /// runs; `--watch` again on every saved change
+    Deploy(Box<super::devel::DeployArgs>),
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -231,18 +239,42 @@ fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
 }
 
 fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
-    let DevelCmd::Build {
-        context,
-        file,
-        tags,
-        platform,
-        arch,
-        build_args,
-        target,
-        no_cache,
-        insecure,
-        json,
-    } = cmd;
+    let (context, file, tags, platform, arch, build_args, target, no_cache, insecure, json) =
+        match cmd {
+            DevelCmd::Deploy(a) => return super::devel::deploy(a, g, p),
+            DevelCmd::Build {
+                context,
+                file,
+                tags,
+                platform,
+                arch,
+                build_args,
+                target,
+                no_cache,
+                insecure,
+                host,
+                ssh,
+                json,
+            } => {
+                if let Some(robot) = host {
+                    let opts = ops::build::BuildArgs {
+                        context: context.clone(),
+                        dockerfile: file.clone(),
+                        tags: tags.clone(),
+                        platforms: Vec::new(),
+                        build_args: build_args.iter().cloned().collect(),
+                        target: target.clone(),
+                        no_cache: *no_cache,
+                        insecure: *insecure,
+                    };
+                    return super::devel::build_for_robot(robot, ssh, &opts, *json, g, p);
+                }
+                (
+                    context, file, tags, platform, arch, build_args, target, no_cache, insecure,
+                    json,
+                )
+            }
+        };
     let store = ops::image::open_store()?;
     let rep = reporter(g);
     let platforms = platform

@@ -7,6 +7,8 @@ pub mod agent;
 pub mod cdi;
 pub mod containers;
 #[cfg(feature = "workstation")]
+pub mod devel;
+#[cfg(feature = "workstation")]
 pub mod dts;
 #[cfg(feature = "workstation")]
 pub mod duckiebot;
@@ -208,7 +210,10 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
         }
         // `deploy --pull never` and an image neither side holds: the user's choice to fix.
         #[cfg(feature = "workstation")]
-        if cause.is::<crate::ops::deploy::NotHeld>() {
+        if cause.is::<crate::ops::deploy::NotHeld>()
+            || cause.is::<crate::ops::devel::DevelError>()
+            || cause.is::<crate::build::duckietown::TagError>()
+        {
             return Exit::BadInput;
         }
         #[cfg(feature = "workstation")]

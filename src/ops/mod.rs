@@ -5,6 +5,8 @@
 pub mod build;
 #[cfg(feature = "workstation")]
 pub mod deploy;
+#[cfg(feature = "workstation")]
+pub mod devel;
 pub mod image;
 pub mod local;
 #[cfg(feature = "workstation")]
