@@ -29,6 +29,7 @@ mod decode_fuzz;
 mod deploy;
 mod deploy_keep;
 mod deploy_pull;
+mod devel_deploy;
 mod discover;
 mod discover_parse;
 mod exec;
