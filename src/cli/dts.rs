@@ -82,7 +82,7 @@ enum DevelCmd {
     },
     /// Build the context for a robot and deploy it in place of one service of the release it
     /// runs; `--watch` again on every saved change
-    Deploy(Box<super::devel::DeployArgs>),
+    Deploy(super::devel::DeployArgs),
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
