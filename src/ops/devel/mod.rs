@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::api::{DeployOutcome, ReleaseSpec};
+use crate::api::{DeployOutcome, ImageRef, ReleaseSpec};
 use crate::oci::{Digest, Platform, Reference};
 use crate::ops::build::BuildArgs;
 use crate::ops::robot::{self, RobotLink};
@@ -245,7 +245,7 @@ pub fn swap(
     for s in out.services.iter_mut().filter(|s| s.name == name) {
         s.image_name = tag.to_string();
         s.manifest = manifest.clone();
-        s.container.image = manifest.to_string();
+        s.container.image = ImageRef::digest(manifest);
         s.container.image_name = Some(tag.to_string());
     }
     Ok((out, name))
@@ -361,17 +361,17 @@ pub async fn build_for_robot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ContainerConfig, ServiceSpec};
+    use crate::api::{ContainerConfig, ContainerName, ServiceSpec};
 
     fn service(name: &str, image: &str) -> ServiceSpec {
         ServiceSpec {
-            name: name.into(),
+            name: ContainerName::new(name).unwrap(),
             stage: 0,
             order: 0,
             image_name: image.into(),
             manifest: Digest::of(image.as_bytes()),
             container: ContainerConfig {
-                image: Digest::of(image.as_bytes()).to_string(),
+                image: ImageRef::digest(&Digest::of(image.as_bytes())),
                 image_name: Some(image.into()),
                 ..ContainerConfig::default()
             },
