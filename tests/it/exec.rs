@@ -343,7 +343,9 @@ fn logs_take_since_until_timestamps_and_tail() {
         "exec/box:1",
         "sh",
         "-c",
-        "echo one; sleep 2; echo two; echo three >&2; sleep 3600",
+        // `three` a second after `two`: `--until <two's time>` must not catch it, and two
+        // lines read in the same instant from stdout and stderr would share a timestamp.
+        "echo one; sleep 2; echo two; sleep 1; echo three >&2; sleep 3600",
     ]);
     let logs = |args: &[&str]| {
         let mut all = vec!["duckiebot", "logs", w.name.as_str()];
