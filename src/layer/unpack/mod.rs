@@ -341,6 +341,46 @@ impl<R: Read> Read for Tracked<'_, R> {
     }
 }
 
+/// Hands the current entry's body to `feed` (a sink reading it), telling the layer's own read
+/// errors (the stream is broken) apart from the sink's (`action` failed).
+fn feed_body<R: Read, T>(
+    reader: &mut TarReader<R>,
+    shown: &Path,
+    action: &'static str,
+    feed: impl FnOnce(&mut dyn Read) -> io::Result<T>,
+) -> Result<T, UnpackError> {
+    let mut content = Tracked {
+        body: reader.body(),
+        failed: None,
+    };
+    let out = feed(&mut content);
+    let failed = content.failed.take();
+    out.map_err(|source| match failed {
+        Some(read_err) => reader.io_err(read_err).into(),
+        None => UnpackError::Fs {
+            entry: shown.to_owned(),
+            action,
+            source,
+        },
+    })
+}
+
+/// Fails unless the sink read the entry's body to its end.
+fn all_read<R: Read>(
+    reader: &TarReader<R>,
+    shown: &Path,
+    action: &'static str,
+) -> Result<(), UnpackError> {
+    match reader.remaining() {
+        0 => Ok(()),
+        n => Err(UnpackError::Fs {
+            entry: shown.to_owned(),
+            action,
+            source: io::Error::other(format!("the file sink left {n} bytes unread")),
+        }),
+    }
+}
+
 impl Unpacker<'_> {
     fn entry<R: Read>(
         &mut self,
@@ -541,37 +581,13 @@ impl Unpacker<'_> {
     ) -> Result<(), UnpackError> {
         let clean_path = to_path(name);
         let meta = file_meta(self.opts, e, &clean_path, owner);
-        let mut content = Tracked {
-            body: reader.body(),
-            failed: None,
-        };
-        match sink.place_file(&meta, &mut content, d, base) {
-            Ok(false) => {}
-            Ok(true) => {
-                if reader.remaining() != 0 {
-                    return Err(UnpackError::Fs {
-                        entry: shown.to_owned(),
-                        action: "place",
-                        source: io::Error::other(format!(
-                            "the file sink left {} bytes unread",
-                            reader.remaining()
-                        )),
-                    });
-                }
-                self.stats.files += 1;
-                self.stats.file_bytes += e.size;
-                return Ok(());
-            }
-            Err(err) => {
-                return Err(match content.failed.take() {
-                    Some(read_err) => reader.io_err(read_err).into(),
-                    None => UnpackError::Fs {
-                        entry: shown.to_owned(),
-                        action: "place",
-                        source: err,
-                    },
-                });
-            }
+        if feed_body(reader, shown, "place", |c| {
+            sink.place_file(&meta, c, d, base)
+        })? {
+            all_read(reader, shown, "place")?;
+            self.stats.files += 1;
+            self.stats.file_bytes += e.size;
+            return Ok(());
         }
         let fd = rustix::fs::openat(
             d,
@@ -581,30 +597,10 @@ impl Unpacker<'_> {
         )
         .fs(shown, "create")?;
         let mut file = File::from(fd);
-        let mut content = Tracked {
-            body: reader.body(),
-            failed: None,
-        };
-        if let Err(err) = sink.write_file(&clean_path, e.size, &mut content, &mut file) {
-            return Err(match content.failed.take() {
-                Some(read_err) => reader.io_err(read_err).into(),
-                None => UnpackError::Fs {
-                    entry: shown.to_owned(),
-                    action: "write",
-                    source: err,
-                },
-            });
-        }
-        if reader.remaining() != 0 {
-            return Err(UnpackError::Fs {
-                entry: shown.to_owned(),
-                action: "write",
-                source: io::Error::other(format!(
-                    "the file sink left {} bytes unread",
-                    reader.remaining()
-                )),
-            });
-        }
+        feed_body(reader, shown, "write", |c| {
+            sink.write_file(&clean_path, e.size, c, &mut file)
+        })?;
+        all_read(reader, shown, "write")?;
         self.finish_fd(shown, file.as_fd(), e, owner, true)?;
         self.stats.files += 1;
         self.stats.file_bytes += e.size;

@@ -15,9 +15,9 @@ use std::path::Path;
 use super::path::{self, MAX_PATH, to_path};
 use super::sink::FileSink;
 use super::{
-    DevicePolicy, EntryKind, OPAQUE_MARKER, ReadLimits, TarEntry, TarReader, Tracked, UnpackError,
-    UnpackOptions, UnpackStats, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, file_meta, hostile, invalid,
-    owner_of,
+    DevicePolicy, EntryKind, OPAQUE_MARKER, ReadLimits, TarEntry, TarReader, UnpackError,
+    UnpackOptions, UnpackStats, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, all_read, feed_body,
+    file_meta, hostile, invalid, owner_of,
 };
 use crate::oci::Digest;
 
@@ -156,43 +156,18 @@ fn record_entry<R: Read>(
     Ok(())
 }
 
-/// Hands a body to the sink (or drains it when the sink does not take it), telling the
-/// layer's read errors apart from the sink's.
+/// Hands a body to the sink, or drains it when the sink does not take it.
 fn record_body<R: Read>(
     reader: &mut TarReader<R>,
     meta: &super::FileMeta<'_>,
     sink: &mut dyn FileSink,
     shown: &Path,
 ) -> Result<(), UnpackError> {
-    let mut content = Tracked {
-        body: reader.body(),
-        failed: None,
-    };
-    let taken = sink
-        .record_file(meta, &mut content)
-        .and_then(|taken| match taken {
-            true => Ok(()),
-            false => io::copy(&mut content, &mut io::sink()).map(|_| ()),
-        });
-    if let Err(err) = taken {
-        return Err(match content.failed.take() {
-            Some(read_err) => reader.io_err(read_err).into(),
-            None => UnpackError::Fs {
-                entry: shown.to_owned(),
-                action: "record",
-                source: err,
-            },
-        });
-    }
-    if reader.remaining() != 0 {
-        return Err(UnpackError::Fs {
-            entry: shown.to_owned(),
-            action: "record",
-            source: io::Error::other(format!(
-                "the file sink left {} bytes unread",
-                reader.remaining()
-            )),
-        });
-    }
-    Ok(())
+    feed_body(reader, shown, "record", |c| {
+        if !sink.record_file(meta, c)? {
+            io::copy(c, &mut io::sink())?;
+        }
+        Ok(())
+    })?;
+    all_read(reader, shown, "record")
 }
