@@ -1,7 +1,8 @@
 //! OCI runtimes (`runc`, `crun`) as both sides use them: finding the runtime, driving its
-//! command line (`create`, `start`, `run`, `exec`, `state`, `kill`, `delete`, `list`), and the
-//! pieces every container of ours shares whoever starts it — Docker's default sandbox
-//! ([`spec`]), overlayfs roots ([`overlay`]) and users looked up inside an image ([`user`]).
+//! command line (`create`, also with a terminal, `start`, `run`, `exec`, `state`, `kill`,
+//! `delete`, `list`), and the pieces every container of ours shares whoever starts it —
+//! Docker's default sandbox ([`spec`]), overlayfs roots ([`overlay`]) and users looked up
+//! inside an image ([`user`]).
 //!
 //! The builder runs RUN steps with it (`build::run`) and the robot's agent runs its containers
 //! with it (`agent::container`); neither owns the other's policy.
@@ -11,6 +12,7 @@ pub mod overlay;
 pub mod spec;
 pub mod user;
 
+mod console;
 mod foreground;
 
 pub use foreground::exec_outcome;
@@ -509,21 +511,7 @@ impl Runtime {
         stderr: Stdio,
         log: &Path,
     ) -> Result<u32, RuntimeError> {
-        crate::util::fs::create_dir_all(&self.root)?;
-        let pid_file = bundle.join("init.pid");
-        for stale in [&pid_file, &log.to_path_buf()] {
-            match fs::remove_file(stale) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(PathError {
-                        action: "remove",
-                        path: stale.clone(),
-                        source: e,
-                    }
-                    .into());
-                }
-                _ => {}
-            }
-        }
+        let pid_file = self.prepare_create(bundle, log)?;
         let mut cmd = self.base();
         self.with_log(&mut cmd, log);
         cmd.arg("create")
@@ -553,16 +541,28 @@ impl Runtime {
         if !out.status.success() {
             return Err(self.failed(line, out.status, &out.stderr, log));
         }
-        let text = fs::read_to_string(&pid_file).map_err(|source| PathError {
-            action: "read",
-            path: pid_file.clone(),
-            source,
-        })?;
-        text.trim().parse().map_err(|_| RuntimeError::Command {
-            command: line,
-            status: "success".into(),
-            stderr: format!("pid file `{}` holds `{}`", pid_file.display(), text.trim()),
-        })
+        read_pid(&pid_file, line)
+    }
+
+    /// Before a `create`: the state directory made, a stale pid file and log removed; the pid
+    /// file's path.
+    fn prepare_create(&self, bundle: &Path, log: &Path) -> Result<PathBuf, RuntimeError> {
+        crate::util::fs::create_dir_all(&self.root)?;
+        let pid_file = bundle.join("init.pid");
+        for stale in [&pid_file, &log.to_path_buf()] {
+            match fs::remove_file(stale) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(PathError {
+                        action: "remove",
+                        path: stale.clone(),
+                        source: e,
+                    }
+                    .into());
+                }
+                _ => {}
+            }
+        }
+        Ok(pid_file)
     }
 
     /// Starts a created container's process.
@@ -596,6 +596,20 @@ impl Runtime {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The container init's pid from the pid file a successful `create` (`line`) wrote.
+fn read_pid(pid_file: &Path, line: String) -> Result<u32, RuntimeError> {
+    let text = fs::read_to_string(pid_file).map_err(|source| PathError {
+        action: "read",
+        path: pid_file.to_path_buf(),
+        source,
+    })?;
+    text.trim().parse().map_err(|_| RuntimeError::Command {
+        command: line,
+        status: "success".into(),
+        stderr: format!("pid file `{}` holds `{}`", pid_file.display(), text.trim()),
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ mod provision;
 mod registry_client;
 mod registry_fixture;
 mod run;
+mod runtime_console;
 mod sim;
 mod ssh;
 mod stock_adopt;
