@@ -90,27 +90,8 @@ enum DuckiebotCommand {
         /// Swap one service's image for this deploy: `SERVICE=IMAGE`
         #[arg(long = "set")]
         set: Vec<String>,
-        /// When to pull an image from its registry (for the robot's platform only):
-        /// `missing` (neither the laptop nor the robot holds it), `always`, `never`
-        #[arg(long, value_name = "WHEN", default_value = "missing", value_parser = parse_pull)]
-        pull: crate::ops::deploy::PullPolicy,
-        /// Talk plain HTTP to registries and skip TLS verification when pulling (lab registries)
-        #[arg(long)]
-        insecure: bool,
-        /// Resolve everything, send and change nothing
-        #[arg(long, conflicts_with = "detach")]
-        dry_run: bool,
-        /// Return as soon as every service runs (state `probation`): the robot then commits
-        /// the release or rolls it back by itself (see `dts duckiebot history`)
-        #[arg(short = 'd', long)]
-        detach: bool,
-        /// Do not wait for containers that hold their update lock
-        /// (/data/locks/dt-agent-update.lock): switch now
-        #[arg(long, conflicts_with = "dry_run")]
-        force: bool,
-        /// One JSON document on stdout
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        apply: ApplyFlags,
     },
     /// Deploy the default stack (`duckiebot`): Duckietown's `dts duckiebot update`
     Update {
@@ -118,24 +99,8 @@ enum DuckiebotCommand {
         robot: String,
         #[command(flatten)]
         ssh: SshFlags,
-        /// When to pull an image from its registry: `missing`, `always`, `never`
-        #[arg(long, value_name = "WHEN", default_value = "missing", value_parser = parse_pull)]
-        pull: crate::ops::deploy::PullPolicy,
-        /// Talk plain HTTP to registries and skip TLS verification when pulling
-        #[arg(long)]
-        insecure: bool,
-        /// Resolve everything, send and change nothing
-        #[arg(long, conflicts_with = "detach")]
-        dry_run: bool,
-        /// Return as soon as every service runs
-        #[arg(short = 'd', long)]
-        detach: bool,
-        /// Do not wait for containers that hold their update lock
-        #[arg(long, conflicts_with = "dry_run")]
-        force: bool,
-        /// One JSON document on stdout
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        apply: ApplyFlags,
     },
     /// The robot's releases
     History {
@@ -243,6 +208,42 @@ enum DuckiebotCommand {
     },
 }
 
+/// How `deploy` and `update` apply a stack (docs/cli.md, "Robots").
+#[derive(Args, Debug)]
+pub struct ApplyFlags {
+    /// When to pull an image from its registry (for the robot's platform only):
+    /// `missing` (neither the laptop nor the robot holds it), `always`, `never`
+    #[arg(long, value_name = "WHEN", default_value = "missing", value_parser = parse_pull)]
+    pull: crate::ops::deploy::PullPolicy,
+    /// Talk plain HTTP to registries and skip TLS verification when pulling (lab registries)
+    #[arg(long)]
+    insecure: bool,
+    /// Resolve everything, send and change nothing
+    #[arg(long, conflicts_with = "detach")]
+    dry_run: bool,
+    /// Return as soon as every service runs (state `probation`): the robot then commits
+    /// the release or rolls it back by itself (see `dts duckiebot history`)
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Do not wait for containers that hold their update lock
+    /// (/data/locks/dt-agent-update.lock): switch now
+    #[arg(long, conflicts_with = "dry_run")]
+    force: bool,
+    /// One JSON document on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+impl ApplyFlags {
+    fn how(&self) -> Result<DeployHow> {
+        DeployHow::new(
+            [self.dry_run, self.detach, self.force, self.json],
+            self.pull,
+            self.insecure,
+        )
+    }
+}
+
 /// `dts duckiebot provision` flags (docs/cli.md, "Robots").
 #[derive(Args, Debug)]
 pub struct ProvisionFlags {
@@ -343,27 +344,13 @@ async fn dispatch(a: &DuckiebotArgs, g: &GlobalArgs, printer: &Printer) -> Resul
             ssh,
             stack,
             set,
-            pull,
-            insecure,
-            dry_run,
-            detach,
-            force,
-            json,
+            apply,
         } => {
-            let how = DeployHow::new([*dry_run, *detach, *force, *json], *pull, *insecure)?;
+            let how = apply.how()?;
             deploy(robot, stack.as_deref(), set, how, ssh, g, printer).await
         }
-        DuckiebotCommand::Update {
-            robot,
-            ssh,
-            pull,
-            insecure,
-            dry_run,
-            detach,
-            force,
-            json,
-        } => {
-            let how = DeployHow::new([*dry_run, *detach, *force, *json], *pull, *insecure)?;
+        DuckiebotCommand::Update { robot, ssh, apply } => {
+            let how = apply.how()?;
             // Always the shipped default, never a compose file of the current directory.
             let default = crate::profile::stack::DEFAULT_STACK;
             deploy(robot, Some(default), &[], how, ssh, g, printer).await
@@ -819,9 +806,9 @@ mod tests {
     fn deploy_detach_is_spelled_like_runs_and_refuses_dry_run() {
         for flag in ["-d", "--detach"] {
             match parse(&["deploy", "bot", flag]).unwrap() {
-                DuckiebotCommand::Deploy {
-                    detach, dry_run, ..
-                } => assert!(detach && !dry_run),
+                DuckiebotCommand::Deploy { apply, .. } => {
+                    assert!(apply.detach && !apply.dry_run)
+                }
                 other => panic!("{other:?}"),
             }
         }
