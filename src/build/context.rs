@@ -1,11 +1,10 @@
 //! The build context: the directory a build reads COPY/ADD sources from, filtered by
 //! `.dockerignore`, with Docker's source rules (paths relative to the context root, `..` and a
 //! leading `/` stripped, Go `filepath.Match` wildcards, a directory source meaning its contents)
-//! and content hashes for cache keys (bytes and metadata, never mtimes).
+//! and content hashes for cache keys (bytes and metadata, never mtimes; file hashes come from
+//! the context's [`HashCache`] when a file's stat is unchanged since an earlier build).
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +12,7 @@ use std::process::Command;
 use sha2::{Digest as _, Sha256};
 
 use super::dockerignore::DockerIgnore;
+use super::hashcache::HashCache;
 use crate::util::fs::{PathContext, PathError};
 
 /// A file-system entry of the context that a COPY/ADD source selected.
@@ -79,6 +79,7 @@ pub enum ContextError {
 pub struct Context {
     root: PathBuf,
     ignore: Option<DockerIgnore>,
+    hashes: HashCache,
 }
 
 impl Context {
@@ -87,7 +88,20 @@ impl Context {
         Context {
             root: root.to_path_buf(),
             ignore,
+            hashes: HashCache::memory(),
         }
+    }
+
+    /// Keeps file hashes between builds in `dir` (`$DTS_HOME/build/context-hashes`), so an
+    /// unchanged file is not read again; [`Context::save_hashes`] writes them back.
+    pub fn with_hash_cache(mut self, dir: &Path) -> Context {
+        self.hashes = HashCache::load(dir, &self.root);
+        self
+    }
+
+    /// Writes the file hashes this build computed or reused to the hash cache, if it has one.
+    pub fn save_hashes(&self) -> Result<(), PathError> {
+        self.hashes.save()
     }
 
     /// Opens the context at `root` for `dockerfile`: `<Dockerfile>.dockerignore` next to the
@@ -363,48 +377,31 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rec(&p, &n)
 }
 
-/// A content hash of sources for cache keys: paths, kinds, modes, sizes, link targets and file
-/// bytes — never mtimes (BuildKit's tarsum-style rule: touching a file does not bust the cache).
-pub fn content_hash(sources: &[Source]) -> Result<String, ContextError> {
-    let mut h = Sha256::new();
-    let mut file_hashes: BTreeMap<PathBuf, [u8; 32]> = BTreeMap::new();
-    for s in sources {
-        h.update(format!("source {}\0{}\0", s.path, s.is_dir).as_bytes());
-        for e in &s.entries {
-            h.update(format!("{}\0{:o}\0{}\0", e.rel, e.mode, e.size).as_bytes());
-            match &e.kind {
-                EntryKind::Dir => h.update(b"d"),
-                EntryKind::Symlink(t) => h.update(format!("l{t}\0").as_bytes()),
-                EntryKind::File => {
-                    let fh = match file_hashes.get(&e.host) {
-                        Some(fh) => *fh,
-                        None => {
-                            let fh = hash_file(&e.host)?;
-                            file_hashes.insert(e.host.clone(), fh);
-                            fh
-                        }
-                    };
-                    h.update(b"f");
-                    h.update(fh);
+impl Context {
+    /// A content hash of sources for cache keys: paths, kinds, modes, sizes, link targets and
+    /// file bytes — never mtimes (BuildKit's tarsum-style rule: touching a file does not bust
+    /// the cache). A file's bytes are hashed once per build, and not at all when the hash
+    /// cache knows its unchanged stat.
+    pub fn content_hash(&self, sources: &[Source]) -> Result<String, ContextError> {
+        let mut h = Sha256::new();
+        for s in sources {
+            h.update(format!("source {}\0{}\0", s.path, s.is_dir).as_bytes());
+            for e in &s.entries {
+                h.update(format!("{}\0{:o}\0{}\0", e.rel, e.mode, e.size).as_bytes());
+                match &e.kind {
+                    EntryKind::Dir => h.update(b"d"),
+                    EntryKind::Symlink(t) => h.update(format!("l{t}\0").as_bytes()),
+                    EntryKind::File => {
+                        let rel = e.host.strip_prefix(&self.root).unwrap_or(&e.host);
+                        let fh = self.hashes.hash(&rel.to_string_lossy(), &e.host)?;
+                        h.update(b"f");
+                        h.update(fh);
+                    }
                 }
             }
         }
+        Ok(hex::encode(h.finalize()))
     }
-    Ok(hex::encode(h.finalize()))
-}
-
-fn hash_file(path: &Path) -> Result<[u8; 32], ContextError> {
-    let mut f = fs::File::open(path).at("open", path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).at("read", path)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
 }
 
 #[cfg(test)]
@@ -460,18 +457,18 @@ mod tests {
             Err(ContextError::NotFound(_))
         ));
 
-        let h1 = content_hash(&ctx.resolve("src").unwrap()).unwrap();
+        let h1 = ctx.content_hash(&ctx.resolve("src").unwrap()).unwrap();
         let f = fs::File::options()
             .write(true)
             .open(r.join("src/a.py"))
             .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(
-            content_hash(&ctx.resolve("src").unwrap()).unwrap(),
+            ctx.content_hash(&ctx.resolve("src").unwrap()).unwrap(),
             h1,
             "mtime is not content"
         );
         fs::write(r.join("src/a.py"), "changed").unwrap();
-        assert_ne!(content_hash(&ctx.resolve("src").unwrap()).unwrap(), h1);
+        assert_ne!(ctx.content_hash(&ctx.resolve("src").unwrap()).unwrap(), h1);
     }
 }

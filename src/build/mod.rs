@@ -7,6 +7,8 @@
 //!                             └─ platform B ─► Executor ─► config + layers ─► manifest ─┴► index
 //!   (one thread per platform)        │ cache: $DTS_HOME/build/cache/<key>.json
 //!                                    │ RUN:   $DTS_HOME/build/snapshots (overlay lowers)
+//!                                    │ COPY/ADD sources' file hashes:
+//!                                    │        $DTS_HOME/build/context-hashes (hashcache.rs)
 //! ```
 //!
 //! Builds are reproducible by default: layers are canonical (`layer::write`), configs are
@@ -17,6 +19,7 @@ pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
 pub mod exec;
+pub mod hashcache;
 pub mod run;
 pub mod snapshot;
 pub mod view;
@@ -218,7 +221,10 @@ pub fn build(
             .ok_or_else(|| BuildError::NoTarget(t.clone()))?,
         None => df.stages.len() - 1,
     };
-    let ctx = Context::open(&opts.context, &dockerfile)?;
+    let mut ctx = Context::open(&opts.context, &dockerfile)?;
+    if !opts.no_cache {
+        ctx = ctx.with_hash_cache(&opts.state_dir.join("context-hashes"));
+    }
     let epoch = ctx.source_date_epoch();
     let platforms = if opts.platforms.is_empty() {
         vec![Platform::host()]
@@ -276,6 +282,9 @@ pub fn build(
                 .map(|h| h.join().expect("a build thread panicked"))
                 .collect()
         });
+    // Saved whether or not the build succeeded: every stored hash was computed from its file.
+    // A cache that cannot be written costs the next build time, not this one its result.
+    let _ = ctx.save_hashes();
     let mut per_platform = Vec::new();
     let mut counts = StepCounts::default();
     for r in results {

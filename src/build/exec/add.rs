@@ -60,8 +60,10 @@ impl Executor<'_> {
                 plain.push(src);
             }
         }
-        let content_key = content_hash(&archives)
-            .and_then(|a| content_hash(&plain).map(|p| format!("{a}{p}")))
+        let content_key = self
+            .ctx
+            .content_hash(&archives)
+            .and_then(|a| self.ctx.content_hash(&plain).map(|p| format!("{a}{p}")))
             .map_err(|e| BuildError::Input {
                 at: at.clone(),
                 message: e.to_string(),

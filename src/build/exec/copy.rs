@@ -66,7 +66,7 @@ impl Executor<'_> {
         };
         let inline = heredoc_files(&c.inline);
         let content_key = match &sources {
-            CopySources::Context(v) => content_hash(v).map_err(|e| BuildError::Input {
+            CopySources::Context(v) => self.ctx.content_hash(v).map_err(|e| BuildError::Input {
                 at: at.clone(),
                 message: e.to_string(),
             })?,

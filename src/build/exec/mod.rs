@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::context::{Context, EntryKind, Source, content_hash};
+use super::context::{Context, EntryKind, Source};
 use super::dockerfile::{
     Add, Command, CommandLine, Copy, Dockerfile, Env, Healthcheck, Instruction, Position, Run,
     Stage, parse_onbuild_trigger,
