@@ -844,3 +844,115 @@ fn an_unchanged_base_rebuilt_later_keeps_its_children_cached() {
     assert_eq!(b2["steps_run"], 0, "{b2}");
     assert_eq!(b2["steps_cached"], 1);
 }
+
+/// The cache file of `ctx` under `home`'s `build/context-hashes`, and the paths it holds.
+fn hash_cache(home: &Path) -> (PathBuf, Vec<String>) {
+    let dir = home.join("build/context-hashes");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(files.len(), 1, "one cache per context root: {files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let nl = bytes.iter().position(|&b| b == b'\n').unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&bytes[nl + 1..]).unwrap();
+    let paths = body["entries"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    (files[0].clone(), paths)
+}
+
+/// Rewrites `path` with `content` (its size) and puts its mtime back to `secs`.`nanos`.
+fn rewrite_keeping_mtime(path: &Path, content: &str, secs: i64, nanos: u32) {
+    let before = std::fs::metadata(path).unwrap().len();
+    std::fs::write(path, content).unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().len(), before, "same size");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos);
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+#[test]
+fn the_context_hash_cache_never_changes_a_result() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(
+        &ctx,
+        &[
+            ("app/a.txt", "aaaa\n"),
+            ("app/b.txt", "bbbb\n"),
+            ("app/sub/c.txt", "cccc\n"),
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY app /app/\nCOPY app/a.txt /a.txt\n",
+            ),
+        ],
+    );
+    let (home, n) = (t.path().join("home"), std::cell::Cell::new(0));
+    let build = |home: &Path| {
+        let args = ["devel", "build", "-C", p(&ctx), "-t", "h/c:v1"];
+        let out = ok(&dts_env(
+            home,
+            &args,
+            &[("SOURCE_DATE_EPOCH", "1700000000")],
+        ));
+        out.lines().last().unwrap().to_string()
+    };
+    // The same context built in a fresh DTS_HOME: no hash cache, no build cache.
+    let uncached = || {
+        n.set(n.get() + 1);
+        build(&t.path().join(format!("fresh-{}", n.get())))
+    };
+    // Files just written are racily clean: hashed, used, not stored.
+    let d0 = build(&home);
+    assert!(hash_cache(&home).1.is_empty(), "{:?}", hash_cache(&home).1);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(build(&home), d0);
+    let (file, paths) = hash_cache(&home);
+    assert_eq!(paths, ["app/a.txt", "app/b.txt", "app/sub/c.txt"]);
+
+    // Same size, same mtime second, other nanoseconds.
+    let a = ctx.join("app/a.txt");
+    let m = std::fs::metadata(&a).unwrap();
+    let ns = (m.mtime_nsec() as u32 + 1) % 1_000_000_000;
+    rewrite_keeping_mtime(&a, "AAAA\n", m.mtime(), ns);
+    let d1 = build(&home);
+    assert_ne!(d1, d0, "the edit is seen");
+    assert_eq!(d1, uncached());
+
+    // Same size, the very same mtime (ns) right after a build: only the ctime and the racy
+    // rule tell; the edited file is never stored while it is that fresh.
+    let b = ctx.join("app/b.txt");
+    let m = std::fs::metadata(&b).unwrap();
+    rewrite_keeping_mtime(&b, "BBBB\n", m.mtime(), m.mtime_nsec() as u32);
+    let d2 = build(&home);
+    assert!(!hash_cache(&home).1.contains(&"app/b.txt".to_string()));
+    rewrite_keeping_mtime(&b, "bBbB\n", m.mtime(), m.mtime_nsec() as u32);
+    let d3 = build(&home);
+    assert_ne!(d2, d3);
+    assert_eq!(d3, uncached());
+
+    // A corrupt cache (cut in half, then garbage) is ignored and replaced.
+    for cut in [true, false] {
+        let bytes = std::fs::read(&file).unwrap();
+        let bad = if cut {
+            bytes[..bytes.len() / 2].to_vec()
+        } else {
+            b"\xff\0junk".to_vec()
+        };
+        std::fs::write(&file, bad).unwrap();
+        std::fs::write(
+            ctx.join("app/sub/c.txt"),
+            if cut { "CCCC\n" } else { "cCcC\n" },
+        )
+        .unwrap();
+        let d = build(&home);
+        assert_eq!(d, uncached());
+        assert_eq!(hash_cache(&home).0, file);
+    }
+}
