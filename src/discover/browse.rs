@@ -355,18 +355,34 @@ fn start_mdns(
             .spawn(move || {
                 let mut last_query = Instant::now();
                 let mut want_query = false;
+                // The receiver a re-browse replaced: mdns-sd may still have sent it events
+                // (the goodbyes of a robot's other services, in flight when the first one
+                // asked for the re-browse) before its thread took the new browse. Read for a
+                // second after the swap.
+                let mut replaced: Option<(mdns_sd::Receiver<ServiceEvent>, Instant)> = None;
                 while !stop.load(Ordering::Relaxed) {
                     // A removal: ask the LAN again (see REMOVAL_GRACE). Browsing anew sends a
                     // fresh query and replays the cache to the new receiver.
                     // (Only once the old receiver is drained: its events would be lost.)
                     if want_query && last_query.elapsed() >= REQUERY_EVERY && events.is_empty() {
                         if let Ok(rx) = requery.browse(SERVICE_TYPE) {
-                            events = rx;
+                            replaced = Some((std::mem::replace(&mut events, rx), Instant::now()));
                         }
                         last_query = Instant::now();
                         want_query = false;
                     }
-                    let event = match events.recv_timeout(POLL) {
+                    let left_over = replaced.as_ref().and_then(|(r, _)| r.try_recv().ok());
+                    if left_over.is_none()
+                        && replaced
+                            .as_ref()
+                            .is_some_and(|(_, at)| at.elapsed() > Duration::from_secs(1))
+                    {
+                        replaced = None;
+                    }
+                    let event = match left_over
+                        .map(Ok)
+                        .unwrap_or_else(|| events.recv_timeout(POLL))
+                    {
                         Ok(e) => e,
                         Err(mdns_sd::RecvTimeoutError::Timeout) => continue,
                         Err(_) => break,
