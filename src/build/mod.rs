@@ -505,27 +505,19 @@ pub mod duckietown {
     /// `duckietown/<name>:<branch>-<arch>` with what an image reference cannot hold mended: the
     /// repository in lower case, a `/` or other character a tag forbids in the branch as `-`.
     pub fn tag_from(name: &str, branch: &str, arch: &str) -> String {
-        let repo: String = name
-            .to_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let version: String = branch
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        // Every character a reference part cannot hold becomes `-`.
+        let mend = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        };
+        let (repo, version) = (mend(&name.to_lowercase()), mend(branch));
         format!("duckietown/{repo}:{version}-{arch}")
     }
 

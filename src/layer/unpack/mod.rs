@@ -118,6 +118,44 @@ impl Default for UnpackOptions {
     }
 }
 
+impl UnpackOptions {
+    /// The layer's tar reader under these limits, hashing unless told not to.
+    fn reader<R: Read>(&self, layer: R) -> TarReader<R> {
+        let limits = ReadLimits {
+            max_entries: self.max_entries,
+            max_bytes: self.max_total_bytes,
+            max_file_bytes: self.max_file_bytes,
+        };
+        let reader = TarReader::new(layer, limits);
+        if !self.hash && self.expect_diff_id.is_none() {
+            reader.unhashed()
+        } else {
+            reader
+        }
+    }
+
+    /// Ends the stream: its digest and length into `stats`, checked against
+    /// [`expect_diff_id`](Self::expect_diff_id).
+    fn finish<R: Read>(
+        &self,
+        reader: TarReader<R>,
+        mut stats: UnpackStats,
+    ) -> Result<UnpackStats, UnpackError> {
+        let (diff_id, size) = reader.finish()?;
+        if let Some(expected) = &self.expect_diff_id
+            && *expected != diff_id
+        {
+            return Err(UnpackError::DiffIdMismatch {
+                expected: expected.clone(),
+                actual: diff_id,
+            });
+        }
+        stats.diff_id = diff_id;
+        stats.size = size;
+        Ok(stats)
+    }
+}
+
 /// What an unpack did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnpackStats {
@@ -147,6 +185,27 @@ pub struct UnpackStats {
     pub skipped: u64,
     /// xattrs not applied (not allowed, or refused by the file system).
     pub xattrs_skipped: u64,
+}
+
+impl UnpackStats {
+    /// Nothing done yet.
+    fn empty() -> Self {
+        UnpackStats {
+            diff_id: Digest::of(b""),
+            size: 0,
+            entries: 0,
+            files: 0,
+            file_bytes: 0,
+            dirs: 0,
+            symlinks: 0,
+            hardlinks: 0,
+            specials: 0,
+            whiteouts: 0,
+            opaques: 0,
+            skipped: 0,
+            xattrs_skipped: 0,
+        }
+    }
 }
 
 /// Why a layer could not be applied. Every variant names the entry.
@@ -263,33 +322,11 @@ pub fn unpack_with<R: Read>(
             source,
         })
     })?;
-    let limits = ReadLimits {
-        max_entries: opts.max_entries,
-        max_bytes: opts.max_total_bytes,
-        max_file_bytes: opts.max_file_bytes,
-    };
-    let mut reader = TarReader::new(layer, limits);
-    if !opts.hash && opts.expect_diff_id.is_none() {
-        reader = reader.unhashed();
-    }
+    let mut reader = opts.reader(layer);
     let mut u = Unpacker {
         root: root_dir,
         opts,
-        stats: UnpackStats {
-            diff_id: Digest::of(b""),
-            size: 0,
-            entries: 0,
-            files: 0,
-            file_bytes: 0,
-            dirs: 0,
-            symlinks: 0,
-            hardlinks: 0,
-            specials: 0,
-            whiteouts: 0,
-            opaques: 0,
-            skipped: 0,
-            xattrs_skipped: 0,
-        },
+        stats: UnpackStats::empty(),
         created: HashSet::new(),
         skipped: HashSet::new(),
         dirs: Vec::new(),
@@ -298,19 +335,7 @@ pub fn unpack_with<R: Read>(
         u.entry(&mut reader, entry, sink)?;
     }
     u.finish_dirs()?;
-    let (diff_id, size) = reader.finish()?;
-    if let Some(expected) = &opts.expect_diff_id
-        && *expected != diff_id
-    {
-        return Err(UnpackError::DiffIdMismatch {
-            expected: expected.clone(),
-            actual: diff_id,
-        });
-    }
-    let mut stats = u.stats;
-    stats.diff_id = diff_id;
-    stats.size = size;
-    Ok(stats)
+    opts.finish(reader, u.stats)
 }
 
 struct Unpacker<'a> {

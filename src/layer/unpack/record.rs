@@ -15,11 +15,10 @@ use std::path::Path;
 use super::path::{self, MAX_PATH, to_path};
 use super::sink::FileSink;
 use super::{
-    DevicePolicy, EntryKind, OPAQUE_MARKER, ReadLimits, TarEntry, TarReader, UnpackError,
-    UnpackOptions, UnpackStats, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, all_read, feed_body,
-    file_meta, hostile, invalid, owner_of,
+    DevicePolicy, EntryKind, OPAQUE_MARKER, TarEntry, TarReader, UnpackError, UnpackOptions,
+    UnpackStats, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, all_read, feed_body, file_meta, hostile,
+    invalid, owner_of,
 };
-use crate::oci::Digest;
 
 /// Reads the layer `layer` (an uncompressed tar stream) to its end, handing each regular
 /// file's body to `sink`, creating nothing. The stats count what an unpack would have
@@ -29,46 +28,13 @@ pub fn record_with<R: Read>(
     opts: &UnpackOptions,
     sink: &mut dyn FileSink,
 ) -> Result<UnpackStats, UnpackError> {
-    let limits = ReadLimits {
-        max_entries: opts.max_entries,
-        max_bytes: opts.max_total_bytes,
-        max_file_bytes: opts.max_file_bytes,
-    };
-    let mut reader = TarReader::new(layer, limits);
-    if !opts.hash && opts.expect_diff_id.is_none() {
-        reader = reader.unhashed();
-    }
-    let mut stats = UnpackStats {
-        diff_id: Digest::of(b""),
-        size: 0,
-        entries: 0,
-        files: 0,
-        file_bytes: 0,
-        dirs: 0,
-        symlinks: 0,
-        hardlinks: 0,
-        specials: 0,
-        whiteouts: 0,
-        opaques: 0,
-        skipped: 0,
-        xattrs_skipped: 0,
-    };
+    let mut reader = opts.reader(layer);
+    let mut stats = UnpackStats::empty();
     while let Some(entry) = reader.next_entry()? {
         stats.entries += 1;
         record_entry(&mut reader, &entry, opts, sink, &mut stats)?;
     }
-    let (diff_id, size) = reader.finish()?;
-    if let Some(expected) = &opts.expect_diff_id
-        && *expected != diff_id
-    {
-        return Err(UnpackError::DiffIdMismatch {
-            expected: expected.clone(),
-            actual: diff_id,
-        });
-    }
-    stats.diff_id = diff_id;
-    stats.size = size;
-    Ok(stats)
+    opts.finish(reader, stats)
 }
 
 /// One entry: its name and kind checked, a regular file's body handed to the sink.
