@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 
 use context::Context;
 use dockerfile::{Command, Dockerfile, DockerfileError};
-use exec::{BaseResolver, Executor, StepCounts};
+use exec::{BaseResolver, Executor, KeyLocks, StepCounts};
 
 use crate::oci::json::canonical;
 use crate::oci::{Descriptor, Digest, Index, Manifest, Platform, Reference, media};
@@ -233,6 +233,7 @@ pub fn build(
     };
     let snapshots = snapshot::Snapshots::new(&opts.state_dir.join("snapshots"))?;
     let runtime = OnceLock::new();
+    let locks = KeyLocks::default();
     let dt = duckietown::Project::detect(&opts.context);
     let total_steps = count_steps(&df, target);
 
@@ -241,10 +242,12 @@ pub fn build(
             let handles: Vec<_> = platforms
                 .iter()
                 .map(|p| {
-                    let (df, ctx, snapshots, runtime, dt) = (&df, &ctx, &snapshots, &runtime, &dt);
+                    let (df, ctx, snapshots, runtime, dt, locks) =
+                        (&df, &ctx, &snapshots, &runtime, &dt, &locks);
                     scope.spawn(move || {
                         let mut args = dt.as_ref().map(|d| d.build_args(p)).unwrap_or_default();
                         args.extend(opts.build_args.clone());
+                        let guessed = dt.as_ref().map(|d| d.guessed_args(p)).unwrap_or_default();
                         let mut ex = Executor {
                             store,
                             df,
@@ -252,9 +255,11 @@ pub fn build(
                             platform: p.clone(),
                             build_platform: Platform::host(),
                             build_args: &args,
+                            default_args: &guessed,
                             epoch,
                             no_cache: opts.no_cache,
                             cache_dir: opts.state_dir.join("cache"),
+                            locks,
                             snapshots,
                             resolver,
                             reporter,
@@ -267,6 +272,15 @@ pub fn build(
                             stages: BTreeMap::new(),
                         };
                         let mut state = ex.build_stage(target)?;
+                        // BuildKit: an image built for platforms the user named is for the
+                        // target even from a `FROM --platform` stage; with none named it keeps
+                        // its base's platform.
+                        let p = &if opts.platforms.is_empty() {
+                            state.platform.clone()
+                        } else {
+                            exec::stamp_platform(&mut state.config, p);
+                            p.clone()
+                        };
                         if let Some(d) = dt {
                             let base = ex.base_of(target)?;
                             d.label(&mut state.config, p, epoch, &base);
@@ -429,6 +443,9 @@ pub mod duckietown {
     pub struct Project {
         root: PathBuf,
         distro: String,
+        /// Whether `distro` was read from the project (`dtproject/distro.yaml`, the branch)
+        /// rather than guessed.
+        distro_known: bool,
         template: Option<(String, String)>,
     }
 
@@ -546,26 +563,48 @@ pub mod duckietown {
                     })
                 });
             // daffy projects take the distro from the branch (`daffy`, `daffy-staging`).
-            let distro = distro_yaml
+            let found = distro_yaml
                 .or_else(|| git(root, &["rev-parse", "--abbrev-ref", "HEAD"]))
                 .map(|b| b.split('-').next().unwrap_or("ente").to_string())
-                .filter(|d| !d.is_empty() && d != "HEAD" && d != "master" && d != "main")
-                .unwrap_or_else(|| "ente".to_string());
+                .filter(|d| !d.is_empty() && d != "HEAD" && d != "master" && d != "main");
+            let distro_known = found.is_some();
+            let distro = found.unwrap_or_else(|| "ente".to_string());
             let template = field("TYPE").map(|t| (t, field("TYPE_VERSION").unwrap_or_default()));
             Some(Project {
                 root: root.to_path_buf(),
                 distro,
+                distro_known,
                 template,
             })
         }
 
-        /// `ARCH`, `DISTRO`, `BASE_TAG` as the Duckietown shell passes them.
+        /// `ARCH`, `DISTRO`, `BASE_TAG` as the Duckietown shell passes them: build args,
+        /// over the Dockerfile's defaults. `DISTRO` and `BASE_TAG` only when the distro was
+        /// read from the project; a guess is in [`Project::guessed_args`].
         pub fn build_args(&self, p: &Platform) -> BTreeMap<String, String> {
             let arch = p.duckietown_arch().unwrap_or("amd64").to_string();
+            let mut args = BTreeMap::from([("ARCH".to_string(), arch)]);
+            if self.distro_known {
+                args.extend(self.distro_args(p));
+            }
+            args
+        }
+
+        /// `DISTRO` and `BASE_TAG` from a guessed distro (no `dtproject/distro.yaml`, no
+        /// branch): values only for ARGs the Dockerfile declares without a default, so a
+        /// guess never overrides the Dockerfile's own `ARG DISTRO=…`.
+        pub fn guessed_args(&self, p: &Platform) -> BTreeMap<String, String> {
+            if self.distro_known {
+                return BTreeMap::new();
+            }
+            self.distro_args(p)
+        }
+
+        fn distro_args(&self, p: &Platform) -> BTreeMap<String, String> {
+            let arch = p.duckietown_arch().unwrap_or("amd64");
             BTreeMap::from([
                 ("BASE_TAG".to_string(), format!("{}-{arch}", self.distro)),
                 ("DISTRO".to_string(), self.distro.clone()),
-                ("ARCH".to_string(), arch),
             ])
         }
 

@@ -2,6 +2,7 @@
 //! takes (`--chown`, `--chmod`, `--exclude`, heredocs), and the layer it writes: planned
 //! entries with their metadata, parents included, written in canonical order.
 
+use super::chmod::Chmod;
 use super::*;
 
 impl Executor<'_> {
@@ -14,13 +15,6 @@ impl Executor<'_> {
         stage: usize,
     ) -> Result<(Option<LayerRef>, bool), BuildError> {
         let at = self.loc(ins.span.start);
-        if c.parents {
-            return Err(BuildError::Input {
-                at,
-                message: "COPY --parents is not supported by dts; copy each directory explicitly"
-                    .into(),
-            });
-        }
         let exclude = if c.excludes.is_empty() {
             None
         } else {
@@ -30,36 +24,36 @@ impl Executor<'_> {
                 message: format!("COPY --exclude: {e}"),
             })?)
         };
+        // `--parents`: where each source lands under the destination, in source order.
+        let mut kept = Vec::new();
         let sources = match &c.from {
-            Some(_) if exclude.is_some() => {
-                return Err(BuildError::Input {
-                    at,
-                    message: "COPY --exclude with --from is not supported by dts".into(),
-                });
-            }
             Some(from) => {
                 let src_state = self.copy_from_state(&from.value, stage, &at)?;
                 let view = self.view(&src_state)?;
+                let paths: Vec<String> = c.sources.iter().map(|w| w.value.clone()).collect();
+                kept.extend(paths.iter().map(|p| parents_keep(p, &clean(p))));
                 CopySources::View {
                     view,
-                    paths: c.sources.iter().map(|w| w.value.clone()).collect(),
+                    paths,
                     key: src_state.key,
+                    exclude,
                 }
             }
             None => {
                 let mut out = Vec::new();
                 for w in &c.sources {
-                    let found = self.ctx.resolve(&w.value).map_err(|e| BuildError::Input {
+                    let mut found = self.ctx.resolve(&w.value).map_err(|e| BuildError::Input {
                         at: self.loc(w.pos),
                         message: format!("COPY source {e}"),
                     })?;
-                    out.extend(found);
-                }
-                if let Some(ex) = &exclude {
-                    for src in &mut out {
-                        exclude_entries(src, ex);
+                    if let Some(ex) = &exclude {
+                        for src in &mut found {
+                            exclude_entries(src, ex);
+                        }
+                        found.retain(|src| !src.entries.is_empty());
                     }
-                    out.retain(|src| !src.entries.is_empty());
+                    kept.extend(found.iter().map(|src| parents_keep(&w.value, &src.path)));
+                    out.extend(found);
                 }
                 CopySources::Context(out)
             }
@@ -79,7 +73,7 @@ impl Executor<'_> {
             content_key.as_bytes(),
             inline_key(&inline).as_bytes(),
         ]);
-        let spec = CopySpec::new(
+        let mut spec = CopySpec::new(
             &c.dest,
             c.chown.as_ref(),
             c.chmod.as_ref(),
@@ -87,6 +81,7 @@ impl Executor<'_> {
             c.inline.len(),
             at,
         );
+        spec.parents = c.parents.then_some(kept);
         self.cached_layer(&key, |me| {
             me.copy_layer(s, &spec, &sources, &inline).map(Some)
         })
@@ -138,13 +133,16 @@ impl Executor<'_> {
         }
         match sources {
             CopySources::Context(list) => {
-                for src in list {
-                    plan.context_source(src);
+                for (i, src) in list.iter().enumerate() {
+                    plan.context_source(src, i);
                 }
             }
             CopySources::View {
-                view: from, paths, ..
-            } => plan.view_sources(from, paths, spec)?,
+                view: from,
+                paths,
+                exclude,
+                ..
+            } => plan.view_sources(from, paths, exclude.as_ref(), spec)?,
         }
         let entries = plan.entries;
         self.new_layer(|b| write_entries(b, &entries))
@@ -163,7 +161,9 @@ struct CopyPlan<'v> {
     /// `--chown`, resolved against the stage's passwd and group files.
     owner: Option<(u64, u64)>,
     /// `--chmod`.
-    chmod: Option<u32>,
+    chmod: Option<Chmod>,
+    /// `--parents`: each source's path kept under the destination, in source order.
+    parents: Option<Vec<String>>,
     epoch: Option<i64>,
     entries: BTreeMap<String, Planned>,
 }
@@ -175,7 +175,10 @@ impl<'v> CopyPlan<'v> {
         spec: &CopySpec,
         epoch: Option<i64>,
     ) -> Result<CopyPlan<'v>, BuildError> {
-        let dest_is_dir = spec.dest.ends_with('/') || spec.dest == "." || spec.dest.ends_with("/.");
+        let dest_is_dir = spec.dest.ends_with('/')
+            || spec.dest == "."
+            || spec.dest.ends_with("/.")
+            || spec.parents.is_some();
         let dest = dest_path(s, &spec.dest);
         if spec.multiple && !dest_is_dir {
             return Err(BuildError::Input {
@@ -190,20 +193,15 @@ impl<'v> CopyPlan<'v> {
             })?),
             None => None,
         };
-        let chmod = match &spec.chmod {
-            Some(m) => Some(
-                u32::from_str_radix(m, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| BuildError::Input {
-                        at: spec.at.clone(),
-                        message: format!(
-                            "invalid --chmod `{m}`: an octal mode up to 7777 is supported"
-                        ),
-                    })?,
-            ),
-            None => None,
-        };
+        let chmod = spec
+            .chmod
+            .as_deref()
+            .map(Chmod::parse)
+            .transpose()
+            .map_err(|message| BuildError::Input {
+                at: spec.at.clone(),
+                message,
+            })?;
         let dest_existing_dir = view
             .resolve(&dest, true)
             .ok()
@@ -216,9 +214,19 @@ impl<'v> CopyPlan<'v> {
             dest_existing_dir,
             owner,
             chmod,
+            parents: spec.parents.clone(),
             epoch,
             entries: BTreeMap::new(),
         })
+    }
+
+    /// Where source number `index`, named `name`, lands: with `--parents` at its kept path
+    /// under the destination (a directory's contents in it), else by COPY's usual rules.
+    fn source_target(&self, index: usize, name: &str, is_dir_source: bool) -> String {
+        match self.parents.as_ref().and_then(|k| k.get(index)) {
+            Some(keep) => clean(&format!("{}/{keep}", self.dest)),
+            None => self.target_for(name, is_dir_source),
+        }
     }
 
     /// Where a source named `name` lands.
@@ -232,6 +240,11 @@ impl<'v> CopyPlan<'v> {
         } else {
             self.dest.clone()
         }
+    }
+
+    /// An entry's mode after `--chmod` (octal: that mode; symbolic: applied to `mode`).
+    fn mode(&self, mode: u32, is_dir: bool) -> u32 {
+        self.chmod.as_ref().map_or(mode, |c| c.apply(mode, is_dir))
     }
 
     fn dir_owner(&self) -> (u64, u64) {
@@ -270,7 +283,7 @@ impl<'v> CopyPlan<'v> {
         self.add_file_parents(&target);
         let (uid, gid) = self.dir_owner();
         let meta = EntryMeta {
-            mode: self.chmod.unwrap_or(f.mode),
+            mode: self.mode(f.mode, false),
             uid,
             gid,
             mtime: f.mtime.or(self.epoch).unwrap_or(0),
@@ -287,12 +300,12 @@ impl<'v> CopyPlan<'v> {
     }
 
     /// One source from the build context (a file, or a directory and its tree).
-    fn context_source(&mut self, src: &Source) {
+    fn context_source(&mut self, src: &Source, index: usize) {
         let base = Path::new(&src.path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let root = self.target_for(&base, src.is_dir);
+        let root = self.source_target(index, &base, src.is_dir);
         self.add_file_parents(&root);
         for e in &src.entries {
             let target = if e.rel.is_empty() {
@@ -306,7 +319,7 @@ impl<'v> CopyPlan<'v> {
                 continue;
             }
             let (uid, gid) = self.owner.unwrap_or((0, 0));
-            let mode = self.chmod.unwrap_or(e.mode);
+            let mode = self.mode(e.mode, e.kind == EntryKind::Dir);
             let meta = if e.rel.is_empty() && src.is_dir {
                 self.made_dir()
             } else {
@@ -332,17 +345,19 @@ impl<'v> CopyPlan<'v> {
         }
     }
 
-    /// `COPY --from` sources: paths in another stage's or image's file system, their file
+    /// `COPY --from` sources: paths in another stage's or image's file system, less what
+    /// `--exclude` matches (relative to the source, as for context sources), their file
     /// contents read with one pass per source layer.
     fn view_sources(
         &mut self,
         from: &FsView,
         paths: &[String],
+        exclude: Option<&DockerIgnore>,
         spec: &CopySpec,
     ) -> Result<(), BuildError> {
         let mut by_layer: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
         let mut planned: Vec<(String, Planned)> = Vec::new();
-        for p in paths {
+        for (index, p) in paths.iter().enumerate() {
             let resolved = from.resolve(p, true).map_err(|e| BuildError::Input {
                 at: spec.at.clone(),
                 message: e.to_string(),
@@ -358,10 +373,20 @@ impl<'v> CopyPlan<'v> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let root = self.target_for(&base, is_dir);
+            let root = self.source_target(index, &base, is_dir);
+            let excluded = |rel: &str| {
+                let name = if rel.is_empty() { base.as_str() } else { rel };
+                exclude.is_some_and(|ex| ex.matches(name)) && !(rel.is_empty() && is_dir)
+            };
+            if excluded("") {
+                continue;
+            }
             self.add_file_parents(&root);
             for (path, n) in from.subtree(&resolved) {
                 let rel = path[resolved.len()..].trim_start_matches('/');
+                if excluded(rel) {
+                    continue;
+                }
                 let target = if rel.is_empty() {
                     root.clone()
                 } else {
@@ -375,7 +400,7 @@ impl<'v> CopyPlan<'v> {
                     self.made_dir()
                 } else {
                     EntryMeta {
-                        mode: self.chmod.unwrap_or(n.mode),
+                        mode: self.mode(n.mode, n.kind == Kind::Dir),
                         uid,
                         gid,
                         mtime: n.mtime as i64,
@@ -442,6 +467,8 @@ pub(super) enum CopySources {
         view: FsView,
         paths: Vec<String>,
         key: String,
+        /// `--exclude`.
+        exclude: Option<DockerIgnore>,
     },
 }
 
@@ -450,6 +477,8 @@ pub(super) struct CopySpec {
     pub(super) chown: Option<String>,
     pub(super) chmod: Option<String>,
     pub(super) multiple: bool,
+    /// `--parents`: each source's path kept under the destination (see [`parents_keep`]).
+    pub(super) parents: Option<Vec<String>>,
     pub(super) at: Location,
 }
 
@@ -484,6 +513,25 @@ pub(super) fn exclude_entries(src: &mut Source, ex: &DockerIgnore) {
         let rel = if e.rel.is_empty() { &name } else { &e.rel };
         !(ex.matches(rel) && !(e.rel.is_empty() && src.is_dir))
     });
+}
+
+/// The part of a source's path `COPY --parents` keeps under the destination: all of `path`
+/// (relative to the context or the `--from` root), or, when the source as written has a `/./`
+/// pivot (`./x/./y/*.txt`), what follows the pivot. A leading `./` is no pivot.
+pub(super) fn parents_keep(written: &str, path: &str) -> String {
+    let mut w = written;
+    while let Some(rest) = w.strip_prefix("./").or_else(|| w.strip_prefix('/')) {
+        w = rest;
+    }
+    let Some((before, _)) = w.split_once("/./") else {
+        return clean(path);
+    };
+    let skip = clean(before).split('/').filter(|p| !p.is_empty()).count();
+    clean(path)
+        .split('/')
+        .skip(skip)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A COPY/ADD destination as a clean image path: absolute, or relative to WORKDIR.
@@ -530,6 +578,7 @@ impl CopySpec {
                 || sources
                     .iter()
                     .any(|w| crate::build::context::has_wildcard(&w.value)),
+            parents: None,
             at,
         }
     }
@@ -669,4 +718,19 @@ pub(super) fn resolve_owner(view: &FsView, spec: &str) -> Result<(u64, u64), Str
         },
     };
     Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parents_keep;
+
+    #[test]
+    fn parents_keeps_the_path_or_what_follows_the_pivot() {
+        assert_eq!(parents_keep("src/x/a.txt", "src/x/a.txt"), "src/x/a.txt");
+        assert_eq!(parents_keep("./src/x/a.txt", "src/x/a.txt"), "src/x/a.txt");
+        assert_eq!(parents_keep("./src/./x/a.txt", "src/x/a.txt"), "x/a.txt");
+        assert_eq!(parents_keep("src/./x/*.txt", "src/x/b.txt"), "x/b.txt");
+        assert_eq!(parents_keep("/usr/./bin/sh", "usr/bin/sh"), "bin/sh");
+        assert_eq!(parents_keep(".", ""), "");
+    }
 }

@@ -34,9 +34,13 @@ use crate::util::fs::{PathContext, atomic_write, create_dir_all, read_limited};
 
 mod add;
 mod cache;
+mod chmod;
 mod config;
 mod copy;
 mod fetch;
+mod git;
+
+pub use cache::KeyLocks;
 
 use config::history_text;
 use copy::{add_parents, resolve_owner, write_entries};
@@ -70,6 +74,9 @@ pub struct StageState {
     cmd_set: bool,
     /// Cache key of the state.
     key: String,
+    /// The platform the stage's files are for, which its RUN steps execute as: its base's
+    /// (`FROM --platform=$BUILDPLATFORM` makes a native stage), not always the target's.
+    pub platform: Platform,
 }
 
 /// What an executed step did, for the report.
@@ -95,9 +102,15 @@ pub struct Executor<'a> {
     pub(super) platform: Platform,
     pub(super) build_platform: Platform,
     pub(super) build_args: &'a BTreeMap<String, String>,
+    /// Values for ARGs the Dockerfile declares without a default (Duckietown's guessed
+    /// `DISTRO`): never over a default the Dockerfile gives, unlike `build_args`.
+    pub(super) default_args: &'a BTreeMap<String, String>,
     pub(super) epoch: Option<i64>,
     pub(super) no_cache: bool,
     pub(super) cache_dir: PathBuf,
+    /// Steps in progress on every platform's thread, so a step two targets share (a native
+    /// stage's) runs once and the other thread takes the result from the cache.
+    pub(super) locks: &'a KeyLocks,
     pub(super) snapshots: &'a Snapshots,
     pub(super) resolver: &'a dyn BaseResolver,
     pub(super) reporter: &'a dyn Reporter,
@@ -183,6 +196,8 @@ impl<'a> Executor<'a> {
                         env.insert(name, v.clone());
                     } else if let Some(def) = d.default {
                         env.insert(name, def.value);
+                    } else if let Some(v) = self.default_args.get(&name) {
+                        env.insert(name, v.clone());
                     }
                 }
             }
@@ -265,6 +280,7 @@ impl<'a> Executor<'a> {
                 args: BTreeMap::new(),
                 cmd_set: false,
                 key: sha(&[CACHE_VERSION.as_bytes(), b"scratch"]),
+                platform: base_platform.clone(),
             }
         } else {
             let reference = Reference::parse(base).map_err(|e| BuildError::Input {
@@ -273,12 +289,12 @@ impl<'a> Executor<'a> {
             })?;
             self.image_state(&reference, base_platform, &at)?
         };
-        // The image is for the target platform whatever FROM --platform said (BuildKit's
-        // finalizeResultImage).
-        state.config.architecture = self.platform.architecture.clone();
-        state.config.os = self.platform.os.clone();
-        state.config.variant = self.platform.variant.clone();
-        state.key = sha(&[state.key.as_bytes(), self.platform.to_string().as_bytes()]);
+        // The stage is for its base's platform: the target's, or what FROM --platform says
+        // (`$BUILDPLATFORM`: a native stage, whose steps two targets share when their inputs
+        // are equal). The final image is stamped with the target in `build::build`.
+        state.platform = base_platform.clone();
+        stamp_platform(&mut state.config, base_platform);
+        state.key = sha(&[state.key.as_bytes(), base_platform.to_string().as_bytes()]);
         Ok(state)
     }
 
@@ -353,7 +369,8 @@ impl<'a> Executor<'a> {
                         .get(&name)
                         .cloned()
                         .or_else(|| d.default.as_ref().map(|w| w.value.clone()))
-                        .or_else(|| meta.get(&name).cloned());
+                        .or_else(|| meta.get(&name).cloned())
+                        .or_else(|| self.default_args.get(&name).cloned());
                     s.args.insert(name, value);
                 }
                 self.progress_step(&ins.source, Some(false));
@@ -534,7 +551,7 @@ impl<'a> Executor<'a> {
         spec.env = env;
         spec.cwd = cfg.working_dir.clone().unwrap_or_else(|| "/".into());
         spec.user = cfg.user.clone().unwrap_or_default();
-        spec.platform = self.platform.clone();
+        spec.platform = s.platform.clone();
         spec.network = match r.network.as_ref().map(|w| w.value.as_str()) {
             Some("none") => Network::None,
             _ => Network::Host,
@@ -629,8 +646,21 @@ impl<'a> Executor<'a> {
             layers,
             args: BTreeMap::new(),
             cmd_set: false,
+            platform: platform.clone(),
         })
     }
+
+    /// Where ADD checks git repositories out (`$DTS_HOME/build/git`).
+    fn git_dir(&self) -> PathBuf {
+        self.cache_dir.with_file_name("git")
+    }
+}
+
+/// Sets an image config's platform fields.
+pub fn stamp_platform(config: &mut ImageConfig, p: &Platform) {
+    config.architecture = p.architecture.clone();
+    config.os = p.os.clone();
+    config.variant = p.variant.clone();
 }
 
 #[cfg(test)]
