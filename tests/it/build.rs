@@ -10,11 +10,11 @@ use std::process::{Command, Output};
 
 use dts::oci::Digest;
 
-fn dts(home: &Path, args: &[&str]) -> Output {
+pub(crate) fn dts(home: &Path, args: &[&str]) -> Output {
     dts_env(home, args, &[])
 }
 
-fn dts_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn dts_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dts"));
     c.args(args)
         .env("DTS_HOME", home)
@@ -26,7 +26,7 @@ fn dts_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 #[track_caller]
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "dts failed ({:?}):\nstdout: {}\nstderr: {}",
@@ -37,15 +37,15 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn json(out: &Output) -> serde_json::Value {
+pub(crate) fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("one JSON document")
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-fn write(dir: &Path, files: &[(&str, &str)]) {
+pub(crate) fn write(dir: &Path, files: &[(&str, &str)]) {
     for (name, content) in files {
         let path = dir.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -93,7 +93,7 @@ fn layers(home: &Path, name: &str, platform: &str) -> Vec<Vec<u8>> {
 
 /// The file tree of one platform of an image: path → "kind mode uid:gid content-hash|target",
 /// whiteouts applied.
-fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, String> {
+pub(crate) fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, String> {
     let mut tree = BTreeMap::new();
     for data in layers(home, name, platform) {
         for e in tar::Archive::new(&data[..]).entries().unwrap() {
@@ -139,7 +139,7 @@ fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<String, Strin
 }
 
 /// The content of `want` in the topmost layer that has it.
-fn file_content(home: &Path, name: &str, platform: &str, want: &str) -> Vec<u8> {
+pub(crate) fn file_content(home: &Path, name: &str, platform: &str, want: &str) -> Vec<u8> {
     let mut found = None;
     for data in layers(home, name, platform) {
         for e in tar::Archive::new(&data[..]).entries().unwrap() {
@@ -154,7 +154,7 @@ fn file_content(home: &Path, name: &str, platform: &str, want: &str) -> Vec<u8> 
     found.unwrap_or_else(|| panic!("{want} not in {name}"))
 }
 
-fn inspect(home: &Path, name: &str, platform: &str) -> serde_json::Value {
+pub(crate) fn inspect(home: &Path, name: &str, platform: &str) -> serde_json::Value {
     json(&dts(
         home,
         &["image", "inspect", name, "--platform", platform, "--json"],
@@ -365,22 +365,22 @@ fn bad_dockerfiles_exit_2_with_file_line_col() {
             "--mount",
         ),
         (
-            "FROM scratch\nCOPY --parents a /x/\n",
-            "Dockerfile:2:1",
-            "--parents",
-        ),
-        (
-            "FROM scratch AS s\nFROM scratch\nCOPY --from=s --exclude=*.c / /x/\n",
-            "Dockerfile:3:1",
-            "--exclude",
-        ),
-        (
-            "FROM scratch\nADD https://example.invalid/repo.git /src\n",
+            "FROM scratch\nCOPY --parents missing/a /x/\n",
             "Dockerfile:2",
-            "git repository",
+            "missing/a",
         ),
         (
-            "FROM scratch\nCOPY --chmod=u=rwX a /a\n",
+            "FROM scratch AS s\nFROM scratch\nCOPY --from=s --exclude=*.c /nothing /x/\n",
+            "Dockerfile:3:1",
+            "/nothing",
+        ),
+        (
+            "FROM scratch\nADD file:///srv/repo.git /src\n",
+            "Dockerfile:2",
+            "git repositories",
+        ),
+        (
+            "FROM scratch\nCOPY --chmod=u=rwq a /a\n",
             "Dockerfile:2:1",
             "--chmod",
         ),
@@ -417,7 +417,7 @@ fn bad_dockerfiles_exit_2_with_file_line_col() {
 }
 
 /// Copies the fixture busybox binaries into a context as `busybox/<TARGETARCH>/busybox`.
-fn busybox_context(dir: &Path) -> bool {
+pub(crate) fn busybox_context(dir: &Path) -> bool {
     let cache = std::env::var("DTS_FIXTURES").unwrap_or_else(|_| "/var/cache/dts-fixtures".into());
     for (fixture, targetarch) in [("arm64", "arm64"), ("armhf", "arm"), ("amd64", "amd64")] {
         let src = PathBuf::from(&cache)
@@ -438,7 +438,7 @@ fn busybox_context(dir: &Path) -> bool {
     true
 }
 
-fn can_run() -> bool {
+pub(crate) fn can_run() -> bool {
     if !support::require_root("RUN needs overlayfs mounts and runc")
         || !support::require_cmd("runc")
     {

@@ -490,6 +490,101 @@ COPY child.txt /child.txt
 /// (--chmod or the source directory's mode/owner on created directories; hard links of the
 /// context, of COPY --from and of an ADDed tar written as copies or dropped). buildah 1.28
 /// agrees with Docker on all of it, so no adjustment is needed.
+/// Issue 19's sources: local tars compressed with xz, bzip2 and zstd (extracted), symbolic
+/// `--chmod`, `COPY --parents` and `--exclude` with `--from`. buildah 1.28 knows only octal
+/// modes and neither `--parents` nor `--exclude`, so its copy of each such line is the
+/// equivalent Docker spells longhand (`# buildah-instead:`; `\n` separates instructions).
+fn corpus_sources() -> Case {
+    let tar = sample_tar(false);
+    let xz = {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        std::io::Write::write_all(&mut e, &tar).unwrap();
+        e.finish().unwrap()
+    };
+    let bz2 = {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        std::io::Write::write_all(&mut e, &tar).unwrap();
+        e.finish().unwrap()
+    };
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    Case {
+        name: "sources",
+        files: vec![
+            ("layer.tar.xz", xz, 0o644),
+            ("layer.tar.bz2", bz2, 0o644),
+            ("layer.tar.zst", zst, 0o644),
+            ("app/bin/tool", b"#!/bin/sh\n".to_vec(), 0o644),
+            ("app/etc/conf", b"secret\n".to_vec(), 0o600),
+            text("src/x/a.txt", "a\n"),
+            text("src/x/skip.log", "log\n"),
+            text("src/y/b.txt", "b\n"),
+        ],
+        symlinks: vec![],
+        hardlinks: vec![],
+        busybox: false,
+        builds: vec![Build {
+            expect: vec![("xz/top.txt", "top\n"), ("par/src/y/b.txt", "b\n")],
+            ..Build::new(
+                "diff/sources",
+                r#"FROM scratch AS files
+COPY src /src/
+COPY app /app/
+
+FROM scratch
+ADD layer.tar.xz /xz/
+ADD layer.tar.bz2 /bz2/
+ADD layer.tar.zst /zst/
+# buildah-instead: COPY --chmod=755 app/bin/tool /sym/tool
+COPY --chmod=u=rwx,go=rx app/bin/tool /sym/tool
+# buildah-instead: COPY --chmod=755 app/bin/tool /plusx/
+COPY --chmod=+x app/bin/tool /plusx/
+# buildah-instead: COPY --chmod=640 app/etc/conf /gread/
+COPY --chmod=g+r app/etc/conf /gread/
+# buildah-instead: COPY --chmod=600 app/etc/conf /noexec/
+COPY --chmod=a+X,u+w app/etc/conf /noexec/
+# buildah-instead: COPY src/x/a.txt /par/src/x/\nCOPY src/y/b.txt /par/src/y/
+COPY --parents src/x/a.txt src/y/b.txt /par/
+# buildah-instead: COPY src/x/a.txt /pivot/x/
+COPY --parents ./src/./x/a.txt /pivot/
+# buildah-instead: COPY --from=files /src/y/b.txt /fromp/src/y/
+COPY --from=files --parents /src/y/b.txt /fromp/
+# buildah-instead: COPY --from=files /src/x/a.txt /ex/
+COPY --from=files --exclude=*.log /src/x /ex/
+# buildah-instead: COPY src/x/a.txt /ctxex/
+COPY --exclude=*.log src/x /ctxex/
+"#,
+            )
+        }],
+    }
+}
+
+/// ADD of a git repository (served by `git daemon` on loopback): buildah's copy adds the same
+/// files from the context, as Docker would lay them out (modes as git records them, root).
+fn corpus_git(url: &'static str) -> Case {
+    Case {
+        name: "git",
+        files: vec![
+            ("gitcopy/tool", b"#!/bin/sh\necho tool\n".to_vec(), 0o755),
+            text("gitcopy/readme", "version 1\n"),
+        ],
+        symlinks: vec![],
+        hardlinks: vec![],
+        busybox: false,
+        builds: vec![Build {
+            build_args: vec![url],
+            expect: vec![("g/readme", "version 1\n")],
+            ..Build::new(
+                "diff/git",
+                r#"FROM scratch
+ARG REPO
+# buildah-instead: COPY gitcopy /g/
+ADD ${REPO}#v1:sub /g/
+"#,
+            )
+        }],
+    }
+}
+
 fn corpus_copy_dirs_and_hard_links() -> Case {
     Case {
         name: "copy_dirs_and_hard_links",
@@ -572,6 +667,23 @@ fn add_of_local_tars_matches_buildah() {
 #[test]
 fn onbuild_triggers_match_buildah() {
     run_case(corpus_onbuild());
+}
+
+#[test]
+fn compressed_tars_symbolic_modes_parents_and_excludes_match_buildah() {
+    run_case(corpus_sources());
+}
+
+#[test]
+fn add_of_a_git_repository_matches_buildah() {
+    if !support::require_cmd("git") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    crate::build_sources::sample_repo(t.path());
+    let daemon = crate::build_sources::GitDaemon::start(t.path());
+    let arg: &'static str = Box::leak(format!("REPO={}", daemon.url("repo.git")).into_boxed_str());
+    run_case(corpus_git(arg));
 }
 
 #[test]
@@ -738,19 +850,23 @@ fn run_case(case: Case) {
 
 /// Marks an instruction buildah 1.28 cannot build although Docker can: the comment line
 /// `# buildah-instead: <replacement>` makes buildah's copy of the Dockerfile use the
-/// replacement (nothing, when empty) for the next line. The replacement must mean the same in
-/// Docker, so the two results must still match.
+/// replacement (nothing, when empty) for the next line, `\n` separating instructions. The
+/// replacement must mean the same in Docker, so the two results must still match.
 const BUILDAH_INSTEAD: &str = "# buildah-instead:";
 
 fn for_buildah(dockerfile: &str) -> String {
     let mut out = String::new();
-    let mut instead: Option<&str> = None;
+    let mut instead: Option<String> = None;
     for line in dockerfile.lines() {
-        let line = instead.take().unwrap_or(line);
+        // `\n` in a replacement separates instructions (one line of Docker's can take two).
+        let line = match instead.take() {
+            Some(replacement) => replacement.replace("\\n", "\n"),
+            None => line.to_string(),
+        };
         if let Some(replacement) = line.strip_prefix(BUILDAH_INSTEAD) {
-            instead = Some(replacement.trim());
+            instead = Some(replacement.trim().to_string());
         }
-        out.push_str(line);
+        out.push_str(&line);
         out.push('\n');
     }
     out

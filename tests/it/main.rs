@@ -22,6 +22,8 @@ mod agent_switch;
 mod bench_adopt;
 mod build;
 mod build_buildah;
+mod build_native;
+mod build_sources;
 mod compose;
 mod contract;
 mod cross;
