@@ -9,6 +9,8 @@
 //!                                    │ RUN:   $DTS_HOME/build/snapshots (overlay lowers)
 //!                                    │ COPY/ADD sources' file hashes:
 //!                                    │        $DTS_HOME/build/context-hashes (hashcache.rs)
+//!                                    │ RUN --mount=type=cache:
+//!                                    │        $DTS_HOME/build/mounts (exec/mounts/cache_dir.rs)
 //! ```
 //!
 //! Builds are reproducible by default: layers are canonical (`layer::write`), configs are
@@ -31,6 +33,8 @@ use std::sync::OnceLock;
 
 use context::Context;
 use dockerfile::{Command, Dockerfile, DockerfileError};
+pub use exec::mounts::cache_dir::CacheMountInfo;
+pub use exec::mounts::{MountInputs, SecretSource, prune_cache_mounts};
 use exec::{BaseResolver, Executor, KeyLocks, StepCounts};
 
 use crate::oci::json::canonical;
@@ -179,8 +183,10 @@ pub struct BuildOptions {
     pub target: Option<String>,
     /// Ignore the cache (results are still recorded).
     pub no_cache: bool,
-    /// `$DTS_HOME/build`: cache records, snapshots, runtime state.
+    /// `$DTS_HOME/build`: cache records, snapshots, runtime state, cache mounts.
     pub state_dir: PathBuf,
+    /// `--secret`s and `--ssh` agents for `RUN --mount=type=secret|ssh`.
+    pub mounts: exec::mounts::MountInputs,
 }
 
 /// What a build made.
@@ -265,6 +271,7 @@ pub fn build(
                             reporter,
                             runtime,
                             runtime_dir: opts.state_dir.join("runtime"),
+                            mount_inputs: &opts.mounts,
                             label: p.duckietown_arch().unwrap_or("?").to_string(),
                             total_steps,
                             step: 0,
@@ -354,14 +361,25 @@ fn count_steps(df: &Dockerfile, target: usize) -> usize {
         needed[i] = true;
         let s = &df.stages[i];
         let mut deps: Vec<&str> = vec![s.base.value.as_str()];
+        let mut mount_froms: Vec<String> = Vec::new();
         for ins in &s.instructions {
             if let Command::Copy(c) = &ins.command
                 && let Some(f) = &c.from
             {
                 deps.push(f.value.as_str());
             }
+            if let Command::Run(r) = &ins.command {
+                mount_froms.extend(
+                    r.mounts
+                        .iter()
+                        .filter_map(|m| dockerfile::parse_mount(&m.value, "/", 0).ok()?.from),
+                );
+            }
         }
-        for d in deps {
+        for d in deps
+            .into_iter()
+            .chain(mount_froms.iter().map(String::as_str))
+        {
             if let Some((j, _)) = df.stage(d).filter(|(j, _)| *j < i) {
                 todo.push(j);
             } else if let Ok(j) = d.parse::<usize>()

@@ -94,6 +94,24 @@ pub struct RunSpec {
     pub platform: Platform,
     /// Kill the command after this long.
     pub timeout: Option<Duration>,
+    /// `RUN --mount`s, their sources prepared on the host by the builder.
+    pub mounts: Vec<RunMount>,
+}
+
+/// One extra mount of a RUN. Its target gets a stub like the runtime's own mount points, so
+/// neither the target nor anything written under it reaches the upper dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunMount {
+    /// Absolute path in the container.
+    pub target: String,
+    /// `bind` or `tmpfs`.
+    pub typ: &'static str,
+    /// Host path (bind) or `tmpfs`.
+    pub source: PathBuf,
+    /// Mount options (`rbind`, `ro`, `size=…`, …).
+    pub options: Vec<String>,
+    /// The source is a file or socket, not a directory.
+    pub file: bool,
 }
 
 impl RunSpec {
@@ -109,6 +127,7 @@ impl RunSpec {
             network: Network::Host,
             platform: Platform::host(),
             timeout: None,
+            mounts: Vec::new(),
         }
     }
 }
@@ -131,11 +150,19 @@ pub struct RunOutcome {
 /// Makes, in `stubs`, every mount point in [`MOUNT_POINTS`] that the image (seen through
 /// `view`) lacks, with the image's existing parent directories copied (mode, owner, times) so
 /// that the merged view shows them unchanged. Returns the created paths, parents first.
-fn make_stubs(view: Option<&Path>, stubs: &Path) -> Result<Vec<PathBuf>, RunError> {
+fn make_stubs(
+    view: Option<&Path>,
+    stubs: &Path,
+    extra: &[RunMount],
+) -> Result<Vec<PathBuf>, RunError> {
     let mut created: Vec<PathBuf> = Vec::new();
     // Directories copied from the image, to get their times once their children exist.
     let mut copied: Vec<(PathBuf, fs::Metadata)> = Vec::new();
-    for (point, is_dir) in MOUNT_POINTS {
+    let points = MOUNT_POINTS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(|m| (m.target.as_str(), !m.file)));
+    for (point, is_dir) in points {
         let r = resolve_in_root(view, point)?;
         if r.missing.is_empty() {
             continue;
@@ -482,6 +509,15 @@ fn runtime_spec(
             &ro_bind,
         )?,
     ]);
+    for m in &spec.mounts {
+        let options: Vec<&str> = m.options.iter().map(String::as_str).collect();
+        mounts.push(mount(
+            &m.target,
+            m.typ,
+            &m.source.to_string_lossy(),
+            &options,
+        )?);
+    }
 
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -584,7 +620,7 @@ fn run_in(
         }
     })?;
     let stubs_dir = session.path("stubs");
-    let stubs = make_stubs(view.as_deref(), &stubs_dir)?;
+    let stubs = make_stubs(view.as_deref(), &stubs_dir, &spec.mounts)?;
     if layers.len() > 1 {
         session.unmount(&view_dir)?;
     }
@@ -718,7 +754,7 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .is_ok();
-        let made = make_stubs(Some(r), stubs.path()).unwrap();
+        let made = make_stubs(Some(r), stubs.path(), &[]).unwrap();
         assert_eq!(
             made,
             ["/dev", "/sys", "/etc/resolv.conf"].map(PathBuf::from)
@@ -738,7 +774,7 @@ mod tests {
         assert!(!stubs.path().join("proc").exists());
 
         let empty = tempfile::tempdir().unwrap();
-        let made = make_stubs(None, empty.path()).unwrap();
+        let made = make_stubs(None, empty.path(), &[]).unwrap();
         assert_eq!(
             made,
             [

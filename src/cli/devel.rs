@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{Exit, GlobalArgs, Printer, human_size, reporter};
 use crate::api::ReleaseState;
+use crate::build::{MountInputs, SecretSource};
 use crate::ops::build::BuildArgs;
 use crate::ops::devel::{self, DevelReport, Mode, watch};
 use crate::ops::robot::SshArgs;
@@ -35,6 +36,99 @@ impl DevelSsh {
             accept_new_host_key: self.accept_new_host_key,
         }
     }
+}
+
+/// `--secret` and `--ssh`: what `RUN --mount=type=secret|ssh` may use (docs/cli.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct MountFlags {
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR (repeatable)
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK) or ID=SOCKET
+    /// (repeatable)
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    ssh: Vec<String>,
+}
+
+impl MountFlags {
+    /// The flags as the builder takes them; a missing agent or a malformed spec is an error now,
+    /// before anything is built.
+    pub(super) fn inputs(&self) -> Result<MountInputs> {
+        let mut inputs = MountInputs::default();
+        for s in &self.secrets {
+            let (id, source) = parse_secret(s).map_err(|e| anyhow::anyhow!("--secret {s}: {e}"))?;
+            inputs.secrets.insert(id, source);
+        }
+        for s in &self.ssh {
+            let (id, path) = parse_ssh(s, std::env::var_os("SSH_AUTH_SOCK"))
+                .map_err(|e| anyhow::anyhow!("--ssh {s}: {e}"))?;
+            inputs.ssh.insert(id, path);
+        }
+        Ok(inputs)
+    }
+}
+
+/// `id=ID,src=FILE`, `id=ID,env=VAR`, `id=ID,type=env` (as buildx): an id alone names the
+/// environment variable of that name.
+fn parse_secret(spec: &str) -> std::result::Result<(String, SecretSource), String> {
+    let (mut id, mut src, mut env, mut typ) = (None, None, None, None);
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| format!("expected KEY=VALUE, got `{field}`"))?;
+        match k {
+            "id" => id = Some(v.to_string()),
+            "src" | "source" => src = Some(v.to_string()),
+            "env" => env = Some(v.to_string()),
+            "type" if matches!(v, "file" | "env") => typ = Some(v.to_string()),
+            "type" => return Err(format!("unknown secret type `{v}` (file or env)")),
+            other => return Err(format!("unknown field `{other}` (id, src, env, type)")),
+        }
+    }
+    let id = match (&id, &src, &env) {
+        (Some(id), _, _) => id.clone(),
+        (None, Some(p), _) => p.rsplit('/').next().unwrap_or(p).to_string(),
+        (None, None, Some(e)) => e.clone(),
+        (None, None, None) => return Err("needs id=…".into()),
+    };
+    let source = match (typ.as_deref(), src, env) {
+        (_, _, Some(e)) => SecretSource::Env(e),
+        (Some("env"), Some(v), None) => SecretSource::Env(v),
+        (_, Some(p), None) => SecretSource::File(PathBuf::from(p)),
+        (Some("file"), None, None) => SecretSource::File(PathBuf::from(&id)),
+        (_, None, None) => SecretSource::Env(id.clone()),
+    };
+    if let SecretSource::File(p) = &source
+        && !p.is_file()
+    {
+        return Err(format!("no file at `{}`", p.display()));
+    }
+    Ok((id, source))
+}
+
+/// `default` (the agent of `$SSH_AUTH_SOCK`), `ID` (the same agent under another id) or
+/// `ID=SOCKET`.
+fn parse_ssh(
+    spec: &str,
+    auth_sock: Option<std::ffi::OsString>,
+) -> std::result::Result<(String, PathBuf), String> {
+    let (id, path) = match spec.split_once('=') {
+        Some((id, p)) if !id.is_empty() && !p.is_empty() => (id, PathBuf::from(p)),
+        Some(_) => return Err("expected ID=SOCKET".into()),
+        None => match auth_sock.filter(|s| !s.is_empty()) {
+            Some(sock) => (spec, PathBuf::from(sock)),
+            None => {
+                return Err(
+                    "SSH_AUTH_SOCK is not set: no SSH agent to forward (start one with                      `eval $(ssh-agent)` and `ssh-add`, or give ID=SOCKET)"
+                        .into(),
+                );
+            }
+        },
+    };
+    if !path.exists() {
+        return Err(format!("no SSH agent socket at `{}`", path.display()));
+    }
+    Ok((id.to_string(), path))
 }
 
 /// `dts devel deploy` flags.
@@ -68,6 +162,8 @@ pub struct DeployArgs {
     /// Pull base images over plain HTTP (lab registries)
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    mounts: MountFlags,
     /// Rebuild and redeploy on every saved change of the context, until Ctrl-C
     #[arg(long, conflicts_with = "json")]
     watch: bool,
@@ -91,8 +187,8 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 impl DeployArgs {
-    fn build_args(&self) -> BuildArgs {
-        BuildArgs {
+    fn build_args(&self) -> Result<BuildArgs> {
+        Ok(BuildArgs {
             context: self.context.clone(),
             dockerfile: self.file.clone(),
             tags: self.tags.clone(),
@@ -101,7 +197,8 @@ impl DeployArgs {
             target: self.target.clone(),
             no_cache: self.no_cache,
             insecure: self.insecure,
-        }
+            mounts: self.mounts.inputs()?,
+        })
     }
 }
 
@@ -118,7 +215,7 @@ pub fn deploy(a: &DeployArgs, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
     let started = Instant::now();
     let store = crate::ops::image::open_store()?;
     let log = reporter(g);
-    let args = a.build_args();
+    let args = a.build_args()?;
     let mode = Mode {
         wait: a.wait,
         force: a.force,
@@ -286,4 +383,66 @@ pub fn build_for_robot(
         p.out(&built.manifest.to_string());
     }
     Ok(Exit::Ok)
+}
+
+/// `dts devel prune --cache`: removes the cache mounts of `RUN --mount=type=cache`.
+pub fn prune_cache(json: bool, p: &Printer) -> Result<Exit> {
+    let dir = crate::ops::dts_home().join("build");
+    let found = crate::build::prune_cache_mounts(&dir)?;
+    let removed: Vec<_> = found.iter().filter(|c| !c.in_use).collect();
+    let bytes: u64 = removed.iter().map(|c| c.bytes).sum();
+    if json {
+        p.json(&serde_json::json!({
+            "removed": removed,
+            "in_use": found.iter().filter(|c| c.in_use).collect::<Vec<_>>(),
+            "bytes": bytes,
+        }));
+        return Ok(Exit::Ok);
+    }
+    for c in &found {
+        let what = if c.in_use { "in use, kept" } else { "removed" };
+        p.info(&format!(
+            "{} ({}): {} {what}",
+            c.id,
+            c.platform,
+            human_size(c.bytes)
+        ));
+    }
+    p.info(&format!(
+        "removed {} cache mount(s), {}",
+        removed.len(),
+        human_size(bytes)
+    ));
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_and_ssh_specs() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let path = f.path().display().to_string();
+        let (id, src) = parse_secret(&format!("id=tok,src={path}")).unwrap();
+        assert_eq!(
+            (id.as_str(), src),
+            ("tok", SecretSource::File(f.path().into()))
+        );
+        assert_eq!(
+            parse_secret("id=tok,env=TOKEN").unwrap().1,
+            SecretSource::Env("TOKEN".into())
+        );
+        assert_eq!(
+            parse_secret("id=X").unwrap().1,
+            SecretSource::Env("X".into())
+        );
+        assert!(parse_secret("id=x,src=/nonexistent/file").is_err());
+        assert!(parse_secret("id=x,colour=red").is_err());
+        let e = parse_ssh("default", None).unwrap_err();
+        assert!(e.contains("SSH_AUTH_SOCK is not set"), "{e}");
+        let (id, p) = parse_ssh("default", Some(path.clone().into())).unwrap();
+        assert_eq!((id.as_str(), p), ("default", f.path().to_path_buf()));
+        assert_eq!(parse_ssh(&format!("gh={path}"), None).unwrap().0, "gh");
+    }
 }

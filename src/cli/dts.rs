@@ -71,6 +71,8 @@ enum DevelCmd {
         /// Pull base images over plain HTTP (lab registries)
         #[arg(long)]
         insecure: bool,
+        #[command(flatten)]
+        mounts: super::devel::MountFlags,
         /// Build for this robot's platform only (asks the robot; ships nothing)
         #[arg(short = 'H', long = "host", value_name = "ROBOT", conflicts_with_all = ["platform", "arch"])]
         host: Option<String>,
@@ -83,6 +85,16 @@ enum DevelCmd {
     /// Build the context for a robot and deploy it in place of one service of the release it
     /// runs; `--watch` again on every saved change
     Deploy(super::devel::DeployArgs),
+    /// Remove what builds keep between runs: `--cache`, the cache mounts of
+    /// `RUN --mount=type=cache`
+    Prune {
+        /// Remove the cache mounts (those no build is using), reporting their sizes
+        #[arg(long, required = true)]
+        cache: bool,
+        /// One JSON document on stdout: {removed: [{id, platform, bytes, in_use}], in_use, bytes}
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -239,9 +251,10 @@ fn run(cli: &Cli, p: &Printer) -> Result<Exit> {
 }
 
 fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
-    let (context, file, tags, platform, arch, build_args, target, no_cache, insecure, json) =
+    let (context, file, tags, platform, arch, build_args, target, no_cache, insecure, mounts, json) =
         match cmd {
             DevelCmd::Deploy(a) => return super::devel::deploy(a, g, p),
+            DevelCmd::Prune { cache: _, json } => return super::devel::prune_cache(*json, p),
             DevelCmd::Build {
                 context,
                 file,
@@ -252,6 +265,7 @@ fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
                 target,
                 no_cache,
                 insecure,
+                mounts,
                 host,
                 ssh,
                 json,
@@ -266,12 +280,13 @@ fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
                         target: target.clone(),
                         no_cache: *no_cache,
                         insecure: *insecure,
+                        mounts: mounts.inputs()?,
                     };
                     return super::devel::build_for_robot(robot, ssh, &opts, *json, g, p);
                 }
                 (
                     context, file, tags, platform, arch, build_args, target, no_cache, insecure,
-                    json,
+                    mounts, json,
                 )
             }
         };
@@ -291,6 +306,7 @@ fn devel(cmd: &DevelCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
         target: target.clone(),
         no_cache: *no_cache,
         insecure: *insecure,
+        mounts: mounts.inputs()?,
     };
     let r = ops::build::build(&store, &opts, &*rep)?;
     if *json {

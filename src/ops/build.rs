@@ -29,6 +29,8 @@ pub struct BuildArgs {
     pub no_cache: bool,
     /// Plain-HTTP registries for base images.
     pub insecure: bool,
+    /// `--secret`s and `--ssh` agents for `RUN --mount`.
+    pub mounts: build::MountInputs,
 }
 
 /// Builds and names the image.
@@ -51,6 +53,7 @@ pub fn build(store: &Store, args: &BuildArgs, reporter: &dyn Reporter) -> Result
         target: args.target.clone(),
         no_cache: args.no_cache,
         state_dir: super::dts_home().join("build"),
+        mounts: args.mounts.clone(),
     };
     let resolver = StoreOrRegistry {
         store,

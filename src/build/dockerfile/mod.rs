@@ -27,6 +27,7 @@ pub mod shell;
 mod conformance;
 
 pub use error::{DockerfileError, ErrorKind, Position, Span};
+pub use instructions::mount::{MountSpec, MountType, Sharing, parse_mount};
 pub use instructions::{
     Add, ArgDef, Command, CommandLine, Copy, Dockerfile, Expander, HealthConfig, Healthcheck,
     InlineSource, Instruction, KeyValue, OnBuild, Run, Stage, parse_onbuild_trigger,

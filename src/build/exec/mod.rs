@@ -39,6 +39,7 @@ mod config;
 mod copy;
 mod fetch;
 mod git;
+pub mod mounts;
 
 pub use cache::KeyLocks;
 
@@ -116,6 +117,8 @@ pub struct Executor<'a> {
     pub(super) reporter: &'a dyn Reporter,
     pub(super) runtime: &'a std::sync::OnceLock<Result<Runtime, String>>,
     pub(super) runtime_dir: PathBuf,
+    /// `--secret`s and `--ssh` agents for `RUN --mount`.
+    pub(super) mount_inputs: &'a mounts::MountInputs,
     pub(super) label: String,
     pub(super) total_steps: usize,
     pub(super) step: usize,
@@ -396,14 +399,20 @@ impl<'a> Executor<'a> {
                 }
             }
             Command::Run(_) | Command::Copy(_) | Command::Add(_) => {
+                // Before the progress line: a mount's `from=` may build another stage first.
+                let plan = match &ins.command {
+                    Command::Run(r) => Some(self.plan_mounts(&s, r, stage)?),
+                    _ => None,
+                };
+                let key = plan.as_ref().map_or(key.clone(), |p| p.key(&key));
                 let id = self.progress_step(&ins.source, None);
                 let started = std::time::Instant::now();
-                let (layer, cached) = match &ins.command {
-                    Command::Run(r) => {
-                        self.cached_layer(&key, |me| me.run(&s, &ins, r).map(Some))?
+                let (layer, cached) = match (&ins.command, &plan) {
+                    (Command::Run(r), Some(plan)) => {
+                        self.cached_layer(&key, |me| me.run(&s, &ins, r, plan).map(Some))?
                     }
-                    Command::Copy(c) => self.copy_step(&s, &ins, &key, c, stage)?,
-                    Command::Add(a) => self.add_step(&s, &ins, &key, a)?,
+                    (Command::Copy(c), _) => self.copy_step(&s, &ins, &key, c, stage)?,
+                    (Command::Add(a), _) => self.add_step(&s, &ins, &key, a)?,
                     _ => unreachable!("matched above"),
                 };
                 self.finish_progress(&id, cached, started);
@@ -493,11 +502,15 @@ impl<'a> Executor<'a> {
             .map_err(|e| BuildError::Runtime(e.clone()))
     }
 
-    fn run(&self, s: &StageState, ins: &Instruction, r: &Run) -> Result<LayerRef, BuildError> {
-        // Refused rather than ignored: without the mount a cache dir would land in the layer and
-        // a secret would be missing, silently.
+    fn run(
+        &self,
+        s: &StageState,
+        ins: &Instruction,
+        r: &Run,
+        plan: &mounts::MountPlan,
+    ) -> Result<LayerRef, BuildError> {
+        // Refused rather than ignored: the step would silently run with other rights.
         let unsupported = [
-            (!r.mounts.is_empty(), "--mount"),
             (r.security.is_some(), "--security"),
             (!r.devices.is_empty(), "--device"),
         ];
@@ -556,6 +569,8 @@ impl<'a> Executor<'a> {
             Some("none") => Network::None,
             _ => Network::Host,
         };
+        // Held until the RUN is over: cache locks, mounts, secret files, agent proxies.
+        let _mounts = self.prepare_mounts(plan, &mut spec)?;
         let runtime = self.runtime()?;
         let lowers = self.snapshots.lowerdirs(self.store, &s.layers)?;
         let (upper, work) = self.snapshots.scratch()?;

@@ -41,6 +41,7 @@ mod expand;
 mod files;
 mod flags;
 mod meta;
+pub mod mount;
 mod run;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,12 @@ pub(super) fn parse_run(name: &str, node: &Node) -> Fallible<Command> {
     let mounts = flags.strings("mount");
     for m in &mounts {
         check_mount_from(m)?;
+        // Checked now when nothing in it is expanded later, so a typo fails before any step
+        // runs; the builder parses the expanded value again with the working directory.
+        if !m.value.contains('$') {
+            super::mount::parse_mount(&m.value, "/", 0)
+                .map_err(|e| (m.pos, ErrorKind::BadFlag(format!("--mount: {e}"))))?;
+        }
     }
     Ok(Command::Run(Run {
         command: command_line(name, node)?,
