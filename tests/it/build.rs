@@ -54,7 +54,7 @@ pub(crate) fn write(dir: &Path, files: &[(&str, &str)]) {
 }
 
 /// The layer tars of one platform of an image, base first, via a docker-archive.
-fn layers(home: &Path, name: &str, platform: &str) -> Vec<Vec<u8>> {
+pub(crate) fn layers(home: &Path, name: &str, platform: &str) -> Vec<Vec<u8>> {
     let t = tempfile::tempdir().unwrap();
     let archive = t.path().join("img.tar");
     ok(&dts(
@@ -360,9 +360,9 @@ fn bad_dockerfiles_exit_2_with_file_line_col() {
             "SIGNOPE",
         ),
         (
-            "FROM scratch\nRUN --mount=type=cache,target=/c true\n",
-            "Dockerfile:2:1",
-            "--mount",
+            "FROM scratch\nRUN --mount=type=volume,target=/c true\n",
+            "Dockerfile:2",
+            "unsupported mount type `volume`",
         ),
         (
             "FROM scratch\nCOPY --parents missing/a /x/\n",
@@ -613,7 +613,7 @@ fn same_inputs_in_other_directories_give_the_same_index() {
     assert_eq!(results[0], results[1], "same inputs, same digests");
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();

@@ -24,6 +24,12 @@
 //! * instructions buildah cannot build at all but which are no-ops or equivalents in Docker
 //!   (an empty wildcard COPY, a FROM naming a stage through an ARG) are swapped for buildah
 //!   only, by a `# buildah-instead: …` comment line before them (`for_buildah`);
+//! * RUN --mount (`run_mounts_match_buildah_and_leave_nothing_in_layers`): buildah leaves the
+//!   mount points it made for cache, bind, tmpfs and secret mounts in the image as empty
+//!   directories and files, which BuildKit's stub cleaner removes (`drop_empty_dirs`); it
+//!   binds the context without applying .dockerignore, and deletes what the image had under
+//!   a cache mount's target, where BuildKit only hides it for the RUN; that case also checks, for both builders, that no layer holds any byte that went into a
+//!   mount (cache files, bound context files, a rw bind's writes, tmpfs files, the secret);
 //! * no heredocs: buildah 1.28 predates heredoc support (1.33), so the corpus has none (they
 //!   are covered by tests/it/build.rs).
 //!
@@ -80,6 +86,10 @@ struct Build {
     buildah_departures: fn(&mut Image),
     /// Files whose content both images must have: (path, content).
     expect: Vec<(&'static str, &'static str)>,
+    /// `--secret id=ID,src=FILE` for both builders: (id, content).
+    secrets: Vec<(&'static str, &'static str)>,
+    /// Bytes that no layer of either image may contain (what went into mounts).
+    absent: Vec<&'static str>,
 }
 
 impl Build {
@@ -92,6 +102,8 @@ impl Build {
             parent: None,
             buildah_departures: |_| {},
             expect: Vec::new(),
+            secrets: Vec::new(),
+            absent: Vec::new(),
         }
     }
 }
@@ -687,8 +699,127 @@ fn add_of_a_git_repository_matches_buildah() {
 }
 
 #[test]
+fn run_mounts_match_buildah_and_leave_nothing_in_layers() {
+    run_case(corpus_run_mounts());
+}
+
+#[test]
 fn copy_dirs_and_hard_links_match_buildah() {
     run_case(corpus_copy_dirs_and_hard_links());
+}
+
+fn corpus_run_mounts() -> Case {
+    Case {
+        name: "run_mounts",
+        files: vec![
+            text("data/bound.txt", "BOUND-BYTES-5678\n"),
+            text("data/ignored.log", "IGNORED-BYTES\n"),
+            text(".dockerignore", "**/*.log\n"),
+        ],
+        symlinks: vec![],
+        hardlinks: vec![],
+        busybox: true,
+        builds: vec![Build {
+            secrets: vec![("token", "s3cr3t-TOKEN-value\n")],
+            absent: vec![
+                "CACHE-BYTES-1234",
+                "CACHE-OVER",
+                "BOUND-BYTES-5678",
+                "SCRIBBLE",
+                "TMPFS-BYTES",
+                "s3cr3t-TOKEN-value",
+            ],
+            expect: vec![
+                ("cache-listing", "blob\n"),
+                ("before-seen", ""),
+                ("var/cache/existing/before", "kept\n"),
+                ("bound-len", "17\n"),
+                ("ignored-seen", "no\n"),
+                ("seed-copy", "seeded\n"),
+                ("seed-after", "no\n"),
+                ("tmpfs-len", "12\n"),
+                ("secret-len", "19\n"),
+                ("secret-mode", "400 0:0\n"),
+                ("secret2-mode", "440 0:0\n"),
+            ],
+            buildah_departures: |img| {
+                // buildah 1.28 binds the context as it is on disk; BuildKit's context is the
+                // .dockerignore'd one, so the ignored file is not there.
+                let no = format!("file 644 0:0 {}", Digest::of(b"no\n").short());
+                img.tree.insert("ignored-seen".into(), no);
+                // buildah 1.28 deletes what the image had under a cache mount's target;
+                // BuildKit's mount only hides it for the RUN, and the image keeps it.
+                img.tree
+                    .entry("var/cache/existing".into())
+                    .or_insert_with(|| "dir 755 0:0".into());
+                let kept = format!("file 644 0:0 {}", Digest::of(b"kept\n").short());
+                img.tree
+                    .entry("var/cache/existing/before".into())
+                    .or_insert(kept);
+                // buildah 1.28 leaves the mount points it made in the image; BuildKit's
+                // MountStubsCleaner removes them, as dts never makes them in the layer.
+                drop_empty_dirs(
+                    img,
+                    &[
+                        "var/cache/pkgs",
+                        "mnt/ctx",
+                        "mnt/seed",
+                        "mnt",
+                        "scratch",
+                        "run/secrets/token",
+                        "run/secrets",
+                        "run",
+                        "etc/app/token.txt",
+                        "etc/app",
+                        "etc",
+                    ],
+                )
+            },
+            ..Build::new(
+                "diff/run-mounts",
+                r#"FROM scratch AS tools
+ARG TARGETARCH
+COPY busybox/${TARGETARCH}/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV PATH=/bin
+RUN mkdir -p /opt/seed && echo seeded > /opt/seed/file
+
+FROM tools
+RUN mkdir -p /var/cache/existing && echo kept > /var/cache/existing/before
+RUN --mount=type=cache,target=/var/cache/pkgs,id=pkgs \
+    echo CACHE-BYTES-1234 > /var/cache/pkgs/blob && ls /var/cache/pkgs > /cache-listing
+RUN --mount=type=cache,target=/var/cache/existing,sharing=locked \
+    echo CACHE-OVER > /var/cache/existing/new; cat /var/cache/existing/before > /before-seen 2>/dev/null; true
+RUN --mount=type=bind,source=data,target=/mnt/ctx \
+    wc -c < /mnt/ctx/bound.txt > /bound-len \
+ && if [ -e /mnt/ctx/ignored.log ]; then echo yes; else echo no; fi > /ignored-seen
+RUN --mount=type=bind,from=tools,source=/opt/seed,target=/mnt/seed,rw \
+    echo SCRIBBLE > /mnt/seed/scribble && cat /mnt/seed/file > /seed-copy
+RUN if [ -e /opt/seed/scribble ]; then echo yes; else echo no; fi > /seed-after
+RUN --mount=type=tmpfs,target=/scratch echo TMPFS-BYTES > /scratch/f && wc -c < /scratch/f > /tmpfs-len
+RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /secret-len \
+ && stat -c '%a %u:%g' /run/secrets/token > /secret-mode
+RUN --mount=type=secret,id=token,target=/etc/app/token.txt,mode=0440 \
+    stat -c '%a %u:%g' /etc/app/token.txt > /secret2-mode
+"#,
+            )
+        }],
+    }
+}
+
+/// Removes the given paths where they are empty directories (deepest listed first).
+fn drop_empty_dirs(image: &mut Image, dirs: &[&str]) {
+    for dir in dirs {
+        let prefix = format!("{dir}/");
+        let has_children = image.tree.keys().any(|k| k.starts_with(&prefix));
+        let empty_file = Digest::of(b"").short().to_string();
+        let stub = image.tree.get(*dir).is_some_and(|v| {
+            v.starts_with("dir ") || (v.starts_with("file ") && v.ends_with(&empty_file))
+        });
+        if !has_children && stub {
+            image.tree.remove(*dir);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,12 +933,21 @@ fn run_case(case: Case) {
         let bh_dockerfile = t.path().join(format!("Dockerfile.{i}.buildah"));
         std::fs::write(&bh_dockerfile, for_buildah(build.dockerfile)).unwrap();
 
+        let secrets: Vec<String> = build
+            .secrets
+            .iter()
+            .map(|(id, content)| {
+                let file = t.path().join(format!("secret-{id}"));
+                std::fs::write(&file, content).unwrap();
+                format!("id={id},src={}", file.display())
+            })
+            .collect();
         let dts_archive = t.path().join(format!("dts-{i}.tar"));
-        dts_build(&home, &ctx, &dockerfile, build, &dts_archive);
+        dts_build(&home, &ctx, &dockerfile, build, &secrets, &dts_archive);
         let ours = read_image(&dts_archive);
 
         let bh_archive = t.path().join(format!("buildah-{i}.tar"));
-        bh.build(&ctx, &bh_dockerfile, build, &bh_archive);
+        bh.build(&ctx, &bh_dockerfile, build, &secrets, &bh_archive);
         let mut theirs = read_image(&bh_archive);
         drop_run_stubs(&mut theirs);
         theirs
@@ -829,6 +969,15 @@ fn run_case(case: Case) {
             eprintln!("DTS {:#?}\nBUILDAH {:#?}", ours, theirs);
         }
         let mut diff = compare(&ours, &theirs);
+        for (who, archive) in [("dts", &dts_archive), ("buildah", &bh_archive)] {
+            for (n, layer) in layer_tars(archive).iter().enumerate() {
+                for needle in &build.absent {
+                    if layer.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                        diff.push_str(&format!("{who}: layer {n} holds {needle:?}\n"));
+                    }
+                }
+            }
+        }
         for (path, content) in &build.expect {
             let want = Digest::of(content.as_bytes()).short().to_string();
             for (who, image) in [("dts", &ours), ("buildah", &theirs)] {
@@ -872,7 +1021,14 @@ fn for_buildah(dockerfile: &str) -> String {
     out
 }
 
-fn dts_build(home: &Path, ctx: &Path, dockerfile: &Path, build: &Build, archive: &Path) {
+fn dts_build(
+    home: &Path,
+    ctx: &Path,
+    dockerfile: &Path,
+    build: &Build,
+    secrets: &[String],
+    archive: &Path,
+) {
     let dts = env!("CARGO_BIN_EXE_dts");
     let mut args: Vec<String> = vec![
         "devel".into(),
@@ -894,6 +1050,9 @@ fn dts_build(home: &Path, ctx: &Path, dockerfile: &Path, build: &Build, archive:
     }
     if let Some(target) = build.target {
         args.extend(["--target".into(), target.into()]);
+    }
+    for s in secrets {
+        args.extend(["--secret".into(), s.clone()]);
     }
     let run = |args: &[String]| {
         Command::new(dts)
@@ -946,11 +1105,20 @@ impl Buildah {
             .env_remove("BUILDAH_FORMAT")
             .env_remove("BUILDAH_LAYERS")
             .env_remove("BUILDAH_ISOLATION")
-            .env_remove("SOURCE_DATE_EPOCH");
+            .env_remove("SOURCE_DATE_EPOCH")
+            // Its cache mounts live under TMPDIR: one test's, not the machine's.
+            .env("TMPDIR", self.root.parent().unwrap());
         c
     }
 
-    fn build(&self, ctx: &Path, dockerfile: &Path, build: &Build, archive: &Path) {
+    fn build(
+        &self,
+        ctx: &Path,
+        dockerfile: &Path,
+        build: &Build,
+        secrets: &[String],
+        archive: &Path,
+    ) {
         let mut c = self.cmd();
         c.args(["bud", "--runtime", "runc", "--format", "docker"])
             .args(["--network", "none", "--pull=never", "--platform", PLATFORM])
@@ -966,6 +1134,9 @@ impl Buildah {
         }
         if let Some(target) = build.target {
             c.args(["--target", target]);
+        }
+        for s in secrets {
+            c.args(["--secret", s]);
         }
         c.arg(ctx);
         ok("buildah bud", c.output().expect("run buildah"));
@@ -1020,6 +1191,26 @@ fn read_image(archive: &Path) -> Image {
     image.hardlinks = merger.hardlink_groups();
     image.tree = merger.tree;
     image
+}
+
+/// The layers of a docker-archive, uncompressed, in order.
+fn layer_tars(archive: &Path) -> Vec<Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        files.insert(path.trim_start_matches("./").to_string(), data);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    manifest[0]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| decompress(&files[l.as_str().unwrap()]))
+        .collect()
 }
 
 fn decompress(data: &[u8]) -> Vec<u8> {
