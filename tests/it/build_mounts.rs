@@ -100,7 +100,7 @@ RUN --mount=type=cache,target=/var/cache/apt,sharing=locked \
 }
 
 #[test]
-fn ssh_mount_forwards_the_agent_socket() {
+fn ssh_and_secret_env_mounts() {
     if !can_run() {
         return;
     }
@@ -122,6 +122,9 @@ RUN ["/bin/busybox", "--install", "-s", "/bin"]
 ENV PATH=/bin
 RUN --mount=type=ssh,uid=1000 echo "$SSH_AUTH_SOCK" > /sock \
  && [ -S "$SSH_AUTH_SOCK" ] && stat -c '%a %u' "$SSH_AUTH_SOCK" > /sock-mode
+RUN --mount=type=secret,id=tok,env=TOK --mount=type=secret,id=unset \
+    echo "${#TOK}" > /tok-len && if [ -e /run/secrets/unset ]; then echo yes; else echo no; fi > /unset \
+ && if [ -e /run/secrets/tok ]; then echo yes; else echo no; fi > /tok-file
 "#,
         )],
     );
@@ -136,12 +139,24 @@ RUN --mount=type=ssh,uid=1000 echo "$SSH_AUTH_SOCK" > /sock \
             "mounts:test",
             "--ssh",
             "default",
+            "--secret",
+            "id=tok,env=THE_TOKEN",
         ],
-        &[("SSH_AUTH_SOCK", p(&agent))],
+        &[("SSH_AUTH_SOCK", p(&agent)), ("THE_TOKEN", "hunter2-abc")],
     );
     ok(&out);
     assert_eq!(text(&home, HOST, "sock"), "/run/buildkit/ssh_agent.0\n");
     assert_eq!(text(&home, HOST, "sock-mode"), "600 1000\n");
+    // A secret given as a variable only, and an optional one not given at all.
+    assert_eq!(text(&home, HOST, "tok-len"), "11\n");
+    assert_eq!(text(&home, HOST, "tok-file"), "no\n");
+    assert_eq!(text(&home, HOST, "unset"), "no\n");
+    for layer in layers(&home, "mounts:test", HOST) {
+        assert!(
+            !layer.windows(7).any(|w| w == b"hunter2"),
+            "secret in a layer"
+        );
+    }
     let tree = crate::build::image_tree(&home, "mounts:test", HOST);
     assert!(!tree.keys().any(|k| k.starts_with("run")), "{tree:?}");
 }

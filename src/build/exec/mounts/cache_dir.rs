@@ -232,3 +232,55 @@ pub fn prune(root: &Path) -> Result<Vec<CacheMountInfo>, PathError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::dockerfile::parse_mount;
+
+    fn spec(sharing: &str) -> MountSpec {
+        parse_mount(
+            &format!("type=cache,target=/c,sharing={sharing},mode=0700"),
+            "/",
+            0,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sharing_modes() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Platform::host();
+        let a = lease(root.path(), &p, &spec("shared")).unwrap();
+        assert!(a.fresh);
+        let mode = fs::metadata(&a.dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        let b = lease(root.path(), &p, &spec("shared")).unwrap();
+        assert_eq!((a.dir.clone(), b.fresh), (b.dir.clone(), false));
+        // In use: a private user gets a directory of its own, made fresh.
+        let c = lease(root.path(), &p, &spec("private")).unwrap();
+        assert_ne!(c.dir, a.dir);
+        assert!(c.fresh);
+        drop((b, c));
+        // A locked user waits for the shared one to finish.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (r, pl) = (root.path().to_path_buf(), p.clone());
+        let waiter = std::thread::spawn(move || {
+            let l = lease(&r, &pl, &spec("locked")).unwrap();
+            tx.send(l.dir.clone()).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            rx.try_recv().is_err(),
+            "locked must wait while the cache is in use"
+        );
+        let dir = a.dir.clone();
+        drop(a);
+        assert_eq!(rx.recv().unwrap(), dir);
+        waiter.join().unwrap();
+        let found = prune(root.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].id.as_str(), found[0].in_use), ("/c", false));
+        assert!(!dir.exists());
+    }
+}
