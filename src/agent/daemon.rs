@@ -183,6 +183,7 @@ fn serve(conn: UnixStream, m: &Manager, releases: &Releases) {
                 stream_logs(&mut conn, m, &name, follow, tail, until_exit, &window)
             }
             Request::Exec { spec } => super::exec::serve(&conn, m, &spec, fds),
+            Request::Attach { name, size } => super::exec::serve_attach(&conn, m, &name, size, fds),
             Request::Deploy {
                 spec,
                 detach,
@@ -266,7 +267,9 @@ fn handle(m: &Manager, req: Request) -> Result<Value, ContainerError> {
             "command": m.runtime().command(),
             "version": m.runtime().version()?,
         })),
-        Request::Logs { .. } | Request::Exec { .. } => unreachable!("streamed"),
+        Request::Logs { .. } | Request::Exec { .. } | Request::Attach { .. } => {
+            unreachable!("streamed")
+        }
         Request::Deploy { .. } | Request::History | Request::Rollback { .. } | Request::Release => {
             unreachable!("releases")
         }

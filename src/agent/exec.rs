@@ -16,6 +16,11 @@
 //! client gets the master, relays its own stdio to it in raw mode and copies its own window
 //! size onto it at every SIGWINCH, so Ctrl-C reaches the container's line discipline as a
 //! byte and interrupts the process in the foreground there.
+//!
+//! `attach` (`dt-agent start -a`, what `run -i/-t` in the foreground is) goes the same way but
+//! starts the container's own process: its stdio reaches the container's shim, which copies
+//! it (`container::attach`), and with a terminal the client gets a duplicate of the master
+//! only to set its window size, since the shim reads the output for the log.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -27,10 +32,11 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::container::attach::{Attach, start_failure_code};
 use super::container::{ContainerError, Manager};
 use super::fdpass::{LineReader, send_with_fds};
 use crate::api::daemon::SOCKET;
-use crate::api::{ExecReply, ExecSpec, RemoteError, Request};
+use crate::api::{ContainerName, ExecReply, ExecSpec, RemoteError, Request};
 use crate::runtime::RuntimeError;
 use crate::util::tty;
 
@@ -66,6 +72,53 @@ pub fn serve(conn: &UnixStream, m: &Manager, spec: &ExecSpec, fds: Vec<OwnedFd>)
         Err(_) => 126,
     };
     send_with_fds(conn, &reply_line(&ExecReply::Exit(code)), &[])
+}
+
+/// The daemon's side of one `attach` request on `conn`, whose line came with `fds`: starts
+/// the container with the client attached and answers its exit once it is recorded.
+pub fn serve_attach(
+    conn: &UnixStream,
+    m: &Manager,
+    name: &ContainerName,
+    size: Option<(u16, u16)>,
+    fds: Vec<OwnedFd>,
+) -> io::Result<()> {
+    let refuse = |e: &ContainerError| {
+        let r = ExecReply::Error(RemoteError::from(e));
+        send_with_fds(conn, &reply_line(&r), &[])
+    };
+    let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+        return refuse(&ContainerError::BadSpec(
+            "attach needs the client's stdin, stdout and stderr passed with the request (as `dt-agent start -a` does)".into(),
+        ));
+    };
+    let stderr = stdio[2].try_clone()?;
+    let mut attached = match m.start_attached(name.as_str(), Attach { stdio, size }) {
+        Ok(a) => a,
+        // A command that cannot run is the process's failure, as Docker reports it: the
+        // runtime's message on the client's stderr, then 127 or 126.
+        Err(e) => match start_failure_code(&e) {
+            Some(code) => {
+                let _ = (&File::from(stderr)).write_all(format!("dt-agent: {e}\n").as_bytes());
+                return send_with_fds(conn, &reply_line(&ExecReply::Exit(code)), &[]);
+            }
+            None => return refuse(&e),
+        },
+    };
+    drop(stderr);
+    let master = attached.master.take();
+    let passed: Vec<BorrowedFd<'_>> = master.iter().map(|f| f.as_fd()).collect();
+    let sent = send_with_fds(conn, &reply_line(&ExecReply::Started), &passed);
+    drop(master);
+    // Waited for whether or not the client is still there: the exit is recorded (and an
+    // `auto_remove` container removed) either way.
+    let code = m.wait_attached(name.as_str(), attached);
+    sent?;
+    let r = match code {
+        Ok(c) => ExecReply::Exit(c),
+        Err(e) => ExecReply::Error(RemoteError::from(&e)),
+    };
+    send_with_fds(conn, &reply_line(&r), &[])
 }
 
 /// Starts `runc exec` for `spec`: with the client's `fds` as its stdio, or on a new
@@ -219,7 +272,54 @@ pub fn run(root: &Path, spec: &ExecSpec) -> Result<i32, ExecError> {
         .take_fds()
         .pop()
         .ok_or_else(|| ExecError::Protocol("a terminal without its master".into()))?;
-    relay(File::from(master), spec.interactive, &mut reader)
+    relay(File::from(master), spec.interactive, true, &mut reader)
+}
+
+/// `dt-agent start -a [-i] NAME`: starts the created or exited container `name` through the
+/// daemon of the agent at `root` with this process's stdout and stderr (and its stdin with
+/// `interactive`) attached, and returns the container's exit code. With a terminal this one
+/// goes raw while the container runs, and its size follows.
+pub fn attach(root: &Path, name: &ContainerName, interactive: bool) -> Result<i32, ExecError> {
+    let path = root.join(SOCKET);
+    let conn = UnixStream::connect(&path).map_err(|source| ExecError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let request = Request::Attach {
+        name: name.clone(),
+        size: tty::own_size(),
+    };
+    let mut line = serde_json::to_vec(&request).expect("serialises");
+    line.push(b'\n');
+    let (null, own) = (File::open("/dev/null")?, io::stdin());
+    let stdin = if interactive {
+        own.as_fd()
+    } else {
+        null.as_fd()
+    };
+    send_with_fds(
+        &conn,
+        &line,
+        &[stdin, io::stdout().as_fd(), io::stderr().as_fd()],
+    )?;
+    drop(null);
+    let mut reader = LineReader::new(conn.try_clone()?);
+    match next_reply(&mut reader)? {
+        ExecReply::Started => {}
+        ExecReply::Error(e) if e.message().contains("unknown variant `attach`") => {
+            return Err(RemoteError::new(
+                crate::api::ErrorClass::Failed,
+                "the dt-agent daemon running is older than this dt-agent and cannot attach: restart it (`systemctl restart dt-agent`)",
+            )
+            .into());
+        }
+        ExecReply::Error(e) => return Err(e.into()),
+        ExecReply::Exit(c) => return Ok(c),
+    }
+    match reader.take_fds().pop() {
+        None => wait_exit(&mut reader),
+        Some(master) => relay(File::from(master), interactive, false, &mut reader),
+    }
 }
 
 fn next_reply(reader: &mut LineReader) -> Result<ExecReply, ExecError> {
@@ -238,8 +338,14 @@ fn wait_exit(reader: &mut LineReader) -> Result<i32, ExecError> {
 }
 
 /// Relays this process's terminal to `master` until the process exits: raw mode (restored on
-/// the way out, and on SIGTERM/SIGHUP), window size at every SIGWINCH.
-fn relay(master: File, interactive: bool, reader: &mut LineReader) -> Result<i32, ExecError> {
+/// the way out, and on SIGTERM/SIGHUP), window size at every SIGWINCH, and with `streams` the
+/// bytes both ways (an attached start's shim copies them itself).
+fn relay(
+    master: File,
+    interactive: bool,
+    streams: bool,
+    reader: &mut LineReader,
+) -> Result<i32, ExecError> {
     let master = Arc::new(master);
     // SAFETY: stdin stays open for the life of the process.
     let stdin: BorrowedFd<'static> = unsafe { BorrowedFd::borrow_raw(0) };
@@ -256,21 +362,21 @@ fn relay(master: File, interactive: bool, reader: &mut LineReader) -> Result<i32
     if let Some(size) = tty::own_size() {
         let _ = tty::set_size(&*master, size);
     }
-    if interactive {
+    if interactive && streams {
         let master = Arc::clone(&master);
         std::thread::spawn(move || {
             let _ = copy(&mut io::stdin().lock(), &mut &*master);
         });
     }
-    let out = {
+    let out = streams.then(|| {
         let master = Arc::clone(&master);
         std::thread::spawn(move || {
             let _ = copy(&mut &*master, &mut io::stdout().lock());
         })
-    };
+    });
     let code = wait_exit(reader);
     let deadline = Instant::now() + DRAIN;
-    while !out.is_finished() && Instant::now() < deadline {
+    while out.as_ref().is_some_and(|o| !o.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     if let Some(r) = raw.as_ref() {

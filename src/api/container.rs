@@ -217,6 +217,14 @@ pub struct ContainerConfig {
     /// Removed once it exits (and is not restarted).
     #[serde(default)]
     pub auto_remove: bool,
+    /// Its process gets a pseudo-terminal (`run -t`): the shim holds the master, stdout and
+    /// stderr merge there. Left out of JSON when false, so older records keep their bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Its process's stdin stays open for an attached client (`run -i`); otherwise it reads
+    /// /dev/null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
     /// Output kept.
     #[serde(default)]
     pub log: LogConfig,

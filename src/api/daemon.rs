@@ -140,6 +140,21 @@ pub enum Request {
         /// What to run.
         spec: ExecSpec,
     },
+    /// Start a created or exited container with the client attached, as `docker start -a`
+    /// (and so `docker run -it`) does: the client's stdin (or /dev/null), stdout and stderr
+    /// travel with the request line as file descriptors and the container's shim copies the
+    /// process's output to them as well as to its log, and the client's input to the process
+    /// (to its terminal with `tty`). Answered by [`ExecReply`]s: `started` (with a `tty`,
+    /// carrying a duplicate of the terminal's master, for its window size), then `exit` once
+    /// the container has exited (and, with `auto_remove`, is removed). Daemons before wire
+    /// 2.6 answer `bad request`.
+    Attach {
+        /// The container.
+        name: ContainerName,
+        /// The terminal's size at start (rows, columns), for a container with a `tty`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<(u16, u16)>,
+    },
 }
 
 /// What `exec` runs, and how (`docker exec`'s flags). The process joins the container's

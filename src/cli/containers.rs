@@ -91,10 +91,11 @@ pub struct RunArgs {
     /// Seconds between the stop signal and SIGKILL
     #[arg(long)]
     pub stop_timeout: Option<u64>,
-    /// Attach a pseudo-terminal and keep stdin open (not supported yet: refused)
+    /// Keep stdin open: in the foreground, this terminal's (or pipe's) input is the process's
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// See --interactive
+    /// A pseudo-terminal: stdout and stderr merge there; with -i this terminal goes raw, its
+    /// size follows and Ctrl-C reaches the process
     #[arg(short = 't', long)]
     pub tty: bool,
     /// The image (a name on the robot, or a manifest digest)
@@ -123,13 +124,26 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 impl RunArgs {
+    /// Whether this run attaches its stdio to the container (`-i` or `-t` in the foreground),
+    /// rather than following its log.
+    pub fn attached(&self) -> bool {
+        (self.interactive || self.tty) && !self.detach
+    }
+
+    /// Refuses `-it` when stdin is not a terminal, as Docker does.
+    pub fn check_terminal(&self) -> Result<()> {
+        if self.attached() && self.tty && self.interactive && !std::io::stdin().is_terminal() {
+            return Err(crate::api::SpecError(
+                "the input device is not a TTY: drop -t to pipe data through run -i, or run this in a terminal"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// The container this asks for.
     pub fn to_config(&self) -> Result<ContainerConfig> {
-        if self.interactive || self.tty {
-            anyhow::bail!(
-                "-i/-t (an interactive terminal) is not supported by run yet: start the container with -d and open a terminal in it with `exec -it NAME -- sh`"
-            );
-        }
         let name = match &self.name {
             Some(n) => n.clone(),
             None => default_name(&self.image),
@@ -190,7 +204,11 @@ impl RunArgs {
                 .collect::<Result<_, _>>()?,
             service: None,
             release: None,
-            auto_remove: self.rm && self.detach,
+            // In the foreground without a terminal `run` removes it itself after the last
+            // log line; attached, the daemon does, when the exit is recorded.
+            auto_remove: self.rm && (self.detach || self.attached()),
+            tty: self.tty,
+            stdin_open: self.interactive,
             log: LogConfig {
                 max_size: parse_size(&self.log_max_size)?.max(1),
                 max_files: self.log_max_files.max(1),
@@ -283,10 +301,18 @@ pub enum ContainerCommand {
     /// Run a command in a running container (`-it`: an interactive terminal); exits with its
     /// code (126: cannot be executed, 127: not found)
     Exec(ExecArgs),
-    /// Start a stopped container again
+    /// Start a stopped container again (`-a`: attached, exiting with its code, as `docker
+    /// start -a`)
     Start {
         /// The container
         name: String,
+        /// Attach this process's stdout and stderr (and its terminal, when the container has
+        /// one) until the container exits; exit with its code
+        #[arg(short = 'a', long)]
+        attach: bool,
+        /// With --attach, this process's stdin is the container's
+        #[arg(short = 'i', long, requires = "attach")]
+        interactive: bool,
     },
     /// Stop a container: its stop signal, then SIGKILL after the timeout
     Stop {
@@ -367,7 +393,10 @@ fn remote_exit(e: &anyhow::Error, run: bool) -> Exit {
 
 /// Runs a container command against the daemon of the agent at `root`.
 pub fn run(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> Exit {
-    let is_run = matches!(c, ContainerCommand::Run(_));
+    let is_run = matches!(
+        c,
+        ContainerCommand::Run(_) | ContainerCommand::Start { attach: true, .. }
+    );
     match dispatch(c, root, printer) {
         Ok(exit) => exit,
         Err(e) => {
@@ -386,6 +415,11 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
             let config = a.to_config()?;
             let name = config.name.clone();
             let mut cl = client()?;
+            if a.attached() {
+                a.check_terminal()?;
+                now(verbs::create(&mut cl, config, false))?;
+                return attach(root, &name, a.interactive);
+            }
             now(verbs::create(&mut cl, config, true))?;
             if a.detach {
                 printer.out(&name);
@@ -450,7 +484,12 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
                 Exit::Code(code.clamp(0, 255) as u8)
             })
         }
-        ContainerCommand::Start { name } => {
+        ContainerCommand::Start {
+            name,
+            attach: true,
+            interactive,
+        } => self::attach(root, &ContainerName::new(name.clone())?, *interactive),
+        ContainerCommand::Start { name, .. } => {
             now(verbs::start(&mut client()?, name))?;
             printer.out(name);
             Ok(Exit::Ok)
@@ -503,6 +542,21 @@ fn dispatch(c: &ContainerCommand, root: &std::path::Path, printer: &Printer) -> 
             }
         },
     }
+}
+
+/// `start -a`: the container's exit code as ours (125 when the agent failed, 126/127 when
+/// the command could not run).
+fn attach(root: &std::path::Path, name: &ContainerName, interactive: bool) -> Result<Exit> {
+    // The daemon's refusal itself, so that its class decides the exit (2 for bad input).
+    let code = crate::agent::exec::attach(root, name, interactive).map_err(|e| match e {
+        crate::agent::exec::ExecError::Remote(r) => anyhow::Error::from(r),
+        other => other.into(),
+    })?;
+    Ok(if code == 0 {
+        Exit::Ok
+    } else {
+        Exit::Code(code.clamp(0, 255) as u8)
+    })
 }
 
 /// Writes a container's line to our stdout or stderr, as it wrote it.

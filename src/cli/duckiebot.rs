@@ -752,9 +752,13 @@ async fn deploy(
 }
 
 async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs) -> Result<Exit> {
+    a.check_terminal()?;
     let store = crate::ops::image::open_store()?;
     let mut l = link(robot, ssh).await?;
     let mut config = a.to_config()?;
+    if a.attached() {
+        super::remote_exec::check_attaches(robot, &l.hello)?;
+    }
     let record = crate::ops::image::find(&store, &a.image)?;
     let img = store.resolve_platform(&a.image, &record.descriptor, Some(&l.hello.platform))?;
     let manifest = img.descriptor.digest.clone();
@@ -768,6 +772,10 @@ async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs)
     config.image = crate::api::ImageRef::digest(&manifest);
     config.image_name = Some(a.image.clone());
     let name = config.name.clone();
+    if a.attached() {
+        verbs::create(&mut l, config, false).await?;
+        return super::remote_exec::attach(robot, l, &name, a).await;
+    }
     verbs::create(&mut l, config, true).await?;
     if a.detach {
         println!("{name}");

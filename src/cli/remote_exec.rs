@@ -6,6 +6,10 @@
 //! included) so Ctrl-C travels as a byte to the container's terminal; without `-t` stdin,
 //! stdout and stderr as three separate byte streams, stdin's end sent as EOF. The exit code
 //! is the process's, passed back as the channel's exit status.
+//!
+//! `dts duckiebot run -i/-t` ends the same way: once the container is created (not started)
+//! over the wire session, `dt-agent start -a [-i] NAME` runs on a channel of its own (robots
+//! from wire 2.6), and the container's exit code is ours.
 
 use std::io::IsTerminal;
 use std::os::fd::BorrowedFd;
@@ -16,11 +20,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::Exit;
+use super::containers::RunArgs;
 use super::exec::ExecArgs;
-use crate::api::{ExecSpec, SpecError};
-use crate::ops::robot::{self, SshArgs};
+use crate::api::{ContainerName, ExecSpec, SpecError};
+use crate::ops::robot::{self, RobotLink, SshArgs};
+use crate::ssh::Session;
 use crate::ssh::{ExecChannel, ExitStatus, PtyRequest, Stderr};
 use crate::util::tty;
+use crate::wire::RobotHello;
 
 /// Runs `a` in a container of `robot`; returns the process's exit code as ours.
 pub async fn exec(robot: &str, ssh: &SshArgs, a: &ExecArgs) -> Result<Exit> {
@@ -44,23 +51,68 @@ pub async fn exec(robot: &str, ssh: &SshArgs, a: &ExecArgs) -> Result<Exit> {
     let robot::RobotLink { session, conn, .. } = link;
     let _ = conn.close().await;
     let command = agent_command(session.user() == "root", &spec);
-    let status = if a.tty {
+    on_channel(robot, session, &command, (a.tty, a.interactive), size).await
+}
+
+/// Refuses `run -i/-t` on a robot whose agent cannot attach (before wire 2.6), naming its
+/// version and the upgrade.
+pub fn check_attaches(robot: &str, hello: &RobotHello) -> Result<()> {
+    if !hello.attaches() {
+        anyhow::bail!(
+            "robot `{robot}`: its dt-agent {} (wire {}) cannot run a container with -i/-t (wire 2.6 needed); re-provision the robot to upgrade dt-agent (`dts duckiebot provision`), or run it with -d and open a terminal in it with `dts duckiebot exec -it`",
+            hello.agent_version,
+            hello.protocol
+        );
+    }
+    Ok(())
+}
+
+/// `dts duckiebot run -i/-t` once the container `name` is created on the robot of `link`:
+/// starts it attached on a channel of its own; its exit code is ours.
+pub async fn attach(
+    robot: &str,
+    link: RobotLink,
+    name: &ContainerName,
+    a: &RunArgs,
+) -> Result<Exit> {
+    let RobotLink { session, conn, .. } = link;
+    let _ = conn.close().await;
+    let mut words: Vec<String> = vec!["dt-agent".into(), "start".into(), "--attach".into()];
+    if a.interactive {
+        words.push("--interactive".into());
+    }
+    words.push(name.to_string());
+    let command = quote(session.user() == "root", words);
+    let size = tty::own_size();
+    on_channel(robot, session, &command, (a.tty, a.interactive), size).await
+}
+
+/// Runs `command` on a channel of its own of `session`, as `(tty, interactive)` say: with a
+/// terminal of `size`, or three streams; returns its exit status as ours.
+async fn on_channel(
+    robot: &str,
+    session: Session,
+    command: &str,
+    (tty, interactive): (bool, bool),
+    size: Option<(u16, u16)>,
+) -> Result<Exit> {
+    let status = if tty {
         let pty = PtyRequest {
             term: std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
             rows: size.map_or(24, |s| s.0),
             cols: size.map_or(80, |s| s.1),
         };
         let (channel, resizer) = session
-            .exec_tty(&command, &pty)
+            .exec_tty(command, &pty)
             .await
             .with_context(|| format!("robot `{robot}`: starting `{command}`"))?;
-        relay_tty(channel, resizer, a.interactive).await?
+        relay_tty(channel, resizer, interactive).await?
     } else {
         let channel = session
-            .exec_with(&command, Stderr::Forward(Box::new(tokio::io::stderr())))
+            .exec_with(command, Stderr::Forward(Box::new(tokio::io::stderr())))
             .await
             .with_context(|| format!("robot `{robot}`: starting `{command}`"))?;
-        relay_plain(channel, a.interactive).await?
+        relay_plain(channel, interactive).await?
     };
     let _ = session.close().await;
     Ok(match status {
@@ -72,11 +124,7 @@ pub async fn exec(robot: &str, ssh: &SshArgs, a: &ExecArgs) -> Result<Exit> {
 /// The robot's command line: `dt-agent exec` with the spec's flags, every word quoted for the
 /// login shell that runs it.
 fn agent_command(root: bool, spec: &ExecSpec) -> String {
-    let mut words: Vec<String> = Vec::new();
-    if !root {
-        words.extend(["sudo".into(), "-n".into()]);
-    }
-    words.extend(["dt-agent".into(), "exec".into()]);
+    let mut words: Vec<String> = vec!["dt-agent".into(), "exec".into()];
     if spec.interactive {
         words.push("-i".into());
     }
@@ -95,8 +143,16 @@ fn agent_command(root: bool, spec: &ExecSpec) -> String {
     words.push("--".into());
     words.push(spec.name.to_string());
     words.extend(spec.cmd.iter().cloned());
-    words
-        .iter()
+    quote(root, words)
+}
+
+/// A robot command line: `words` behind `sudo -n` unless logged in as `root`, every word
+/// quoted for the login shell that runs it.
+fn quote(root: bool, words: Vec<String>) -> String {
+    let sudo = ["sudo", "-n"].map(String::from);
+    let all = if root { Vec::new() } else { sudo.to_vec() };
+    all.into_iter()
+        .chain(words)
         .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
         .collect::<Vec<_>>()
         .join(" ")
@@ -268,5 +324,17 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(code_of(&killed), 137);
+    }
+
+    #[test]
+    fn an_older_robot_is_refused_naming_its_agent() {
+        let json = r#"{"platform":{"os":"linux","architecture":"amd64"},
+            "hostname":"r","agent_version":"0.9.1","free_bytes":1,"images":[],"protocol":"2.5"}"#;
+        let mut hello: RobotHello = serde_json::from_str(json).unwrap();
+        let e = check_attaches("bot", &hello).unwrap_err().to_string();
+        assert!(e.contains("dt-agent 0.9.1 (wire 2.5)"), "{e}");
+        assert!(e.contains("dts duckiebot provision"), "{e}");
+        hello.protocol = "2.6".into();
+        assert!(check_attaches("bot", &hello).is_ok());
     }
 }

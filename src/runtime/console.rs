@@ -7,8 +7,8 @@
 //! Why the master and not a relay: whoever holds it is the container's terminal. Writing
 //! Ctrl-C to it makes the container's line discipline signal the foreground process group,
 //! `TIOCSWINSZ` on it resizes the terminal and signals SIGWINCH, and reading it gives the
-//! output, as `docker run -t` does. This is the piece `run -it` is to be built on (the shim
-//! keeping the master, copying it to the log and to an attached client).
+//! output, as `docker run -t` does. `run -t` is built on it: the container's shim keeps the
+//! master and copies it to the log and to an attached client (`agent::container::shim`).
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;

@@ -501,14 +501,13 @@ impl Runtime {
 
     /// Creates the bundle's container (`create --bundle BUNDLE --pid-file FILE ID`) without
     /// starting its process: namespaces and cgroup exist, the init waits for [`Runtime::start`].
-    /// `stdout`/`stderr` become the container's (the runtime passes them through); its own
-    /// messages go to `log`. Returns the container's init pid.
+    /// `stdin`, `stdout` and `stderr` become the container's (the runtime passes them
+    /// through); its own messages go to `log`. Returns the container's init pid.
     pub fn create(
         &self,
         bundle: &Path,
         id: &str,
-        stdout: Stdio,
-        stderr: Stdio,
+        [stdin, stdout, stderr]: [Stdio; 3],
         log: &Path,
     ) -> Result<u32, RuntimeError> {
         let pid_file = self.prepare_create(bundle, log)?;
@@ -522,7 +521,7 @@ impl Runtime {
             .arg(id);
         let line = command_line(&cmd);
         let child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr)
             .spawn()

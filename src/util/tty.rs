@@ -1,6 +1,7 @@
-//! The terminal of an interactive `exec`: raw mode for as long as a guard lives, and window
-//! sizes. Both ends use it: `dts duckiebot exec -it` on the laptop's terminal, `dt-agent exec
-//! -it` on the SSH session's terminal and the pseudo-terminal it relays to.
+//! The terminal of an interactive `exec` or `run -it`: raw mode for as long as a guard
+//! lives, and window sizes. Both ends use it: `dts duckiebot exec -it`/`run -it` on the
+//! laptop's terminal, `dt-agent exec -it`/`start -ai` on the SSH session's terminal and the
+//! pseudo-terminal whose size it sets, the shim on a container's terminal's master.
 
 use std::os::fd::{AsFd, BorrowedFd};
 

@@ -72,8 +72,10 @@ pub const MAJOR: u16 = 2;
 /// it only to a robot whose hello says 2.3 or later ([`RobotHello::resolves`]). 4: a
 /// `deploy` may be answered by `daemon_notice`s first. 5: the robot has `dt-agent exec`
 /// (which `dts duckiebot exec` runs over its own SSH channel, [`RobotHello::execs`]) and a
-/// `logs` request takes `since`/`until`.
-pub const MINOR: u16 = 5;
+/// `logs` request takes `since`/`until`. 6: the robot's daemon starts a container with a
+/// client attached (`dt-agent start -a`, which `dts duckiebot run -i/-t` runs over its own SSH
+/// channel, [`RobotHello::attaches`]) and a container config may ask for a terminal.
+pub const MINOR: u16 = 6;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -245,6 +247,13 @@ impl RobotHello {
     /// would refuse the command line.
     pub fn execs(&self) -> bool {
         self.speaks(5)
+    }
+
+    /// Whether the robot's agent has `dt-agent start -a` and containers with a terminal
+    /// (protocol 2.6 or later): an older one would refuse the command line, and would run a
+    /// config asking for a terminal without one.
+    pub fn attaches(&self) -> bool {
+        self.speaks(6)
     }
 
     /// Whether the robot speaks our major version at `minor` or later.
@@ -587,6 +596,10 @@ mod tests {
         for (protocol, execs) in [("2.4", false), ("2.5", true), ("3.5", false)] {
             h.protocol = protocol.into();
             assert_eq!(h.execs(), execs, "{protocol}");
+        }
+        for (protocol, attaches) in [("2.5", false), ("2.6", true), ("3.6", false)] {
+            h.protocol = protocol.into();
+            assert_eq!(h.attaches(), attaches, "{protocol}");
         }
         let m = ToRobot::Resolve {
             images: vec![ResolveQuery {

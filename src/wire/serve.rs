@@ -502,11 +502,11 @@ fn relay(root: &Path, request: &Request, output: &mut dyn Write) -> Result<(), W
             error: RemoteError::from_error(ErrorClass::Failed, &other),
         },
     };
-    if let Request::Exec { .. } = request {
+    if let Request::Exec { .. } | Request::Attach { .. } = request {
         // Its streams are file descriptors of a local client: over SSH it has its own channel.
         let error = RemoteError::new(
             ErrorClass::BadInput,
-            "exec is not relayed: run `dt-agent exec` on its own SSH channel (as `dts duckiebot exec` does)",
+            "exec and attach are not relayed: run `dt-agent exec` or `dt-agent start -a` on its own SSH channel (as `dts duckiebot exec` and `run -it` do)",
         );
         return send(output, &FromRobot::DaemonError { error });
     }

@@ -3,7 +3,8 @@
 //! and byte-exact (10 MB through `exec -i cat`), the exit code is the process's (126/127 when
 //! it cannot run), and the process has the container's limits; with `-it` under a real
 //! pseudo-terminal an interactive shell sees the window size and its change, Ctrl-C
-//! interrupts a `sleep`, `exit 7` exits 7 and the terminal gets its settings back.
+//! interrupts a `sleep`, `exit 7` exits 7 and the terminal gets its settings back. The
+//! fixtures and the terminal's drive are `run -i/-t`'s too (`run_tty`).
 
 use crate::support::{self, TestContext};
 
@@ -18,6 +19,21 @@ use rustix::termios;
 
 /// A sim with container `box` (busybox with its applets, sleeping) running on it.
 fn robot_with_a_box() -> Option<TestContext> {
+    let w = robot_with_the_box_image()?;
+    w.ok(&[
+        "duckiebot",
+        "run",
+        &w.name,
+        "-d",
+        "--name",
+        "box",
+        "exec/box:1",
+    ]);
+    Some(w)
+}
+
+/// A sim, and image `exec/box:1` (busybox with its applets; sleeps) in the laptop's store.
+pub(crate) fn robot_with_the_box_image() -> Option<TestContext> {
     if !support::can_make_virtual_robot() {
         return None;
     }
@@ -43,15 +59,6 @@ fn robot_with_a_box() -> Option<TestContext> {
         "exec/box:1",
     ]);
     w.ok(&["sim", "up", &w.name]);
-    w.ok(&[
-        "duckiebot",
-        "run",
-        &w.name,
-        "-d",
-        "--name",
-        "box",
-        "exec/box:1",
-    ]);
     Some(w)
 }
 
@@ -59,8 +66,17 @@ fn robot_with_a_box() -> Option<TestContext> {
 fn exec(w: &TestContext, args: &[&str], input: &[u8]) -> (Option<i32>, Vec<u8>, String) {
     let mut all = vec!["duckiebot", "exec", w.name.as_str()];
     all.extend_from_slice(args);
+    dts_with_input(w, &all, input)
+}
+
+/// `dts ARGS…` with `input` on stdin (written while it runs): (code, stdout, stderr).
+pub(crate) fn dts_with_input(
+    w: &TestContext,
+    all: &[&str],
+    input: &[u8],
+) -> (Option<i32>, Vec<u8>, String) {
     let mut child = w
-        .dts_command(&all)
+        .dts_command(all)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,7 +97,7 @@ fn exec(w: &TestContext, args: &[&str], input: &[u8]) -> (Option<i32>, Vec<u8>, 
     )
 }
 
-fn noise(bytes: usize) -> Vec<u8> {
+pub(crate) fn noise(bytes: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..bytes)
         .map(|_| {
@@ -198,7 +214,7 @@ fn exec_without_a_terminal_is_byte_exact_and_exits_as_the_process() {
 }
 
 /// A pseudo-terminal for `dts` to run on: (master, slave).
-fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
+pub(crate) fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
     use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
     grantpt(&master).unwrap();
@@ -213,7 +229,7 @@ fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
     (std::fs::File::from(master), slave)
 }
 
-fn set_size(fd: impl AsFd, rows: u16, cols: u16) {
+pub(crate) fn set_size(fd: impl AsFd, rows: u16, cols: u16) {
     let size = termios::Winsize {
         ws_row: rows,
         ws_col: cols,
@@ -224,12 +240,12 @@ fn set_size(fd: impl AsFd, rows: u16, cols: u16) {
 }
 
 /// What `dts` wrote to the terminal so far, read on a thread.
-struct Screen {
+pub(crate) struct Screen {
     text: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Screen {
-    fn watch(master: &std::fs::File) -> Screen {
+    pub(crate) fn watch(master: &std::fs::File) -> Screen {
         let text = Arc::new(Mutex::new(Vec::new()));
         let (mut m, t) = (master.try_clone().unwrap(), Arc::clone(&text));
         std::thread::spawn(move || {
@@ -244,7 +260,7 @@ impl Screen {
         Screen { text }
     }
 
-    fn wait_for(&self, needle: &str, child: &mut Child) {
+    pub(crate) fn wait_for(&self, needle: &str, child: &mut Child) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned();
@@ -262,9 +278,26 @@ impl Screen {
 #[test]
 fn exec_it_is_an_interactive_terminal() {
     let Some(w) = robot_with_a_box() else { return };
+    let status = drive_a_shell(
+        &w,
+        &["duckiebot", "exec", &w.name, "-it", "box", "--", "sh"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(7));
+}
+
+/// Runs `dts ARGS` (an interactive shell) on a pseudo-terminal of its own and drives it: the
+/// size it started with and a change of it, Ctrl-C interrupting a `sleep`, each of `lines`
+/// typed, then `exit 7`; checks the terminal gets its settings back and returns how `dts`
+/// exited.
+pub(crate) fn drive_a_shell(
+    w: &TestContext,
+    args: &[&str],
+    lines: &[&str],
+) -> std::process::ExitStatus {
     let (mut master, slave) = open_pty(33, 101);
     let before = termios::tcgetattr(&slave).unwrap();
-    let mut cmd: Command = w.dts_command(&["duckiebot", "exec", &w.name, "-it", "box", "--", "sh"]);
+    let mut cmd: Command = w.dts_command(args);
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave.try_clone().unwrap()))
@@ -310,6 +343,9 @@ fn exec_it_is_an_interactive_terminal() {
     type_in("echo rc=$?\r");
     screen.wait_for("rc=130", &mut child);
     assert!(started.elapsed() < Duration::from_secs(20));
+    for l in lines {
+        type_in(&format!("{l}\r"));
+    }
 
     type_in("exit 7\r");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -320,7 +356,6 @@ fn exec_it_is_an_interactive_terminal() {
         assert!(Instant::now() < deadline, "`exit 7` did not end dts");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(7));
     let after = termios::tcgetattr(&slave).unwrap();
     assert_eq!(
         after.local_modes, before.local_modes,
@@ -328,6 +363,7 @@ fn exec_it_is_an_interactive_terminal() {
     );
     assert_eq!(after.input_modes, before.input_modes);
     let _ = master.as_raw_fd();
+    status
 }
 
 #[test]

@@ -46,6 +46,7 @@ mod provision;
 mod registry_client;
 mod registry_fixture;
 mod run;
+mod run_tty;
 mod runtime_console;
 mod sim;
 mod ssh;

@@ -4,8 +4,21 @@
 
 use super::*;
 
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use super::attach::{Attach, Attached};
+use crate::agent::fdpass::{LineReader, send_with_fds};
+
 impl Manager {
-    pub(super) fn start_locked(&self, name: &str, by_policy: bool) -> Result<(), ContainerError> {
+    /// Starts `name` (with a client attached: `attach`), returning what an attached client
+    /// needs.
+    pub(super) fn start_locked(
+        &self,
+        name: &str,
+        by_policy: bool,
+        attach: Option<Attach>,
+    ) -> Result<Option<Attached>, ContainerError> {
         let record = self.record(name)?;
         let mut state = self.state(name)?;
         if state.status == Status::Running {
@@ -16,7 +29,7 @@ impl Manager {
             });
         }
         self.inner().restart_at.remove(name);
-        match self.launch(&record) {
+        match self.launch(&record, attach) {
             Ok((shim_pid, launched)) => {
                 state.status = Status::Running;
                 state.pid = Some(launched.pid);
@@ -32,7 +45,7 @@ impl Manager {
                     state.stopped_by_user = false;
                 }
                 self.save_state(name, &state)?;
-                Ok(())
+                Ok(launched.attached)
             }
             Err(e) => {
                 state.status = if state.started_at.is_some() {
@@ -49,7 +62,11 @@ impl Manager {
     }
 
     /// Mounts the root, writes the bundle, and has a shim create and start the container.
-    pub(super) fn launch(&self, record: &Record) -> Result<(u32, Launched), ContainerError> {
+    pub(super) fn launch(
+        &self,
+        record: &Record,
+        attach: Option<Attach>,
+    ) -> Result<(u32, Launched), ContainerError> {
         let cfg = &record.config;
         let name = &cfg.name;
         let dir = self.dir(name);
@@ -74,7 +91,7 @@ impl Manager {
                 Some((&dir.join("upper"), &dir.join("work"))),
             )?;
         }
-        let result = self.launch_mounted(record, &image, &rootfs, &bundle);
+        let result = self.launch_mounted(record, &image, &rootfs, &bundle, attach);
         if result.is_err() {
             let _ = unmount(&rootfs);
         }
@@ -87,6 +104,7 @@ impl Manager {
         image: &ImageConfig,
         rootfs: &Path,
         bundle: &Path,
+        attach: Option<Attach>,
     ) -> Result<(u32, Launched), ContainerError> {
         let cfg = &record.config;
         let name = &cfg.name;
@@ -151,10 +169,13 @@ impl Manager {
                 state_dir: self.root.join("net"),
                 ports: cfg.ports.clone(),
             }),
+            tty: cfg.tty,
+            attached: attach.is_some(),
+            size: attach.as_ref().and_then(|a| a.size).filter(|_| cfg.tty),
         };
         write_json(&bundle.join("shim.json"), &shim)?;
         let _ = fs::remove_file(self.dir(name).join("exit.json"));
-        self.spawn_shim(name, &devices)
+        self.spawn_shim(name, &devices, attach)
     }
 
     pub(super) fn resolve_user(
@@ -215,6 +236,7 @@ impl Manager {
         &self,
         name: &str,
         devices: &ResolvedDevices,
+        attach: Option<Attach>,
     ) -> Result<(u32, Launched), ContainerError> {
         let dir = self.dir(name);
         let log_path = dir.join("shim.log");
@@ -226,10 +248,12 @@ impl Manager {
         for w in &devices.warnings {
             let _ = std::io::Write::write_all(&mut &shim_log, format!("warning: {w}\n").as_bytes());
         }
+        // A socket, not a pipe: an attached start passes descriptors both ways on it.
+        let (ours, theirs) = UnixStream::pair().at("make a socket pair for", &dir)?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("shim").arg(&dir);
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
             .stderr(Stdio::from(shim_log));
         // A session of its own: the daemon's signals and its death do not reach the shim.
         // SAFETY: setsid is async-signal-safe and touches no memory of ours.
@@ -243,20 +267,37 @@ impl Manager {
             name: name.to_string(),
             message: format!("cannot run `{} shim`: {source}", self.exe.display()),
         })?;
+        drop(cmd);
         let shim_pid = child.id();
-        let stdout = child.stdout.take().expect("piped");
+        if let Some(a) = &attach {
+            let fds: Vec<_> = a.stdio.iter().map(|f| f.as_fd()).collect();
+            // A shim that died already answers nothing, which is reported below.
+            let _ = send_with_fds(&ours, b"{\"attach\":true}\n", &fds);
+        }
+        let attached = attach.is_some();
+        drop(attach);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut reader = LineReader::new(ours);
+            let line = reader.read_line().ok().flatten().unwrap_or_default();
+            let _ = tx.send((line, reader));
         });
-        let line = rx.recv_timeout(SHIM_START_TIMEOUT).unwrap_or_default();
-        let reply: Option<shim::ShimReply> = serde_json::from_str(line.trim()).ok();
+        let (line, mut reader) = match rx.recv_timeout(SHIM_START_TIMEOUT) {
+            Ok((line, reader)) => (line, Some(reader)),
+            Err(_) => (Vec::new(), None),
+        };
+        let reply: Option<shim::ShimReply> = serde_json::from_slice(line.trim_ascii()).ok();
         match reply {
             Some(shim::ShimReply::Started { pid, ip }) => {
                 self.inner().children.insert(name.to_string(), child);
-                Ok((shim_pid, Launched { pid, ip }))
+                let attached = attached.then(|| {
+                    let mut shim = reader.take().expect("read");
+                    Attached {
+                        master: shim.take_fds().pop(),
+                        shim,
+                    }
+                });
+                Ok((shim_pid, Launched { pid, ip, attached }))
             }
             Some(shim::ShimReply::Failed { error }) => {
                 let _ = child.wait();
@@ -292,6 +333,7 @@ impl Manager {
 pub(super) struct Launched {
     pid: u32,
     ip: Option<String>,
+    attached: Option<Attached>,
 }
 
 /// Refuses an image this robot cannot execute: another OS, or a foreign CPU without QEMU

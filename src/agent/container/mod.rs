@@ -26,6 +26,7 @@
 //! Devices are resolved at every start (`agent::devices`): major:minor numbers are dynamic, and a
 //! missing node fails the start naming the role and the node.
 
+pub mod attach;
 pub mod diff;
 pub mod exec;
 pub mod handover;
@@ -619,7 +620,7 @@ impl Manager {
     /// Starts a created or exited container.
     pub fn start(&self, name: &str) -> Result<ContainerInfo, ContainerError> {
         let _g = self.lock();
-        self.start_locked(name, false)?;
+        self.start_locked(name, false, None)?;
         self.info(name)
     }
 

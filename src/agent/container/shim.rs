@@ -8,9 +8,21 @@
 //! the kernel re-parents to it when `runc create` exits), writes `exit.json`, detaches the
 //! network and deletes the runtime's container. The daemon learns everything it needs from
 //! `exit.json` and the shim's pid, so a daemon restarted in between adopts it unchanged.
+//!
+//! A container with a terminal (`tty`, `run -t`) is created with `--console-socket`
+//! ([`Runtime::create_with_terminal`]) and the shim holds the terminal's master: its output
+//! is the log's `stdout`. An attached client (`start -a`, `run -i/-t` in the foreground)
+//! sends its stdin, stdout and stderr along with the first line the daemon writes on the
+//! shim's stdout, a unix socket: the shim copies the output to them as well as to the log
+//! (and the terminal's input from the client's stdin), or without a terminal gives the
+//! client's stdin to the container as its own, so the bytes are the process's. Its answer then
+//! carries a duplicate of the master (the daemon sets the window size on it), and once the
+//! container's exit is recorded it tells the daemon the code on the same socket.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -20,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use super::logs::{LogConfig, LogWriter};
 use super::{ExitRecord, read_json, write_json};
+use crate::agent::fdpass::{LineReader, send_with_fds};
 use crate::agent::net::{Network, PortMapping};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeError};
 
 /// A line longer than this is logged in pieces.
 const MAX_LINE: usize = 16 << 10;
@@ -43,6 +56,15 @@ pub struct ShimConfig {
     pub log: LogConfig,
     /// CNI wiring, for a container with its own network namespace on the bridge.
     pub network: Option<ShimNetwork>,
+    /// The process has a terminal, whose master the shim holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// A client is attached: its stdio comes on the shim's stdout socket before anything runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
+    /// The terminal's size at start (rows, columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<(u16, u16)>,
 }
 
 /// The CNI part of [`ShimConfig`].
@@ -70,18 +92,176 @@ pub enum ShimReply {
         /// The explanation.
         error: String,
     },
+    /// Its process exited with this code (to an attached start only, after `exit.json`).
+    Exited {
+        /// The exit code (`128 + n` for signal `n`).
+        code: i32,
+    },
 }
 
-fn reply(r: &ShimReply) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", serde_json::to_string(r).expect("serialisable"));
-    let _ = out.flush();
-    // Our stdout is the daemon's pipe: close it so the daemon does not wait for more, and so
+fn line_of(r: &ShimReply) -> Vec<u8> {
+    let mut line = serde_json::to_vec(r).expect("serialisable");
+    line.push(b'\n');
+    line
+}
+
+/// Answers the daemon on our stdout, with `fds` when it is a socket (an attached start), and
+/// returns the socket kept for the exit line when `keep`.
+fn reply(r: &ShimReply, fds: &[std::os::fd::BorrowedFd<'_>], keep: bool) -> Option<UnixStream> {
+    let sock = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(UnixStream::from);
+    match (&sock, fds.is_empty()) {
+        (Some(s), false) => {
+            let _ = send_with_fds(s, &line_of(r), fds);
+        }
+        _ => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line_of(r));
+            let _ = out.flush();
+        }
+    }
+    // Our stdout is the daemon's socket: close it so the daemon does not wait for more, and so
     // a daemon that went away cannot make us fail with EPIPE.
     if let Ok(null) = File::options().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;
         // SAFETY: dup2 onto fd 1 replaces our stdout; nothing else holds a borrow of it.
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+    sock.filter(|_| keep)
+}
+
+/// The attached client's stdin, stdout and stderr, sent by the daemon on our stdout socket.
+fn receive_client() -> Result<[File; 3], String> {
+    let sock = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("the daemon's socket: {e}"))?;
+    let mut r = LineReader::new(UnixStream::from(sock));
+    r.read_line()
+        .map_err(|e| format!("reading the attached client: {e}"))?;
+    let fds: [OwnedFd; 3] = r
+        .take_fds()
+        .try_into()
+        .map_err(|_| "the attached client's stdin, stdout and stderr did not come".to_string())?;
+    Ok(fds.map(File::from))
+}
+
+/// Where the container's output is read from, and who else gets it.
+enum Streams {
+    /// stdout and stderr pipes; the client's stdout and stderr.
+    Pipes {
+        out: File,
+        err: File,
+        client: Option<[File; 2]>,
+    },
+    /// The terminal's master; the client's stdin and stdout.
+    Terminal {
+        master: File,
+        client: Option<[File; 2]>,
+    },
+}
+
+/// `runc create`: with pipes as stdout and stderr (and the client's stdin as the process's),
+/// or with a terminal. The init's pid and the streams to copy.
+fn create(
+    runtime: &Runtime,
+    cfg: &ShimConfig,
+    client: Option<[File; 3]>,
+) -> Result<(u32, Streams), String> {
+    let log_path = cfg.bundle.join("runtime.log");
+    if cfg.tty {
+        let (pid, master) = runtime
+            .create_with_terminal(&cfg.bundle, &cfg.id, &log_path)
+            .map_err(|e: RuntimeError| e.to_string())?;
+        if let Some(size) = cfg.size {
+            let _ = crate::util::tty::set_size(&master, size);
+        }
+        let client = client.map(|[i, o, _]| [i, o]);
+        let master = File::from(master);
+        return Ok((pid, Streams::Terminal { master, client }));
+    }
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+    let ((out_r, out_w), (err_r, err_w)) = pipe()
+        .and_then(|o| pipe().map(|e| (o, e)))
+        .map_err(|e| format!("pipe: {e}"))?;
+    let (stdin, client) = match client {
+        Some([i, o, e]) => (Stdio::from(i), Some([o, e])),
+        None => (Stdio::null(), None),
+    };
+    let pid = runtime
+        .create(
+            &cfg.bundle,
+            &cfg.id,
+            [stdin, Stdio::from(out_w), Stdio::from(err_w)],
+            &log_path,
+        )
+        .map_err(|e| e.to_string())?;
+    let (out, err) = (File::from(out_r), File::from(err_r));
+    Ok((pid, Streams::Pipes { out, err, client }))
+}
+
+impl Streams {
+    /// A duplicate of the terminal's master, for the daemon (an attached start only).
+    fn master_for_daemon(&self) -> Option<OwnedFd> {
+        match self {
+            Streams::Terminal {
+                master,
+                client: Some(_),
+            } => master.as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        }
+    }
+
+    /// Starts the threads that copy the output to the log (and the client), and the client's
+    /// keys to the terminal; returns the output copiers.
+    fn copy(self, w: &Arc<Mutex<LogWriter>>) -> Vec<std::thread::JoinHandle<()>> {
+        let (sources, sinks) = match self {
+            Streams::Pipes { out, err, client } => {
+                let (o, e) = match client {
+                    Some([o, e]) => (Some(o), Some(e)),
+                    None => (None, None),
+                };
+                (vec![(out, "stdout"), (err, "stderr")], vec![o, e])
+            }
+            Streams::Terminal { master, client } => {
+                let mut sinks = vec![None];
+                if let Some([input, output]) = client {
+                    sinks[0] = Some(output);
+                    if let Ok(to) = master.try_clone() {
+                        std::thread::spawn(move || copy_keys(input, to));
+                    }
+                }
+                (vec![(master, "stdout")], sinks)
+            }
+        };
+        sources
+            .into_iter()
+            .zip(sinks)
+            .map(|((f, stream), sink)| {
+                let w = Arc::clone(w);
+                std::thread::spawn(move || copy_lines(f, stream, &w, sink))
+            })
+            .collect()
+    }
+}
+
+/// The client's keys to the terminal, until either end goes.
+fn copy_keys(mut from: File, mut to: File) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -89,7 +269,7 @@ fn reply(r: &ShimReply) {
 pub fn main(dir: &Path) -> i32 {
     let fail = |error: String| {
         eprintln!("shim: {error}");
-        reply(&ShimReply::Failed { error });
+        reply(&ShimReply::Failed { error }, &[], false);
         1
     };
     let cfg: ShimConfig = match read_json(&dir.join("bundle").join("shim.json")) {
@@ -120,52 +300,21 @@ pub fn main(dir: &Path) -> i32 {
         .map(Path::to_path_buf)
         .unwrap_or_else(|_| cfg.logs.clone());
     let runtime = Runtime::new(&cfg.runtime, &cfg.runtime_root);
-    let pipes = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .and_then(|o| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map(|e| (o, e)));
-    let ((out_r, out_w), (err_r, err_w)) = match pipes {
-        Ok(p) => p,
-        Err(e) => return fail(format!("pipe: {e}")),
+    let client = match cfg.attached.then(receive_client).transpose() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
     };
-    let log_path = cfg.bundle.join("runtime.log");
-    let pid = match runtime.create(
-        &cfg.bundle,
-        &cfg.id,
-        Stdio::from(out_w),
-        Stdio::from(err_w),
-        &log_path,
-    ) {
-        Ok(pid) => pid,
+    let (pid, streams) = match create(&runtime, &cfg, client) {
+        Ok(c) => c,
         Err(e) => {
             let _ = runtime.delete(&cfg.id);
-            return fail(e.to_string());
+            return fail(e);
         }
     };
-    let network = cfg
-        .network
-        .as_ref()
-        .map(|n| Network::new(&n.state_dir).map(|net| (net, n.ports.clone())));
-    let mut ip = None;
-    let mut attached: Option<(Network, Vec<PortMapping>)> = None;
-    match network {
-        None => {}
-        Some(Err(e)) => {
-            let _ = runtime.delete(&cfg.id);
-            return fail(e.to_string());
-        }
-        Some(Ok((net, ports))) => {
-            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            match net.attach(&cfg.id, &netns, &ports) {
-                Ok(a) => {
-                    ip = Some(a.ip.to_string());
-                    attached = Some((net, ports));
-                }
-                Err(e) => {
-                    let _ = runtime.delete(&cfg.id);
-                    return fail(e.to_string());
-                }
-            }
-        }
-    }
+    let (ip, attached) = match start(&runtime, &cfg, pid) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     let detach = |attached: &Option<(Network, Vec<PortMapping>)>| {
         if let Some((net, ports)) = attached
             && let Err(e) = net.detach(&cfg.id, None, ports)
@@ -173,12 +322,6 @@ pub fn main(dir: &Path) -> i32 {
             eprintln!("shim: detaching the network: {e}");
         }
     };
-    if let Err(e) = runtime.start(&cfg.id) {
-        let _ = runtime.delete(&cfg.id);
-        detach(&attached);
-        return fail(e.to_string());
-    }
-
     let writer = match LogWriter::open(&logs_dir, cfg.log) {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {
@@ -188,18 +331,11 @@ pub fn main(dir: &Path) -> i32 {
             return fail(e.to_string());
         }
     };
-    reply(&ShimReply::Started {
-        pid,
-        ip: ip.clone(),
-    });
-
-    let readers: Vec<_> = [(File::from(out_r), "stdout"), (File::from(err_r), "stderr")]
-        .into_iter()
-        .map(|(f, stream)| {
-            let w = Arc::clone(&writer);
-            std::thread::spawn(move || copy_lines(f, stream, &w))
-        })
-        .collect();
+    let master = streams.master_for_daemon();
+    let passed: Vec<_> = master.iter().map(|m| m.as_fd()).collect();
+    let daemon = reply(&ShimReply::Started { pid, ip }, &passed, cfg.attached);
+    drop(master);
+    let readers = streams.copy(&writer);
 
     let code = wait_for(pid);
     // Daemonised grandchildren may hold the pipes open: give the readers a moment, not forever.
@@ -219,11 +355,51 @@ pub fn main(dir: &Path) -> i32 {
     if let Err(e) = write_json(Path::new("./exit.json"), &record) {
         eprintln!("shim: {e}");
     }
+    // The attached client's answer waits for this: its output is all written by now.
+    if let Some(mut d) = daemon {
+        let _ = d.write_all(&line_of(&ShimReply::Exited { code }));
+    }
     detach(&attached);
     if let Err(e) = runtime.delete(&cfg.id) {
         eprintln!("shim: {e}");
     }
     0
+}
+
+/// Wires the created container's network and starts its process: its address on the bridge
+/// and the network to detach at the end. On failure the runtime's container is deleted.
+#[allow(clippy::type_complexity)]
+fn start(
+    runtime: &Runtime,
+    cfg: &ShimConfig,
+    pid: u32,
+) -> Result<(Option<String>, Option<(Network, Vec<PortMapping>)>), String> {
+    let mut attached: Option<(Network, Vec<PortMapping>)> = None;
+    let mut ip = None;
+    if let Some(n) = &cfg.network {
+        let wired = Network::new(&n.state_dir).and_then(|net| {
+            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            net.attach(&cfg.id, &netns, &n.ports).map(|a| (net, a))
+        });
+        match wired {
+            Ok((net, a)) => {
+                ip = Some(a.ip.to_string());
+                attached = Some((net, n.ports.clone()));
+            }
+            Err(e) => {
+                let _ = runtime.delete(&cfg.id);
+                return Err(e.to_string());
+            }
+        }
+    }
+    if let Err(e) = runtime.start(&cfg.id) {
+        let _ = runtime.delete(&cfg.id);
+        if let Some((net, ports)) = &attached {
+            let _ = net.detach(&cfg.id, None, ports);
+        }
+        return Err(e.to_string());
+    }
+    Ok((ip, attached))
 }
 
 /// Waits for the container's init: reaps every child (the runtime's intermediate processes
@@ -278,19 +454,78 @@ fn zombie_status(stat: &str) -> Option<i32> {
     fields.get(52 - 3)?.parse().ok()
 }
 
-/// Copies `f` into the log line by line (`\n`-terminated, or [`MAX_LINE`] pieces).
-fn copy_lines(f: File, stream: &'static str, w: &Mutex<LogWriter>) {
-    let mut r = BufReader::with_capacity(64 << 10, f);
+/// Copies `f` into the log line by line (`\n`-terminated, or [`MAX_LINE`] pieces), and to an
+/// attached client's `sink` as each read returns (a prompt has no newline), until the client
+/// goes away.
+fn copy_lines(mut f: File, stream: &'static str, w: &Mutex<LogWriter>, mut sink: Option<File>) {
+    let log = |piece: &[u8]| {
+        let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = w.write(stream, piece) {
+            eprintln!("shim: {e}");
+        }
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    let mut line: Vec<u8> = Vec::new();
     loop {
-        let mut line = Vec::new();
-        match (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = w.write(stream, &line) {
-                    eprintln!("shim: {e}");
-                }
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO from a terminal's master: its last slave closed.
+            Err(_) => break,
+        };
+        let mut rest = &buf[..n];
+        if let Some(s) = &mut sink
+            && s.write_all(rest).is_err()
+        {
+            sink = None;
+        }
+        while !rest.is_empty() {
+            let room = rest.len().min(MAX_LINE - line.len());
+            let take = rest[..room]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(room, |i| i + 1);
+            line.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if line.ends_with(b"\n") || line.len() >= MAX_LINE {
+                log(&line);
+                line.clear();
             }
         }
+    }
+    if !line.is_empty() {
+        log(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::container::logs::LogReader;
+
+    #[test]
+    fn output_goes_to_the_client_as_read_and_to_the_log_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Mutex::new(LogWriter::open(dir.path(), LogConfig::default()).unwrap());
+        let mut source = tempfile::tempfile().unwrap();
+        let long = vec![b'x'; MAX_LINE + 10];
+        let mut bytes = b"one\n/ # ".to_vec();
+        bytes.extend_from_slice(&long);
+        source.write_all(&bytes).unwrap();
+        use std::io::Seek;
+        source.rewind().unwrap();
+        let sink_path = dir.path().join("client");
+        let sink = File::create(&sink_path).unwrap();
+        copy_lines(source, "stdout", &w, Some(sink));
+        assert_eq!(std::fs::read(&sink_path).unwrap(), bytes);
+        let lines = LogReader::open(dir.path(), None).unwrap().poll().unwrap();
+        let logged: Vec<&str> = lines.iter().map(|l| l.log.as_str()).collect();
+        assert_eq!(logged.len(), 3, "{logged:?}");
+        assert_eq!(logged[0], "one\n");
+        assert_eq!(logged[1].len(), MAX_LINE);
+        assert!(logged[1].starts_with("/ # x"));
+        assert_eq!(logged[2], "x".repeat(14));
+        assert!(lines.iter().all(|l| l.stream == "stdout"));
     }
 }

@@ -194,7 +194,7 @@ fn process_for(input: &SpecInput<'_>) -> Result<Process, RuntimeError> {
         }
     }
     Ok(ProcessBuilder::default()
-        .terminal(false)
+        .terminal(cfg.tty)
         .user(
             UserBuilder::default()
                 .uid(input.user.uid)

@@ -111,8 +111,8 @@ impl Manager {
         {
             self.inner().restart_at.remove(name);
             if state.status == Status::Exited && self.should_restart(&record.config, &state) {
-                return match self.start_locked(name, true) {
-                    Ok(()) => Ok(Some(format!("{name}: restarted by its policy"))),
+                return match self.start_locked(name, true, None) {
+                    Ok(_) => Ok(Some(format!("{name}: restarted by its policy"))),
                     Err(e) => {
                         // Try again later, backing off further.
                         let mut s = self.state(name)?;
