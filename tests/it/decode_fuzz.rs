@@ -323,6 +323,7 @@ fn check_names(req: &Request) {
     match req {
         Request::Create { config: c, .. } => config(c),
         Request::Start { name }
+        | Request::Attach { name, .. }
         | Request::Stop { name, .. }
         | Request::Rm { name, .. }
         | Request::Inspect { name }

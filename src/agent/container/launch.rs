@@ -306,7 +306,8 @@ impl Manager {
                     message: error,
                 })
             }
-            None => {
+            // `Exited` only ever follows `Started`; as a first line it is no answer.
+            Some(shim::ShimReply::Exited { .. }) | None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = fs::read_to_string(&log_path).unwrap_or_default();

@@ -44,7 +44,7 @@ use launch::check_platform;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
