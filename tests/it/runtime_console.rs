@@ -1,8 +1,8 @@
 //! `Runtime::create_with_terminal` against runc (as root): a busybox container created with a
 //! terminal hands back its master, on which the window size set before `start` is the
 //! process's, Ctrl-C written as a byte interrupts a `sleep` in the foreground, and the output
-//! arrives; a process spec without a terminal is refused, not waited on. This is the piece a
-//! `run -it` is to be built on.
+//! arrives; a process spec without a terminal is refused, not waited on. The container shim's
+//! `run -it` is built on it (tests/it/run_tty.rs drives that end to end).
 
 use crate::support;
 
