@@ -3,11 +3,9 @@
 //! `rm`, `volume`) relayed to the robot's daemon through `dt-agent serve --stdio`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use super::containers::{RunArgs, print_line, print_ps, volumes_table};
 use super::exec::{ExecArgs, LogsArgs};
@@ -299,28 +297,6 @@ fn parse_pull(s: &str) -> Result<crate::ops::deploy::PullPolicy, String> {
 
 fn parse_robot_hostname(s: &str) -> Result<String, String> {
     crate::ops::provision::check_hostname(s).map(|()| s.to_owned())
-}
-
-/// `deploy --json` (docs/cli.md).
-#[derive(Serialize)]
-struct DeploySummary {
-    robot: String,
-    release: Option<u64>,
-    images: Vec<String>,
-    layers_total: u64,
-    layers_skipped: u64,
-    objects_sent: u64,
-    object_bytes: u64,
-    bytes_sent: u64,
-    bytes_received: u64,
-    duration_ms: u64,
-    /// `committed`, `rolled-back`, `failed`, `unchanged` (a no-op), `planned` (`--dry-run`), or
-    /// `probation` (`--detach`: every service runs; the robot commits or rolls back by itself).
-    state: String,
-    message: Option<String>,
-    /// `--dry-run`: what the robot lacks, as the deploy would send it (docs/cli.md).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<crate::wire::client::TransferPlan>,
 }
 
 /// Runs a `dts duckiebot` command.
@@ -627,111 +603,37 @@ async fn deploy(
     g: &GlobalArgs,
     printer: &Printer,
 ) -> Result<Exit> {
-    let DeployHow {
-        dry_run,
-        detach,
-        force,
-        json,
-        pull,
-    } = how;
-    let started = Instant::now();
-    let store = crate::ops::image::open_store()?;
-    let mut l = link(robot, ssh).await?;
-    for w in &l.hello.warnings {
-        printer.info(&format!("warning: {robot}: {w}"));
-    }
-    let platform = l.hello.platform.clone();
-    let stack = crate::ops::deploy::load_stack(stack_arg, sets, &platform)?;
-    for w in &stack.warnings {
-        printer.info(&format!("warning: {w}"));
-    }
-    let name = crate::ops::deploy::stack_name(stack_arg);
-    let log = reporter(g);
-    let plan =
-        crate::ops::deploy::plan_for_robot(&mut l, &store, &stack, &name, &pull, &*log).await?;
-    for w in &plan.warnings[stack.warnings.len()..] {
-        printer.info(&format!("warning: {w}"));
-    }
-    let images: Vec<String> = plan
-        .images
-        .iter()
-        .map(|(n, _)| n.clone())
-        .chain(plan.held.iter().map(|h| {
-            crate::oci::Reference::parse(&h.name).map_or_else(|_| h.name.clone(), |r| r.familiar())
-        }))
-        .collect();
-    if dry_run {
-        // The plan a deploy makes, with every object listed: what the robot lacks.
-        let detail = crate::wire::client::Detail::Objects;
-        let tp = robot::guarded(
-            &l.session,
-            l.conn
-                .plan_with_held(&store, &plan.images, &plan.held, detail),
-        )
-        .await?;
-        let summary = DeploySummary {
-            robot: robot.to_string(),
-            release: None,
-            images,
-            layers_total: tp.layers_total as u64,
-            layers_skipped: tp.layers_skipped as u64,
-            objects_sent: tp.objects_sent.unwrap_or(0),
-            object_bytes: tp.object_bytes.unwrap_or(0),
-            bytes_sent: l.conn.counters().0,
-            bytes_received: l.conn.counters().1,
-            duration_ms: started.elapsed().as_millis() as u64,
-            state: "planned".into(),
-            message: None,
-            plan: Some(tp),
-        };
-        if json {
-            printer.json(&summary);
-        } else {
-            printer.table(&plan_table(&plan.spec));
-            printer.info(&format!(
-                "{robot} lacks {} of {} layer(s): {} object(s), {}; {} document(s)",
-                summary.plan.as_ref().map_or(0, |p| p.layers_sent),
-                summary.layers_total,
-                summary.objects_sent,
-                human_size(summary.object_bytes),
-                summary.plan.as_ref().map_or(0, |p| p.documents.len()),
-            ));
-        }
-        return Ok(Exit::Ok);
-    }
-    let report = robot::guarded(
-        &l.session,
-        l.conn
-            .transfer_with_held(&store, &plan.images, &plan.held, &*log),
-    )
-    .await?;
-    let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, (detach, force), &*log).await?;
-    let state = if outcome.unchanged {
-        "unchanged".to_string()
-    } else {
-        outcome.state.to_string()
-    };
-    let summary = DeploySummary {
+    let req = crate::ops::deploy::DeployRequest {
         robot: robot.to_string(),
-        release: Some(outcome.release),
-        images,
-        layers_total: report.layers_total as u64,
-        layers_skipped: report.layers_skipped as u64,
-        objects_sent: report.objects_sent,
-        object_bytes: report.object_bytes,
-        bytes_sent: l.conn.counters().0,
-        bytes_received: l.conn.counters().1,
-        duration_ms: started.elapsed().as_millis() as u64,
-        message: Some(outcome.message.clone()),
-        state: state.clone(),
-        plan: None,
+        ssh: ssh.args(),
+        stack: stack_arg.map(str::to_string),
+        sets: sets.to_vec(),
+        pull: how.pull,
+        dry_run: how.dry_run,
+        detach: how.detach,
+        force: how.force,
     };
-    if json {
-        printer.json(&summary);
+    let log = reporter(g);
+    let warn = |w: String| printer.info(&format!("warning: {w}"));
+    let done = crate::ops::deploy::deploy(&req, &*log, &warn).await?;
+    let summary = &done.summary;
+    if how.json {
+        printer.json(summary);
+    } else if how.dry_run {
+        printer.table(&plan_table(&done.spec));
+        printer.info(&format!(
+            "{robot} lacks {} of {} layer(s): {} object(s), {}; {} document(s)",
+            summary.plan.as_ref().map_or(0, |p| p.layers_sent),
+            summary.layers_total,
+            summary.objects_sent,
+            human_size(summary.object_bytes),
+            summary.plan.as_ref().map_or(0, |p| p.documents.len()),
+        ));
     } else {
         printer.info(&format!(
-            "{robot}: release {} {state}; sent {} in {} object(s), {} of {} layer(s) already there, {:.1}s",
+            "{robot}: release {} {}; sent {} in {} object(s), {} of {} layer(s) already there, {:.1}s",
             summary.release.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            summary.state,
             human_size(summary.bytes_sent),
             summary.objects_sent,
             summary.layers_skipped,
@@ -742,13 +644,13 @@ async fn deploy(
             printer.info(m);
         }
     }
-    if state == "probation" {
+    if summary.state == "probation" {
         printer.info(&format!(
             "{robot}: not waiting for probation (--detach); `dts duckiebot history {robot}` shows whether release {} was committed or rolled back",
             summary.release.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
         ));
     }
-    Ok(outcome_exit(&outcome))
+    Ok(done.outcome.as_ref().map_or(Exit::Ok, outcome_exit))
 }
 
 async fn run_container(robot: &str, a: &RunArgs, ssh: &SshFlags, g: &GlobalArgs) -> Result<Exit> {

@@ -387,6 +387,183 @@ fn by_content(store: &Store, d: &Digest) -> Option<crate::oci::Descriptor> {
     ))
 }
 
+/// One robot's deploy, as `dts duckiebot deploy` and each robot of `dts fleet deploy` ask for
+/// it.
+#[derive(Clone, Debug, Default)]
+pub struct DeployRequest {
+    /// The robot as given (a name, `[user@]host[:port]`, a `dts sim`).
+    pub robot: String,
+    /// How to log in.
+    pub ssh: crate::ops::robot::SshArgs,
+    /// `-f/--stack`.
+    pub stack: Option<String>,
+    /// `--set SERVICE=IMAGE`, in order.
+    pub sets: Vec<String>,
+    /// `--pull` and the registry client's options.
+    pub pull: PullOptions,
+    /// `--dry-run`: resolve and plan, send and change nothing.
+    pub dry_run: bool,
+    /// `--detach`: return once every service runs.
+    pub detach: bool,
+    /// `--force`: do not wait for update locks.
+    pub force: bool,
+}
+
+/// What one robot's deploy did; `deploy --json` prints it (docs/cli.md).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeploySummary {
+    /// The robot as given.
+    pub robot: String,
+    /// The release the robot made (`None` for `--dry-run`).
+    pub release: Option<u64>,
+    /// The stack's images, as the stack names them.
+    pub images: Vec<String>,
+    /// Layers of those images.
+    pub layers_total: u64,
+    /// Layers the robot had.
+    pub layers_skipped: u64,
+    /// Objects sent.
+    pub objects_sent: u64,
+    /// Their bytes, uncompressed.
+    pub object_bytes: u64,
+    /// Bytes on the wire to the robot.
+    pub bytes_sent: u64,
+    /// Bytes on the wire from the robot.
+    pub bytes_received: u64,
+    /// From the start (before connecting) to the answer.
+    pub duration_ms: u64,
+    /// `committed`, `rolled-back`, `failed`, `unchanged` (a no-op), `planned` (`--dry-run`), or
+    /// `probation` (`--detach`: every service runs; the robot commits or rolls back by itself).
+    pub state: String,
+    /// The daemon's message.
+    pub message: Option<String>,
+    /// `--dry-run`: what the robot lacks, as the deploy would send it (docs/cli.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::wire::client::TransferPlan>,
+}
+
+/// A deploy's result: the summary, the release that was planned, and the daemon's outcome
+/// (`None` for `--dry-run`).
+#[derive(Clone, Debug)]
+pub struct Deployed {
+    /// What `--json` prints.
+    pub summary: DeploySummary,
+    /// The release, in start order.
+    pub spec: ReleaseSpec,
+    /// The daemon's answer.
+    pub outcome: Option<DeployOutcome>,
+}
+
+/// Deploys `req` to its robot: connects, then [`deploy_on`].
+pub async fn deploy(
+    req: &DeployRequest,
+    log: &dyn Reporter,
+    warn: &(dyn Fn(String) + Send + Sync),
+) -> Result<Deployed> {
+    let started = std::time::Instant::now();
+    let mut l = crate::ops::robot::connect(&req.robot, &req.ssh).await?;
+    deploy_on(&mut l, req, started, log, warn).await
+}
+
+/// Deploys `req` over `l`, a robot connected since `started`: loads the stack for the robot's
+/// platform, plans (pulling as `--pull` says), then either lists what the robot lacks
+/// (`dry_run`) or ships it and [`apply`]s the release. Warnings (the robot's, the stack's, the
+/// plan's) go to `warn` as they arise, before any transfer; progress to `log`.
+pub async fn deploy_on(
+    l: &mut crate::ops::robot::RobotLink,
+    req: &DeployRequest,
+    started: std::time::Instant,
+    log: &dyn Reporter,
+    warn: &(dyn Fn(String) + Send + Sync),
+) -> Result<Deployed> {
+    use crate::ops::robot;
+    let robot_name = req.robot.as_str();
+    let store = crate::ops::image::open_store()?;
+    for w in &l.hello.warnings {
+        warn(format!("{robot_name}: {w}"));
+    }
+    let platform = l.hello.platform.clone();
+    let stack = load_stack(req.stack.as_deref(), &req.sets, &platform)?;
+    for w in &stack.warnings {
+        warn(w.clone());
+    }
+    let name = stack_name(req.stack.as_deref());
+    let plan = plan_for_robot(l, &store, &stack, &name, &req.pull, log).await?;
+    for w in &plan.warnings[stack.warnings.len()..] {
+        warn(w.clone());
+    }
+    let images: Vec<String> =
+        plan.images
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(plan.held.iter().map(|h| {
+                Reference::parse(&h.name).map_or_else(|_| h.name.clone(), |r| r.familiar())
+            }))
+            .collect();
+    let summary = |release, state: String, message| DeploySummary {
+        robot: robot_name.to_string(),
+        release,
+        images: images.clone(),
+        layers_total: 0,
+        layers_skipped: 0,
+        objects_sent: 0,
+        object_bytes: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0,
+        state,
+        message,
+        plan: None,
+    };
+    if req.dry_run {
+        // The plan a deploy makes, with every object listed: what the robot lacks.
+        let detail = crate::wire::client::Detail::Objects;
+        let tp = robot::guarded(
+            &l.session,
+            l.conn
+                .plan_with_held(&store, &plan.images, &plan.held, detail),
+        )
+        .await?;
+        let mut s = summary(None, "planned".into(), None);
+        s.layers_total = tp.layers_total as u64;
+        s.layers_skipped = tp.layers_skipped as u64;
+        s.objects_sent = tp.objects_sent.unwrap_or(0);
+        s.object_bytes = tp.object_bytes.unwrap_or(0);
+        (s.bytes_sent, s.bytes_received) = l.conn.counters();
+        s.duration_ms = started.elapsed().as_millis() as u64;
+        s.plan = Some(tp);
+        return Ok(Deployed {
+            summary: s,
+            spec: plan.spec,
+            outcome: None,
+        });
+    }
+    let report = robot::guarded(
+        &l.session,
+        l.conn
+            .transfer_with_held(&store, &plan.images, &plan.held, log),
+    )
+    .await?;
+    let outcome = apply(l, &plan.spec, (req.detach, req.force), log).await?;
+    let state = if outcome.unchanged {
+        "unchanged".to_string()
+    } else {
+        outcome.state.to_string()
+    };
+    let mut s = summary(Some(outcome.release), state, Some(outcome.message.clone()));
+    s.layers_total = report.layers_total as u64;
+    s.layers_skipped = report.layers_skipped as u64;
+    s.objects_sent = report.objects_sent;
+    s.object_bytes = report.object_bytes;
+    (s.bytes_sent, s.bytes_received) = l.conn.counters();
+    s.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(Deployed {
+        summary: s,
+        spec: plan.spec,
+        outcome: Some(outcome),
+    })
+}
+
 /// Switches the robot to `spec` and returns the daemon's outcome: once the release is
 /// committed or rolled back, or with `detach` once every service runs (state `probation`; the
 /// robot finishes probation by itself). Tells `log` what probation watches first, so a

@@ -105,7 +105,13 @@ pub fn resolve(robot: &str, args: &SshArgs) -> Result<(Target, SshOptions)> {
 /// Connects to `robot` and starts the agent's protocol.
 pub async fn connect(robot: &str, args: &SshArgs) -> Result<RobotLink> {
     let (target, opts) = resolve(robot, args)?;
-    let session = Session::connect(&target, &opts)
+    connect_resolved(robot, target, &opts).await
+}
+
+/// [`connect`] to a robot [`resolve`]d before (`dts fleet` resolves every robot once, up
+/// front, rather than each task blocking on its own mDNS lookup).
+pub async fn connect_resolved(robot: &str, target: Target, opts: &SshOptions) -> Result<RobotLink> {
+    let session = Session::connect(&target, opts)
         .await
         .with_context(|| format!("robot `{robot}`"))?;
     let command = if session.user() == "root" {
