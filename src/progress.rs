@@ -30,6 +30,14 @@ pub enum Event {
         /// How it ended.
         outcome: String,
     },
+    /// What unit `id` does now, replacing its label (`dts fleet`: one line per robot whose
+    /// phase changes).
+    Status {
+        /// The unit.
+        id: String,
+        /// Its new label.
+        message: String,
+    },
     /// A one-off message worth showing.
     Note {
         /// The message.

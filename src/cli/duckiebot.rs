@@ -55,7 +55,7 @@ impl From<&RunSshFlags> for SshFlags {
 }
 
 impl SshFlags {
-    fn args(&self) -> SshArgs {
+    pub(super) fn args(&self) -> SshArgs {
         SshArgs {
             identity: self.identity.clone(),
             known_hosts: self.known_hosts.clone(),
@@ -233,7 +233,7 @@ pub struct ApplyFlags {
 }
 
 impl ApplyFlags {
-    fn how(&self) -> Result<DeployHow> {
+    pub(super) fn how(&self) -> Result<DeployHow> {
         DeployHow::new(
             [self.dry_run, self.detach, self.force, self.json],
             self.pull,
@@ -566,12 +566,12 @@ fn outcome_exit(out: &DeployOutcome) -> Exit {
 
 /// `deploy`'s switches.
 #[derive(Clone, Debug)]
-struct DeployHow {
-    dry_run: bool,
-    detach: bool,
-    force: bool,
-    json: bool,
-    pull: crate::ops::deploy::PullOptions,
+pub(super) struct DeployHow {
+    pub(super) dry_run: bool,
+    pub(super) detach: bool,
+    pub(super) force: bool,
+    pub(super) json: bool,
+    pub(super) pull: crate::ops::deploy::PullOptions,
 }
 
 impl DeployHow {

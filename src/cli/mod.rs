@@ -13,6 +13,8 @@ pub mod dts;
 #[cfg(feature = "workstation")]
 pub mod duckiebot;
 pub mod exec;
+#[cfg(feature = "workstation")]
+pub mod fleet;
 mod habits;
 pub mod releases;
 #[cfg(feature = "workstation")]
@@ -211,6 +213,8 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
         // `deploy --pull never` and an image neither side holds: the user's choice to fix.
         #[cfg(feature = "workstation")]
         if cause.is::<crate::ops::deploy::NotHeld>()
+            || cause.is::<crate::ops::fleet::SelectError>()
+            || cause.is::<crate::ops::fleet::record::NoRollout>()
             || cause.is::<crate::ops::devel::DevelError>()
             || cause.is::<crate::build::duckietown::TagError>()
         {

@@ -43,6 +43,14 @@ impl Reporter for Plain {
                 let label = self.labels.lock().expect("not poisoned").remove(&id);
                 eprintln!("{}: {outcome}", label.unwrap_or(id));
             }
+            Event::Status { id, message } => {
+                // A phase per line: worth a line in a log, and rare (not per chunk).
+                eprintln!("{message}");
+                self.labels
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(id, message);
+            }
             Event::Note { message } => eprintln!("{message}"),
         }
     }
@@ -110,6 +118,21 @@ mod bars {
                             ProgressStyle::with_template("  {msg}").expect("template is valid"),
                         );
                         b.finish_with_message(msg);
+                    }
+                }
+                Event::Status { id, message } => {
+                    if let Some(b) = bars.get(&id) {
+                        // A robot's line: its phase, the bytes so far, its time.
+                        if b.length().is_none() {
+                            b.set_style(
+                                ProgressStyle::with_template(
+                                    "{spinner} {msg:48!} {bytes:>10} {elapsed:>4}",
+                                )
+                                .expect("template is valid"),
+                            );
+                            b.enable_steady_tick(std::time::Duration::from_millis(200));
+                        }
+                        b.set_message(message);
                     }
                 }
                 Event::Note { message } => {

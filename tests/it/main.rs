@@ -36,6 +36,7 @@ mod devel_deploy;
 mod discover;
 mod discover_parse;
 mod exec;
+mod fleet;
 mod fresh_robot;
 mod image_cli;
 mod image_registry_cli;
