@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::ops::deploy::DeployRequest;
@@ -161,7 +161,8 @@ pub async fn deploy(
 }
 
 /// Loads every robot's stack (with its `set`s) once before anything starts, so that a typo
-/// is bad input for the whole rollout rather than a failure on every robot. The robot's
+/// or a missing file is bad input (exit 2) for the whole rollout rather than a failure on
+/// every robot. The robot's
 /// platform is not known yet: `${ARCH}` reads as amd64's here, and the real load is per robot.
 fn check_stacks(robots: &[FleetRobot], shared: &DeployRequest) -> Result<()> {
     let platform: crate::oci::Platform = "linux/amd64".parse()?;
@@ -173,7 +174,7 @@ fn check_stacks(robots: &[FleetRobot], shared: &DeployRequest) -> Result<()> {
             continue;
         }
         crate::ops::deploy::load_stack(req.stack.as_deref(), &req.sets, &platform)
-            .with_context(|| format!("robot `{}`: its stack", r.name))?;
+            .map_err(|e| SelectError::Usage(format!("robot `{}`: its stack: {e:#}", r.name)))?;
         seen.push(key);
     }
     Ok(())
