@@ -105,6 +105,45 @@ async fn reach(r: &FleetRobot, ssh: &SshArgs) -> Result<RobotLink> {
     robot::connect_resolved(&r.name, target, &opts).await
 }
 
+/// Reaches `r` and asks which release it runs; a robot that cannot be reached is its
+/// result, `unreachable`, already reported.
+async fn open(
+    r: &FleetRobot,
+    ssh: &SshArgs,
+    rep: &RobotReporter,
+    started: Instant,
+) -> Result<(RobotLink, Option<u64>), RobotResult> {
+    rep.phase("connecting");
+    match reach(r, ssh).await {
+        Ok(mut l) => {
+            let before = current_release(&mut l).await;
+            Ok((l, before))
+        }
+        Err(e) => Err(rep.done(RobotResult::new(
+            &r.name,
+            "unreachable",
+            Some(error_text(&e)),
+            started,
+        ))),
+    }
+}
+
+/// An error and its causes on one line, for a table cell: a cause whose text the line
+/// already holds (many errors print their source in their own message) is left out.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 /// The release `l` runs now, if any.
 async fn current_release(l: &mut RobotLink) -> Option<u64> {
     verbs::history(l)
@@ -207,19 +246,10 @@ fn fill_skipped(
 async fn deploy_one(r: &FleetRobot, req: &DeployRequest, log: Arc<dyn Reporter>) -> RobotResult {
     let started = Instant::now();
     let rep = RobotReporter::new(&r.name, log);
-    rep.phase("connecting");
-    let mut l = match reach(r, &req.ssh).await {
-        Ok(l) => l,
-        Err(e) => {
-            return rep.done(RobotResult::new(
-                &r.name,
-                "unreachable",
-                Some(format!("{e:#}")),
-                started,
-            ));
-        }
+    let (mut l, before) = match open(r, &req.ssh, &rep, started).await {
+        Ok(v) => v,
+        Err(unreachable) => return unreachable,
     };
-    let before = current_release(&mut l).await;
     let name = r.name.clone();
     let outer = rep.outer.clone();
     let warn = move |w: String| {
@@ -246,7 +276,7 @@ async fn deploy_one(r: &FleetRobot, req: &DeployRequest, log: Arc<dyn Reporter>)
             before,
         },
         Err(e) => {
-            let mut f = RobotResult::new(&r.name, "failed", Some(format!("{e:#}")), started);
+            let mut f = RobotResult::new(&r.name, "failed", Some(error_text(&e)), started);
             f.bytes_sent = l.conn.counters().0;
             f
         }
@@ -333,19 +363,10 @@ async fn rollback_one(
             started,
         ));
     };
-    rep.phase("connecting");
-    let mut l = match reach(r, ssh).await {
-        Ok(l) => l,
-        Err(e) => {
-            return rep.done(RobotResult::new(
-                &r.name,
-                "unreachable",
-                Some(format!("{e:#}")),
-                started,
-            ));
-        }
+    let (mut l, before) = match open(r, ssh, &rep, started).await {
+        Ok(v) => v,
+        Err(unreachable) => return unreachable,
     };
-    let before = current_release(&mut l).await;
     rep.phase(&format!("rolling back to release {to}"));
     let mut res = match verbs::rollback(&mut l, Some(to)).await {
         Ok(o) => RobotResult {
@@ -362,7 +383,7 @@ async fn rollback_one(
                 .then(|| o.reason.clone().unwrap_or(o.message.clone())),
             before,
         },
-        Err(e) => RobotResult::new(&r.name, "failed", Some(format!("{e:#}")), started),
+        Err(e) => RobotResult::new(&r.name, "failed", Some(error_text(&e)), started),
     };
     res.bytes_sent = l.conn.counters().0;
     res.duration_ms = started.elapsed().as_millis() as u64;
@@ -464,6 +485,17 @@ mod tests {
             message: "bot1: layer 2/2".into()
         }));
         assert_eq!(ev.last(), Some(&Event::finish("bot1", "committed")));
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let e = anyhow::anyhow!("Connection refused (os error 111)")
+            .context("cannot connect to `x:9`: Connection refused (os error 111)")
+            .context("robot `x`");
+        assert_eq!(
+            error_text(&e),
+            "robot `x`: cannot connect to `x:9`: Connection refused (os error 111)"
+        );
     }
 
     #[test]

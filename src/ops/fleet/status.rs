@@ -50,7 +50,7 @@ pub async fn status(robots: &[FleetRobot], ssh: &SshArgs, timeout: Duration) -> 
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, one(&r, &ssh)).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => unreachable_row(&r.name, format!("{e:#}")),
+                    Ok(Err(e)) => unreachable_row(&r.name, super::error_text(&e)),
                     Err(_) => unreachable_row(
                         &r.name,
                         format!("no answer within {} s", timeout.as_secs_f64()),
