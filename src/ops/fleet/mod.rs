@@ -175,14 +175,7 @@ pub async fn deploy(
                 deploy_one(r, &request_for(&shared, r), log).await
             }
         },
-        |i| {
-            RobotResult::new(
-                &robots[i].name,
-                "failed",
-                Some("internal error".into()),
-                Instant::now(),
-            )
-        },
+        |i| task_failed(&robots[i].name),
     )
     .await;
     let results = fill_skipped(robots, results, &*log);
@@ -217,6 +210,12 @@ fn check_stacks(robots: &[FleetRobot], shared: &DeployRequest) -> Result<()> {
         seen.push(key);
     }
     Ok(())
+}
+
+/// A robot whose task panicked: failed, and the rollout goes on.
+fn task_failed(robot: &str) -> RobotResult {
+    let why = "internal error: its task panicked (a bug in dts)";
+    RobotResult::new(robot, "failed", Some(why.into()), Instant::now())
 }
 
 /// Results with every never-started robot as `skipped`, saying why.
@@ -314,14 +313,7 @@ pub async fn rollback(
                 (entries.clone(), list.clone(), ssh.clone(), l2.clone());
             async move { rollback_one(&list[i], &entries[i], &ssh, log).await }
         },
-        |i| {
-            RobotResult::new(
-                &robots[i].name,
-                "failed",
-                Some("internal error".into()),
-                Instant::now(),
-            )
-        },
+        |i| task_failed(&robots[i].name),
     )
     .await;
     let results = fill_skipped(&robots, results, &*log);
