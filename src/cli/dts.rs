@@ -201,6 +201,9 @@ enum FleetCmd {
     /// List the robots on the LAN: Duckietown's mDNS adverts, plus pings on UDP 11411 for
     /// networks that lose multicast
     Discover(fleet::DiscoverArgs),
+    /// A lab hub: an OCI registry robots fetch large layers from (`deploy --via`)
+    #[command(subcommand)]
+    Hub(super::fleet_hub::FleetHubCmd),
 }
 
 /// A comma-separated platform list as one flag value (clap would treat a bare `Vec` as
@@ -575,7 +578,10 @@ mod fleet {
     const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
     pub(super) fn run(cmd: &FleetCmd, p: &Printer) -> Result<Exit> {
-        let FleetCmd::Discover(args) = cmd;
+        let args = match cmd {
+            FleetCmd::Discover(args) => args,
+            FleetCmd::Hub(cmd) => return super::super::fleet_hub::run(cmd, p),
+        };
         let opts = BrowseOptions {
             mdns: !args.no_mdns,
             udp: !args.no_udp,

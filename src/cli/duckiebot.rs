@@ -232,15 +232,19 @@ pub struct ApplyFlags {
     /// One JSON document on stdout
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    hub: super::fleet_hub::HubFlags,
 }
 
 impl ApplyFlags {
     fn how(&self) -> Result<DeployHow> {
-        DeployHow::new(
+        let mut how = DeployHow::new(
             [self.dry_run, self.detach, self.force, self.json],
             self.pull,
             self.insecure,
-        )
+        )?;
+        how.hub = self.hub.args(self.insecure)?;
+        Ok(how)
     }
 }
 
@@ -596,6 +600,8 @@ struct DeployHow {
     force: bool,
     json: bool,
     pull: crate::ops::deploy::PullOptions,
+    /// `--via`: robots fetch large layers from this lab hub.
+    hub: Option<crate::ops::hub::HubArgs>,
 }
 
 impl DeployHow {
@@ -614,6 +620,7 @@ impl DeployHow {
                 policy,
                 registry: crate::ops::registry::client_options(insecure)?,
             },
+            hub: None,
         })
     }
 }
@@ -633,6 +640,7 @@ async fn deploy(
         force,
         json,
         pull,
+        hub,
     } = how;
     let started = Instant::now();
     let store = crate::ops::image::open_store()?;
@@ -699,10 +707,14 @@ async fn deploy(
         }
         return Ok(Exit::Ok);
     }
+    let hub = match &hub {
+        Some(h) => Some(crate::ops::hub::prepare(&store, &plan.images, h, &*log).await?),
+        None => None,
+    };
     let report = robot::guarded(
         &l.session,
         l.conn
-            .transfer_with_held(&store, &plan.images, &plan.held, &*log),
+            .transfer_via(&store, &plan.images, &plan.held, hub.as_ref(), &*log),
     )
     .await?;
     let outcome = crate::ops::deploy::apply(&mut l, &plan.spec, (detach, force), &*log).await?;

@@ -13,6 +13,8 @@ pub mod dts;
 #[cfg(feature = "workstation")]
 pub mod duckiebot;
 pub mod exec;
+#[cfg(feature = "workstation")]
+pub mod fleet_hub;
 mod habits;
 pub mod releases;
 #[cfg(feature = "workstation")]

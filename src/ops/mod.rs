@@ -7,6 +7,8 @@ pub mod build;
 pub mod deploy;
 #[cfg(feature = "workstation")]
 pub mod devel;
+#[cfg(feature = "workstation")]
+pub mod hub;
 pub mod image;
 pub mod local;
 #[cfg(feature = "workstation")]

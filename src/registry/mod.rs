@@ -464,6 +464,80 @@ impl Client {
         Ok(token.to_string())
     }
 
+    /// The `Authorization` header a robot sends to pull `repositories` from `registry` (a
+    /// `host[:port]`; `deploy --via`), made for this deploy and never the laptop's own
+    /// credentials: `None` when the registry serves anonymously; for a token registry, a
+    /// bearer token scoped `repository:<name>:pull` for each repository, from its token
+    /// service with this laptop's credentials; for a Basic-auth registry, `robot_user` (a
+    /// read-only user given for robots), and an error naming the flag when there is none.
+    pub async fn robot_authorization(
+        &self,
+        registry: &str,
+        repositories: &[String],
+        robot_user: Option<(&str, &str)>,
+    ) -> Result<Option<String>> {
+        let Some(first) = repositories.first() else {
+            return Ok(None);
+        };
+        let reference =
+            Reference::parse(&format!("{registry}/{first}")).map_err(|e| RegistryError::Setup {
+                reason: format!("`{registry}/{first}`: {e}"),
+            })?;
+        let t = self.target(&reference);
+        let url = t.base.join("v2/").expect("`v2/` is a valid relative URL");
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| self.transport(&t, &url, &e))?;
+        let basic = || {
+            robot_user.map(|(u, p)| {
+                use base64::Engine as _;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            })
+        };
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => {}
+            s if s.is_success() => return Ok(basic()),
+            _ => return Err(http_error(&Method::GET, resp).await),
+        }
+        match pick_challenge(resp.headers()) {
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let scopes: Vec<String> = repositories
+                    .iter()
+                    .map(|r| format!("repository:{r}:pull"))
+                    .collect();
+                let token = self
+                    .fetch_token(&t, &realm, service.as_deref(), &scopes)
+                    .await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            Some(Challenge::Basic) => {
+                basic()
+                    .map(Some)
+                    .ok_or_else(|| RegistryError::Unauthorized {
+                        registry: t.registry.clone(),
+                        repository: t.repository.clone(),
+                        rejected: false,
+                        detail: "the hub uses Basic auth and robots get no credentials of this \
+                        laptop: give them a read-only user with --hub-user USER (its password \
+                        in DTS_HUB_PASSWORD, or --hub-password-stdin)"
+                            .into(),
+                    })
+            }
+            None => Err(RegistryError::Unauthorized {
+                registry: t.registry.clone(),
+                repository: t.repository.clone(),
+                rejected: false,
+                detail: "the hub answered 401 without saying how to authenticate".into(),
+            }),
+        }
+    }
+
     /// The registry's credentials, looked up once per client.
     async fn lookup(&self, registry: &str) -> Lookup {
         let cell = lock(&self.credentials)

@@ -37,6 +37,7 @@ mod discover;
 mod discover_parse;
 mod exec;
 mod fresh_robot;
+mod hub;
 mod image_cli;
 mod image_registry_cli;
 mod layer;
