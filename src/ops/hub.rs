@@ -6,7 +6,7 @@
 //!   and gets the robots a read-only credential; the [`Hub`] it returns serves every robot of
 //!   a rollout. Names on the hub: `HUB/<the image's repository>@<digest>` (pushed by digest,
 //!   so two laptops' `dt-core:daffy` never clobber each other's tags, and anything of the
-//!   image is readable with `skopeo inspect docker://HUB/<repository>@<digest>`).
+//!   image is readable with `skopeo inspect --no-tags docker://HUB/<repository>@<digest>`).
 //! - [`up`] / [`down`] (`dts fleet hub up|down`): Debian's `docker-registry` (CNCF
 //!   distribution) with a lab config, for labs that have no registry.
 //!

@@ -52,7 +52,8 @@ fn context(dir: &Path, version: &str, seed: u64) -> PathBuf {
             state as u8
         })
         .collect();
-    std::fs::write(ctx.join("big/noise.bin"), data).unwrap();
+    // Named by seed: another seed's noise is a new file, not a patch of the old one.
+    std::fs::write(ctx.join(format!("big/noise-{seed}.bin")), data).unwrap();
     std::fs::write(
         ctx.join("run.sh"),
         "trap 'exit 0' TERM\nbusybox cat /code/version.py\nbusybox touch /ready\nwhile true; do busybox sleep 1 & wait $!; done\n",
@@ -216,8 +217,10 @@ fn deploy_via_a_hub_takes_large_layers_from_it_and_small_changes_over_ssh() {
     );
     let src = format!("docker://{}/hub/app@{}", reg.addr, pushed.last().unwrap());
     for args in [
+        // Pushed by digest: there is no tag to list.
         vec![
             "inspect",
+            "--no-tags",
             "--tls-verify=false",
             "--creds",
             "duckie:quack",
