@@ -138,7 +138,7 @@ fn http_client(hub: &HubFetch) -> Result<reqwest::Client, String> {
         .read_timeout(Duration::from_secs(60))
         .tls_danger_accept_invalid_certs(hub.insecure)
         .build()
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| crate::util::error_chain(&e))
 }
 
 /// A distribution repository name: lowercase path components of `[a-z0-9]` joined by `.`,
@@ -200,7 +200,7 @@ fn spawn_get(
             let mut resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.send(Msg::Failed(error_chain(&e)));
+                    let _ = tx.send(Msg::Failed(crate::util::error_chain(&e)));
                     return;
                 }
             };
@@ -223,7 +223,7 @@ fn spawn_get(
                     }
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Msg::Failed(error_chain(&e)));
+                        let _ = tx.send(Msg::Failed(crate::util::error_chain(&e)));
                         return;
                     }
                 }
@@ -279,20 +279,6 @@ impl Read for Body<'_> {
         }
         Ok(n)
     }
-}
-
-/// An error and its sources (reqwest's own message is often just "error sending request").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ impl Client {
             builder = builder.resolve(host, *addr);
         }
         let http = builder.build().map_err(|e| RegistryError::Setup {
-            reason: error_chain(&e),
+            reason: crate::util::error_chain(&e),
         })?;
         let docker_config = opts
             .docker_config
@@ -599,7 +599,7 @@ impl Client {
     }
 
     fn transport(&self, t: &Target, url: &Url, e: &reqwest::Error) -> RegistryError {
-        let message = error_chain(e);
+        let message = crate::util::error_chain(e);
         let lower = message.to_ascii_lowercase();
         let hint = if url.scheme() == "https"
             && !self.opts.insecure
@@ -766,21 +766,6 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// An error and its sources, outermost first (reqwest's own message is often just "error
-/// sending request").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 /// The start of a response body, for error messages.
 async fn body_excerpt(mut resp: Response) -> String {
     let mut buf = Vec::new();
@@ -818,7 +803,7 @@ async fn read_limited_body(
     while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Transport {
         registry: t.registry.clone(),
         url: url.to_string(),
-        message: error_chain(&e),
+        message: crate::util::error_chain(&e),
         hint: None,
     })? {
         if (buf.len() + chunk.len()) as u64 > limit {

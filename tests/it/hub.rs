@@ -43,15 +43,7 @@ fn context(dir: &Path, version: &str, seed: u64) -> PathBuf {
     std::fs::create_dir_all(ctx.join("big")).unwrap();
     std::fs::copy(support::busybox("amd64"), ctx.join("busybox")).unwrap();
     std::fs::write(ctx.join("code/version.py"), format!("V = {version:?}\n")).unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(seed) | 1;
-    let data: Vec<u8> = (0..NOISE)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let data = crate::deploy::noise(0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(seed), NOISE);
     // Named by seed: another seed's noise is a new file, not a patch of the old one.
     std::fs::write(ctx.join(format!("big/noise-{seed}.bin")), data).unwrap();
     std::fs::write(
