@@ -25,7 +25,9 @@ mod send;
 mod space;
 
 pub use super::RobotHello;
-pub use hub::{HUB_MAX_RATIO, HUB_MIN_DIRECT, Hub, direct_estimate, hub_blobs, via_hub};
+pub use hub::{
+    HUB_MAX_RATIO, HUB_MIN_DIRECT, Hub, direct_estimate, hub_blobs, older_robot_note, via_hub,
+};
 pub use plan::{
     Detail, LayerHow, Objects, PlannedDocument, PlannedImage, PlannedLayer, TransferPlan,
 };
@@ -375,11 +377,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let mut fetched = crate::api::Fetched::default();
         match hub {
             Some(_) if !self.hello.fetches() => reporter.event(Event::Note {
-                message: format!(
-                    "warning: the robot's dt-agent {} speaks wire protocol {}, the lab hub needs \
-                     2.7: everything goes over SSH; `dts duckiebot provision` upgrades it",
-                    self.hello.agent_version, self.hello.protocol
-                ),
+                message: hub::older_robot_note(&self.hello),
             }),
             Some(hub) => {
                 let blobs = hub_blobs(&plan, hub);

@@ -64,6 +64,16 @@ pub fn direct_estimate(layer: &PlannedLayer) -> u64 {
     }
 }
 
+/// What a deploy through a hub says when the robot's agent cannot fetch (older than wire 2.7):
+/// it then sends everything over SSH, as before.
+pub fn older_robot_note(hello: &super::RobotHello) -> String {
+    format!(
+        "warning: the robot's dt-agent {} speaks wire protocol {}, the lab hub needs 2.7: \
+         everything goes over SSH; `dts duckiebot provision` upgrades it",
+        hello.agent_version, hello.protocol
+    )
+}
+
 /// The layers of `plan` the robot should fetch from `hub`, in plan order.
 pub fn hub_blobs(plan: &TransferPlan, hub: &Hub) -> Vec<HubBlob> {
     plan.layers
@@ -188,6 +198,26 @@ mod tests {
         assert!(!via_hub(HUB_MIN_DIRECT, HUB_MIN_DIRECT * HUB_MAX_RATIO + 1));
         assert!(!via_hub(HUB_MIN_DIRECT - 1, 1));
         assert!(via_hub(u64::MAX, u64::MAX));
+    }
+
+    /// A robot below 2.7 is never sent `fetch` (it would end the session on the unknown
+    /// `op`): `transfer_via` checks `fetches()` and notes why it goes direct.
+    #[test]
+    fn an_older_robot_falls_back_to_ssh_with_a_note() {
+        let json = r#"{"platform":{"architecture":"arm","os":"linux","variant":"v7"},
+            "hostname":"old","agent_version":"0.1.0","free_bytes":1,"images":[]}"#;
+        let mut hello: super::super::RobotHello = serde_json::from_str(json).unwrap();
+        hello.protocol = "2.6".into();
+        assert!(!hello.fetches());
+        let note = older_robot_note(&hello);
+        assert!(note.contains("2.6") && note.contains("over SSH"), "{note}");
+        assert!(note.contains("dts duckiebot provision"), "{note}");
+        hello.protocol = format!(
+            "{}.{}",
+            super::super::super::MAJOR,
+            super::super::super::MINOR
+        );
+        assert!(hello.fetches());
     }
 
     #[test]
