@@ -38,6 +38,7 @@ mod discover_parse;
 mod exec;
 mod fleet;
 mod fresh_robot;
+mod hub;
 mod image_cli;
 mod image_registry_cli;
 mod layer;
