@@ -14,7 +14,8 @@
 //! ├── stubs/                   the mount points the image lacks (/proc, /etc/hosts…), empty;
 //! │                            the topmost lower layer, so they never land in the upper dir
 //! ├── merged/                  the container's root: overlay(stubs, top…bottom; upper, work)
-//! └── bundle/                  config.json, hosts, resolv.conf, runtime.log
+//! └── bundle/                  a tmpfs: config.json (the environment, `env=` secrets too),
+//!                              hosts, resolv.conf, runtime.log
 //! <runtime root>/<id>/         the runtime's state while the container exists
 //! ```
 //!
@@ -32,8 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Arch, LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxSyscallBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::binfmt;
@@ -96,7 +98,17 @@ pub struct RunSpec {
     pub timeout: Option<Duration>,
     /// `RUN --mount`s, their sources prepared on the host by the builder.
     pub mounts: Vec<RunMount>,
+    /// Make the sync system calls ([`NO_SYNC_SYSCALLS`]) succeed without syncing: the
+    /// command's writes go to a scratch upper dir the builder turns into a layer (whose blob
+    /// the store syncs itself), so `dpkg`'s and others' fsyncs only cost time. On by default.
+    pub suppress_sync: bool,
 }
+
+/// The system calls a RUN's seccomp filter answers with 0 without running them when
+/// [`RunSpec::suppress_sync`] is set: eatmydata's set (minus `msync`, which a program may use
+/// to publish shared memory), done in the kernel so it also holds for static binaries and
+/// under QEMU (whose host-side calls the filter sees). `O_SYNC` opens are left alone.
+pub const NO_SYNC_SYSCALLS: [&str; 5] = ["fsync", "fdatasync", "sync", "syncfs", "sync_file_range"];
 
 /// One extra mount of a RUN. Its target gets a stub like the runtime's own mount points, so
 /// neither the target nor anything written under it reaches the upper dir.
@@ -128,6 +140,7 @@ impl RunSpec {
             platform: Platform::host(),
             timeout: None,
             mounts: Vec::new(),
+            suppress_sync: true,
         }
     }
 }
@@ -342,6 +355,19 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// A tmpfs (mode 0700) on `target`: for the bundle, whose config.json holds the command's
+    /// environment, secrets given with `env=` among it — in memory only, never on disk.
+    fn mount_tmpfs(&mut self, target: PathBuf) -> Result<(), RunError> {
+        let flags = rustix::mount::MountFlags::NOSUID
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOEXEC;
+        rustix::mount::mount("tmpfs", &target, "tmpfs", flags, c"mode=0700")
+            .map_err(io::Error::from)
+            .at("mount a tmpfs on", &target)?;
+        self.mounts.push(target);
+        Ok(())
+    }
+
     fn unmount(&mut self, target: &Path) -> Result<(), RunError> {
         crate::runtime::overlay::unmount(target)?;
         self.mounts.retain(|m| m != target);
@@ -479,7 +505,11 @@ fn runtime_spec(
 
     let devices = default_device_rules()?;
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if spec.suppress_sync {
+        linux = linux.seccomp(no_sync_filter()?);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(
             MASKED_PATHS
@@ -531,6 +561,28 @@ fn runtime_spec(
         .process(process)
         .mounts(mounts)
         .linux(linux)
+        .build()?)
+}
+
+/// A seccomp filter allowing everything but [`NO_SYNC_SYSCALLS`], which return 0 unrun. It
+/// names the host's architectures (the runtime runs QEMU, not the emulated code, on the
+/// host): the native one and its compat ABIs, whose calls would otherwise be refused.
+fn no_sync_filter() -> Result<LinuxSeccomp, RunError> {
+    let arches = match std::env::consts::ARCH {
+        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        "arm" => vec![Arch::ScmpArchArm],
+        _ => Vec::new(),
+    };
+    let rule = LinuxSyscallBuilder::default()
+        .names(NO_SYNC_SYSCALLS.map(String::from).to_vec())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(0u32)
+        .build()?;
+    Ok(LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(arches)
+        .syscalls(vec![rule])
         .build()?)
 }
 
@@ -631,8 +683,9 @@ fn run_in(
     lowers.extend(lowerdirs.iter().rev().map(PathBuf::as_path));
     session.mount(merged.clone(), &lowers, Some((upper, work)))?;
 
-    // 3. The bundle.
+    // 3. The bundle, on a tmpfs: the environment in config.json may hold secrets.
     let bundle = session.path("bundle");
+    session.mount_tmpfs(bundle.clone())?;
     let hosts = bundle.join("hosts");
     fs::write(&hosts, hosts_file(&spec.hostname)).at("write", &hosts)?;
     let resolv = bundle.join("resolv.conf");
@@ -853,5 +906,35 @@ mod tests {
             v["process"]["capabilities"]["effective"],
             serde_json::json!([])
         );
+    }
+
+    #[test]
+    fn sync_calls_return_zero_unless_kept() {
+        let user = ExecUser {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+        };
+        let mut spec = RunSpec::new(["true"]);
+        let s = runtime_spec(&spec, &user, Path::new("/m"), Path::new("/b")).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        let seccomp = &v["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ALLOW", "{seccomp}");
+        let rules = seccomp["syscalls"].as_array().unwrap();
+        assert_eq!(rules.len(), 1, "{seccomp}");
+        assert_eq!(rules[0]["names"], serde_json::json!(NO_SYNC_SYSCALLS));
+        assert_eq!(rules[0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(rules[0]["errnoRet"], 0);
+        if std::env::consts::ARCH == "x86_64" {
+            assert_eq!(
+                seccomp["architectures"],
+                serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+            );
+        }
+
+        spec.suppress_sync = false;
+        let s = runtime_spec(&spec, &user, Path::new("/m"), Path::new("/b")).unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v["linux"]["seccomp"].is_null(), "{v}");
     }
 }
