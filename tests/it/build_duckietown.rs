@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::build::{can_run, dts, json, layers, ok, p};
+use crate::build::{can_run, content_in as content, dts, json, layers, ok, p};
 use crate::support;
 
 const PROJECT: &str = "demo/dt-project:v1";
@@ -75,22 +75,6 @@ fn layer_paths(layers: &[Vec<u8>]) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
-}
-
-/// The content of `want` in the topmost of `layers` that has it.
-fn content(layers: &[Vec<u8>], want: &str) -> Option<Vec<u8>> {
-    let mut found = None;
-    for data in layers {
-        for e in tar::Archive::new(&data[..]).entries().unwrap() {
-            let mut e = e.unwrap();
-            if e.path().unwrap().display().to_string() == want {
-                let mut v = Vec::new();
-                std::io::Read::read_to_end(&mut e, &mut v).unwrap();
-                found = Some(v);
-            }
-        }
-    }
-    found
 }
 
 /// The package names of a dependencies file (comments and blank lines dropped).
