@@ -201,3 +201,25 @@ fn unpack_into(store: &Store, l: &LayerRef, dir: &Path) -> Result<(), BuildError
     layer::unpack(open_layer(store, l)?, dir, &opts)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_entries_of_dead_processes_go_at_the_next_start() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = root.path().join("tmp");
+        // No process has a pid above the kernel's limit (2^22).
+        let dead = tmp.join("run-99999999-0-0.tmp");
+        let live = tmp.join(temp_name("run-"));
+        let other = tmp.join("not-ours");
+        for d in [&dead, &live, &other] {
+            fs::create_dir_all(d.join("upper/x")).unwrap();
+        }
+        Snapshots::new(root.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.join("upper/x").is_dir(), "this process's entry stays");
+        assert!(other.is_dir(), "a name without a pid stays");
+    }
+}
