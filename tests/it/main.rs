@@ -22,6 +22,7 @@ mod agent_switch;
 mod bench_adopt;
 mod build;
 mod build_buildah;
+mod build_duckietown;
 mod build_mounts;
 mod build_native;
 mod build_sources;
