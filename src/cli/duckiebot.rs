@@ -586,6 +586,30 @@ pub(super) struct DeployHow {
 }
 
 impl DeployHow {
+    /// The deploy these switches ask of `robot` (the fleet's template when `robot` is empty).
+    pub(super) fn request(
+        &self,
+        robot: &str,
+        ssh: crate::ops::robot::SshArgs,
+        stack: Option<&str>,
+        sets: &[String],
+    ) -> crate::ops::deploy::DeployRequest {
+        crate::ops::deploy::DeployRequest {
+            robot: robot.to_string(),
+            ssh,
+            stack: stack.map(str::to_string),
+            sets: sets.to_vec(),
+            pull: self.pull.clone(),
+            dry_run: self.dry_run,
+            detach: self.detach,
+            force: self.force,
+            via: self
+                .hub
+                .clone()
+                .map(|h| std::sync::Arc::new(crate::ops::hub::Via::new(h))),
+        }
+    }
+
     /// From `[dry_run, detach, force, json]`, `--pull` and `--insecure` (`update`'s flags).
     fn new(
         [dry_run, detach, force, json]: [bool; 4],
@@ -615,20 +639,7 @@ async fn deploy(
     g: &GlobalArgs,
     printer: &Printer,
 ) -> Result<Exit> {
-    let req = crate::ops::deploy::DeployRequest {
-        robot: robot.to_string(),
-        ssh: ssh.args(),
-        stack: stack_arg.map(str::to_string),
-        sets: sets.to_vec(),
-        pull: how.pull,
-        dry_run: how.dry_run,
-        detach: how.detach,
-        force: how.force,
-        via: how
-            .hub
-            .clone()
-            .map(|h| std::sync::Arc::new(crate::ops::hub::Via::new(h))),
-    };
+    let req = how.request(robot, ssh.args(), stack_arg, sets);
     let log = reporter(g);
     let warn = |w: String| printer.info(&format!("warning: {w}"));
     let done = crate::ops::deploy::deploy(&req, &*log, &warn).await?;

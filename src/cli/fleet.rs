@@ -207,20 +207,7 @@ async fn deploy(a: &DeployArgs, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
     }
     let ssh = SshFlags::from(&a.ssh).args();
     let d = fleet::FleetDeploy {
-        request: crate::ops::deploy::DeployRequest {
-            robot: String::new(),
-            ssh,
-            stack: a.stack.clone(),
-            sets: a.set.clone(),
-            pull: how.pull,
-            dry_run: how.dry_run,
-            detach: how.detach,
-            force: how.force,
-            via: how
-                .hub
-                .clone()
-                .map(|h| std::sync::Arc::new(crate::ops::hub::Via::new(h))),
-        },
+        request: how.request("", ssh, a.stack.as_deref(), &a.set),
         limits: a.limits.limits(),
     };
     let (rec, results) = fleet::deploy(&robots, &d, reporter(g)).await?;

@@ -156,11 +156,11 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn deploy_via_a_hub_takes_large_layers_from_it_and_small_changes_over_ssh() {
-    if !can_run() {
-        return;
-    }
+/// A test's laptop with v1 built and a stack of it, and the hub: a token-auth registry on
+/// every interface, which robots reach at the sims' bridge address (as a lab robot reaches a
+/// wired server); the laptop is logged in to it under both addresses. Returns the hub's
+/// address as robots use it.
+fn world() -> (TestContext, PathBuf, Registry, String) {
     let ctx = TestContext::new();
     let stack = ctx.work.path().join("stack.yaml");
     std::fs::write(
@@ -169,15 +169,21 @@ fn deploy_via_a_hub_takes_large_layers_from_it_and_small_changes_over_ssh() {
     )
     .unwrap();
     build(&ctx, "v1", 1);
-
-    // The hub: a token-auth registry on every interface; the robot reaches it at the sims'
-    // bridge address, as a lab robot reaches a wired server.
     let reg = Registry::start_listening(Auth::token("duckie", "quack"), "0.0.0.0");
     let host = dts::sim::net::NetConfig::parse(&ctx.bridge, &ctx.subnet)
         .unwrap()
         .host_addr();
     let hub = format!("{host}:{}", reg.port());
     docker_login(&ctx, &[&hub, &reg.addr]);
+    (ctx, stack, reg, hub)
+}
+
+#[test]
+fn deploy_via_a_hub_takes_large_layers_from_it_and_small_changes_over_ssh() {
+    if !can_run() {
+        return;
+    }
+    let (ctx, stack, reg, hub) = world();
     ctx.ok(&["sim", "up", &ctx.name]);
 
     // Cold robot: committed, the noise layer came from the hub, not over SSH.
@@ -350,12 +356,21 @@ fn fleet_hub_up_detached_serves_v2_until_down() {
         "--data",
         data.to_str().unwrap(),
     ]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("fleet hub down"));
+    let again_err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && again_err.contains("fleet hub down"),
+        "{again_err}"
+    );
     let down = ctx.dts(&["fleet", "hub", "down", "--data", data.to_str().unwrap()]);
-    assert!(down.status.success());
-    assert!(String::from_utf8_lossy(&down.stderr).contains("stopped"));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let down_err = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        down.status.success() && down_err.contains("stopped"),
+        "{down_err}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} still answers after `down`: {down_err}"
+    );
     let down = ctx.dts(&["fleet", "hub", "down", "--data", data.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&down.stderr).contains("no lab hub"));
 }
@@ -378,20 +393,7 @@ fn a_fleet_through_its_inventorys_hub_pushes_once_and_each_robot_fetches() {
     if !can_run() {
         return;
     }
-    let ctx = TestContext::new();
-    let stack = ctx.work.path().join("stack.yaml");
-    std::fs::write(
-        &stack,
-        "services:\n  app:\n    image: example.com/hub/app:v1\n    healthcheck:\n      test: [\"CMD\", \"/bin/busybox\", \"test\", \"-f\", \"/ready\"]\n      interval: 1s\n      retries: 3\n",
-    )
-    .unwrap();
-    build(&ctx, "v1", 1);
-    let reg = Registry::start_listening(Auth::token("duckie", "quack"), "0.0.0.0");
-    let host = dts::sim::net::NetConfig::parse(&ctx.bridge, &ctx.subnet)
-        .unwrap()
-        .host_addr();
-    let hub = format!("{host}:{}", reg.port());
-    docker_login(&ctx, &[&hub, &reg.addr]);
+    let (ctx, stack, reg, hub) = world();
     let second = format!("{}b", ctx.name);
     ctx.ok(&["sim", "up", &ctx.name]);
     let _extra = ExtraSims(&ctx, vec![second.clone()]);
