@@ -164,14 +164,9 @@ const TABLE: &[(&str, &[&str], &str)] = &[
 const ROBOT_SIDE: &[&str] = &["agent"];
 
 /// Crates only the `workstation` feature brings (Cargo.toml): robot-side code must not name them.
-const LAPTOP_ONLY_CRATES: &[&str] = &[
-    "futures_util",
-    "indicatif",
-    "reqwest",
-    "ring",
-    "russh",
-    "rustls",
-];
+/// reqwest and rustls are in both features since the robot fetches layer blobs from a lab hub
+/// (`agent::fetch`, `deploy --via`); the registry client (`registry/`) stays laptop-only.
+const LAPTOP_ONLY_CRATES: &[&str] = &["futures_util", "indicatif", "ring", "russh"];
 
 /// What the pure image model must not touch: files, sockets, processes, the async runtime.
 const IO_PATHS: &[&[&str]] = &[

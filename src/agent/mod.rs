@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod devices;
 pub mod exec;
 pub mod fdpass;
+pub mod fetch;
 pub mod memory;
 pub mod net;
 pub mod release;

@@ -45,3 +45,63 @@ pub struct BuiltImage {
 pub fn snapshot_id(diff_ids: &[Digest]) -> Digest {
     crate::oci::digest::chain_id(diff_ids).unwrap_or_else(|| Digest::of(b""))
 }
+
+/// A lab hub's layer blobs a robot is asked to fetch itself (`fetch`, wire 2.7; `deploy
+/// --via`): where the registry is, the read-only credential the laptop got for this deploy,
+/// and the blobs. The robot keeps the credential in memory for the request only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubFetch {
+    /// `http://host:port` or `https://host:port`: the registry's base URL as the robot reaches
+    /// it (no path).
+    pub url: String,
+    /// The `Authorization` header value (`Bearer …` scoped `repository:…:pull`, or `Basic …`
+    /// of a read-only user), if the registry wants one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+    /// Accept an HTTPS hub's certificate unverified (`--insecure`, as for a lab registry).
+    #[serde(default)]
+    pub insecure: bool,
+    /// The layer blobs, in the order to fetch them.
+    pub blobs: Vec<HubBlob>,
+}
+
+impl std::fmt::Debug for HubFetch {
+    /// Never prints the credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubFetch")
+            .field("url", &self.url)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("insecure", &self.insecure)
+            .field("blobs", &self.blobs)
+            .finish()
+    }
+}
+
+/// One layer blob on a hub.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubBlob {
+    /// The repository that holds it (`duckietown/dt-core`).
+    pub repository: String,
+    /// The blob's digest (of its compressed bytes).
+    pub digest: Digest,
+    /// Its media type (gzip, zstd or uncompressed tar).
+    pub media_type: String,
+    /// Its length.
+    pub size: u64,
+    /// The layer's diff_id (sha256 of the uncompressed tar), which the robot verifies.
+    pub diff_id: Digest,
+}
+
+/// What a robot's `fetch` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetched {
+    /// Layers fetched and committed.
+    pub layers: usize,
+    /// Layers it had already (nothing fetched).
+    pub present: usize,
+    /// Blob bytes downloaded from the hub.
+    pub bytes: u64,
+}

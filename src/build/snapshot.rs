@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Everything is created under `tmp/` and renamed into place, so a killed build leaves at worst
-//! a stale `tmp/` entry and never a half-unpacked snapshot under a final name.
+//! a stale `tmp/` entry and never a half-unpacked snapshot under a final name. Entries are named
+//! with their process's pid ([`temp_name`]): the next build removes those of dead processes,
+//! unmounting first whatever a killed RUN left mounted under one.
 
 use std::fs;
 use std::io::BufReader;
@@ -21,8 +23,9 @@ use super::exec::LayerRef;
 use crate::layer::{self, DevicePolicy, UnpackOptions};
 use crate::oci::digest::chain_id;
 use crate::oci::{Compression, Digest};
+use crate::runtime::overlay::{unescape_mountinfo, unmount};
 use crate::store::Store;
-use crate::util::fs::{PathContext, create_dir_all, temp_name};
+use crate::util::fs::{PathContext, create_dir_all, pid_alive, temp_name, temp_owner};
 
 /// overlayfs takes its lower dirs in one mount option of at most a page; past this many layers
 /// the chain is flattened instead.
@@ -39,6 +42,7 @@ impl Snapshots {
         for d in ["layers", "flat", "tmp"] {
             create_dir_all(&root.join(d))?;
         }
+        clean_stale_tmp(&root.join("tmp"))?;
         Ok(Snapshots {
             root: root.to_path_buf(),
         })
@@ -121,6 +125,50 @@ impl Snapshots {
     }
 }
 
+/// Removes the `tmp/` entries of processes that are gone. Mounts under one are unmounted
+/// (innermost first) before anything is deleted; an entry whose mounts will not go is left in
+/// place, never deleted across a mount.
+fn clean_stale_tmp(tmp: &Path) -> Result<(), BuildError> {
+    let listing = fs::read_dir(tmp).at("list", tmp)?;
+    let mut stale = Vec::new();
+    for item in listing {
+        let name = item
+            .at("list", tmp)?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let owner = ["run-", "layer-", "flat-"]
+            .iter()
+            .find_map(|prefix| temp_owner(&name, prefix));
+        if owner.is_some_and(|pid| !pid_alive(pid)) {
+            stale.push(tmp.join(name));
+        }
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let info_path = Path::new("/proc/self/mountinfo");
+    let info = fs::read_to_string(info_path).at("read", info_path)?;
+    'entries: for dir in stale {
+        let prefix = format!("{}/", dir.display());
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape_mountinfo)
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        points.sort();
+        for p in points.iter().rev() {
+            if unmount(Path::new(p)).is_err() {
+                continue 'entries;
+            }
+        }
+        // Best effort: what cannot be removed now is retried at the next start.
+        let _ = fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
 fn open_layer(store: &Store, l: &LayerRef) -> Result<Box<dyn std::io::Read>, BuildError> {
     let f = store.open_blob(&l.descriptor.digest)?;
     let c = Compression::of_media_type(&l.descriptor.media_type).unwrap_or(Compression::Gzip);
@@ -152,4 +200,26 @@ fn unpack_into(store: &Store, l: &LayerRef, dir: &Path) -> Result<(), BuildError
     };
     layer::unpack(open_layer(store, l)?, dir, &opts)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_entries_of_dead_processes_go_at_the_next_start() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = root.path().join("tmp");
+        // No process has a pid above the kernel's limit (2^22).
+        let dead = tmp.join("run-99999999-0-0.tmp");
+        let live = tmp.join(temp_name("run-"));
+        let other = tmp.join("not-ours");
+        for d in [&dead, &live, &other] {
+            fs::create_dir_all(d.join("upper/x")).unwrap();
+        }
+        Snapshots::new(root.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.join("upper/x").is_dir(), "this process's entry stays");
+        assert!(other.is_dir(), "a name without a pid stays");
+    }
 }

@@ -230,15 +230,24 @@ pub struct ApplyFlags {
     /// One JSON document on stdout
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    hub: super::fleet::hub::HubFlags,
 }
 
 impl ApplyFlags {
     pub(super) fn how(&self) -> Result<DeployHow> {
-        DeployHow::new(
+        let mut how = DeployHow::new(
             [self.dry_run, self.detach, self.force, self.json],
             self.pull,
             self.insecure,
-        )
+        )?;
+        how.hub = self.hub.args(self.insecure)?;
+        Ok(how)
+    }
+
+    /// The lab hub flags as given.
+    pub(super) fn hub_flags(&self) -> &super::fleet::hub::HubFlags {
+        &self.hub
     }
 }
 
@@ -572,6 +581,8 @@ pub(super) struct DeployHow {
     pub(super) force: bool,
     pub(super) json: bool,
     pub(super) pull: crate::ops::deploy::PullOptions,
+    /// `--via`: robots fetch large layers from this lab hub.
+    pub(super) hub: Option<crate::ops::hub::HubArgs>,
 }
 
 impl DeployHow {
@@ -590,6 +601,7 @@ impl DeployHow {
                 policy,
                 registry: crate::ops::registry::client_options(insecure)?,
             },
+            hub: None,
         })
     }
 }
@@ -612,6 +624,10 @@ async fn deploy(
         dry_run: how.dry_run,
         detach: how.detach,
         force: how.force,
+        via: how
+            .hub
+            .clone()
+            .map(|h| std::sync::Arc::new(crate::ops::hub::Via::new(h))),
     };
     let log = reporter(g);
     let warn = |w: String| printer.info(&format!("warning: {w}"));

@@ -4,6 +4,7 @@
 //! this file parses flags and draws the tables.
 
 mod discover;
+pub mod hub;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,9 @@ pub enum FleetCmd {
     Rollback(RollbackArgs),
     /// Every robot's release, health, agent, free disk and last deploy
     Status(StatusArgs),
+    /// A lab hub: an OCI registry robots fetch large layers from (`deploy --via`)
+    #[command(subcommand)]
+    Hub(hub::FleetHubCmd),
 }
 
 /// Which robots (docs/cli.md, "Fleet").
@@ -131,8 +135,10 @@ pub struct StatusArgs {
 
 /// Runs a `dts fleet` command.
 pub fn run(cmd: &FleetCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
-    if let FleetCmd::Discover(args) = cmd {
-        return discover::run(args, p);
+    match cmd {
+        FleetCmd::Discover(args) => return discover::run(args, p),
+        FleetCmd::Hub(cmd) => return hub::run(cmd, p),
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -141,7 +147,7 @@ pub fn run(cmd: &FleetCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
         .context("starting the async runtime")?;
     rt.block_on(async {
         match cmd {
-            FleetCmd::Discover(_) => unreachable!("handled above"),
+            FleetCmd::Discover(_) | FleetCmd::Hub(_) => unreachable!("handled above"),
             FleetCmd::Deploy(a) => deploy(a, g, p).await,
             FleetCmd::Rollback(a) => rollback(a, g, p).await,
             FleetCmd::Status(a) => status(a, p).await,
@@ -152,6 +158,11 @@ pub fn run(cmd: &FleetCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
 /// The robots `c` chooses. Without names, `--match` or an inventory, a bare `dts fleet …`
 /// in a directory holding `fleet.yaml` means every robot it lists.
 fn choose(c: &Choose) -> Result<Vec<FleetRobot>> {
+    Ok(choose_in(c)?.0)
+}
+
+/// The robots chosen, and the inventory they were chosen from.
+fn choose_in(c: &Choose) -> Result<(Vec<FleetRobot>, Option<Inventory>)> {
     let path = c.inventory.clone().or_else(|| {
         let p = Path::new("fleet.yaml");
         p.is_file().then(|| p.to_path_buf())
@@ -162,11 +173,8 @@ fn choose(c: &Choose) -> Result<Vec<FleetRobot>> {
         pattern: c.pattern.clone(),
         group: c.group.clone(),
     };
-    Ok(fleet::inventory::choose(
-        &sel,
-        inventory.as_ref(),
-        known_names,
-    )?)
+    let robots = fleet::inventory::choose(&sel, inventory.as_ref(), known_names)?;
+    Ok((robots, inventory))
 }
 
 /// What `--match` runs over without an inventory: running sims, and what discovery hears in
@@ -189,8 +197,14 @@ fn known_names() -> Vec<String> {
 }
 
 async fn deploy(a: &DeployArgs, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
-    let robots = choose(&a.choose)?;
-    let how = a.apply.how()?;
+    let (robots, inventory) = choose_in(&a.choose)?;
+    let mut how = a.apply.how()?;
+    // The inventory's `hub:` unless `--via` says otherwise.
+    if let (None, Some(h)) = (&how.hub, inventory.as_ref().and_then(|i| i.hub.as_ref())) {
+        let stdin = a.apply.hub_flags().password_stdin();
+        how.hub = hub::HubFlags::with(&h.via, h.user.as_deref(), stdin)
+            .args(how.pull.registry.insecure || h.insecure)?;
+    }
     let ssh = SshFlags::from(&a.ssh).args();
     let d = fleet::FleetDeploy {
         request: crate::ops::deploy::DeployRequest {
@@ -202,6 +216,10 @@ async fn deploy(a: &DeployArgs, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
             dry_run: how.dry_run,
             detach: how.detach,
             force: how.force,
+            via: how
+                .hub
+                .clone()
+                .map(|h| std::sync::Arc::new(crate::ops::hub::Via::new(h))),
         },
         limits: a.limits.limits(),
     };

@@ -407,6 +407,8 @@ pub struct DeployRequest {
     pub detach: bool,
     /// `--force`: do not wait for update locks.
     pub force: bool,
+    /// `--via`: robots fetch large layers from this lab hub; shared by a rollout's robots.
+    pub via: Option<std::sync::Arc<crate::ops::hub::Via>>,
 }
 
 /// What one robot's deploy did; `deploy --json` prints it (docs/cli.md).
@@ -538,10 +540,14 @@ pub async fn deploy_on(
             outcome: None,
         });
     }
+    let hub = match &req.via {
+        Some(via) => Some(via.for_images(&store, &plan.images, log).await?),
+        None => None,
+    };
     let report = robot::guarded(
         &l.session,
         l.conn
-            .transfer_with_held(&store, &plan.images, &plan.held, log),
+            .transfer_via(&store, &plan.images, &plan.held, hub.as_ref(), log),
     )
     .await?;
     let outcome = apply(l, &plan.spec, (req.detach, req.force), log).await?;

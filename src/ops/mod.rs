@@ -9,6 +9,8 @@ pub mod deploy;
 pub mod devel;
 #[cfg(feature = "workstation")]
 pub mod fleet;
+#[cfg(feature = "workstation")]
+pub mod hub;
 pub mod image;
 pub mod local;
 #[cfg(feature = "workstation")]

@@ -231,7 +231,7 @@ impl Client {
             builder = builder.resolve(host, *addr);
         }
         let http = builder.build().map_err(|e| RegistryError::Setup {
-            reason: error_chain(&e),
+            reason: crate::util::error_chain(&e),
         })?;
         let docker_config = opts
             .docker_config
@@ -464,6 +464,80 @@ impl Client {
         Ok(token.to_string())
     }
 
+    /// The `Authorization` header a robot sends to pull `repositories` from `registry` (a
+    /// `host[:port]`; `deploy --via`), made for this deploy and never the laptop's own
+    /// credentials: `None` when the registry serves anonymously; for a token registry, a
+    /// bearer token scoped `repository:<name>:pull` for each repository, from its token
+    /// service with this laptop's credentials; for a Basic-auth registry, `robot_user` (a
+    /// read-only user given for robots), and an error naming the flag when there is none.
+    pub async fn robot_authorization(
+        &self,
+        registry: &str,
+        repositories: &[String],
+        robot_user: Option<(&str, &str)>,
+    ) -> Result<Option<String>> {
+        let Some(first) = repositories.first() else {
+            return Ok(None);
+        };
+        let reference =
+            Reference::parse(&format!("{registry}/{first}")).map_err(|e| RegistryError::Setup {
+                reason: format!("`{registry}/{first}`: {e}"),
+            })?;
+        let t = self.target(&reference);
+        let url = t.base.join("v2/").expect("`v2/` is a valid relative URL");
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| self.transport(&t, &url, &e))?;
+        let basic = || {
+            robot_user.map(|(u, p)| {
+                use base64::Engine as _;
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            })
+        };
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => {}
+            s if s.is_success() => return Ok(basic()),
+            _ => return Err(http_error(&Method::GET, resp).await),
+        }
+        match pick_challenge(resp.headers()) {
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let scopes: Vec<String> = repositories
+                    .iter()
+                    .map(|r| format!("repository:{r}:pull"))
+                    .collect();
+                let token = self
+                    .fetch_token(&t, &realm, service.as_deref(), &scopes)
+                    .await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            Some(Challenge::Basic) => {
+                basic()
+                    .map(Some)
+                    .ok_or_else(|| RegistryError::Unauthorized {
+                        registry: t.registry.clone(),
+                        repository: t.repository.clone(),
+                        rejected: false,
+                        detail: "the hub uses Basic auth and robots get no credentials of this \
+                        laptop: give them a read-only user with --hub-user USER (its password \
+                        in DTS_HUB_PASSWORD, or --hub-password-stdin)"
+                            .into(),
+                    })
+            }
+            None => Err(RegistryError::Unauthorized {
+                registry: t.registry.clone(),
+                repository: t.repository.clone(),
+                rejected: false,
+                detail: "the hub answered 401 without saying how to authenticate".into(),
+            }),
+        }
+    }
+
     /// The registry's credentials, looked up once per client.
     async fn lookup(&self, registry: &str) -> Lookup {
         let cell = lock(&self.credentials)
@@ -525,7 +599,7 @@ impl Client {
     }
 
     fn transport(&self, t: &Target, url: &Url, e: &reqwest::Error) -> RegistryError {
-        let message = error_chain(e);
+        let message = crate::util::error_chain(e);
         let lower = message.to_ascii_lowercase();
         let hint = if url.scheme() == "https"
             && !self.opts.insecure
@@ -692,21 +766,6 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// An error and its sources, outermost first (reqwest's own message is often just "error
-/// sending request").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 /// The start of a response body, for error messages.
 async fn body_excerpt(mut resp: Response) -> String {
     let mut buf = Vec::new();
@@ -744,7 +803,7 @@ async fn read_limited_body(
     while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Transport {
         registry: t.registry.clone(),
         url: url.to_string(),
-        message: error_chain(&e),
+        message: crate::util::error_chain(&e),
         hint: None,
     })? {
         if (buf.len() + chunk.len()) as u64 > limit {

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 
 use super::error::{RegistryError, Result};
 use super::known;
-use super::{Client, PullReport, Req, Target, error_chain, http_error};
+use super::{Client, PullReport, Req, Target, http_error};
 use crate::oci::json::canonical;
 use crate::oci::{Descriptor, Digest, Document, ImageConfig, Index, Manifest, Platform, Reference};
 use crate::progress::{Event, Reporter};
@@ -90,7 +90,7 @@ impl Client {
                     Ok(r) => return Ok(r),
                     Err(e) => reporter.event(Event::note(format!(
                         "the Docker Hub mirror {m} failed ({}); trying the next, then Docker Hub",
-                        error_chain(&e)
+                        crate::util::error_chain(&e)
                     ))),
                 }
             }
@@ -386,7 +386,7 @@ impl Client {
                             return Err(RegistryError::Transport {
                                 registry: t.registry.clone(),
                                 url: url.to_string(),
-                                message: error_chain(&e),
+                                message: crate::util::error_chain(&e),
                                 hint: None,
                             });
                         }

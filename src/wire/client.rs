@@ -16,14 +16,18 @@ use super::stream::{Adapt, Compressor};
 use super::{ClientHello, FromRobot, MAJOR, MINOR, ToRobot, WireError, check_version};
 use crate::api::{HeldImage, LogLine, Request, ResolveQuery};
 use crate::oci::Digest;
-use crate::progress::Reporter;
+use crate::progress::{Event, Reporter};
 use crate::store::Store;
 
+mod hub;
 mod plan;
 mod send;
 mod space;
 
 pub use super::RobotHello;
+pub use hub::{
+    HUB_MAX_RATIO, HUB_MIN_DIRECT, Hub, direct_estimate, hub_blobs, older_robot_note, via_hub,
+};
 pub use plan::{
     Detail, LayerHow, Objects, PlannedDocument, PlannedImage, PlannedLayer, TransferPlan,
 };
@@ -77,6 +81,12 @@ pub struct TransferReport {
     pub query_bytes: u64,
     /// Snapshots the robot built.
     pub snapshots_built: usize,
+    /// Layers the robot fetched from a lab hub itself (`deploy --via`); not in `layers_sent`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hub_layers: usize,
+    /// Blob bytes it downloaded from the hub (not on this channel).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hub_bytes: u64,
     /// Bytes written to the channel.
     pub bytes_sent: u64,
     /// Bytes read from the channel.
@@ -345,15 +355,55 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         held: &[HeldImage],
         reporter: &dyn Reporter,
     ) -> Result<TransferReport, WireError> {
+        self.transfer_via(store, images, held, None, reporter).await
+    }
+
+    /// [`Connection::transfer_with_held`] through a lab hub: the layers [`hub_blobs`] picks
+    /// are fetched by the robot from `hub` first (wire 2.7), then the rest is planned again
+    /// and sent directly. A robot older than 2.7 gets a note and everything directly.
+    pub async fn transfer_via(
+        &mut self,
+        store: &Store,
+        images: &[(String, Digest)],
+        held: &[HeldImage],
+        hub: Option<&Hub>,
+        reporter: &dyn Reporter,
+    ) -> Result<TransferReport, WireError> {
         let started = Instant::now();
-        let plan = self
+        let mut plan = self
             .plan_with_held(store, images, held, Detail::Layers)
             .await?;
         self.check_space(store, &plan)?;
+        let mut fetched = crate::api::Fetched::default();
+        match hub {
+            Some(_) if !self.hello.fetches() => reporter.event(Event::Note {
+                message: hub::older_robot_note(&self.hello),
+            }),
+            Some(hub) => {
+                let blobs = hub_blobs(&plan, hub);
+                if !blobs.is_empty() {
+                    let query = plan.query_bytes;
+                    fetched = self.fetch_from_hub(hub, blobs, reporter).await?;
+                    // What it fetched, it has: ask again, and send only the rest.
+                    self.hello.has_objects = true;
+                    plan = self
+                        .plan_with_held(store, images, held, Detail::Layers)
+                        .await?;
+                    plan.query_bytes += query;
+                }
+            }
+            None => {}
+        }
         let mut report = self.execute(store, &plan, reporter).await?;
+        report.hub_layers = fetched.layers;
+        report.hub_bytes = fetched.bytes;
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn unexpected(m: &FromRobot) -> WireError {

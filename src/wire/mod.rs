@@ -57,7 +57,10 @@ mod stream;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{BuiltImage, HeldImage, LogLine, ObjectSpec, RemoteError, Request, ResolveQuery};
+use crate::api::{
+    BuiltImage, Fetched, HeldImage, HubFetch, LogLine, ObjectSpec, RemoteError, Request,
+    ResolveQuery,
+};
 use crate::oci::{Digest, Platform};
 
 /// The first bytes of each hello.
@@ -74,8 +77,10 @@ pub const MAJOR: u16 = 2;
 /// (which `dts duckiebot exec` runs over its own SSH channel, [`RobotHello::execs`]) and a
 /// `logs` request takes `since`/`until`. 6: the robot's daemon starts a container with a
 /// client attached (`dt-agent start -a`, which `dts duckiebot run -i/-t` runs over its own SSH
-/// channel, [`RobotHello::attaches`]) and a container config may ask for a terminal.
-pub const MINOR: u16 = 6;
+/// channel, [`RobotHello::attaches`]) and a container config may ask for a terminal. 7: `fetch`
+/// asks the robot to GET layer blobs from a lab hub itself ([`ToRobot::Fetch`],
+/// [`RobotHello::fetches`]; `deploy --via`); an older robot is sent everything directly.
+pub const MINOR: u16 = 7;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -256,6 +261,12 @@ impl RobotHello {
         self.speaks(6)
     }
 
+    /// Whether the robot's agent fetches layer blobs from a hub (protocol 2.7 or later): an
+    /// older one would end the session on the unknown `op`.
+    pub fn fetches(&self) -> bool {
+        self.speaks(7)
+    }
+
     /// Whether the robot speaks our major version at `minor` or later.
     fn speaks(&self, minor: u16) -> bool {
         let mut parts = self
@@ -381,6 +392,14 @@ pub enum ToRobot {
         /// The names, each with the platform wanted.
         images: Vec<ResolveQuery>,
     },
+    /// GET these layer blobs from a lab hub and commit them as `dt-agent image import` would
+    /// (decompressed, diff_id and digest verified). Answered by [`FromRobot::FetchProgress`]s,
+    /// then [`FromRobot::Fetched`]. Since 2.7: sent only when the robot's hello says it
+    /// speaks it. A hub the robot cannot use ends the session with an `error` naming it.
+    Fetch {
+        /// The hub, its credential and the blobs.
+        hub: HubFetch,
+    },
     /// A request for `dt-agent daemon`, relayed over its socket.
     Daemon {
         /// The request.
@@ -422,6 +441,13 @@ pub enum FromRobot {
         /// One per name asked.
         images: Vec<Option<HeldImage>>,
     },
+    /// Bytes of hub blobs downloaded so far by a `fetch` (about one per MiB).
+    FetchProgress {
+        /// Blob bytes so far, all blobs of the request.
+        bytes: u64,
+    },
+    /// The answer to [`ToRobot::Fetch`].
+    Fetched(Fetched),
     /// A daemon request's answer.
     DaemonOk {
         /// The value.
@@ -600,6 +626,10 @@ mod tests {
         for (protocol, attaches) in [("2.5", false), ("2.6", true), ("3.6", false)] {
             h.protocol = protocol.into();
             assert_eq!(h.attaches(), attaches, "{protocol}");
+        }
+        for (protocol, fetches) in [("2.6", false), ("2.7", true), ("3.7", false)] {
+            h.protocol = protocol.into();
+            assert_eq!(h.fetches(), fetches, "{protocol}");
         }
         let m = ToRobot::Resolve {
             images: vec![ResolveQuery {

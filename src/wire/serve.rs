@@ -28,6 +28,9 @@ pub enum ServeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] AgentStoreError),
+    /// A `fetch` from a lab hub failed (its message names the hub).
+    #[error(transparent)]
+    Fetch(#[from] crate::agent::fetch::FetchError),
 }
 
 /// The robot's hello: platform, hostname, agent version, named images.
@@ -235,6 +238,16 @@ fn serve_inner(
                 send(output, &FromRobot::Image(built))?;
             }
             ToRobot::Resolve { images } => send(output, &resolve_answer(&store, &images)?)?,
+            ToRobot::Fetch { hub } => {
+                let mut sent: Result<(), WireError> = Ok(());
+                let fetched = crate::agent::fetch::fetch(&store, &hub, &mut |bytes| {
+                    if sent.is_ok() {
+                        sent = send(output, &FromRobot::FetchProgress { bytes });
+                    }
+                });
+                sent?;
+                send(output, &FromRobot::Fetched(fetched?))?;
+            }
             ToRobot::Daemon { request } => relay(root, &request, output)?,
         }
     }
@@ -263,6 +276,7 @@ pub fn is_bad_input(e: &ServeError) -> bool {
     match e {
         ServeError::Store(s) => s.is_bad_input() || matches!(s, AgentStoreError::Corrupt { .. }),
         ServeError::Wire(w) => matches!(w, WireError::Version { .. } | WireError::Protocol(_)),
+        ServeError::Fetch(f) => f.is_bad_input(),
     }
 }
 

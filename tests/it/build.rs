@@ -140,8 +140,14 @@ pub(crate) fn image_tree(home: &Path, name: &str, platform: &str) -> BTreeMap<St
 
 /// The content of `want` in the topmost layer that has it.
 pub(crate) fn file_content(home: &Path, name: &str, platform: &str, want: &str) -> Vec<u8> {
+    content_in(&layers(home, name, platform), want)
+        .unwrap_or_else(|| panic!("{want} not in {name}"))
+}
+
+/// The content of `want` in the topmost of `layers` (tars, base first) that has it.
+pub(crate) fn content_in(layers: &[Vec<u8>], want: &str) -> Option<Vec<u8>> {
     let mut found = None;
-    for data in layers(home, name, platform) {
+    for data in layers {
         for e in tar::Archive::new(&data[..]).entries().unwrap() {
             let mut e = e.unwrap();
             if e.path().unwrap().display().to_string() == want {
@@ -151,7 +157,7 @@ pub(crate) fn file_content(home: &Path, name: &str, platform: &str, want: &str) 
             }
         }
     }
-    found.unwrap_or_else(|| panic!("{want} not in {name}"))
+    found
 }
 
 pub(crate) fn inspect(home: &Path, name: &str, platform: &str) -> serde_json::Value {

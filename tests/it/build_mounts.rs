@@ -161,6 +161,67 @@ RUN --mount=type=secret,id=tok,env=TOK --mount=type=secret,id=unset \
     assert!(!tree.keys().any(|k| k.starts_with("run")), "{tree:?}");
 }
 
+/// A secret given with `env=` is in the RUN's environment, so in the runtime bundle's
+/// config.json: that bundle is a tmpfs, never on disk, and nothing under `DTS_HOME` holds it.
+#[test]
+fn an_env_secret_is_only_in_memory() {
+    if !can_run() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let ctx = t.path().join("ctx");
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    assert!(busybox_context(&ctx));
+    write(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM scratch\nARG TARGETARCH\nCOPY busybox/${TARGETARCH}/busybox /bin/busybox\nRUN --mount=type=secret,id=tok,env=TOK [\"/bin/busybox\", \"sleep\", \"3\"]\n",
+        )],
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dts"))
+        .args(["devel", "build", "-C", p(&ctx), "-t", "mounts:env"])
+        .args(["--secret", "id=tok,env=THE_TOKEN"])
+        .env("DTS_HOME", &home)
+        .env("TMPDIR", &tmp)
+        .env("THE_TOKEN", "hunter2-env")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = None;
+    while seen.is_none() && std::time::Instant::now() < deadline {
+        for e in std::fs::read_dir(&tmp).unwrap() {
+            let bundle = e.unwrap().path().join("bundle");
+            if bundle.join("config.json").is_file() {
+                seen = Some(bundle);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let bundle = seen.expect("the RUN's bundle showed up");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let fstype = info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (pre.split(' ').nth(4)? == p(&bundle)).then(|| post.split(' ').next().unwrap().to_string())
+    });
+    assert_eq!(fstype.as_deref(), Some("tmpfs"), "{}", bundle.display());
+    assert!(child.wait().unwrap().success());
+    for f in walk(&home) {
+        if let Ok(data) = std::fs::read(&f) {
+            assert!(
+                !data.windows(11).any(|w| w == b"hunter2-env"),
+                "secret in {}",
+                f.display()
+            );
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "scratch left: {left:?}");
+}
+
 /// The store's blobs and names (creating an empty store is no change).
 fn store_files(home: &Path) -> (Vec<std::path::PathBuf>, String) {
     let blobs = home.join("store/blobs");

@@ -797,7 +797,7 @@ fn has_agent(arch: &str) -> bool {
 }
 
 /// `bytes` of noise from `seed`.
-fn noise(seed: u64, bytes: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, bytes: usize) -> Vec<u8> {
     let mut state = seed | 1;
     (0..bytes)
         .map(|_| {

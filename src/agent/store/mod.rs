@@ -59,6 +59,7 @@
 //! What is not here: transfers over the wire, releases (they add files under `roots/`),
 //! containers (they use `snapshots/<chain>/rootfs` as their overlay lower dir).
 
+mod blob;
 mod consume;
 mod docker_root;
 mod docker_split;

@@ -497,7 +497,13 @@ impl<'a> Executor<'a> {
 
     fn runtime(&self) -> Result<&Runtime, BuildError> {
         self.runtime
-            .get_or_init(|| Runtime::detect(&self.runtime_dir).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                let runtime = Runtime::detect(&self.runtime_dir).map_err(|e| e.to_string())?;
+                // What killed builds left (containers, scratch mounts): best effort, a
+                // failure here is no reason to fail this build.
+                let _ = run::cleanup_stale(&runtime);
+                Ok(runtime)
+            })
             .as_ref()
             .map_err(|e| BuildError::Runtime(e.clone()))
     }
@@ -565,6 +571,9 @@ impl<'a> Executor<'a> {
         spec.cwd = cfg.working_dir.clone().unwrap_or_else(|| "/".into());
         spec.user = cfg.user.clone().unwrap_or_default();
         spec.platform = s.platform.clone();
+        // DTS_BUILD_FSYNC=1 keeps the sync calls real (to measure what suppressing them saves,
+        // or to build on a file system where it matters): docs/cli.md.
+        spec.suppress_sync = std::env::var_os("DTS_BUILD_FSYNC").is_none_or(|v| v != "1");
         spec.network = match r.network.as_ref().map(|w| w.value.as_str()) {
             Some("none") => Network::None,
             _ => Network::Host,

@@ -39,6 +39,23 @@ pub struct Inventory {
     /// Named lists of robots.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// The lab hub `fleet deploy` goes through when no `--via` is given.
+    #[serde(default)]
+    pub hub: Option<HubEntry>,
+}
+
+/// `hub:` of `fleet.yaml`: `deploy --via`'s flags, written down once for the lab.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubEntry {
+    /// The registry, `HOST[:PORT]` (as `--via`).
+    pub via: String,
+    /// Plain HTTP (as `--insecure`).
+    #[serde(default)]
+    pub insecure: bool,
+    /// A read-only Basic-auth user for robots (as `--hub-user`; its password never in the
+    /// file: `DTS_HUB_PASSWORD` or `--hub-password-stdin`).
+    pub user: Option<String>,
 }
 
 /// A robot chosen for a fleet command.
@@ -386,6 +403,25 @@ mod tests {
         let port = e("robots:\n  bot1:\n    port: 70000\n");
         assert!(port.starts_with("fleet.yaml:3:"), "{port}");
         assert_eq!(Inventory::parse("f", "").unwrap(), Inventory::default());
+        let password = e("hub:\n  via: hub:5000\n  password: x\n");
+        assert!(
+            password.starts_with("fleet.yaml:3:") && password.contains("password"),
+            "{password}"
+        );
+    }
+
+    #[test]
+    fn an_inventory_names_its_lab_hub() {
+        let inv = Inventory::parse(
+            "fleet.yaml",
+            "robots:\n  bot1:\nhub:\n  via: 10.0.0.2:5000\n  insecure: true\n  user: robots\n",
+        )
+        .unwrap();
+        let hub = inv.hub.unwrap();
+        assert_eq!(
+            (hub.via.as_str(), hub.insecure, hub.user.as_deref()),
+            ("10.0.0.2:5000", true, Some("robots"))
+        );
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub struct TokenRequest {
     pub user: Option<String>,
     /// 200 when a token was issued, 401 for missing or wrong credentials, 404/405 otherwise.
     pub status: u16,
+    /// The token issued, if one was (tests look for it where it must not be).
+    pub token: Option<String>,
 }
 
 /// A running registry. Dropping it kills the registry and stops the token server.
@@ -192,6 +194,12 @@ impl Registry {
     /// Starts a registry on a free 127.0.0.1 port and waits until `GET /v2/` answers 200 or 401.
     /// Panics (with the registry's log) if it can't.
     pub fn start(auth: Auth) -> Registry {
+        Registry::start_listening(auth, "127.0.0.1")
+    }
+
+    /// [`Registry::start`] listening on `ip` (`0.0.0.0`: every interface, so virtual robots
+    /// reach it at the sims' bridge address); `addr` stays `127.0.0.1:PORT`.
+    pub fn start_listening(auth: Auth, ip: &str) -> Registry {
         if let Some(why) = Registry::unavailable(&auth) {
             panic!("cannot start a test registry: {why}");
         }
@@ -226,8 +234,9 @@ impl Registry {
 
         let mut failure = String::new();
         for _attempt in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut child = spawn_registry(&root, &addr, &auth_yaml);
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut child = spawn_registry(&root, &format!("{ip}:{port}"), &auth_yaml);
             match wait_ready(&mut child, &addr) {
                 Ok(()) => {
                     return Registry {
@@ -256,6 +265,11 @@ impl Registry {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// `http://127.0.0.1:PORT`
@@ -712,6 +726,7 @@ fn serve_token_request(stream: TcpStream, issuer: &Issuer) -> Option<TokenReques
         account: None,
         user: None,
         status: 0,
+        token: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -769,6 +784,7 @@ fn serve_token_request(stream: TcpStream, issuer: &Issuer) -> Option<TokenReques
         })
         .to_string();
         entry.status = 200;
+        entry.token = Some(jwt);
         http_response(200, "OK", &[], &body)
     };
     let _ = stream.write_all(response.as_bytes());

@@ -14,7 +14,8 @@
 //! ├── stubs/                   the mount points the image lacks (/proc, /etc/hosts…), empty;
 //! │                            the topmost lower layer, so they never land in the upper dir
 //! ├── merged/                  the container's root: overlay(stubs, top…bottom; upper, work)
-//! └── bundle/                  config.json, hosts, resolv.conf, runtime.log
+//! └── bundle/                  a tmpfs: config.json (the environment, `env=` secrets too),
+//!                              hosts, resolv.conf, runtime.log
 //! <runtime root>/<id>/         the runtime's state while the container exists
 //! ```
 //!
@@ -32,8 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Arch, LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxSyscallBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::binfmt;
@@ -96,7 +98,17 @@ pub struct RunSpec {
     pub timeout: Option<Duration>,
     /// `RUN --mount`s, their sources prepared on the host by the builder.
     pub mounts: Vec<RunMount>,
+    /// Make the sync system calls ([`NO_SYNC_SYSCALLS`]) succeed without syncing: the
+    /// command's writes go to a scratch upper dir the builder turns into a layer (whose blob
+    /// the store syncs itself), so `dpkg`'s and others' fsyncs only cost time. On by default.
+    pub suppress_sync: bool,
 }
+
+/// The system calls a RUN's seccomp filter answers with 0 without running them when
+/// [`RunSpec::suppress_sync`] is set: eatmydata's set (minus `msync`, which a program may use
+/// to publish shared memory), done in the kernel so it also holds for static binaries and
+/// under QEMU (whose host-side calls the filter sees). `O_SYNC` opens are left alone.
+pub const NO_SYNC_SYSCALLS: [&str; 5] = ["fsync", "fdatasync", "sync", "syncfs", "sync_file_range"];
 
 /// One extra mount of a RUN. Its target gets a stub like the runtime's own mount points, so
 /// neither the target nor anything written under it reaches the upper dir.
@@ -128,6 +140,7 @@ impl RunSpec {
             platform: Platform::host(),
             timeout: None,
             mounts: Vec::new(),
+            suppress_sync: true,
         }
     }
 }
@@ -342,6 +355,19 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// A tmpfs (mode 0700) on `target`: for the bundle, whose config.json holds the command's
+    /// environment, secrets given with `env=` among it — in memory only, never on disk.
+    fn mount_tmpfs(&mut self, target: PathBuf) -> Result<(), RunError> {
+        let flags = rustix::mount::MountFlags::NOSUID
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOEXEC;
+        rustix::mount::mount("tmpfs", &target, "tmpfs", flags, c"mode=0700")
+            .map_err(io::Error::from)
+            .at("mount a tmpfs on", &target)?;
+        self.mounts.push(target);
+        Ok(())
+    }
+
     fn unmount(&mut self, target: &Path) -> Result<(), RunError> {
         crate::runtime::overlay::unmount(target)?;
         self.mounts.retain(|m| m != target);
@@ -479,7 +505,11 @@ fn runtime_spec(
 
     let devices = default_device_rules()?;
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if spec.suppress_sync {
+        linux = linux.seccomp(no_sync_filter()?);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(
             MASKED_PATHS
@@ -531,6 +561,28 @@ fn runtime_spec(
         .process(process)
         .mounts(mounts)
         .linux(linux)
+        .build()?)
+}
+
+/// A seccomp filter allowing everything but [`NO_SYNC_SYSCALLS`], which return 0 unrun. It
+/// names the host's architectures (the runtime runs QEMU, not the emulated code, on the
+/// host): the native one and its compat ABIs, whose calls would otherwise be refused.
+fn no_sync_filter() -> Result<LinuxSeccomp, RunError> {
+    let arches = match std::env::consts::ARCH {
+        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        "arm" => vec![Arch::ScmpArchArm],
+        _ => Vec::new(),
+    };
+    let rule = LinuxSyscallBuilder::default()
+        .names(NO_SYNC_SYSCALLS.map(String::from).to_vec())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(0u32)
+        .build()?;
+    Ok(LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(arches)
+        .syscalls(vec![rule])
         .build()?)
 }
 
@@ -631,8 +683,9 @@ fn run_in(
     lowers.extend(lowerdirs.iter().rev().map(PathBuf::as_path));
     session.mount(merged.clone(), &lowers, Some((upper, work)))?;
 
-    // 3. The bundle.
+    // 3. The bundle, on a tmpfs: the environment in config.json may hold secrets.
     let bundle = session.path("bundle");
+    session.mount_tmpfs(bundle.clone())?;
     let hosts = bundle.join("hosts");
     fs::write(&hosts, hosts_file(&spec.hostname)).at("write", &hosts)?;
     let resolv = bundle.join("resolv.conf");
@@ -735,123 +788,4 @@ pub fn cleanup_stale(runtime: &Runtime) -> Result<Vec<String>, RunError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stubs_copy_parents_and_list_what_they_made() {
-        let root = tempfile::tempdir().unwrap();
-        let stubs = tempfile::tempdir().unwrap();
-        let r = root.path();
-        fs::create_dir_all(r.join("etc")).unwrap();
-        fs::create_dir_all(r.join("proc")).unwrap();
-        fs::set_permissions(r.join("etc"), fs::Permissions::from_mode(0o750)).unwrap();
-        fs::write(r.join("etc/hosts"), "x").unwrap();
-        let xattrs = rustix::fs::lsetxattr(
-            r.join("etc"),
-            "user.dts-test",
-            b"kept",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .is_ok();
-        let made = make_stubs(Some(r), stubs.path(), &[]).unwrap();
-        assert_eq!(
-            made,
-            ["/dev", "/sys", "/etc/resolv.conf"].map(PathBuf::from)
-        );
-        let etc = fs::metadata(stubs.path().join("etc")).unwrap();
-        let orig = fs::metadata(r.join("etc")).unwrap();
-        assert_eq!(etc.mode(), orig.mode());
-        assert_eq!(etc.mtime(), orig.mtime());
-        if xattrs {
-            let mut v = [0u8; 16];
-            let n = rustix::fs::lgetxattr(stubs.path().join("etc"), "user.dts-test", &mut v[..])
-                .unwrap();
-            assert_eq!(&v[..n], b"kept");
-        }
-        assert!(stubs.path().join("etc/resolv.conf").is_file());
-        assert!(!stubs.path().join("etc/hosts").exists());
-        assert!(!stubs.path().join("proc").exists());
-
-        let empty = tempfile::tempdir().unwrap();
-        let made = make_stubs(None, empty.path(), &[]).unwrap();
-        assert_eq!(
-            made,
-            [
-                "/proc",
-                "/dev",
-                "/sys",
-                "/etc",
-                "/etc/hosts",
-                "/etc/resolv.conf"
-            ]
-            .map(PathBuf::from)
-        );
-    }
-
-    #[test]
-    fn spec_has_dockers_sandbox() {
-        let mut spec = RunSpec::new(["/bin/sh", "-c", "true"]);
-        spec.env = vec!["A=1".into()];
-        let user = ExecUser {
-            uid: 0,
-            gid: 0,
-            additional_gids: vec![],
-        };
-        let s = runtime_spec(&spec, &user, Path::new("/m"), Path::new("/b")).unwrap();
-        let v = serde_json::to_value(&s).unwrap();
-        assert_eq!(v["hostname"], "buildkitsandbox");
-        assert_eq!(v["root"]["path"], "/m");
-        assert_eq!(v["root"]["readonly"], false);
-        assert_eq!(
-            v["process"]["env"],
-            serde_json::json!(["A=1", DEFAULT_PATH])
-        );
-        assert_eq!(v["process"]["noNewPrivileges"], false);
-        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
-        assert_eq!(caps.len(), 14);
-        assert!(!caps.contains(&serde_json::json!("CAP_SYS_ADMIN")));
-        let ns: Vec<&str> = v["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
-        let resolv = v["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["destination"] == "/etc/resolv.conf")
-            .unwrap();
-        assert_eq!(resolv["source"], "/b/resolv.conf");
-        assert!(resolv["options"].as_array().unwrap().contains(&"ro".into()));
-
-        spec.network = Network::None;
-        spec.env = vec!["PATH=/x".into()];
-        let s = runtime_spec(
-            &spec,
-            &ExecUser {
-                uid: 1000,
-                gid: 1000,
-                additional_gids: vec![],
-            },
-            Path::new("/m"),
-            Path::new("/b"),
-        )
-        .unwrap();
-        let v = serde_json::to_value(&s).unwrap();
-        assert_eq!(v["process"]["env"], serde_json::json!(["PATH=/x"]));
-        assert!(
-            v["linux"]["namespaces"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n["type"] == "network")
-        );
-        assert_eq!(
-            v["process"]["capabilities"]["effective"],
-            serde_json::json!([])
-        );
-    }
-}
+mod tests;

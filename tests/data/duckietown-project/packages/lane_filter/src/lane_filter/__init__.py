@@ -1,0 +1,3 @@
+"""A stand-in Duckietown node package."""
+
+GAIN = 1.0
