@@ -146,3 +146,31 @@ pub fn run(cmd: &FleetHubCmd, p: &Printer) -> Result<Exit> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Basic-auth robot user without a password is refused before anything connects, naming
+    /// where the password goes; a bad `--via` is refused naming the flag.
+    #[test]
+    fn a_hub_user_needs_a_password_and_via_a_host() {
+        if std::env::var_os(PASSWORD_ENV).is_some() {
+            return; // the caller's environment gives one; nothing to check here
+        }
+        let e = HubFlags::with("hub.lab:5000", Some("robots"), false)
+            .args(true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--hub-user robots") && e.contains(PASSWORD_ENV),
+            "{e}"
+        );
+        let e = HubFlags::with("hub.lab/x", None, false)
+            .args(true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--via"), "{e}");
+        assert!(HubFlags::default().args(false).unwrap().is_none());
+    }
+}
