@@ -593,8 +593,12 @@ impl DeployHow {
         ssh: crate::ops::robot::SshArgs,
         stack: Option<&str>,
         sets: &[String],
-    ) -> crate::ops::deploy::DeployRequest {
-        crate::ops::deploy::DeployRequest {
+    ) -> Result<crate::ops::deploy::DeployRequest> {
+        let via = match self.hub.clone() {
+            Some(h) => Some(std::sync::Arc::new(crate::ops::hub::Via::new(h)?)),
+            None => None,
+        };
+        Ok(crate::ops::deploy::DeployRequest {
             robot: robot.to_string(),
             ssh,
             stack: stack.map(str::to_string),
@@ -603,11 +607,8 @@ impl DeployHow {
             dry_run: self.dry_run,
             detach: self.detach,
             force: self.force,
-            via: self
-                .hub
-                .clone()
-                .map(|h| std::sync::Arc::new(crate::ops::hub::Via::new(h))),
-        }
+            via,
+        })
     }
 
     /// From `[dry_run, detach, force, json]`, `--pull` and `--insecure` (`update`'s flags).
@@ -639,7 +640,7 @@ async fn deploy(
     g: &GlobalArgs,
     printer: &Printer,
 ) -> Result<Exit> {
-    let req = how.request(robot, ssh.args(), stack_arg, sets);
+    let req = how.request(robot, ssh.args(), stack_arg, sets)?;
     let log = reporter(g);
     let warn = |w: String| printer.info(&format!("warning: {w}"));
     let done = crate::ops::deploy::deploy(&req, &*log, &warn).await?;

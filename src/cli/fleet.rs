@@ -207,7 +207,7 @@ async fn deploy(a: &DeployArgs, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
     }
     let ssh = SshFlags::from(&a.ssh).args();
     let d = fleet::FleetDeploy {
-        request: how.request("", ssh, a.stack.as_deref(), &a.set),
+        request: how.request("", ssh, a.stack.as_deref(), &a.set)?,
         limits: a.limits.limits(),
     };
     let (rec, results) = fleet::deploy(&robots, &d, reporter(g)).await?;

@@ -464,7 +464,28 @@ pub async fn deploy(
 ) -> Result<Deployed> {
     let started = std::time::Instant::now();
     let mut l = crate::ops::robot::connect(&req.robot, &req.ssh).await?;
-    deploy_on(&mut l, req, started, log, warn).await
+    let deployed = deploy_on(&mut l, req, started, log, warn).await?;
+    if let Some(via) = &req.via {
+        finish_hub(via, log, warn).await;
+    }
+    Ok(deployed)
+}
+
+/// After a deploy or a rollout through a lab hub: [`crate::ops::hub::Via::finish`], its
+/// warnings to `warn`.
+pub async fn finish_hub(
+    via: &crate::ops::hub::Via,
+    log: &dyn Reporter,
+    warn: &(dyn Fn(String) + Send + Sync),
+) {
+    match crate::ops::image::open_store() {
+        Ok(store) => {
+            for w in via.finish(&store, log).await {
+                warn(w);
+            }
+        }
+        Err(e) => warn(format!("the lab hub: {e}")),
+    }
 }
 
 /// Deploys `req` over `l`, a robot connected since `started`: loads the stack for the robot's
@@ -540,16 +561,20 @@ pub async fn deploy_on(
             outcome: None,
         });
     }
-    let hub = match &req.via {
-        Some(via) => Some(via.for_images(&store, &plan.images, log).await?),
-        None => None,
+    let report = match &req.via {
+        Some(via) => {
+            via.transfer(l, &store, &plan.images, &plan.held, log)
+                .await?
+        }
+        None => {
+            robot::guarded(
+                &l.session,
+                l.conn
+                    .transfer_with_held(&store, &plan.images, &plan.held, log),
+            )
+            .await?
+        }
     };
-    let report = robot::guarded(
-        &l.session,
-        l.conn
-            .transfer_via(&store, &plan.images, &plan.held, hub.as_ref(), log),
-    )
-    .await?;
     let outcome = apply(l, &plan.spec, (req.detach, req.force), log).await?;
     let state = if outcome.unchanged {
         "unchanged".to_string()

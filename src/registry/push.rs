@@ -142,6 +142,40 @@ impl Client {
         Ok(report)
     }
 
+    /// Pushes one blob of `store` into `dest`'s repository, as [`Client::push`] pushes each
+    /// of an image's (`HEAD` first, mounted from another repository we pushed it to, else
+    /// uploaded), and remembers where it now is. Returns the bytes uploaded (0: it was there
+    /// or was mounted). A lab hub's layers go one by one, so robots fetch each as soon as it
+    /// is committed (ops::hub).
+    pub async fn push_blob_to(
+        &self,
+        store: &Store,
+        desc: &Descriptor,
+        dest: &Reference,
+        reporter: &dyn Reporter,
+    ) -> Result<u64> {
+        let t = self.target(dest);
+        let scopes = vec![t.scope(true)];
+        let known = KnownBlobs::load(store);
+        let outcome = self
+            .push_blob(&t, &scopes, store, desc, &known, "layer".into(), reporter)
+            .await?;
+        if let Err(e) = known::remember(
+            store,
+            &t.registry,
+            &t.repository,
+            std::slice::from_ref(&desc.digest),
+        ) {
+            reporter.event(Event::note(format!(
+                "could not record where a blob was pushed (cross-repository mounts will not use it): {e}"
+            )));
+        }
+        Ok(match outcome {
+            BlobOutcome::Uploaded(n) => n,
+            BlobOutcome::Existed | BlobOutcome::Mounted => 0,
+        })
+    }
+
     /// Whether `reference` (tag or digest) names `digest` in the repository.
     async fn manifest_exists(
         &self,

@@ -8,6 +8,8 @@
 //!   ingest/<pid>-…tmp     blobs being written; removed when their writer dies
 //!   lock                  flock: shared while a dts process uses the store, exclusive for prune
 //!   index.lock            flock: exclusive while index.json is rewritten
+//!   registry-blobs.json   where blobs were pushed, for cross-repository mounts (registry::known)
+//!   zstd/<hex>            a layer's zstd blob for a lab hub (ops::hub::convert; a cache)
 //! ```
 //!
 //! The commit point of a blob is a rename after hashing and fsync, so a blob's final name is

@@ -16,7 +16,7 @@ use super::stream::{Adapt, Compressor};
 use super::{ClientHello, FromRobot, MAJOR, MINOR, ToRobot, WireError, check_version};
 use crate::api::{HeldImage, LogLine, Request, ResolveQuery};
 use crate::oci::Digest;
-use crate::progress::{Event, Reporter};
+use crate::progress::Reporter;
 use crate::store::Store;
 
 mod hub;
@@ -25,9 +25,7 @@ mod send;
 mod space;
 
 pub use super::RobotHello;
-pub use hub::{
-    HUB_MAX_RATIO, HUB_MIN_DIRECT, Hub, direct_estimate, hub_blobs, older_robot_note, via_hub,
-};
+pub use hub::{HUB_MAX_RATIO, HUB_MIN_DIRECT, direct_estimate, older_robot_note, via_hub};
 pub use plan::{
     Detail, LayerHow, Objects, PlannedDocument, PlannedImage, PlannedLayer, TransferPlan,
 };
@@ -347,7 +345,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 
     /// [`Connection::transfer`] of `images` plus `held`, images the robot's own store holds
-    /// ([`Connection::plan_with_held`]): those send no content, at most their names.
+    /// ([`Connection::plan_with_held`]): those send no content, at most their names. (Through
+    /// a lab hub, `ops::hub::Via::transfer` composes the same steps with the robot's fetches.)
     pub async fn transfer_with_held(
         &mut self,
         store: &Store,
@@ -355,48 +354,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         held: &[HeldImage],
         reporter: &dyn Reporter,
     ) -> Result<TransferReport, WireError> {
-        self.transfer_via(store, images, held, None, reporter).await
-    }
-
-    /// [`Connection::transfer_with_held`] through a lab hub: the layers [`hub_blobs`] picks
-    /// are fetched by the robot from `hub` first (wire 2.7), then the rest is planned again
-    /// and sent directly. A robot older than 2.7 gets a note and everything directly.
-    pub async fn transfer_via(
-        &mut self,
-        store: &Store,
-        images: &[(String, Digest)],
-        held: &[HeldImage],
-        hub: Option<&Hub>,
-        reporter: &dyn Reporter,
-    ) -> Result<TransferReport, WireError> {
         let started = Instant::now();
-        let mut plan = self
+        let plan = self
             .plan_with_held(store, images, held, Detail::Layers)
             .await?;
         self.check_space(store, &plan)?;
-        let mut fetched = crate::api::Fetched::default();
-        match hub {
-            Some(_) if !self.hello.fetches() => reporter.event(Event::Note {
-                message: hub::older_robot_note(&self.hello),
-            }),
-            Some(hub) => {
-                let blobs = hub_blobs(&plan, hub);
-                if !blobs.is_empty() {
-                    let query = plan.query_bytes;
-                    fetched = self.fetch_from_hub(hub, blobs, reporter).await?;
-                    // What it fetched, it has: ask again, and send only the rest.
-                    self.hello.has_objects = true;
-                    plan = self
-                        .plan_with_held(store, images, held, Detail::Layers)
-                        .await?;
-                    plan.query_bytes += query;
-                }
-            }
-            None => {}
-        }
         let mut report = self.execute(store, &plan, reporter).await?;
-        report.hub_layers = fetched.layers;
-        report.hub_bytes = fetched.bytes;
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }

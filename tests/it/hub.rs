@@ -262,9 +262,39 @@ fn deploy_via_a_hub_takes_large_layers_from_it_and_small_changes_over_ssh() {
         }
     }
 
-    // A one-file change goes over SSH: no blob GET.
+    // The hub's copy is zstd (a third smaller than the store's gzip for real files, and the
+    // hub's bytes are the whole rollout's uplink bytes).
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "duckie:quack",
+            &src,
+        ])
+        .output()
+        .unwrap();
+    let raw: Value = serde_json::from_slice(&inspect.stdout).unwrap_or(Value::Null);
+    let types: Vec<&str> = raw["layers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["mediaType"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        types.contains(&"application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{raw}"
+    );
+
+    // A one-file change goes over SSH: no blob GET, and nothing is pushed to the hub.
     build(&ctx, "v2", 1);
     let before = gets.len();
+    let writes = |reg: &Registry| {
+        reg.requests()
+            .iter()
+            .filter(|r| matches!(r.method.as_str(), "PUT" | "PATCH" | "POST"))
+            .count()
+    };
+    let writes_before = writes(&reg);
     let (code, v, err) = deploy(
         &ctx,
         &stack,
@@ -279,6 +309,7 @@ fn deploy_via_a_hub_takes_large_layers_from_it_and_small_changes_over_ssh() {
     assert_eq!(code, Some(0), "{v} {err}");
     assert_eq!(v["state"], "committed", "{v}");
     assert_eq!(robot_gets(&reg).len(), before, "{}", reg.log());
+    assert_eq!(writes(&reg), writes_before, "{}", reg.log());
     assert_eq!(v["objects_sent"], 1, "{v}");
 
     // A hub the robot cannot reach (this laptop's loopback): the error names it, and the robot

@@ -179,6 +179,11 @@ pub async fn deploy(
     )
     .await;
     let results = fill_skipped(robots, results, &*log);
+    if let Some(via) = &shared.via {
+        let outer = log.clone();
+        let warn = move |w: String| outer.event(Event::note(format!("warning: {w}")));
+        crate::ops::deploy::finish_hub(via, &*log, &warn).await;
+    }
     let rec = record::Rollout::new(
         record::Kind::Deploy,
         None,

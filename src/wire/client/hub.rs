@@ -13,32 +13,18 @@
 //! on SSH) and the blob is at most [`HUB_MAX_RATIO`] times the direct bytes (a one-line change
 //! in a 300 MB layer is not worth a 300 MB download, even from a fast hub).
 
-use std::collections::HashMap;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::{FromRobot, ToRobot, WireError};
-use super::plan::{Objects, PlannedLayer, TransferPlan};
+use super::plan::{Objects, PlannedLayer};
 use super::{Connection, unexpected};
-use crate::api::{Fetched, HubBlob, HubFetch};
-use crate::oci::Digest;
+use crate::api::{Fetched, HubFetch};
 use crate::progress::{Event, Reporter};
 
 /// Direct bytes below which a layer never goes via the hub.
 pub const HUB_MIN_DIRECT: u64 = 1 << 20;
 /// A layer goes via the hub only when its blob is at most this many times its direct bytes.
 pub const HUB_MAX_RATIO: u64 = 4;
-
-/// A lab hub prepared for a rollout (`ops::hub::prepare`): the robots' view of it (URL,
-/// read-only credential, `--insecure`) and which of its repositories holds each blob the
-/// laptop pushed. One value serves every robot of a rollout.
-#[derive(Clone, Debug)]
-pub struct Hub {
-    /// URL, credential and `insecure`; its `blobs` are filled per robot.
-    pub fetch: HubFetch,
-    /// Blob digest → the hub repository that holds it.
-    pub repositories: HashMap<Digest, String>,
-}
 
 /// Whether a layer goes via the hub: `direct` (estimated bytes on the SSH link) against `blob`
 /// (bytes the robot downloads from the hub). See the module doc for why.
@@ -74,49 +60,29 @@ pub fn older_robot_note(hello: &super::RobotHello) -> String {
     )
 }
 
-/// The layers of `plan` the robot should fetch from `hub`, in plan order.
-pub fn hub_blobs(plan: &TransferPlan, hub: &Hub) -> Vec<HubBlob> {
-    plan.layers
-        .iter()
-        .filter(|l| via_hub(direct_estimate(l), l.blob.size))
-        .filter_map(|l| {
-            Some(HubBlob {
-                repository: hub.repositories.get(&l.blob.digest)?.clone(),
-                digest: l.blob.digest.clone(),
-                media_type: l.blob.media_type.clone(),
-                size: l.blob.size,
-                diff_id: l.diff_id.clone(),
-            })
-        })
-        .collect()
-}
-
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
-    /// Asks the robot to fetch `blobs` from `hub` and waits for it, reporting its progress.
-    /// The robot failing to use the hub ends the session with its error, which names the hub.
-    pub(super) async fn fetch_from_hub(
+    /// Asks the robot to fetch `hub`'s blobs and waits for it, reporting its progress. The
+    /// robot failing to use the hub ends the session with its error, which names the hub.
+    pub async fn fetch_from_hub(
         &mut self,
-        hub: &Hub,
-        blobs: Vec<HubBlob>,
+        hub: HubFetch,
         reporter: &dyn Reporter,
     ) -> Result<Fetched, WireError> {
-        let total: u64 = blobs.iter().map(|b| b.size).sum();
-        let id = "hub fetch".to_string();
+        let total: u64 = hub.blobs.iter().map(|b| b.size).sum();
+        let id = match hub.blobs.as_slice() {
+            [one] => format!("hub {}", one.digest.short()),
+            _ => "hub fetch".to_string(),
+        };
         reporter.event(Event::start(
             id.clone(),
             format!(
                 "robot fetches {} layer(s) from {}",
-                blobs.len(),
-                hub.fetch.url
+                hub.blobs.len(),
+                hub.url
             ),
             Some(total),
         ));
-        let msg = ToRobot::Fetch {
-            hub: HubFetch {
-                blobs,
-                ..hub.fetch.clone()
-            },
-        };
+        let msg = ToRobot::Fetch { hub };
         let mut next = self.call(&msg).await?;
         loop {
             match next {
@@ -136,13 +102,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             next = self.answer().await?;
         }
     }
+
+    /// Notes that the robot fetched layers: it has objects now, so the next plan asks it
+    /// which (a robot that began empty is otherwise sent whole layers unasked).
+    pub fn fetched_from_hub(&mut self) {
+        self.hello.has_objects = true;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::ObjectSpec;
-    use crate::oci::Descriptor;
+    use crate::oci::{Descriptor, Digest};
     use std::collections::BTreeMap;
 
     const MIB: u64 = 1 << 20;
@@ -218,29 +190,5 @@ mod tests {
             super::super::super::MINOR
         );
         assert!(hello.fetches());
-    }
-
-    #[test]
-    fn only_blobs_the_hub_holds_are_fetched() {
-        let mut plan = TransferPlan::default();
-        plan.layers.push(layer(10 * MIB, None));
-        let mut hub = Hub {
-            fetch: HubFetch {
-                url: "http://hub:5000".into(),
-                authorization: Some("Bearer secret".into()),
-                insecure: false,
-                blobs: Vec::new(),
-            },
-            repositories: HashMap::new(),
-        };
-        assert!(hub_blobs(&plan, &hub).is_empty());
-        hub.repositories
-            .insert(Digest::of(b"b"), "duckietown/dt-core".into());
-        let blobs = hub_blobs(&plan, &hub);
-        assert_eq!(blobs.len(), 1);
-        assert_eq!(blobs[0].repository, "duckietown/dt-core");
-        assert_eq!(blobs[0].diff_id, Digest::of(b"d"));
-        // The credential never shows in debug output.
-        assert!(!format!("{hub:?}").contains("secret"));
     }
 }

@@ -1,12 +1,13 @@
 //! A lab hub (issue 15): an OCI registry on a wired lab machine that robots fetch large layers
 //! from, so a rollout's bytes cross the laptop's uplink once. Two verbs:
 //!
-//! - [`prepare`] (`deploy --via HUB`): pushes the deploy's images to the hub with the registry
-//!   client (`HEAD` checks and cross-repository mounts: what the hub holds is not sent again)
-//!   and gets the robots a read-only credential; the [`Hub`] it returns serves every robot of
-//!   a rollout. Names on the hub: `HUB/<the image's repository>@<digest>` (pushed by digest,
-//!   so two laptops' `dt-core:daffy` never clobber each other's tags, and anything of the
-//!   image is readable with `skopeo inspect --no-tags docker://HUB/<repository>@<digest>`).
+//! - [`Via`] (`deploy --via HUB`, via.rs): the robots' transfers through the hub and the
+//!   pipeline that pushes each layer a robot will fetch once per rollout, recompressed with
+//!   zstd (convert.rs), with the registry client (`HEAD` checks and cross-repository mounts:
+//!   what the hub holds is not sent again). Names on the hub: `HUB/<the image's
+//!   repository>@<digest>` (pushed by digest, so two laptops' `dt-core:daffy` never clobber
+//!   each other's tags, and a whole image is readable with `skopeo inspect --no-tags
+//!   docker://HUB/<repository>@<digest>`).
 //! - [`up`] / [`down`] (`dts fleet hub up|down`): Debian's `docker-registry` (CNCF
 //!   distribution) with a lab config, for labs that have no registry.
 //!
@@ -18,7 +19,6 @@
 //!   data/                   its storage: docker/registry/v2/{blobs,repositories}
 //! ```
 
-use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::api::HubFetch;
-use crate::oci::{Descriptor, Digest, Document, Reference, media};
-use crate::progress::Reporter;
-use crate::store::{MAX_MANIFEST_BYTES, Store};
-use crate::wire::client::Hub;
+use crate::oci::Reference;
+
+mod convert;
+mod via;
+
+pub use via::Via;
 
 /// `deploy --via`'s inputs.
 #[derive(Clone, Debug, Default)]
@@ -41,103 +42,6 @@ pub struct HubArgs {
     pub insecure: bool,
     /// A read-only user for robots of a Basic-auth hub, and its password.
     pub robot_user: Option<(String, String)>,
-}
-
-/// `--via` for one deploy or a whole rollout: the hub and what was prepared on it, shared by
-/// every robot's deploy so a fleet pushes each image set once however many robots fetch it
-/// (the robots of a rollout wait for the first one's push, then reuse its [`Hub`]).
-#[derive(Debug)]
-pub struct Via {
-    /// The hub.
-    pub args: HubArgs,
-    prepared: tokio::sync::Mutex<HashMap<ImageSet, (Instant, Hub)>>,
-}
-
-/// The images of a deploy (name, document digest), as [`prepare`] takes them.
-type ImageSet = Vec<(String, Digest)>;
-
-/// How long a prepared hub is reused before it is prepared again: a token server's tokens
-/// expire (Docker Hub's after 5 minutes, distribution's token auth adds a minute of leeway),
-/// and preparing again costs `HEAD` requests and one token, not a push.
-pub const PREPARED_FOR: Duration = Duration::from_secs(120);
-
-impl Via {
-    /// Nothing prepared yet.
-    pub fn new(args: HubArgs) -> Via {
-        Via {
-            args,
-            prepared: tokio::sync::Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The hub prepared for `images` ([`prepare`]): reused while younger than
-    /// [`PREPARED_FOR`], else prepared again.
-    pub async fn for_images(
-        &self,
-        store: &Store,
-        images: &[(String, Digest)],
-        reporter: &dyn Reporter,
-    ) -> Result<Hub> {
-        let mut prepared = self.prepared.lock().await;
-        if let Some((at, hub)) = prepared.get(images)
-            && at.elapsed() < PREPARED_FOR
-        {
-            return Ok(hub.clone());
-        }
-        let hub = prepare(store, images, &self.args, reporter).await?;
-        prepared.insert(images.to_vec(), (Instant::now(), hub.clone()));
-        Ok(hub)
-    }
-}
-
-/// Pushes what the hub lacks of `images` (name, manifest or index digest in `store`) and gets
-/// robots a read-only credential: once per rollout, whatever the number of robots.
-pub async fn prepare(
-    store: &Store,
-    images: &[(String, Digest)],
-    args: &HubArgs,
-    reporter: &dyn Reporter,
-) -> Result<Hub> {
-    let (hub, insecure) = hub_host(&args.hub, args.insecure)?;
-    let client = crate::registry::Client::new(super::registry::client_options(insecure)?)?;
-    let mut repositories: HashMap<Digest, String> = HashMap::new();
-    let mut repos: Vec<String> = Vec::new();
-    for (name, digest) in images {
-        let reference = Reference::parse(name)?;
-        let repo = reference.repository().to_string();
-        let top = descriptor(store, digest)?;
-        let dest = Reference::parse(&format!("{hub}/{repo}@{digest}"))?;
-        client
-            .push(store, &top, &dest, reporter)
-            .await
-            .with_context(|| format!("pushing `{name}` to the lab hub {hub}"))?;
-        for d in store.reachable(&top)? {
-            if !media::is_manifest(&d.media_type) && !media::is_index(&d.media_type) {
-                repositories.entry(d.digest).or_insert_with(|| repo.clone());
-            }
-        }
-        if !repos.contains(&repo) {
-            repos.push(repo);
-        }
-    }
-    let user = args
-        .robot_user
-        .as_ref()
-        .map(|(u, p)| (u.as_str(), p.as_str()));
-    let authorization = client
-        .robot_authorization(&hub, &repos, user)
-        .await
-        .with_context(|| format!("getting robots a read-only credential for {hub}"))?;
-    let scheme = if insecure { "http" } else { "https" };
-    Ok(Hub {
-        fetch: HubFetch {
-            url: format!("{scheme}://{hub}"),
-            authorization,
-            insecure,
-            blobs: Vec::new(),
-        },
-        repositories,
-    })
 }
 
 /// `host[:port]` of a `--via` value, and whether it is plain HTTP: `http://` says so as
@@ -157,21 +61,6 @@ pub fn hub_host(via: &str, insecure: bool) -> Result<(String, bool)> {
     Reference::parse(&format!("{host}/x"))
         .with_context(|| format!("--via {via}: not a registry host"))?;
     Ok((host.to_string(), insecure))
-}
-
-/// A document of the store as a descriptor (its media type from its own `mediaType`).
-fn descriptor(store: &Store, digest: &Digest) -> Result<Descriptor> {
-    let bytes = store.read_blob(digest, MAX_MANIFEST_BYTES)?;
-    let doc = Document::parse(&format!("manifest {digest}"), None, &bytes)?;
-    let media_type = match &doc {
-        Document::Manifest(m) => m.media_type.as_deref().unwrap_or(media::OCI_MANIFEST),
-        Document::Index(i) => i.media_type.as_deref().unwrap_or(media::OCI_INDEX),
-    };
-    Ok(Descriptor::new(
-        media_type,
-        digest.clone(),
-        bytes.len() as u64,
-    ))
 }
 
 // ---- `dts fleet hub up|down` -------------------------------------------------------------------

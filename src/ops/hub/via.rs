@@ -1,0 +1,395 @@
+//! `deploy --via HUB`: one robot's transfer through a lab hub, and the pipeline that puts a
+//! rollout's layers on the hub, shared by every robot of the rollout ([`Via`]).
+//!
+//! Each robot plans first; the layers worth fetching from the hub (`wire::client::via_hub`)
+//! are requested from the pipeline, which pushes each blob once however many robots want it:
+//! recompressed with zstd (convert.rs), one conversion and one upload at a time, smallest
+//! first, so the robots fetch each layer as soon as the hub has committed it while the laptop
+//! uploads the next. A rollout's time is then about the uplink time of the whole set plus one
+//! robot's download of the largest layer, where pushing everything before any robot starts
+//! costs the two in full. Layers no robot asks for are not pushed: a one-file change goes over
+//! SSH and puts nothing on the hub. After the rollout, [`Via::finish`] pushes the manifest of
+//! each image whose large layers all went through the hub (its config and small layers with
+//! it), so the hub holds whole images skopeo and Docker can read.
+//!
+//! Each fetch carries a credential made for it (a pull-only token lives minutes: a long
+//! rollout must not outlive the first one).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::sync::{mpsc, watch};
+
+use super::{HubArgs, convert, hub_host};
+use crate::api::{Fetched, HeldImage, HubBlob, HubFetch};
+use crate::oci::{Descriptor, Digest, Reference};
+use crate::ops::robot::{RobotLink, guarded};
+use crate::progress::{Event, Reporter, Silent};
+use crate::registry::Client;
+use crate::store::Store;
+use crate::wire::client::{
+    Detail, HUB_MIN_DIRECT, PlannedLayer, TransferPlan, TransferReport, direct_estimate,
+    older_robot_note, via_hub,
+};
+
+/// A blob's way onto the hub: `None` while under way, then the hub's blob or why not.
+type Ready = Option<Result<HubBlob, String>>;
+
+/// `--via` for one deploy or a whole rollout (shared by its robots' deploys).
+pub struct Via {
+    /// The hub as given.
+    pub args: HubArgs,
+    /// `host[:port]` and whether it is plain HTTP.
+    host: String,
+    insecure: bool,
+    client: Arc<Client>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Via").field("host", &self.host).finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Laptop layer blob → its hub blob, as the pipeline gets it there.
+    blobs: HashMap<Digest, watch::Receiver<Ready>>,
+    /// The images robots asked layers of: manifest digest → (hub repository, layers).
+    images: BTreeMap<Digest, (String, Vec<Descriptor>)>,
+    /// Manifests pushed by [`Via::finish`].
+    finished: Vec<Digest>,
+    /// The pipeline's queue, once started.
+    queue: Option<mpsc::UnboundedSender<Job>>,
+}
+
+/// One layer for the pipeline.
+struct Job {
+    layer: Descriptor,
+    diff_id: Digest,
+    repository: String,
+    done: watch::Sender<Ready>,
+}
+
+impl Via {
+    /// A hub for `args`; nothing is sent until a robot asks.
+    pub fn new(args: HubArgs) -> Result<Via> {
+        let (host, insecure) = hub_host(&args.hub, args.insecure)?;
+        let client = Client::new(crate::ops::registry::client_options(insecure)?)?;
+        Ok(Via {
+            args,
+            host,
+            insecure,
+            client: Arc::new(client),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The hub's URL, as robots reach it.
+    fn url(&self) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}", self.host)
+    }
+
+    /// [`crate::wire::client::Connection::transfer_with_held`] through the hub: plans, has the
+    /// robot fetch the layers [`via_hub`] picks as the pipeline commits them to the hub, plans
+    /// again and sends the rest over SSH. A robot older than wire 2.7 gets everything over SSH
+    /// and a note. A hub that fails (a push, or the robot's fetch) fails the transfer, naming
+    /// it: falling back to SSH would put every byte back on the shared uplink.
+    pub async fn transfer(
+        &self,
+        l: &mut RobotLink,
+        store: &Store,
+        images: &[(String, Digest)],
+        held: &[HeldImage],
+        log: &dyn Reporter,
+    ) -> Result<TransferReport> {
+        let started = Instant::now();
+        let mut plan = plan(l, store, images, held).await?;
+        let mut fetched = Fetched::default();
+        let wanted: Vec<&PlannedLayer> = plan
+            .layers
+            .iter()
+            .filter(|p| via_hub(direct_estimate(p), p.blob.size))
+            .collect();
+        if !wanted.is_empty() && !l.conn.hello().fetches() {
+            log.event(Event::note(older_robot_note(l.conn.hello())));
+        } else if !wanted.is_empty() {
+            for rx in self.request(store, &plan, &wanted) {
+                if rx.borrow().is_none() {
+                    log.event(Event::note(
+                        "waiting for the laptop to put a layer on the hub",
+                    ));
+                }
+                let blob = ready(rx)
+                    .await
+                    .map_err(|e| anyhow!("the lab hub {}: {e}", self.host))?;
+                let authorization = self
+                    .client
+                    .robot_authorization(
+                        &self.host,
+                        std::slice::from_ref(&blob.repository),
+                        self.robot_user(),
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("getting the robot a read-only credential for {}", self.host)
+                    })?;
+                let hub = HubFetch {
+                    url: self.url(),
+                    authorization,
+                    insecure: self.insecure,
+                    blobs: vec![blob],
+                };
+                let f = guarded(&l.session, l.conn.fetch_from_hub(hub, log)).await?;
+                fetched.layers += f.layers;
+                fetched.bytes += f.bytes;
+            }
+            // What it fetched, it has: ask again, and send only the rest.
+            l.conn.fetched_from_hub();
+            let query = plan.query_bytes;
+            plan = self::plan(l, store, images, held).await?;
+            plan.query_bytes += query;
+        }
+        let mut report = guarded(&l.session, l.conn.execute(store, &plan, log)).await?;
+        report.hub_layers = fetched.layers;
+        report.hub_bytes = fetched.bytes;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    fn robot_user(&self) -> Option<(&str, &str)> {
+        self.args
+            .robot_user
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// Asks the pipeline for `wanted` (layers of `plan`): returns a receiver per layer, in the
+    /// order the pipeline serves them (smallest first). A layer another robot asked for
+    /// already is not queued again.
+    fn request(
+        &self,
+        store: &Store,
+        plan: &TransferPlan,
+        wanted: &[&PlannedLayer],
+    ) -> Vec<watch::Receiver<Ready>> {
+        let mut st = self.state.lock().expect("hub state lock");
+        let repository_of = |name: &str| {
+            Reference::parse(name).map_or_else(|_| name.to_string(), |r| r.repository().into())
+        };
+        for img in plan.images.iter().filter(|i| !i.held_by_robot) {
+            let Some(name) = img.names.first() else {
+                continue;
+            };
+            st.images.entry(img.manifest.clone()).or_insert_with(|| {
+                let layers = img.layers.iter().map(|(b, _)| b.clone()).collect();
+                (repository_of(name), layers)
+            });
+        }
+        let mut order = wanted.to_vec();
+        order.sort_by_key(|p| p.blob.size);
+        let mut out = Vec::with_capacity(order.len());
+        for p in order {
+            if let Some(rx) = st.blobs.get(&p.blob.digest) {
+                out.push(rx.clone());
+                continue;
+            }
+            let (done, rx) = watch::channel(None);
+            let job = Job {
+                layer: p.blob.clone(),
+                diff_id: p.diff_id.clone(),
+                repository: repository_of(&p.image),
+                done,
+            };
+            let queue = st
+                .queue
+                .get_or_insert_with(|| self.start(store.root().to_path_buf()));
+            if let Err(mpsc::error::SendError(job)) = queue.send(job) {
+                let _ = job
+                    .done
+                    .send(Some(Err("the push to the hub stopped".into())));
+            }
+            st.blobs.insert(p.blob.digest.clone(), rx.clone());
+            out.push(rx);
+        }
+        out
+    }
+
+    /// Starts the pipeline: a converter (blocking, one layer at a time) feeding an uploader
+    /// (one blob at a time: concurrent uploads would share the uplink and delay the first
+    /// blob every robot waits for).
+    fn start(&self, store_root: std::path::PathBuf) -> mpsc::UnboundedSender<Job> {
+        let (tx, mut jobs) = mpsc::unbounded_channel::<Job>();
+        let (up_tx, mut uploads) = mpsc::unbounded_channel::<(Job, Descriptor)>();
+        let root = store_root.clone();
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                let (root, layer) = (root.clone(), job.layer.clone());
+                let z = tokio::task::spawn_blocking(move || {
+                    convert::zstd_layer(&Store::open(&root)?, &layer)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+                match z {
+                    Ok(z) => {
+                        if up_tx.send((job, z)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!(
+                            "recompressing layer {}: {}",
+                            job.layer.digest,
+                            crate::util::error_chain(&*e)
+                        );
+                        let _ = job.done.send(Some(Err(why)));
+                    }
+                }
+            }
+        });
+        let (client, host) = (self.client.clone(), self.host.clone());
+        tokio::spawn(async move {
+            let store = Store::open(&store_root);
+            while let Some((job, z)) = uploads.recv().await {
+                let result = match &store {
+                    Ok(store) => push_layer(&client, store, &host, &job, &z).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = job.done.send(Some(result));
+            }
+        });
+        tx
+    }
+
+    /// After a rollout: pushes the manifest of every image whose large layers (at least
+    /// [`HUB_MIN_DIRECT`]) all went to the hub in it, with the rest of the image (config,
+    /// small layers). Returns warnings: a manifest that did not make it leaves every robot's
+    /// release as it is, and only the hub without a readable image.
+    pub async fn finish(&self, store: &Store, log: &dyn Reporter) -> Vec<String> {
+        let (images, blobs) = {
+            let st = self.state.lock().expect("hub state lock");
+            let blobs: HashMap<Digest, Ready> = st
+                .blobs
+                .iter()
+                .map(|(d, rx)| (d.clone(), rx.borrow().clone()))
+                .collect();
+            let images: Vec<_> = st
+                .images
+                .iter()
+                .filter(|(m, _)| !st.finished.contains(m))
+                .map(|(m, v)| (m.clone(), v.clone()))
+                .collect();
+            (images, blobs)
+        };
+        let mut warnings = Vec::new();
+        for (manifest, (repository, layers)) in images {
+            let mut converted = HashMap::new();
+            let complete = layers
+                .iter()
+                .filter(|d| d.size >= HUB_MIN_DIRECT)
+                .all(|d| match blobs.get(&d.digest) {
+                    Some(Some(Ok(b))) => {
+                        let z = Descriptor::new(&b.media_type, b.digest.clone(), b.size);
+                        converted.insert(d.digest.clone(), z);
+                        true
+                    }
+                    _ => false,
+                });
+            if !complete || converted.is_empty() {
+                continue;
+            }
+            match self
+                .push_manifest(store, &manifest, &repository, &converted, log)
+                .await
+            {
+                Ok(()) => self
+                    .state
+                    .lock()
+                    .expect("hub state lock")
+                    .finished
+                    .push(manifest),
+                Err(e) => warnings.push(format!(
+                    "the lab hub {}: the manifest of {repository} was not pushed, so the hub \
+                     holds its layers but no image skopeo or Docker can read (the robots' \
+                     releases are as reported): {}",
+                    self.host,
+                    crate::util::error_chain(&*e)
+                )),
+            }
+        }
+        warnings
+    }
+
+    async fn push_manifest(
+        &self,
+        store: &Store,
+        manifest: &Digest,
+        repository: &str,
+        converted: &HashMap<Digest, Descriptor>,
+        log: &dyn Reporter,
+    ) -> Result<()> {
+        let doc = convert::hub_manifest(store, manifest, converted)?;
+        let dest = Reference::parse(&format!("{}/{repository}@{}", self.host, doc.digest))?;
+        self.client.push(store, &doc, &dest, log).await?;
+        Ok(())
+    }
+}
+
+/// Plans `images` and `held` for the robot of `l` (as a transfer does) and checks its space.
+async fn plan(
+    l: &mut RobotLink,
+    store: &Store,
+    images: &[(String, Digest)],
+    held: &[HeldImage],
+) -> Result<TransferPlan> {
+    let p = guarded(
+        &l.session,
+        l.conn.plan_with_held(store, images, held, Detail::Layers),
+    )
+    .await?;
+    l.conn.check_space(store, &p)?;
+    Ok(p)
+}
+
+/// Uploads `z` (the hub blob of `job`'s layer) into the job's repository on `host`.
+async fn push_layer(
+    client: &Client,
+    store: &Store,
+    host: &str,
+    job: &Job,
+    z: &Descriptor,
+) -> Result<HubBlob, String> {
+    let dest = Reference::parse(&format!("{host}/{}@{}", job.repository, z.digest))
+        .map_err(|e| e.to_string())?;
+    client
+        .push_blob_to(store, z, &dest, &Silent)
+        .await
+        .map_err(|e| {
+            format!(
+                "pushing layer {}: {}",
+                job.layer.digest,
+                crate::util::error_chain(&e)
+            )
+        })?;
+    Ok(HubBlob {
+        repository: job.repository.clone(),
+        digest: z.digest.clone(),
+        media_type: z.media_type.clone(),
+        size: z.size,
+        diff_id: job.diff_id.clone(),
+    })
+}
+
+/// Waits until the pipeline has put a blob on the hub, or failed to.
+async fn ready(mut rx: watch::Receiver<Ready>) -> Result<HubBlob, String> {
+    let r = rx
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| "the push to the hub stopped".to_string())?;
+    r.clone().expect("waited for a value")
+}
