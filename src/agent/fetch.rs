@@ -10,24 +10,39 @@
 //! size and diff_id verified, nothing staged whole. The credential lives in this request's
 //! memory only: it is never written on the robot, never logged, and our errors never print it.
 //!
+//! A layer may come in parts ([`HubBlob::parts`], 2.8), which the laptop pushes while robots
+//! fetch them: each part's GET that finds nothing yet (404) is made again every
+//! [`POLL_EVERY`] until the request's `wait_ms` has passed. The parts' bytes are one stream
+//! of zstd frames, checked part by part against their digests; decompressed, the closing zero
+//! blocks of every part but the last are left out, and what remains is the layer's tar,
+//! ingested as an uncompressed blob whose digest is the diff_id.
+//!
 //! The HTTP client (reqwest on rustls with ring, the laptop's own) runs on a thread of its own
 //! with a one-thread tokio runtime: `dt-agent serve` is blocking I/O, and the store reads the
 //! body as a `Read` through a small bounded channel, so at most a few chunks are in memory.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
 
 use crate::agent::store::{AgentStore, AgentStoreError};
-use crate::api::{Fetched, HubFetch};
+use crate::api::{Fetched, HubBlob, HubFetch};
+use crate::oci::Digest;
 use crate::progress::Silent;
 
 /// Chunks in flight between the HTTP thread and the store.
 const CHANNEL_CHUNKS: usize = 16;
 /// How often (bytes) progress is reported.
 const PROGRESS_EVERY: u64 = 1 << 20;
+/// How often a part the hub does not hold yet is asked for again.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// A part's tar ends with two 512-byte zero blocks, left out where the next part follows.
+const TAR_END: u64 = 1024;
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,37 +95,52 @@ pub fn fetch(
         });
     }
     let mut out = Fetched::default();
+    let wait = Duration::from_millis(hub.wait_ms);
     for blob in &hub.blobs {
         if store.has_layer(&blob.diff_id) {
             out.present += 1;
             continue;
         }
-        let url = format!("{base}/v2/{}/blobs/{}", blob.repository, blob.digest);
+        let url = |d: &Digest| format!("{base}/v2/{}/blobs/{d}", blob.repository);
+        let gets: VecDeque<Get> = if blob.parts.is_empty() {
+            // One blob: the store checks its digest.
+            [Get {
+                url: url(&blob.digest),
+                size: blob.size,
+                digest: None,
+            }]
+            .into()
+        } else {
+            blob.parts
+                .iter()
+                .map(|p| Get {
+                    url: url(&p.digest),
+                    size: p.size,
+                    digest: Some(p.digest.clone()),
+                })
+                .collect()
+        };
         let failed: Rc<RefCell<Option<String>>> = Rc::default();
-        let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
-        let thread = spawn_get(client.clone(), url.clone(), hub.authorization.clone(), tx);
         let mut body = Body {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
+            client: client.clone(),
+            authorization: hub.authorization.clone(),
+            wait,
+            gets,
+            current: None,
             read: 0,
-            limit: blob.size,
             before: out.bytes,
             reported: out.bytes,
             progress: &mut *progress,
             failed: failed.clone(),
         };
-        let r = store.import_layer_blob(&blob.digest, blob.size, &blob.diff_id, &mut body, &Silent);
+        let r = ingest(store, blob, &mut body);
         let read = body.read;
+        body.finish();
         drop(body);
-        let _ = thread.join();
         let hub_failure = failed.borrow_mut().take();
         match (r, hub_failure) {
             (_, Some(message)) => {
-                return Err(FetchError::Hub {
-                    hub: base,
-                    message: format!("GET {url}: {message}"),
-                });
+                return Err(FetchError::Hub { hub: base, message });
             }
             (Err(source), None) => {
                 return Err(FetchError::Store {
@@ -126,6 +156,81 @@ pub fn fetch(
     }
     progress(out.bytes);
     Ok(out)
+}
+
+/// Commits `blob`, read from `body`: the blob as it is, or its parts' tar.
+fn ingest(store: &AgentStore, blob: &HubBlob, body: &mut Body) -> Result<bool, AgentStoreError> {
+    if blob.parts.is_empty() {
+        return store.import_layer_blob(&blob.digest, blob.size, &blob.diff_id, body, &Silent);
+    }
+    let frames = zstd::stream::read::Decoder::new(body)
+        .map_err(|e| AgentStoreError::bad_archive(format!("a zstd decoder: {e}")))?;
+    let mut tar = DropTarEnds::new(frames, blob.parts.iter().map(|p| p.tar_size).collect());
+    store.import_layer_blob(&blob.diff_id, blob.size, &blob.diff_id, &mut tar, &Silent)
+}
+
+/// The parts' decompressed stream without each part's closing zero blocks but the last's.
+struct DropTarEnds<R> {
+    inner: R,
+    /// Where each part's tar ends in the decompressed stream, and whether it is the last.
+    ends: VecDeque<u64>,
+    pos: u64,
+}
+
+impl<R: Read> DropTarEnds<R> {
+    fn new(inner: R, tar_sizes: Vec<u64>) -> Self {
+        let mut end = 0;
+        let mut ends: VecDeque<u64> = tar_sizes
+            .iter()
+            .map(|s| {
+                end += s;
+                end
+            })
+            .collect();
+        ends.pop_back(); // the last part keeps its end
+        DropTarEnds {
+            inner,
+            ends,
+            pos: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for DropTarEnds<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(&end) = self.ends.front() else {
+                let n = self.inner.read(buf)?;
+                self.pos += n as u64;
+                return Ok(n);
+            };
+            if end < TAR_END || self.pos > end - TAR_END {
+                return Err(io::Error::other(
+                    "a part's tar is shorter than it was said to be",
+                ));
+            }
+            let drop_at = end - TAR_END;
+            if self.pos == drop_at {
+                let mut zeros = [0u8; TAR_END as usize];
+                self.inner.read_exact(&mut zeros)?;
+                if zeros.iter().any(|&b| b != 0) {
+                    return Err(io::Error::other(
+                        "a part does not end with the tar's zero blocks",
+                    ));
+                }
+                self.pos = end;
+                self.ends.pop_front();
+                continue;
+            }
+            let room = (drop_at - self.pos).min(buf.len() as u64) as usize;
+            let n = self.inner.read(&mut buf[..room])?;
+            if n == 0 {
+                return Err(io::Error::other("the parts end before their tars do"));
+            }
+            self.pos += n as u64;
+            return Ok(n);
+        }
+    }
 }
 
 fn http_client(hub: &HubFetch) -> Result<reqwest::Client, String> {
@@ -168,6 +273,7 @@ fn spawn_get(
     client: reqwest::Client,
     url: String,
     authorization: Option<String>,
+    wait: Duration,
     tx: SyncSender<Msg>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -182,12 +288,12 @@ fn spawn_get(
             }
         };
         rt.block_on(async move {
-            let mut req = client.get(&url);
-            if let Some(a) = &authorization {
-                match reqwest::header::HeaderValue::from_str(a) {
+            let header = match &authorization {
+                None => None,
+                Some(a) => match reqwest::header::HeaderValue::from_str(a) {
                     Ok(mut v) => {
                         v.set_sensitive(true);
-                        req = req.header(reqwest::header::AUTHORIZATION, v);
+                        Some(v)
                     }
                     Err(_) => {
                         let _ = tx.send(Msg::Failed(
@@ -195,19 +301,34 @@ fn spawn_get(
                         ));
                         return;
                     }
+                },
+            };
+            let deadline = Instant::now() + wait;
+            let mut resp = loop {
+                let mut req = client.get(&url);
+                if let Some(v) = &header {
+                    req = req.header(reqwest::header::AUTHORIZATION, v.clone());
                 }
-            }
-            let mut resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.send(Msg::Failed(crate::util::error_chain(&e)));
-                    return;
+                match req.send().await {
+                    // Not pushed yet: the laptop is on it.
+                    Ok(r) if r.status() == 404 && Instant::now() < deadline => {
+                        tokio::time::sleep(POLL_EVERY).await;
+                    }
+                    Ok(r) => break r,
+                    Err(e) => {
+                        let _ = tx.send(Msg::Failed(crate::util::error_chain(&e)));
+                        return;
+                    }
                 }
             };
             let status = resp.status();
             if !status.is_success() {
                 let why = match status.as_u16() {
                     401 | 403 => "the hub refused the deploy's credential",
+                    404 if !wait.is_zero() => {
+                        "the hub still has no such blob in that repository after the time the \
+                         laptop gave for its push"
+                    }
                     404 => "the hub has no such blob in that repository",
                     _ => "the hub failed the request",
                 };
@@ -232,13 +353,35 @@ fn spawn_get(
     })
 }
 
-/// The body as a `Read`: at most `limit` bytes (more is an error: the manifest said how many).
-struct Body<'p> {
+/// One GET of a body: a blob, or a part checked against its digest.
+struct Get {
+    url: String,
+    size: u64,
+    digest: Option<Digest>,
+}
+
+/// The GET under way: its thread, its chunks, what was read of it.
+struct Current {
+    get: Get,
     rx: Receiver<Msg>,
+    thread: std::thread::JoinHandle<()>,
     chunk: Vec<u8>,
     pos: usize,
     read: u64,
-    limit: u64,
+    hasher: Option<Sha256>,
+}
+
+/// The bodies of `gets`, one after the other, as one `Read`: each at most its `size` bytes
+/// (more is an error: the laptop said how many) and, for a part, exactly those bytes with its
+/// digest.
+struct Body<'p> {
+    client: reqwest::Client,
+    authorization: Option<String>,
+    wait: Duration,
+    gets: VecDeque<Get>,
+    current: Option<Current>,
+    /// Bytes read of every GET so far.
+    read: u64,
     /// Bytes of earlier blobs, and what was last reported.
     before: u64,
     reported: u64,
@@ -247,43 +390,153 @@ struct Body<'p> {
     failed: Rc<RefCell<Option<String>>>,
 }
 
-impl Read for Body<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(Msg::Chunk(c)) => {
-                    self.chunk = c;
-                    self.pos = 0;
-                }
-                Ok(Msg::Failed(m)) => {
-                    *self.failed.borrow_mut() = Some(m.clone());
-                    return Err(io::Error::other(m));
-                }
-                Err(_) => return Ok(0),
+impl Body<'_> {
+    fn fail(&self, url: &str, m: String) -> io::Error {
+        let message = format!("GET {url}: {m}");
+        *self.failed.borrow_mut() = Some(message.clone());
+        io::Error::other(message)
+    }
+
+    /// Checks the finished GET (a part's size and digest) and waits for its thread.
+    fn close(&mut self, c: Current) -> io::Result<()> {
+        let _ = c.thread.join();
+        if let (Some(want), Some(h)) = (&c.get.digest, c.hasher) {
+            let got = Digest::from_hex(&format!("{:x}", h.finalize())).expect("sha256 is a digest");
+            if c.read != c.get.size || got != *want {
+                return Err(self.fail(
+                    &c.get.url,
+                    format!(
+                        "the part has {} bytes hashing to {got}, the laptop said {} bytes, {want}",
+                        c.read, c.get.size
+                    ),
+                ));
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        self.read += n as u64;
-        if self.read > self.limit {
-            return Err(io::Error::other(format!(
-                "the blob has more than the {} bytes its manifest says",
-                self.limit
-            )));
+        Ok(())
+    }
+
+    /// Stops a GET still under way (the store stopped reading).
+    fn finish(&mut self) {
+        if let Some(c) = self.current.take() {
+            drop(c.rx);
+            let _ = c.thread.join();
         }
-        let total = self.before + self.read;
-        if total - self.reported >= PROGRESS_EVERY {
-            self.reported = total;
-            (self.progress)(total);
+    }
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.current.is_none() {
+                let Some(get) = self.gets.pop_front() else {
+                    return Ok(0);
+                };
+                let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+                let thread = spawn_get(
+                    self.client.clone(),
+                    get.url.clone(),
+                    self.authorization.clone(),
+                    if get.digest.is_some() {
+                        self.wait
+                    } else {
+                        Duration::ZERO
+                    },
+                    tx,
+                );
+                let hasher = get.digest.as_ref().map(|_| Sha256::new());
+                self.current = Some(Current {
+                    get,
+                    rx,
+                    thread,
+                    chunk: Vec::new(),
+                    pos: 0,
+                    read: 0,
+                    hasher,
+                });
+            }
+            let c = self.current.as_mut().expect("a GET under way");
+            if c.pos < c.chunk.len() {
+                let n = buf.len().min(c.chunk.len() - c.pos);
+                buf[..n].copy_from_slice(&c.chunk[c.pos..c.pos + n]);
+                if let Some(h) = &mut c.hasher {
+                    h.update(&buf[..n]);
+                }
+                c.pos += n;
+                c.read += n as u64;
+                if c.read > c.get.size {
+                    let (url, size) = (c.get.url.clone(), c.get.size);
+                    return Err(self.fail(
+                        &url,
+                        format!("the blob has more than the {size} bytes the laptop said"),
+                    ));
+                }
+                self.read += n as u64;
+                let total = self.before + self.read;
+                if total - self.reported >= PROGRESS_EVERY {
+                    self.reported = total;
+                    (self.progress)(total);
+                }
+                return Ok(n);
+            }
+            match c.rx.recv() {
+                Ok(Msg::Chunk(chunk)) => {
+                    c.chunk = chunk;
+                    c.pos = 0;
+                }
+                Ok(Msg::Failed(m)) => {
+                    let url = c.get.url.clone();
+                    return Err(self.fail(&url, m));
+                }
+                Err(_) => {
+                    let c = self.current.take().expect("a GET under way");
+                    self.close(c)?;
+                }
+            }
         }
-        Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_join_without_their_inner_tar_ends() {
+        let end = [0u8; TAR_END as usize];
+        let part = |body: &[u8]| [body, &end[..]].concat();
+        let (a, b, c) = (part(&[1; 1536]), part(&[2; 512]), part(&[3; 2048]));
+        let stream = [a.clone(), b.clone(), c.clone()].concat();
+        let sizes = vec![a.len() as u64, b.len() as u64, c.len() as u64];
+        let mut out = Vec::new();
+        // Small reads: boundaries fall inside them.
+        let mut r = DropTarEnds::new(&stream[..], sizes.clone());
+        let mut buf = [0u8; 100];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let want = [&[1u8; 1536][..], &[2; 512], &c[..]].concat();
+        assert_eq!(out, want);
+        // A part whose end is not zero blocks, or parts shorter than said: refused.
+        let mut bad = stream.clone();
+        bad[1536] = 9;
+        let mut out = Vec::new();
+        assert!(
+            DropTarEnds::new(&bad[..], sizes.clone())
+                .read_to_end(&mut out)
+                .is_err()
+        );
+        let mut out = Vec::new();
+        let short = &stream[..1000];
+        assert!(
+            DropTarEnds::new(short, sizes)
+                .read_to_end(&mut out)
+                .is_err()
+        );
+    }
 
     #[test]
     fn repository_names_cannot_leave_the_blob_path() {

@@ -63,6 +63,10 @@ pub struct HubFetch {
     pub insecure: bool,
     /// The layer blobs, in the order to fetch them.
     pub blobs: Vec<HubBlob>,
+    /// How long (ms) to keep asking for a part the hub does not hold yet (404): parts are
+    /// pushed while robots fetch them (2.8; 0: never ask again).
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 impl std::fmt::Debug for HubFetch {
@@ -76,6 +80,7 @@ impl std::fmt::Debug for HubFetch {
             )
             .field("insecure", &self.insecure)
             .field("blobs", &self.blobs)
+            .field("wait_ms", &self.wait_ms)
             .finish()
     }
 }
@@ -93,6 +98,24 @@ pub struct HubBlob {
     pub size: u64,
     /// The layer's diff_id (sha256 of the uncompressed tar), which the robot verifies.
     pub diff_id: Digest,
+    /// When not empty (2.8), the layer comes as these blobs, in order, instead of one: the
+    /// zstd frames of runs of its tar entries, each run ended by the tar's two zero blocks so
+    /// that every part is a layer of its own on the hub. The layer is their tars concatenated
+    /// with every part's last 1024 bytes left out but the last one's; `digest` is then the
+    /// diff_id, `media_type` an uncompressed layer's and `size` the tar's length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<HubPart>,
+}
+
+/// One part of a layer on a hub ([`HubBlob::parts`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubPart {
+    /// The part's blob (zstd).
+    pub digest: Digest,
+    /// Its length.
+    pub size: u64,
+    /// The length of its tar (with the closing zero blocks).
+    pub tar_size: u64,
 }
 
 /// What a robot's `fetch` did.

@@ -80,7 +80,9 @@ pub const MAJOR: u16 = 2;
 /// channel, [`RobotHello::attaches`]) and a container config may ask for a terminal. 7: `fetch`
 /// asks the robot to GET layer blobs from a lab hub itself ([`ToRobot::Fetch`],
 /// [`RobotHello::fetches`]; `deploy --via`); an older robot is sent everything directly.
-pub const MINOR: u16 = 7;
+/// 8: a fetched layer may come in parts pushed while the robot fetches them
+/// ([`crate::api::HubBlob::parts`], `wait_ms`); the laptop uses the hub only with 2.8 robots.
+pub const MINOR: u16 = 8;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -261,10 +263,10 @@ impl RobotHello {
         self.speaks(6)
     }
 
-    /// Whether the robot's agent fetches layer blobs from a hub (protocol 2.7 or later): an
-    /// older one would end the session on the unknown `op`.
+    /// Whether the robot's agent fetches layer blobs from a hub (protocol 2.8 or later): a 2.6
+    /// one would end the session on the unknown `op`, a 2.7 one not know a layer's parts.
     pub fn fetches(&self) -> bool {
-        self.speaks(7)
+        self.speaks(8)
     }
 
     /// Whether the robot speaks our major version at `minor` or later.
@@ -627,7 +629,7 @@ mod tests {
             h.protocol = protocol.into();
             assert_eq!(h.attaches(), attaches, "{protocol}");
         }
-        for (protocol, fetches) in [("2.6", false), ("2.7", true), ("3.7", false)] {
+        for (protocol, fetches) in [("2.7", false), ("2.8", true), ("3.8", false)] {
             h.protocol = protocol.into();
             assert_eq!(h.fetches(), fetches, "{protocol}");
         }

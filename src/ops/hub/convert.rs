@@ -1,137 +1,343 @@
-//! What the laptop puts on a lab hub: each layer recompressed with zstd, and a manifest naming
-//! those blobs. The hub's blobs cross the laptop's uplink once per rollout, so their size is
-//! the rollout's size: a store's gzip layers are about a third larger than the zstd stream the
-//! SSH transfer sends (the bench workload's ELF files: 123 MB gzip against 92 MB), and a hub
-//! holding gzip would make a fleet cost more uplink than one robot. The layer's tar is
-//! unchanged, so its diff_id, the robot's check of what it fetched, is the same.
+//! What the laptop puts on a lab hub: each layer recompressed with zstd and cut into parts,
+//! and a manifest naming those blobs. The hub's blobs cross the laptop's uplink once per
+//! rollout, so their size is the rollout's size: a store's gzip layers are about a third larger
+//! than the zstd stream the SSH transfer sends (the bench workload's ELF files: 123 MB gzip
+//! against 92 MB), and a hub holding gzip would make a fleet cost more uplink than one robot.
 //!
-//! A converted blob is made once and remembered by the store (`zstd/<blob hex>` holds the zstd
-//! blob's digest and size); the blob itself is an ordinary store blob that no name reaches, so
-//! `dts image prune` may remove it, and the next push makes it again.
+//! **Parts.** Robots fetch a blob only once the hub has it whole, so a 300 MB base layer pushed
+//! as one blob would keep every robot idle for the whole upload and then take as long again to
+//! download. Cut into parts of about [`PART_BYTES`] of tar at entry boundaries, each part
+//! ending with the tar's two zero blocks (so every part is a valid layer, and the hub's image a
+//! valid image with the same files), robots fetch part k while the laptop uploads part k+1:
+//! a rollout takes the uplink time of the whole set plus one part. The robot joins the parts
+//! back into the layer's exact tar (wire 2.8, `HubBlob::parts`) and checks its diff_id.
+//!
+//! A conversion is made once and remembered by the store (`zstd/<blob hex>`, the [`HubLayer`]
+//! as JSON); its blobs are ordinary store blobs that no name reaches, so `dts image prune` may
+//! remove them, and the next push makes them again.
 //!
 //! ```text
-//! $DTS_HOME/store/zstd/<hex of the layer blob>    "sha256:<hex of its zstd blob> <size>\n"
+//! $DTS_HOME/store/zstd/<hex of the layer blob>    {"tar_size": …, "parts": [{digest, size, tar_size, diff_id}, …]}
 //! ```
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::oci::manifest::Compression;
 use crate::oci::{Descriptor, Digest, Manifest, media};
-use crate::store::{MAX_MANIFEST_BYTES, Store};
+use crate::store::{BlobWriter, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
 use crate::util::fs::atomic_write;
 
-/// zstd level of a hub layer. Compressing runs ahead of the upload, so it must outpace the
-/// uplink by far while the robots' imports share the laptop's cores: level 12 compresses the
-/// bench workload's ELF files at ~25 MB/s on one core (a 20 Mbit/s uplink carries 2.5 MB/s).
+/// zstd level of a hub layer. The whole layer is compressed before its first part is pushed
+/// (robots need every part's digest), so it must be fast next to the uplink: level 12
+/// compresses the bench workload's ELF files at ~25 MB/s on one core, 5% smaller than level 9,
+/// within 1% of 19.
 pub const LEVEL: i32 = 12;
 /// Its window (log2 bytes): 16 MiB, what the smallest robots' decoders are given
 /// (`wire::SMALL_ROBOT_WINDOW_LOG`), since one blob serves every robot of a fleet.
 pub const WINDOW_LOG: u32 = crate::wire::SMALL_ROBOT_WINDOW_LOG;
+/// Tar bytes per part (a part ends at the first entry boundary past this): ~4 MB of zstd for
+/// real files, under 2 s on a 20 Mbit/s link, which is how far robots trail the upload.
+pub const PART_BYTES: u64 = 16 << 20;
+/// The tar's end: two zero blocks.
+const TAR_END: [u8; 1024] = [0; 1024];
 
-/// The zstd blob of `layer`, a layer blob of `store`: `layer` itself when it is zstd already,
-/// else the remembered conversion, else a new one (blocking: decompresses and compresses the
-/// whole layer).
-pub fn zstd_layer(store: &Store, layer: &Descriptor) -> Result<Descriptor> {
-    let compression = match Compression::of_media_type(&layer.media_type) {
-        Some(Compression::Zstd) => return Ok(layer.clone()),
-        Some(c) => c,
-        None => anyhow::bail!(
+/// A layer as the hub gets it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubLayer {
+    /// The layer's tar length.
+    pub tar_size: u64,
+    /// Its parts, in order; one part is the whole layer.
+    pub parts: Vec<Part>,
+}
+
+/// One part: a zstd blob of a valid tar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The blob.
+    pub digest: Digest,
+    /// Its length.
+    pub size: u64,
+    /// Its tar's length (with the closing zero blocks).
+    pub tar_size: u64,
+    /// Its tar's digest (the part's diff_id as a layer of the hub's image).
+    pub diff_id: Digest,
+}
+
+impl Part {
+    /// The part as a layer descriptor.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(media::OCI_LAYER_ZSTD, self.digest.clone(), self.size)
+    }
+}
+
+/// The hub's form of `layer`, a layer blob of `store`: remembered, else made (blocking:
+/// decompresses the layer and compresses every part).
+pub fn hub_layer(store: &Store, layer: &Descriptor) -> Result<HubLayer> {
+    let Some(compression) = Compression::of_media_type(&layer.media_type) else {
+        bail!(
             "layer {} has media type `{}`, not a layer this hub push can recompress",
             layer.digest,
             layer.media_type
-        ),
+        );
     };
     let record = record_path(store, &layer.digest);
-    if let Some(d) = remembered(store, &record) {
-        return Ok(d);
+    if let Some(l) = remembered(store, &record) {
+        return Ok(l);
     }
     let blob = store.open_blob(&layer.digest)?;
     let path = store.blob_path(&layer.digest);
-    let mut tar = compression
+    let tar = compression
         .decoder(std::io::BufReader::with_capacity(1 << 20, blob))
         .with_context(|| format!("reading {}", path.display()))?;
-    let writer = store.writer()?;
-    let tmp = writer.temp_path().to_path_buf();
-    let mut enc = zstd::stream::write::Encoder::new(writer, LEVEL)
-        .and_then(|mut e| {
-            e.window_log(WINDOW_LOG)?;
-            e.long_distance_matching(true)?;
-            Ok(e)
-        })
-        .with_context(|| format!("starting zstd for {}", tmp.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = tar
-            .read(&mut buf)
-            .with_context(|| format!("decompressing {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        enc.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    let writer = enc
-        .finish()
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    let (digest, size) = writer.commit(None)?;
-    let line = format!("{digest} {size}\n");
+    let made = split(store, tar, PART_BYTES)
+        .with_context(|| format!("cutting layer {} into parts", layer.digest))?;
     if let Some(dir) = record.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    atomic_write(&record, line.as_bytes())?;
-    Ok(Descriptor::new(media::OCI_LAYER_ZSTD, digest, size))
+    let json = serde_json::to_vec(&made).expect("a hub layer serialises");
+    atomic_write(&record, &json)?;
+    Ok(made)
+}
+
+/// Cuts the tar read from `tar` into parts of at least `part_bytes` at entry boundaries (an
+/// extension header — pax `x`/`g`, GNU `L`/`K` — stays with the entry it describes), each
+/// compressed into a store blob; every part but the last gets the two zero blocks that end a
+/// tar, the last keeps the layer's own end.
+fn split(store: &Store, mut tar: impl Read, part_bytes: u64) -> Result<HubLayer> {
+    let mut parts = Vec::new();
+    let mut cur: Option<PartWriter> = None;
+    let mut total = 0u64;
+    let mut header = [0u8; 512];
+    loop {
+        let n = read_full(&mut tar, &mut header)?;
+        if n == 0 || header.iter().all(|&b| b == 0) {
+            // The end: the zero blocks and any padding after them belong to the last part.
+            let w = match cur.take() {
+                Some(w) => w,
+                None => PartWriter::new(store)?,
+            };
+            let mut w = w;
+            w.write_all(&header[..n])?;
+            total += n as u64 + std::io::copy(&mut tar, &mut w)?;
+            parts.push(w.finish()?);
+            break;
+        }
+        if n < header.len() {
+            bail!("the tar ends inside an entry header");
+        }
+        if let Some(w) = cur.take_if(|w| w.cut) {
+            let mut w = w;
+            w.write_all(&TAR_END)?;
+            parts.push(w.finish()?);
+        }
+        let w = match &mut cur {
+            Some(w) => w,
+            None => cur.insert(PartWriter::new(store)?),
+        };
+        let data = entry_size(&header)?.div_ceil(512) * 512;
+        w.write_all(&header)?;
+        let copied = std::io::copy(&mut (&mut tar).take(data), w)?;
+        if copied != data {
+            bail!("the tar ends inside an entry's data");
+        }
+        total += 512 + data;
+        let extension = matches!(header[156], b'x' | b'g' | b'L' | b'K');
+        w.cut = !extension && w.tar_size >= part_bytes;
+    }
+    Ok(HubLayer {
+        tar_size: total,
+        parts,
+    })
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// An entry's data length from its header: octal, or base-256 when the first byte's high bit
+/// is set (GNU, for sizes of 8 GiB and more).
+fn entry_size(header: &[u8; 512]) -> Result<u64> {
+    let field = &header[124..136];
+    if field[0] & 0x80 != 0 {
+        return Ok(field[1..]
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)));
+    }
+    let text = std::str::from_utf8(field).context("a tar header's size is not text")?;
+    let digits = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if digits.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(digits, 8).with_context(|| format!("a tar header's size `{digits}`"))
+}
+
+/// A part being written: its tar hashed and counted, compressed into a store blob.
+struct PartWriter {
+    enc: zstd::stream::write::Encoder<'static, BlobWriter>,
+    hasher: Sha256,
+    tar_size: u64,
+    /// Cut after this entry (the part is full).
+    cut: bool,
+}
+
+impl PartWriter {
+    fn new(store: &Store) -> Result<PartWriter> {
+        let writer = store.writer()?;
+        let mut enc = zstd::stream::write::Encoder::new(writer, LEVEL)?;
+        enc.window_log(WINDOW_LOG)?;
+        enc.long_distance_matching(true)?;
+        Ok(PartWriter {
+            enc,
+            hasher: Sha256::new(),
+            tar_size: 0,
+            cut: false,
+        })
+    }
+
+    fn finish(self) -> Result<Part> {
+        let writer = self.enc.finish()?;
+        let (digest, size) = writer.commit(None)?;
+        let diff_id =
+            Digest::from_hex(&format!("{:x}", self.hasher.finalize())).expect("sha256 is a digest");
+        Ok(Part {
+            digest,
+            size,
+            tar_size: self.tar_size,
+            diff_id,
+        })
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.enc.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.tar_size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.enc.flush()
+    }
 }
 
 fn record_path(store: &Store, layer: &Digest) -> PathBuf {
     store.root().join("zstd").join(layer.hex())
 }
 
-/// A remembered conversion whose blob the store still holds.
-fn remembered(store: &Store, record: &std::path::Path) -> Option<Descriptor> {
-    let line = std::fs::read_to_string(record).ok()?;
-    let (digest, size) = line.trim().split_once(' ')?;
-    let digest: Digest = digest.parse().ok()?;
-    let size: u64 = size.parse().ok()?;
-    let on_disk = std::fs::metadata(store.blob_path(&digest)).ok()?.len();
-    (on_disk == size).then(|| Descriptor::new(media::OCI_LAYER_ZSTD, digest, size))
+/// A remembered conversion whose blobs the store still holds.
+fn remembered(store: &Store, record: &std::path::Path) -> Option<HubLayer> {
+    let bytes = std::fs::read(record).ok()?;
+    let l: HubLayer = serde_json::from_slice(&bytes).ok()?;
+    l.parts
+        .iter()
+        .all(|p| std::fs::metadata(store.blob_path(&p.digest)).is_ok_and(|m| m.len() == p.size))
+        .then_some(l)
 }
 
 /// The manifest the hub gets for `manifest` (a manifest of `store`) whose layers `converted`
-/// maps (laptop blob → hub blob): an OCI manifest (a Docker one is converted, as skopeo does:
-/// its config's bytes are the same) naming the zstd blobs, and the original blobs of layers
-/// that were not converted. Stored in `store` (no name reaches it) and returned.
+/// maps (laptop blob → its hub form): an OCI manifest (a Docker one is converted, as skopeo
+/// does) naming each converted layer's parts as layers, and the original blobs of layers that
+/// were not converted; a config whose `rootfs.diff_ids` (and history) have the parts' in their
+/// place. Both stored in `store` (no name reaches them); returns the manifest.
 pub fn hub_manifest(
     store: &Store,
     manifest: &Digest,
-    converted: &HashMap<Digest, Descriptor>,
+    converted: &HashMap<Digest, HubLayer>,
 ) -> Result<Descriptor> {
     let bytes = store.read_blob(manifest, MAX_MANIFEST_BYTES)?;
     let mut m: Manifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("manifest {manifest} in the store"))?;
-    m.media_type = Some(media::OCI_MANIFEST.to_string());
-    if m.config.media_type == media::DOCKER_CONFIG {
-        m.config.media_type = media::OCI_CONFIG.to_string();
+    let config_bytes = store.read_blob(&m.config.digest, MAX_CONFIG_BYTES)?;
+    let mut config: serde_json::Value = serde_json::from_slice(&config_bytes)
+        .with_context(|| format!("config {} in the store", m.config.digest))?;
+    let old_ids: Vec<serde_json::Value> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if old_ids.len() != m.layers.len() {
+        bail!(
+            "config {} lists {} diff_ids for {} layers",
+            m.config.digest,
+            old_ids.len(),
+            m.layers.len()
+        );
     }
-    for l in &mut m.layers {
+    let history = config["history"].as_array().cloned();
+    let mut layers = Vec::new();
+    let mut ids = Vec::new();
+    // Each layer's history entry (the non-empty ones, in order), when they match the layers.
+    let mut layer_entries: Vec<Vec<serde_json::Value>> = Vec::new();
+    let mut extra_history = false;
+    for (i, l) in m.layers.iter().enumerate() {
         match converted.get(&l.digest) {
-            Some(z) => {
-                l.media_type = z.media_type.clone();
-                l.digest = z.digest.clone();
-                l.size = z.size;
+            Some(h) => {
+                layers.extend(h.parts.iter().map(Part::descriptor));
+                ids.extend(h.parts.iter().map(|p| p.diff_id.to_string().into()));
+                layer_entries.push(vec![serde_json::Value::Null; h.parts.len()]);
+                extra_history |= h.parts.len() > 1;
             }
             None => {
+                let mut l = l.clone();
                 if let Some(c) = Compression::of_media_type(&l.media_type)
                     && l.media_type != media::DOCKER_FOREIGN_LAYER
                 {
                     l.media_type = c.oci_media_type().to_string();
                 }
+                layers.push(l);
+                ids.push(old_ids[i].clone());
+                layer_entries.push(vec![serde_json::Value::Null]);
             }
         }
     }
+    config["rootfs"]["diff_ids"] = serde_json::Value::Array(ids);
+    if let (Some(history), true) = (history, extra_history) {
+        let non_empty = history
+            .iter()
+            .filter(|h| h["empty_layer"] != serde_json::Value::Bool(true))
+            .count();
+        if non_empty == m.layers.len() {
+            let mut out = Vec::new();
+            let mut layer = 0;
+            for h in history {
+                if h["empty_layer"] == serde_json::Value::Bool(true) {
+                    out.push(h);
+                    continue;
+                }
+                let parts = layer_entries[layer].len();
+                for k in 0..parts {
+                    let mut e = h.clone();
+                    if k > 0 {
+                        e["created_by"] =
+                            format!("dts lab hub: part {} of {parts} of the layer above", k + 1)
+                                .into();
+                    }
+                    out.push(e);
+                }
+                layer += 1;
+            }
+            config["history"] = serde_json::Value::Array(out);
+        }
+    }
+    let config_json = serde_json::to_vec(&config).context("serialising the hub's config")?;
+    let config_digest = store.put_blob(&config_json)?;
+    m.config = Descriptor::new(media::OCI_CONFIG, config_digest, config_json.len() as u64);
+    m.media_type = Some(media::OCI_MANIFEST.to_string());
+    m.layers = layers;
     let json = serde_json::to_vec(&m).context("serialising the hub's manifest")?;
     let digest = store.put_blob(&json)?;
     Ok(Descriptor::new(
@@ -145,89 +351,175 @@ pub fn hub_manifest(
 mod tests {
     use super::*;
 
-    /// A gzip layer of `files` (name, content) in `store`.
-    fn gzip_layer(store: &Store, files: &[(&str, &[u8])]) -> (Descriptor, Digest) {
+    /// A tar of `files` (name, content), with a pax header on the long names.
+    fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in files {
-            let mut h = tar::Header::new_gnu();
+            let mut h = tar::Header::new_ustar();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, *data).unwrap();
+            if name.len() > 100 {
+                b.append_pax_extensions([("path", name.as_bytes())])
+                    .unwrap();
+                h.set_path("long").unwrap();
+                h.set_cksum();
+                b.append(&h, &data[..]).unwrap();
+            } else {
+                b.append_data(&mut h, name, &data[..]).unwrap();
+            }
         }
-        let tar = b.into_inner().unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn gzip(store: &Store, tar: &[u8]) -> Descriptor {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&tar).unwrap();
+        gz.write_all(tar).unwrap();
         let gz = gz.finish().unwrap();
         let d = store.put_blob(&gz).unwrap();
-        (
-            Descriptor::new(media::DOCKER_LAYER_GZIP, d, gz.len() as u64),
-            Digest::of(&tar),
-        )
+        Descriptor::new(media::DOCKER_LAYER_GZIP, d, gz.len() as u64)
+    }
+
+    fn files(n: usize) -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| {
+                let name = if i % 7 == 3 {
+                    format!("deep/{}/f{i}", "d".repeat(120))
+                } else {
+                    format!("f{i}")
+                };
+                (
+                    name,
+                    format!("content {i} ").repeat(100 + i * 37).into_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    /// What the robot does with the parts (agent/fetch.rs): their tars joined, every closing
+    /// pair of zero blocks but the last left out.
+    fn joined(store: &Store, l: &HubLayer) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, p) in l.parts.iter().enumerate() {
+            let blob = store.read_blob(&p.digest, 1 << 30).unwrap();
+            assert_eq!(blob.len() as u64, p.size);
+            let tar = zstd::decode_all(&blob[..]).unwrap();
+            assert_eq!(tar.len() as u64, p.tar_size);
+            assert_eq!(Digest::of(&tar), p.diff_id);
+            // Every part is a tar of its own, read to its end.
+            let entries = tar::Archive::new(&tar[..]).entries().unwrap().count();
+            assert!(entries > 0, "part {i} is empty");
+            let keep = if i + 1 < l.parts.len() {
+                assert!(tar.ends_with(&TAR_END));
+                tar.len() - TAR_END.len()
+            } else {
+                tar.len()
+            };
+            out.extend_from_slice(&tar[..keep]);
+        }
+        out
     }
 
     #[test]
-    fn a_gzip_layer_becomes_the_same_tar_in_zstd_once() {
+    fn a_layer_is_cut_at_entry_boundaries_and_joins_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let text = b"lane_filter gain 1.0\n".repeat(5000);
-        let (layer, diff_id) = gzip_layer(&store, &[("a.txt", &text), ("b.txt", b"b")]);
-        let z = zstd_layer(&store, &layer).unwrap();
-        assert_eq!(z.media_type, media::OCI_LAYER_ZSTD);
-        let blob = store.read_blob(&z.digest, 1 << 30).unwrap();
-        assert_eq!(blob.len() as u64, z.size);
-        let tar = zstd::decode_all(&blob[..]).unwrap();
-        assert_eq!(Digest::of(&tar), diff_id, "the same tar: the same diff_id");
-        // Remembered: the same blob, not made again.
-        let before = std::fs::metadata(store.blob_path(&z.digest))
-            .unwrap()
-            .modified()
-            .unwrap();
-        assert_eq!(zstd_layer(&store, &layer).unwrap(), z);
-        let after = std::fs::metadata(store.blob_path(&z.digest))
-            .unwrap()
-            .modified()
-            .unwrap();
-        assert_eq!(before, after);
-        // A zstd layer is pushed as it is.
-        assert_eq!(zstd_layer(&store, &z).unwrap(), z);
-        // A pruned conversion is made again.
-        std::fs::remove_file(store.blob_path(&z.digest)).unwrap();
-        assert_eq!(zstd_layer(&store, &layer).unwrap(), z);
-        // Not a layer: refused, naming it.
+        let tar = tar_of(&files(60));
+        let l = split(&store, &tar[..], 16 << 10).unwrap();
+        assert!(l.parts.len() > 3, "{} parts", l.parts.len());
+        assert_eq!(l.tar_size, tar.len() as u64);
+        assert_eq!(joined(&store, &l), tar);
+        // A pax header is never the last entry of a part: every part's names are whole.
+        for p in &l.parts {
+            let t = zstd::decode_all(&store.read_blob(&p.digest, 1 << 30).unwrap()[..]).unwrap();
+            for e in tar::Archive::new(&t[..]).entries().unwrap() {
+                let e = e.unwrap();
+                assert_ne!(e.path().unwrap().to_str(), Some("long"));
+            }
+        }
+        // Small enough: one part, the layer itself.
+        let one = split(&store, &tar[..], 1 << 30).unwrap();
+        assert_eq!(one.parts.len(), 1);
+        assert_eq!(one.parts[0].diff_id, Digest::of(&tar));
+        // A tar without its closing blocks (some writers stop at the last entry).
+        let cut = &tar[..tar.len() - 10240.min(tar.len())];
+        let bare = split(&store, cut, 16 << 10);
+        if let Ok(bare) = bare {
+            assert_eq!(joined(&store, &bare), cut);
+        }
+        // Truncated inside an entry: refused.
+        assert!(split(&store, &tar[..700], 16 << 10).is_err());
+    }
+
+    #[test]
+    fn a_conversion_is_remembered_and_made_again_when_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tar = tar_of(&files(20));
+        let layer = gzip(&store, &tar);
+        let l = hub_layer(&store, &layer).unwrap();
+        assert_eq!(joined(&store, &l), tar);
+        assert_eq!(hub_layer(&store, &layer).unwrap(), l);
+        std::fs::remove_file(store.blob_path(&l.parts[0].digest)).unwrap();
+        assert_eq!(
+            hub_layer(&store, &layer).unwrap(),
+            l,
+            "made again, the same"
+        );
+        assert!(store.has_blob(&l.parts[0].digest));
         let cfg = Descriptor::new(media::OCI_CONFIG, layer.digest.clone(), layer.size);
-        let e = zstd_layer(&store, &cfg).unwrap_err().to_string();
+        let e = hub_layer(&store, &cfg).unwrap_err().to_string();
         assert!(e.contains(&layer.digest.to_string()), "{e}");
     }
 
     #[test]
-    fn the_hub_manifest_is_oci_and_names_the_zstd_blobs() {
+    fn the_hub_manifest_names_the_parts_and_its_config_their_diff_ids() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (big, _) = gzip_layer(&store, &[("big", &[7u8; 100_000])]);
-        let (small, _) = gzip_layer(&store, &[("small", b"s")]);
-        let config = store.put_blob(b"{}").unwrap();
+        let big_tar = tar_of(&files(60));
+        let small_tar = tar_of(&files(1));
+        let (big, small) = (gzip(&store, &big_tar), gzip(&store, &small_tar));
+        let config = serde_json::json!({
+            "architecture": "arm64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&big_tar), Digest::of(&small_tar)]},
+            "history": [
+                {"created_by": "FROM"},
+                {"created_by": "ENV", "empty_layer": true},
+                {"created_by": "COPY"},
+            ],
+        });
+        let cb = serde_json::to_vec(&config).unwrap();
+        let cd = store.put_blob(&cb).unwrap();
         let m = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": media::DOCKER_MANIFEST,
-            "config": {"mediaType": media::DOCKER_CONFIG, "digest": config, "size": 2},
+            "config": {"mediaType": media::DOCKER_CONFIG, "digest": cd, "size": cb.len()},
             "layers": [big, small],
         });
         let md = store.put_blob(&serde_json::to_vec(&m).unwrap()).unwrap();
-        let z = zstd_layer(&store, &big).unwrap();
-        let converted: HashMap<Digest, Descriptor> = [(big.digest.clone(), z.clone())].into();
+        let h = split(&store, &big_tar[..], 16 << 10).unwrap();
+        let n = h.parts.len();
+        let converted: HashMap<Digest, HubLayer> = [(big.digest.clone(), h.clone())].into();
         let hub = hub_manifest(&store, &md, &converted).unwrap();
         let out: Manifest =
             serde_json::from_slice(&store.read_blob(&hub.digest, 1 << 20).unwrap()).unwrap();
         assert_eq!(out.media_type.as_deref(), Some(media::OCI_MANIFEST));
         assert_eq!(out.config.media_type, media::OCI_CONFIG);
-        assert_eq!(out.config.digest, config);
-        assert_eq!(out.layers[0], z);
-        assert_eq!(out.layers[1].digest, small.digest);
-        assert_eq!(out.layers[1].media_type, media::OCI_LAYER_GZIP);
-        assert_eq!(
-            hub.size,
-            store.read_blob(&hub.digest, 1 << 20).unwrap().len() as u64
-        );
+        assert_eq!(out.layers.len(), n + 1);
+        assert_eq!(out.layers[0], h.parts[0].descriptor());
+        assert_eq!(out.layers[n].digest, small.digest);
+        assert_eq!(out.layers[n].media_type, media::OCI_LAYER_GZIP);
+        let c: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&out.config.digest, 1 << 20).unwrap()).unwrap();
+        let ids = c["rootfs"]["diff_ids"].as_array().unwrap();
+        assert_eq!(ids.len(), n + 1);
+        assert_eq!(ids[0], h.parts[0].diff_id.to_string());
+        assert_eq!(ids[n], Digest::of(&small_tar).to_string());
+        let history = c["history"].as_array().unwrap();
+        assert_eq!(history.len(), n + 2);
+        let layers_in_history = history
+            .iter()
+            .filter(|e| e["empty_layer"] != serde_json::Value::Bool(true))
+            .count();
+        assert_eq!(layers_in_history, n + 1);
     }
 }

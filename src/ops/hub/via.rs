@@ -2,12 +2,13 @@
 //! rollout's layers on the hub, shared by every robot of the rollout ([`Via`]).
 //!
 //! Each robot plans first; the layers worth fetching from the hub (`wire::client::via_hub`)
-//! are requested from the pipeline, which pushes each blob once however many robots want it:
-//! recompressed with zstd (convert.rs), one conversion and one upload at a time, smallest
-//! first, so the robots fetch each layer as soon as the hub has committed it while the laptop
-//! uploads the next. A rollout's time is then about the uplink time of the whole set plus one
-//! robot's download of the largest layer, where pushing everything before any robot starts
-//! costs the two in full. Layers no robot asks for are not pushed: a one-file change goes over
+//! are requested from the pipeline, which pushes each layer once however many robots want it:
+//! recompressed with zstd and cut into parts (convert.rs), one conversion and one upload at a
+//! time, smallest layer first. As soon as a layer is converted its parts are known, and the
+//! robots fetch it part by part while the laptop uploads those parts (a part not on the hub
+//! yet is asked for again: wire 2.8), so a rollout takes about the uplink time of the whole
+//! set plus one part, where pushing everything before any robot starts costs the upload and
+//! a robot's download in full. Layers no robot asks for are not pushed: a one-file change goes over
 //! SSH and puts nothing on the hub. After the rollout, [`Via::finish`] pushes the manifest of
 //! each image whose large layers all went through the hub (its config and small layers with
 //! it), so the hub holds whole images skopeo and Docker can read.
@@ -22,8 +23,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 use tokio::sync::{mpsc, watch};
 
-use super::{HubArgs, convert, hub_host};
-use crate::api::{Fetched, HeldImage, HubBlob, HubFetch};
+use super::convert::{self, HubLayer};
+use super::{HubArgs, hub_host};
+use crate::api::{Fetched, HeldImage, HubBlob, HubFetch, HubPart};
 use crate::oci::{Descriptor, Digest, Reference};
 use crate::ops::robot::{RobotLink, guarded};
 use crate::progress::{Event, Reporter, Silent};
@@ -34,8 +36,23 @@ use crate::wire::client::{
     older_robot_note, via_hub,
 };
 
-/// A blob's way onto the hub: `None` while under way, then the hub's blob or why not.
-type Ready = Option<Result<HubBlob, String>>;
+/// A layer's way onto the hub.
+#[derive(Clone, Debug)]
+enum Stage {
+    /// Being recompressed and cut (or waiting for it).
+    Converting,
+    /// Its parts are known and being uploaded: robots may fetch it (a part they ask for before
+    /// the hub has it is asked for again).
+    Pushing(HubBlob),
+    /// On the hub whole.
+    Pushed(HubBlob, HubLayer),
+    /// It will not get there.
+    Failed(String),
+}
+
+/// How long a robot keeps asking for a part the pipeline has not uploaded yet: parts go in
+/// order behind the rest of the rollout's layers, so this bounds a whole rollout's upload.
+const PART_WAIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// `--via` for one deploy or a whole rollout (shared by its robots' deploys).
 pub struct Via {
@@ -56,8 +73,8 @@ impl std::fmt::Debug for Via {
 
 #[derive(Default)]
 struct State {
-    /// Laptop layer blob → its hub blob, as the pipeline gets it there.
-    blobs: HashMap<Digest, watch::Receiver<Ready>>,
+    /// Laptop layer blob → its way onto the hub.
+    blobs: HashMap<Digest, watch::Receiver<Stage>>,
     /// The images robots asked layers of: manifest digest → (hub repository, layers).
     images: BTreeMap<Digest, (String, Vec<Descriptor>)>,
     /// Manifests pushed by [`Via::finish`].
@@ -71,7 +88,7 @@ struct Job {
     layer: Descriptor,
     diff_id: Digest,
     repository: String,
-    done: watch::Sender<Ready>,
+    stage: watch::Sender<Stage>,
 }
 
 impl Via {
@@ -119,12 +136,12 @@ impl Via {
             log.event(Event::note(older_robot_note(l.conn.hello())));
         } else if !wanted.is_empty() {
             for rx in self.request(store, &plan, &wanted) {
-                if rx.borrow().is_none() {
+                if matches!(*rx.borrow(), Stage::Converting) {
                     log.event(Event::note(
-                        "waiting for the laptop to put a layer on the hub",
+                        "waiting for the laptop to prepare a layer for the hub",
                     ));
                 }
-                let blob = ready(rx)
+                let blob = ready(rx.clone())
                     .await
                     .map_err(|e| anyhow!("the lab hub {}: {e}", self.host))?;
                 let authorization = self
@@ -143,8 +160,13 @@ impl Via {
                     authorization,
                     insecure: self.insecure,
                     blobs: vec![blob],
+                    wait_ms: PART_WAIT.as_millis() as u64,
                 };
-                let f = guarded(&l.session, l.conn.fetch_from_hub(hub, log)).await?;
+                // A push that fails while the robot waits for its parts ends the wait here.
+                let f = tokio::select! {
+                    f = guarded(&l.session, l.conn.fetch_from_hub(hub, log)) => f?,
+                    e = failed(rx) => return Err(anyhow!("the lab hub {}: {e}", self.host)),
+                };
                 fetched.layers += f.layers;
                 fetched.bytes += f.bytes;
             }
@@ -176,7 +198,7 @@ impl Via {
         store: &Store,
         plan: &TransferPlan,
         wanted: &[&PlannedLayer],
-    ) -> Vec<watch::Receiver<Ready>> {
+    ) -> Vec<watch::Receiver<Stage>> {
         let mut st = self.state.lock().expect("hub state lock");
         let repository_of = |name: &str| {
             Reference::parse(name).map_or_else(|_| name.to_string(), |r| r.repository().into())
@@ -198,20 +220,20 @@ impl Via {
                 out.push(rx.clone());
                 continue;
             }
-            let (done, rx) = watch::channel(None);
+            let (stage, rx) = watch::channel(Stage::Converting);
             let job = Job {
                 layer: p.blob.clone(),
                 diff_id: p.diff_id.clone(),
                 repository: repository_of(&p.image),
-                done,
+                stage,
             };
             let queue = st
                 .queue
                 .get_or_insert_with(|| self.start(store.root().to_path_buf()));
             if let Err(mpsc::error::SendError(job)) = queue.send(job) {
                 let _ = job
-                    .done
-                    .send(Some(Err("the push to the hub stopped".into())));
+                    .stage
+                    .send(Stage::Failed("the push to the hub stopped".into()));
             }
             st.blobs.insert(p.blob.digest.clone(), rx.clone());
             out.push(rx);
@@ -224,30 +246,36 @@ impl Via {
     /// blob every robot waits for).
     fn start(&self, store_root: std::path::PathBuf) -> mpsc::UnboundedSender<Job> {
         let (tx, mut jobs) = mpsc::unbounded_channel::<Job>();
-        let (up_tx, mut uploads) = mpsc::unbounded_channel::<(Job, Descriptor)>();
+        let (up_tx, mut uploads) = mpsc::unbounded_channel::<(Job, HubBlob, HubLayer)>();
         let root = store_root.clone();
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
                 let (root, layer) = (root.clone(), job.layer.clone());
-                let z = tokio::task::spawn_blocking(move || {
-                    convert::zstd_layer(&Store::open(&root)?, &layer)
+                let made = tokio::task::spawn_blocking(move || {
+                    convert::hub_layer(&Store::open(&root)?, &layer)
                 })
                 .await
                 .map_err(anyhow::Error::from)
                 .and_then(|r| r);
-                match z {
-                    Ok(z) => {
-                        if up_tx.send((job, z)).is_err() {
+                match made {
+                    Ok(h) => {
+                        let blob = hub_blob(&job, &h);
+                        // Parts may be fetched while they are pushed; one blob only once it
+                        // is there.
+                        if h.parts.len() > 1 {
+                            let _ = job.stage.send(Stage::Pushing(blob.clone()));
+                        }
+                        if up_tx.send((job, blob, h)).is_err() {
                             return;
                         }
                     }
                     Err(e) => {
                         let why = format!(
-                            "recompressing layer {}: {}",
+                            "preparing layer {}: {}",
                             job.layer.digest,
                             crate::util::error_chain(&*e)
                         );
-                        let _ = job.done.send(Some(Err(why)));
+                        let _ = job.stage.send(Stage::Failed(why));
                     }
                 }
             }
@@ -255,12 +283,15 @@ impl Via {
         let (client, host) = (self.client.clone(), self.host.clone());
         tokio::spawn(async move {
             let store = Store::open(&store_root);
-            while let Some((job, z)) = uploads.recv().await {
+            while let Some((job, blob, h)) = uploads.recv().await {
                 let result = match &store {
-                    Ok(store) => push_layer(&client, store, &host, &job, &z).await,
+                    Ok(store) => push_layer(&client, store, &host, &job, &h).await,
                     Err(e) => Err(e.to_string()),
                 };
-                let _ = job.done.send(Some(result));
+                let _ = job.stage.send(match result {
+                    Ok(()) => Stage::Pushed(blob, h),
+                    Err(e) => Stage::Failed(e),
+                });
             }
         });
         tx
@@ -273,7 +304,7 @@ impl Via {
     pub async fn finish(&self, store: &Store, log: &dyn Reporter) -> Vec<String> {
         let (images, blobs) = {
             let st = self.state.lock().expect("hub state lock");
-            let blobs: HashMap<Digest, Ready> = st
+            let blobs: HashMap<Digest, Stage> = st
                 .blobs
                 .iter()
                 .map(|(d, rx)| (d.clone(), rx.borrow().clone()))
@@ -293,9 +324,8 @@ impl Via {
                 .iter()
                 .filter(|d| d.size >= HUB_MIN_DIRECT)
                 .all(|d| match blobs.get(&d.digest) {
-                    Some(Some(Ok(b))) => {
-                        let z = Descriptor::new(&b.media_type, b.digest.clone(), b.size);
-                        converted.insert(d.digest.clone(), z);
+                    Some(Stage::Pushed(_, h)) => {
+                        converted.insert(d.digest.clone(), h.clone());
                         true
                     }
                     _ => false,
@@ -330,7 +360,7 @@ impl Via {
         store: &Store,
         manifest: &Digest,
         repository: &str,
-        converted: &HashMap<Digest, Descriptor>,
+        converted: &HashMap<Digest, HubLayer>,
         log: &dyn Reporter,
     ) -> Result<()> {
         let doc = convert::hub_manifest(store, manifest, converted)?;
@@ -356,40 +386,85 @@ async fn plan(
     Ok(p)
 }
 
-/// Uploads `z` (the hub blob of `job`'s layer) into the job's repository on `host`.
+/// What a robot is told to fetch for `job`'s layer, made into `h`: its one blob, or its parts.
+fn hub_blob(job: &Job, h: &HubLayer) -> HubBlob {
+    match h.parts.as_slice() {
+        [one] => HubBlob {
+            repository: job.repository.clone(),
+            digest: one.digest.clone(),
+            media_type: crate::oci::media::OCI_LAYER_ZSTD.into(),
+            size: one.size,
+            diff_id: job.diff_id.clone(),
+            parts: Vec::new(),
+        },
+        parts => HubBlob {
+            repository: job.repository.clone(),
+            digest: job.diff_id.clone(),
+            media_type: crate::oci::media::OCI_LAYER.into(),
+            size: h.tar_size,
+            diff_id: job.diff_id.clone(),
+            parts: parts
+                .iter()
+                .map(|p| HubPart {
+                    digest: p.digest.clone(),
+                    size: p.size,
+                    tar_size: p.tar_size,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Uploads `h`'s parts, in order, into the job's repository on `host`.
 async fn push_layer(
     client: &Client,
     store: &Store,
     host: &str,
     job: &Job,
-    z: &Descriptor,
-) -> Result<HubBlob, String> {
-    let dest = Reference::parse(&format!("{host}/{}@{}", job.repository, z.digest))
-        .map_err(|e| e.to_string())?;
-    client
-        .push_blob_to(store, z, &dest, &Silent)
-        .await
-        .map_err(|e| {
-            format!(
-                "pushing layer {}: {}",
-                job.layer.digest,
-                crate::util::error_chain(&e)
-            )
-        })?;
-    Ok(HubBlob {
-        repository: job.repository.clone(),
-        digest: z.digest.clone(),
-        media_type: z.media_type.clone(),
-        size: z.size,
-        diff_id: job.diff_id.clone(),
-    })
+    h: &HubLayer,
+) -> Result<(), String> {
+    for p in &h.parts {
+        let dest = Reference::parse(&format!("{host}/{}@{}", job.repository, p.digest))
+            .map_err(|e| e.to_string())?;
+        client
+            .push_blob_to(store, &p.descriptor(), &dest, &Silent)
+            .await
+            .map_err(|e| {
+                format!(
+                    "pushing layer {}: {}",
+                    job.layer.digest,
+                    crate::util::error_chain(&e)
+                )
+            })?;
+    }
+    Ok(())
 }
 
-/// Waits until the pipeline has put a blob on the hub, or failed to.
-async fn ready(mut rx: watch::Receiver<Ready>) -> Result<HubBlob, String> {
-    let r = rx
-        .wait_for(Option::is_some)
+/// Waits until robots may fetch a layer (its parts are known, or its one blob is on the hub)
+/// and says what to fetch, or why it will not be there.
+async fn ready(mut rx: watch::Receiver<Stage>) -> Result<HubBlob, String> {
+    let s = rx
+        .wait_for(|s| !matches!(s, Stage::Converting))
         .await
         .map_err(|_| "the push to the hub stopped".to_string())?;
-    r.clone().expect("waited for a value")
+    match &*s {
+        Stage::Pushing(b) | Stage::Pushed(b, _) => Ok(b.clone()),
+        Stage::Failed(e) => Err(e.clone()),
+        Stage::Converting => unreachable!("waited for another stage"),
+    }
+}
+
+/// Resolves when the layer's push fails; never when it succeeds or the pipeline is gone.
+async fn failed(mut rx: watch::Receiver<Stage>) -> String {
+    let why = match rx.wait_for(|s| matches!(s, Stage::Failed(_))).await {
+        Ok(s) => match &*s {
+            Stage::Failed(e) => Some(e.clone()),
+            _ => unreachable!("waited for a failure"),
+        },
+        Err(_) => None,
+    };
+    match why {
+        Some(e) => e,
+        None => std::future::pending().await,
+    }
 }

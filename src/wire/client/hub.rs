@@ -50,11 +50,11 @@ pub fn direct_estimate(layer: &PlannedLayer) -> u64 {
     }
 }
 
-/// What a deploy through a hub says when the robot's agent cannot fetch (older than wire 2.7):
+/// What a deploy through a hub says when the robot's agent cannot fetch (older than wire 2.8):
 /// it then sends everything over SSH, as before.
 pub fn older_robot_note(hello: &super::RobotHello) -> String {
     format!(
-        "warning: the robot's dt-agent {} speaks wire protocol {}, the lab hub needs 2.7: \
+        "warning: the robot's dt-agent {} speaks wire protocol {}, the lab hub needs 2.8: \
          everything goes over SSH; `dts duckiebot provision` upgrades it",
         hello.agent_version, hello.protocol
     )
@@ -172,7 +172,7 @@ mod tests {
         assert!(via_hub(u64::MAX, u64::MAX));
     }
 
-    /// A robot below 2.7 is never sent `fetch` (it would end the session on the unknown
+    /// A robot below 2.8 is never sent `fetch` (it would end the session on the unknown
     /// `op`): `transfer_via` checks `fetches()` and notes why it goes direct.
     #[test]
     fn an_older_robot_falls_back_to_ssh_with_a_note() {
