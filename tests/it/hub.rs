@@ -20,8 +20,11 @@ use crate::support::{self, TestContext};
 
 /// Bytes of incompressible noise in the image's big layer.
 const NOISE: usize = 20 << 20;
-/// Files the noise is cut into: more than one part of the hub's (16 MiB of tar each).
+/// Files the noise is cut into: more than one part of the hub's (4 MiB of tar each in these
+/// tests, `DTS_HUB_PART_MIB`).
 const NOISE_FILES: usize = 5;
+/// The hub's part size here: the noise layer goes in parts.
+const PART_MIB: &str = "4";
 
 fn can_run() -> bool {
     if !support::can_make_virtual_robot() {
@@ -90,7 +93,11 @@ fn deploy(ctx: &TestContext, stack: &Path, extra: &[&str]) -> (Option<i32>, Valu
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = ctx.dts(&args);
+    let out = ctx
+        .dts_command(&args)
+        .env("DTS_HUB_PART_MIB", PART_MIB)
+        .output()
+        .unwrap();
     (
         out.status.code(),
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
@@ -448,15 +455,19 @@ fn a_fleet_through_its_inventorys_hub_pushes_once_and_each_robot_fetches() {
     )
     .unwrap();
 
-    let out = ctx.dts(&[
-        "fleet",
-        "deploy",
-        "-i",
-        inventory.to_str().unwrap(),
-        "-f",
-        stack.to_str().unwrap(),
-        "--json",
-    ]);
+    let out = ctx
+        .dts_command(&[
+            "fleet",
+            "deploy",
+            "-i",
+            inventory.to_str().unwrap(),
+            "-f",
+            stack.to_str().unwrap(),
+            "--json",
+        ])
+        .env("DTS_HUB_PART_MIB", PART_MIB)
+        .output()
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{v} {err}");
