@@ -478,16 +478,7 @@ fn copy_checked(
     }
 }
 
-pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
+pub(super) use crate::util::read_full;
 
 /// Reports bytes read from the archive file.
 pub(super) struct Progress<'a, R> {

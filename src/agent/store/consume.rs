@@ -42,6 +42,7 @@ use crate::oci::{Compression, Digest};
 use crate::progress::{Event, Reporter};
 use crate::store::MAX_CONFIG_BYTES;
 use crate::util::fs::PathContext;
+use crate::util::read_full;
 
 /// Most bytes of small entries kept in memory (configs of hundreds of images fit).
 const MAX_SMALL_TOTAL: u64 = 64 << 20;
@@ -430,19 +431,6 @@ fn hash_only(
 /// A read failure of an entry: the stream's (cut) or the content's.
 fn stream_err(path: &str, e: io::Error) -> AgentStoreError {
     AgentStoreError::bad_archive(format!("reading `{path}`: {e}"))
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Hashes (when `on`) and counts the bytes read through it.

@@ -32,6 +32,7 @@ use crate::oci::manifest::Compression;
 use crate::oci::{Descriptor, Digest, Manifest, media};
 use crate::store::{BlobWriter, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
 use crate::util::fs::atomic_write;
+use crate::util::read_full;
 
 /// zstd level of a hub layer. The whole layer is compressed before its first part is pushed
 /// (robots need every part's digest), so it must be fast next to the uplink: level 12
@@ -103,12 +104,14 @@ pub fn hub_layer(store: &Store, layer: &Descriptor) -> Result<HubLayer> {
     if let Some(l) = remembered(store, &record) {
         return Ok(l);
     }
-    let blob = store.open_blob(&layer.digest)?;
     let path = store.blob_path(&layer.digest);
-    let tar = compression
-        .decoder(std::io::BufReader::with_capacity(1 << 20, blob))
-        .with_context(|| format!("reading {}", path.display()))?;
-    let made = split(store, tar, part_bytes())
+    let open = || -> Result<Box<dyn Read + '_>> {
+        let blob = store.open_blob(&layer.digest)?;
+        compression
+            .decoder(std::io::BufReader::with_capacity(1 << 20, blob))
+            .with_context(|| format!("reading {}", path.display()))
+    };
+    let made = split(store, &open, part_bytes())
         .with_context(|| format!("cutting layer {} into parts", layer.digest))?;
     if let Some(dir) = record.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -118,67 +121,109 @@ pub fn hub_layer(store: &Store, layer: &Descriptor) -> Result<HubLayer> {
     Ok(made)
 }
 
-/// Cuts the tar read from `tar` into parts of at least `part_bytes` at entry boundaries (an
+/// Cuts the tar `open` reads into parts of at least `part_bytes` at entry boundaries (an
 /// extension header — pax `x`/`g`, GNU `L`/`K` — stays with the entry it describes), each
 /// compressed into a store blob; every part but the last gets the two zero blocks that end a
-/// tar, the last keeps the layer's own end.
-fn split(store: &Store, mut tar: impl Read, part_bytes: u64) -> Result<HubLayer> {
-    let mut parts = Vec::new();
-    let mut cur: Option<PartWriter> = None;
-    let mut total = 0u64;
+/// tar, the last keeps the layer's own end. The cuts are found first (headers only); then the
+/// parts, independent zstd frames, are compressed on up to [`MAX_WORKERS`] threads, each
+/// reading the layer again from the start (decompressing is fast next to compressing), so
+/// nothing is held in memory whatever a file's size.
+fn split<'a>(
+    store: &Store,
+    open: &(dyn Fn() -> Result<Box<dyn Read + 'a>> + Sync),
+    part_bytes: u64,
+) -> Result<HubLayer> {
+    let (cuts, tar_size) = cut_points(open()?, part_bytes)?;
+    let n = cuts.len();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .clamp(1, MAX_WORKERS)
+        .min(n);
+    let results: Vec<Result<Vec<(usize, Part)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let cuts = &cuts;
+                scope.spawn(move || -> Result<Vec<(usize, Part)>> {
+                    let mut tar = open()?;
+                    let mut pos = 0u64;
+                    let mut out = Vec::new();
+                    for (i, &(start, end)) in cuts.iter().enumerate().skip(w).step_by(workers) {
+                        let skipped =
+                            std::io::copy(&mut (&mut tar).take(start - pos), &mut std::io::sink())?;
+                        let mut pw = PartWriter::new(store)?;
+                        let copied = std::io::copy(&mut (&mut tar).take(end - start), &mut pw)?;
+                        if skipped != start - pos || copied != end - start {
+                            bail!("the layer changed while it was read");
+                        }
+                        if i + 1 < n {
+                            pw.write_all(&TAR_END)?;
+                        }
+                        out.push((i, pw.finish()?));
+                        pos = end;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a compressing thread panicked")))
+            })
+            .collect()
+    });
+    let mut parts: Vec<Option<Part>> = vec![None; n];
+    for r in results {
+        for (i, p) in r? {
+            parts[i] = Some(p);
+        }
+    }
+    Ok(HubLayer {
+        tar_size,
+        parts: parts
+            .into_iter()
+            .map(|p| p.expect("every part made"))
+            .collect(),
+    })
+}
+
+/// Threads compressing a layer's parts: parts are independent frames, so two cores halve the
+/// wait before robots can start (they need every part's digest); more would take cores from
+/// the robots' side of a rollout on a laptop.
+const MAX_WORKERS: usize = 2;
+
+/// Where `tar` is cut: each part's `(start, end)` in the tar, the last one's end the tar's
+/// length (its zero blocks and padding included), and that length.
+fn cut_points(mut tar: impl Read, part_bytes: u64) -> Result<(Vec<(u64, u64)>, u64)> {
+    let mut cuts = Vec::new();
+    let (mut start, mut pos) = (0u64, 0u64);
+    let mut cut = false;
     let mut header = [0u8; 512];
     loop {
         let n = read_full(&mut tar, &mut header)?;
         if n == 0 || header.iter().all(|&b| b == 0) {
             // The end: the zero blocks and any padding after them belong to the last part.
-            let w = match cur.take() {
-                Some(w) => w,
-                None => PartWriter::new(store)?,
-            };
-            let mut w = w;
-            w.write_all(&header[..n])?;
-            total += n as u64 + std::io::copy(&mut tar, &mut w)?;
-            parts.push(w.finish()?);
-            break;
+            pos += n as u64 + std::io::copy(&mut tar, &mut std::io::sink())?;
+            cuts.push((start, pos));
+            return Ok((cuts, pos));
         }
         if n < header.len() {
             bail!("the tar ends inside an entry header");
         }
-        if let Some(w) = cur.take_if(|w| w.cut) {
-            let mut w = w;
-            w.write_all(&TAR_END)?;
-            parts.push(w.finish()?);
+        if cut {
+            cuts.push((start, pos));
+            start = pos;
         }
-        let w = match &mut cur {
-            Some(w) => w,
-            None => cur.insert(PartWriter::new(store)?),
-        };
         let data = entry_size(&header)?.div_ceil(512) * 512;
-        w.write_all(&header)?;
-        let copied = std::io::copy(&mut (&mut tar).take(data), w)?;
-        if copied != data {
+        let skipped = std::io::copy(&mut (&mut tar).take(data), &mut std::io::sink())?;
+        if skipped != data {
             bail!("the tar ends inside an entry's data");
         }
-        total += 512 + data;
+        pos += 512 + data;
         let extension = matches!(header[156], b'x' | b'g' | b'L' | b'K');
-        w.cut = !extension && w.tar_size >= part_bytes;
+        cut = !extension && pos - start >= part_bytes;
     }
-    Ok(HubLayer {
-        tar_size: total,
-        parts,
-    })
-}
-
-/// Reads until `buf` is full or the input ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// An entry's data length from its header: octal, or base-256 when the first byte's high bit
@@ -203,8 +248,6 @@ struct PartWriter {
     enc: zstd::stream::write::Encoder<'static, BlobWriter>,
     hasher: Sha256,
     tar_size: u64,
-    /// Cut after this entry (the part is full).
-    cut: bool,
 }
 
 impl PartWriter {
@@ -217,7 +260,6 @@ impl PartWriter {
             enc,
             hasher: Sha256::new(),
             tar_size: 0,
-            cut: false,
         })
     }
 
@@ -408,6 +450,11 @@ mod tests {
             .collect()
     }
 
+    /// `split`'s way to read `tar` again.
+    fn opener<'a>(tar: &'a [u8]) -> impl Fn() -> Result<Box<dyn Read + 'a>> + Sync + 'a {
+        move || Ok(Box::new(tar) as Box<dyn Read>)
+    }
+
     /// What the robot does with the parts (agent/fetch.rs): their tars joined, every closing
     /// pair of zero blocks but the last left out.
     fn joined(store: &Store, l: &HubLayer) -> Vec<u8> {
@@ -437,7 +484,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tar = tar_of(&files(60));
-        let l = split(&store, &tar[..], 16 << 10).unwrap();
+        let l = split(&store, &opener(&tar), 16 << 10).unwrap();
         assert!(l.parts.len() > 3, "{} parts", l.parts.len());
         assert_eq!(l.tar_size, tar.len() as u64);
         assert_eq!(joined(&store, &l), tar);
@@ -450,17 +497,17 @@ mod tests {
             }
         }
         // Small enough: one part, the layer itself.
-        let one = split(&store, &tar[..], 1 << 30).unwrap();
+        let one = split(&store, &opener(&tar), 1 << 30).unwrap();
         assert_eq!(one.parts.len(), 1);
         assert_eq!(one.parts[0].diff_id, Digest::of(&tar));
         // A tar without its closing blocks (some writers stop at the last entry).
         let cut = &tar[..tar.len() - 10240.min(tar.len())];
-        let bare = split(&store, cut, 16 << 10);
+        let bare = split(&store, &opener(cut), 16 << 10);
         if let Ok(bare) = bare {
             assert_eq!(joined(&store, &bare), cut);
         }
         // Truncated inside an entry: refused.
-        assert!(split(&store, &tar[..700], 16 << 10).is_err());
+        assert!(split(&store, &opener(&tar[..700]), 16 << 10).is_err());
     }
 
     #[test]
@@ -509,7 +556,7 @@ mod tests {
             "layers": [big, small],
         });
         let md = store.put_blob(&serde_json::to_vec(&m).unwrap()).unwrap();
-        let h = split(&store, &big_tar[..], 16 << 10).unwrap();
+        let h = split(&store, &opener(&big_tar), 16 << 10).unwrap();
         let n = h.parts.len();
         let converted: HashMap<Digest, HubLayer> = [(big.digest.clone(), h.clone())].into();
         let hub = hub_manifest(&store, &md, &converted).unwrap();
