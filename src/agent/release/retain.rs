@@ -90,6 +90,10 @@ impl Releases {
         let spawned = std::thread::Builder::new()
             .name("release-gc".into())
             .spawn(move || {
+                // The lowest CPU priority, for this thread only (Linux's nice is per thread):
+                // the release that just started (ROS nodes coming up on a Pi) and any transfer
+                // come first; freeing an older release's space can wait for idle time.
+                let _ = rustix::process::setpriority_process(None, 19);
                 let r = AgentStore::open(&root).and_then(|s| s.gc());
                 match r {
                     Ok(g) if g.bytes_freed > 0 => eprintln!(
