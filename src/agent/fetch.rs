@@ -25,7 +25,9 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::rc::Rc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
@@ -41,6 +43,9 @@ const CHANNEL_CHUNKS: usize = 16;
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// How often a part the hub does not hold yet is asked for again.
 pub const POLL_EVERY: Duration = Duration::from_millis(200);
+/// While waiting for a part, how often the laptop is told (progress with the same count):
+/// writing to a session the laptop left fails, which ends the wait.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 /// A part's tar ends with two 512-byte zero blocks, left out where the next part follows.
 const TAR_END: u64 = 1024;
 
@@ -77,11 +82,13 @@ impl FetchError {
 }
 
 /// GETs every blob of `hub` whose layer the store lacks and commits it; `progress` is called
-/// with the bytes downloaded so far (all blobs), about once per MiB.
+/// with the bytes downloaded so far (all blobs), about once per MiB and every few seconds
+/// while a part is awaited, and says whether the laptop is still there (`false` ends the
+/// fetch).
 pub fn fetch(
     store: &AgentStore,
     hub: &HubFetch,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Fetched, FetchError> {
     let base = hub.url.trim_end_matches('/').to_string();
     let client = http_client(hub).map_err(|message| FetchError::Hub {
@@ -132,6 +139,7 @@ pub fn fetch(
             reported: out.bytes,
             progress: &mut *progress,
             failed: failed.clone(),
+            cancel: Arc::default(),
         };
         let r = ingest(store, blob, &mut body);
         let read = body.read;
@@ -274,6 +282,7 @@ fn spawn_get(
     url: String,
     authorization: Option<String>,
     wait: Duration,
+    cancel: Arc<AtomicBool>,
     tx: SyncSender<Msg>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -310,8 +319,11 @@ fn spawn_get(
                     req = req.header(reqwest::header::AUTHORIZATION, v.clone());
                 }
                 match req.send().await {
-                    // Not pushed yet: the laptop is on it.
+                    // Not pushed yet: the laptop is on it (unless the fetch was given up).
                     Ok(r) if r.status() == 404 && Instant::now() < deadline => {
+                        if cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
                         tokio::time::sleep(POLL_EVERY).await;
                     }
                     Ok(r) => break r,
@@ -353,6 +365,9 @@ fn spawn_get(
     })
 }
 
+/// Why a fetch stopped when the laptop's session went away.
+const LAPTOP_GONE: &str = "the laptop's session ended while the robot fetched";
+
 /// One GET of a body: a blob, or a part checked against its digest.
 struct Get {
     url: String,
@@ -385,9 +400,11 @@ struct Body<'p> {
     /// Bytes of earlier blobs, and what was last reported.
     before: u64,
     reported: u64,
-    progress: &'p mut dyn FnMut(u64),
+    progress: &'p mut dyn FnMut(u64) -> bool,
     /// The transport's failure, for the caller to name the hub rather than the blob.
     failed: Rc<RefCell<Option<String>>>,
+    /// Set when the body is given up: a GET still asking for a part stops.
+    cancel: Arc<AtomicBool>,
 }
 
 impl Body<'_> {
@@ -417,6 +434,7 @@ impl Body<'_> {
 
     /// Stops a GET still under way (the store stopped reading).
     fn finish(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
         if let Some(c) = self.current.take() {
             drop(c.rx);
             let _ = c.thread.join();
@@ -441,6 +459,7 @@ impl Read for Body<'_> {
                     } else {
                         Duration::ZERO
                     },
+                    self.cancel.clone(),
                     tx,
                 );
                 let hasher = get.digest.as_ref().map(|_| Sha256::new());
@@ -474,11 +493,14 @@ impl Read for Body<'_> {
                 let total = self.before + self.read;
                 if total - self.reported >= PROGRESS_EVERY {
                     self.reported = total;
-                    (self.progress)(total);
+                    if !(self.progress)(total) {
+                        let url = self.current.as_ref().map(|c| c.get.url.clone());
+                        return Err(self.fail(&url.unwrap_or_default(), LAPTOP_GONE.into()));
+                    }
                 }
                 return Ok(n);
             }
-            match c.rx.recv() {
+            match c.rx.recv_timeout(KEEPALIVE) {
                 Ok(Msg::Chunk(chunk)) => {
                     c.chunk = chunk;
                     c.pos = 0;
@@ -487,7 +509,13 @@ impl Read for Body<'_> {
                     let url = c.get.url.clone();
                     return Err(self.fail(&url, m));
                 }
-                Err(_) => {
+                Err(RecvTimeoutError::Timeout) => {
+                    let url = c.get.url.clone();
+                    if !(self.progress)(self.before + self.read) {
+                        return Err(self.fail(&url, LAPTOP_GONE.into()));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
                     let c = self.current.take().expect("a GET under way");
                     self.close(c)?;
                 }
@@ -536,6 +564,71 @@ mod tests {
                 .read_to_end(&mut out)
                 .is_err()
         );
+    }
+
+    /// A part the hub never gets: the robot asks again (404s) and tells the laptop it waits;
+    /// once the laptop is gone, it stops instead of asking until `wait_ms`.
+    #[test]
+    fn waiting_for_a_part_ends_when_the_laptop_is_gone() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = gets.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    // One answer per request on a kept-alive connection.
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let _ =
+                            conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        let t = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(&t.path().join("store")).unwrap();
+        let part = |b: &[u8]| crate::api::HubPart {
+            digest: Digest::of(b),
+            size: 10,
+            tar_size: 2048,
+        };
+        let hub = HubFetch {
+            url: format!("http://127.0.0.1:{port}"),
+            authorization: None,
+            insecure: true,
+            blobs: vec![HubBlob {
+                repository: "dts/x".into(),
+                digest: Digest::of(b"layer"),
+                media_type: crate::oci::media::OCI_LAYER.into(),
+                size: 3072,
+                diff_id: Digest::of(b"layer"),
+                parts: vec![part(b"a"), part(b"b")],
+            }],
+            wait_ms: 10 * 60 * 1000,
+        };
+        let started = Instant::now();
+        let mut calls = 0;
+        let e = fetch(&store, &hub, &mut |_| {
+            calls += 1;
+            false
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains(LAPTOP_GONE), "{e}");
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < KEEPALIVE * 3, "{:?}", started.elapsed());
+        assert!(gets.load(Ordering::Relaxed) > 2, "asked again on 404");
+        // The GET thread stopped asking.
+        let n = gets.load(Ordering::Relaxed);
+        std::thread::sleep(POLL_EVERY * 3);
+        assert!(gets.load(Ordering::Relaxed) <= n + 1);
     }
 
     #[test]

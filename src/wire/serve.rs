@@ -244,6 +244,7 @@ fn serve_inner(
                     if sent.is_ok() {
                         sent = send(output, &FromRobot::FetchProgress { bytes });
                     }
+                    sent.is_ok()
                 });
                 sent?;
                 send(output, &FromRobot::Fetched(fetched?))?;

@@ -112,9 +112,9 @@ impl Via {
     }
 
     /// [`crate::wire::client::Connection::transfer_with_held`] through the hub: plans, has the
-    /// robot fetch the layers [`via_hub`] picks as the pipeline commits them to the hub, plans
-    /// again and sends the rest over SSH. A robot older than wire 2.7 gets everything over SSH
-    /// and a note. A hub that fails (a push, or the robot's fetch) fails the transfer, naming
+    /// robot fetch the layers [`via_hub`] picks as the pipeline puts them on the hub (a layer
+    /// in parts while its parts are uploaded), plans again and sends the rest over SSH. A
+    /// robot older than wire 2.8 gets everything over SSH and a note. A hub that fails (a push, or the robot's fetch) fails the transfer, naming
     /// it: falling back to SSH would put every byte back on the shared uplink.
     pub async fn transfer(
         &self,
