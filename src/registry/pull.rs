@@ -5,7 +5,7 @@
 
 use std::io::Write as _;
 
-use futures_util::{StreamExt as _, TryStreamExt as _, stream};
+use futures_util::{StreamExt as _, stream};
 use reqwest::header;
 use reqwest::{Method, StatusCode};
 
@@ -211,14 +211,33 @@ impl Client {
 
         // Futures collected first: a stream over a borrowing closure makes this future
         // !Send (rust-lang/rust#102211), and callers spawn pulls.
+        // After a failure no new download starts, but those under way are waited for rather
+        // than dropped: a dropped one's commit goes on in its blocking task, so the pull
+        // would return while a blob is still being written to the store.
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let downloads: Vec<_> = blobs
             .iter()
-            .map(|(d, label)| self.download_blob(&t, &scopes, store, d, label.clone(), reporter))
+            .map(|(d, label)| {
+                let failed = &failed;
+                let download = self.download_blob(&t, &scopes, store, d, label.clone(), reporter);
+                async move {
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    let r = download.await;
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    r
+                }
+            })
             .collect();
-        let outcomes: Vec<Option<u64>> = stream::iter(downloads)
+        let results: Vec<Result<Option<u64>>> = stream::iter(downloads)
             .buffer_unordered(self.opts.concurrency)
-            .try_collect()
-            .await?;
+            .collect()
+            .await;
+        // The first failure, in the order they happened.
+        let outcomes: Vec<Option<u64>> = results.into_iter().collect::<Result<_>>()?;
         outcomes.into_iter().for_each(&mut tally);
 
         for (digest, bytes) in &fetched.documents {
