@@ -209,35 +209,9 @@ impl Client {
             }
         }
 
-        // Futures collected first: a stream over a borrowing closure makes this future
-        // !Send (rust-lang/rust#102211), and callers spawn pulls.
-        // After a failure no new download starts, but those under way are waited for rather
-        // than dropped: a dropped one's commit goes on in its blocking task, so the pull
-        // would return while a blob is still being written to the store.
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let downloads: Vec<_> = blobs
-            .iter()
-            .map(|(d, label)| {
-                let failed = &failed;
-                let download = self.download_blob(&t, &scopes, store, d, label.clone(), reporter);
-                async move {
-                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Ok(None);
-                    }
-                    let r = download.await;
-                    if r.is_err() {
-                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    r
-                }
-            })
-            .collect();
-        let results: Vec<Result<Option<u64>>> = stream::iter(downloads)
-            .buffer_unordered(self.opts.concurrency)
-            .collect()
-            .await;
-        // The first failure, in the order they happened.
-        let outcomes: Vec<Option<u64>> = results.into_iter().collect::<Result<_>>()?;
+        let outcomes = self
+            .download_all(&t, &scopes, store, &blobs, reporter)
+            .await?;
         outcomes.into_iter().for_each(&mut tally);
 
         for (digest, bytes) in &fetched.documents {
@@ -308,6 +282,46 @@ impl Client {
         }
         fetched.documents.push((desc.digest.clone(), bytes));
         Ok(())
+    }
+
+    /// Downloads `blobs` ([`Client::download_blob`]), `concurrency` at a time. After a
+    /// failure no new download starts, but those under way are waited for rather than
+    /// dropped: a dropped one's commit goes on in its blocking task, so the pull would return
+    /// while a blob is still being written to the store. Returns the first failure, in the
+    /// order they happened.
+    async fn download_all(
+        &self,
+        t: &Target,
+        scopes: &[String],
+        store: &Store,
+        blobs: &[(Descriptor, String)],
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<Option<u64>>> {
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        // Futures collected first: a stream over a borrowing closure makes this future
+        // !Send (rust-lang/rust#102211), and callers spawn pulls.
+        let downloads: Vec<_> = blobs
+            .iter()
+            .map(|(d, label)| {
+                let failed = &failed;
+                let download = self.download_blob(t, scopes, store, d, label.clone(), reporter);
+                async move {
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    let r = download.await;
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    r
+                }
+            })
+            .collect();
+        let results: Vec<Result<Option<u64>>> = stream::iter(downloads)
+            .buffer_unordered(self.opts.concurrency)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     /// Downloads one blob into the store unless it is there. `Some(bytes)` when downloaded,
