@@ -171,7 +171,11 @@ fn ingest(store: &AgentStore, blob: &HubBlob, body: &mut Body) -> Result<bool, A
     if blob.parts.is_empty() {
         return store.import_layer_blob(&blob.digest, blob.size, &blob.diff_id, body, &Silent);
     }
-    let frames = zstd::stream::read::Decoder::new(body)
+    let mut frames = zstd::stream::read::Decoder::new(body)
+        .map_err(|e| AgentStoreError::bad_archive(format!("a zstd decoder: {e}")))?;
+    // The window the laptop was told (hello): a part asking for more is refused, not allocated.
+    frames
+        .window_log_max(crate::wire::serve::window_log_max())
         .map_err(|e| AgentStoreError::bad_archive(format!("a zstd decoder: {e}")))?;
     let mut tar = DropTarEnds::new(frames, blob.parts.iter().map(|p| p.tar_size).collect());
     store.import_layer_blob(&blob.diff_id, blob.size, &blob.diff_id, &mut tar, &Silent)

@@ -12,12 +12,13 @@
 //! a rollout takes the uplink time of the whole set plus one part. The robot joins the parts
 //! back into the layer's exact tar (wire 2.8, `HubBlob::parts`) and checks its diff_id.
 //!
-//! A conversion is made once and remembered by the store (`zstd/<blob hex>`, the [`HubLayer`]
-//! as JSON); its blobs are ordinary store blobs that no name reaches, so `dts image prune` may
-//! remove them, and the next push makes them again.
+//! A conversion is made once per zstd window and part size and remembered by the store
+//! (`zstd/<blob hex>-w<window log>-p<part MiB>`, the [`HubLayer`] as JSON); its blobs are
+//! ordinary store blobs that no name reaches, so `dts image prune` may remove them, and the
+//! next push makes them again.
 //!
 //! ```text
-//! $DTS_HOME/store/zstd/<hex of the layer blob>    {"tar_size": …, "parts": [{digest, size, tar_size, diff_id}, …]}
+//! $DTS_HOME/store/zstd/<hex of the layer blob>-w26-p64   {"tar_size": …, "parts": [{digest, size, tar_size, diff_id}, …]}
 //! ```
 
 use std::collections::HashMap;
@@ -39,16 +40,16 @@ use crate::util::read_full;
 /// compresses the bench workload's ELF files at ~25 MB/s on one core, 5% smaller than level 9,
 /// within 1% of 19.
 pub const LEVEL: i32 = 12;
-/// Its window (log2 bytes): 16 MiB, what the smallest robots' decoders are given
-/// (`wire::SMALL_ROBOT_WINDOW_LOG`), since one blob serves every robot of a fleet.
-pub const WINDOW_LOG: u32 = crate::wire::SMALL_ROBOT_WINDOW_LOG;
-/// Tar bytes per part (a part ends at the first entry boundary past this): ~8 MB of zstd for
-/// real files, 3.5 s on a 20 Mbit/s link, which is how far robots trail the upload. Each part
-/// is a zstd frame of its own, which starts without history: measured on the bench workload's
-/// 310 MB of ELF files at level 12, parts of 16 MiB cost 10% more bytes than one frame, 32 MiB
-/// 4.4%, 64 MiB 2.2% — and the hub's bytes are the rollout's uplink bytes.
-/// `DTS_HUB_PART_MIB` sets another size (the tests make small layers go in parts with it).
-pub const PART_BYTES: u64 = 32 << 20;
+/// Tar bytes per part (a part ends at the first entry boundary past this): ~16 MB of zstd for
+/// real files, 6.5 s on a 20 Mbit/s link, which is how far robots trail the upload (a rollout
+/// takes the upload plus one part's download). Each part is a zstd frame of its own, which
+/// starts without history, and its window ([`window_log`]) can cover it whole. Measured on the
+/// bench workload's 310 MB of ELF files at level 12 with long-distance matching (bytes of all
+/// parts): 32 MiB parts with a 16 MiB window 85.3 MB, with a 32 MiB window 82.8 MB; 64 MiB
+/// parts with 16 MiB 83.5 MB, with 64 MiB 80.4 MB; one frame with a 128 MiB window 75.6 MB —
+/// and the hub's bytes are the rollout's uplink bytes. `DTS_HUB_PART_MIB` sets another size
+/// (the tests make small layers go in parts with it).
+pub const PART_BYTES: u64 = 64 << 20;
 
 /// [`PART_BYTES`], or `DTS_HUB_PART_MIB` MiB (1 to 1024).
 fn part_bytes() -> u64 {
@@ -58,6 +59,21 @@ fn part_bytes() -> u64 {
         .filter(|m| (1..=1024).contains(m))
         .map_or(PART_BYTES, |m| m << 20)
 }
+/// The zstd window (log2 bytes) of the parts made for robots that decode windows up to
+/// `robots_max` (the smallest `window_log_max` of their hellos: 16 MiB on a 1 GB Pi, up to
+/// 128 MiB on larger robots): as large as they take, no larger than a part needs (a window
+/// past the frame's content buys nothing and makes every decoder allocate it).
+pub fn window_log(robots_max: u32) -> u32 {
+    window_for(robots_max, part_bytes())
+}
+
+fn window_for(robots_max: u32, part_bytes: u64) -> u32 {
+    let part_log = 64 - part_bytes.saturating_sub(1).leading_zeros();
+    robots_max
+        .min(part_log)
+        .clamp(crate::wire::MIN_WINDOW_LOG, crate::wire::LEGACY_WINDOW_LOG)
+}
+
 /// The tar's end: two zero blocks.
 const TAR_END: [u8; 1024] = [0; 1024];
 
@@ -90,9 +106,10 @@ impl Part {
     }
 }
 
-/// The hub's form of `layer`, a layer blob of `store`: remembered, else made (blocking:
-/// decompresses the layer and compresses every part).
-pub fn hub_layer(store: &Store, layer: &Descriptor) -> Result<HubLayer> {
+/// The hub's form of `layer`, a layer blob of `store`, with zstd window `window_log` (see
+/// [`window_log`]): remembered, else made (blocking: decompresses the layer and compresses
+/// every part).
+pub fn hub_layer(store: &Store, layer: &Descriptor, window_log: u32) -> Result<HubLayer> {
     let Some(compression) = Compression::of_media_type(&layer.media_type) else {
         bail!(
             "layer {} has media type `{}`, not a layer this hub push can recompress",
@@ -100,7 +117,8 @@ pub fn hub_layer(store: &Store, layer: &Descriptor) -> Result<HubLayer> {
             layer.media_type
         );
     };
-    let record = record_path(store, &layer.digest);
+    let part_bytes = part_bytes();
+    let record = record_path(store, &layer.digest, window_log, part_bytes);
     if let Some(l) = remembered(store, &record) {
         return Ok(l);
     }
@@ -111,7 +129,7 @@ pub fn hub_layer(store: &Store, layer: &Descriptor) -> Result<HubLayer> {
             .decoder(std::io::BufReader::with_capacity(1 << 20, blob))
             .with_context(|| format!("reading {}", path.display()))
     };
-    let made = split(store, &open, part_bytes())
+    let made = split(store, &open, part_bytes, window_log)
         .with_context(|| format!("cutting layer {} into parts", layer.digest))?;
     if let Some(dir) = record.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -132,6 +150,7 @@ fn split<'a>(
     store: &Store,
     open: &(dyn Fn() -> Result<Box<dyn Read + 'a>> + Sync),
     part_bytes: u64,
+    window_log: u32,
 ) -> Result<HubLayer> {
     let (cuts, tar_size) = cut_points(open()?, part_bytes)?;
     let n = cuts.len();
@@ -150,7 +169,7 @@ fn split<'a>(
                     for (i, &(start, end)) in cuts.iter().enumerate().skip(w).step_by(workers) {
                         let skipped =
                             std::io::copy(&mut (&mut tar).take(start - pos), &mut std::io::sink())?;
-                        let mut pw = PartWriter::new(store)?;
+                        let mut pw = PartWriter::new(store, window_log)?;
                         let copied = std::io::copy(&mut (&mut tar).take(end - start), &mut pw)?;
                         if skipped != start - pos || copied != end - start {
                             bail!("the layer changed while it was read");
@@ -251,10 +270,10 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    fn new(store: &Store) -> Result<PartWriter> {
+    fn new(store: &Store, window_log: u32) -> Result<PartWriter> {
         let writer = store.writer()?;
         let mut enc = zstd::stream::write::Encoder::new(writer, LEVEL)?;
-        enc.window_log(WINDOW_LOG)?;
+        enc.window_log(window_log)?;
         enc.long_distance_matching(true)?;
         Ok(PartWriter {
             enc,
@@ -290,8 +309,14 @@ impl Write for PartWriter {
     }
 }
 
-fn record_path(store: &Store, layer: &Digest) -> PathBuf {
-    store.root().join("zstd").join(layer.hex())
+/// Where the conversion of `layer` with these parameters is remembered: a fleet of small
+/// robots and one of large ones get different windows, and each keeps its own.
+fn record_path(store: &Store, layer: &Digest, window_log: u32, part_bytes: u64) -> PathBuf {
+    store.root().join("zstd").join(format!(
+        "{}-w{window_log}-p{}",
+        layer.hex(),
+        part_bytes >> 20
+    ))
 }
 
 /// A remembered conversion whose blobs the store still holds.
@@ -484,7 +509,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tar = tar_of(&files(60));
-        let l = split(&store, &opener(&tar), 16 << 10).unwrap();
+        let l = split(&store, &opener(&tar), 16 << 10, 24).unwrap();
         assert!(l.parts.len() > 3, "{} parts", l.parts.len());
         assert_eq!(l.tar_size, tar.len() as u64);
         assert_eq!(joined(&store, &l), tar);
@@ -497,17 +522,17 @@ mod tests {
             }
         }
         // Small enough: one part, the layer itself.
-        let one = split(&store, &opener(&tar), 1 << 30).unwrap();
+        let one = split(&store, &opener(&tar), 1 << 30, 24).unwrap();
         assert_eq!(one.parts.len(), 1);
         assert_eq!(one.parts[0].diff_id, Digest::of(&tar));
         // A tar without its closing blocks (some writers stop at the last entry).
         let cut = &tar[..tar.len() - 10240.min(tar.len())];
-        let bare = split(&store, &opener(cut), 16 << 10);
+        let bare = split(&store, &opener(cut), 16 << 10, 24);
         if let Ok(bare) = bare {
             assert_eq!(joined(&store, &bare), cut);
         }
         // Truncated inside an entry: refused.
-        assert!(split(&store, &opener(&tar[..700]), 16 << 10).is_err());
+        assert!(split(&store, &opener(&tar[..700]), 16 << 10, 24).is_err());
     }
 
     #[test]
@@ -516,19 +541,39 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let tar = tar_of(&files(20));
         let layer = gzip(&store, &tar);
-        let l = hub_layer(&store, &layer).unwrap();
+        let l = hub_layer(&store, &layer, 24).unwrap();
         assert_eq!(joined(&store, &l), tar);
-        assert_eq!(hub_layer(&store, &layer).unwrap(), l);
+        assert_eq!(hub_layer(&store, &layer, 24).unwrap(), l);
         std::fs::remove_file(store.blob_path(&l.parts[0].digest)).unwrap();
         assert_eq!(
-            hub_layer(&store, &layer).unwrap(),
+            hub_layer(&store, &layer, 24).unwrap(),
             l,
             "made again, the same"
         );
         assert!(store.has_blob(&l.parts[0].digest));
+        // Another window is another conversion, remembered beside the first.
+        let wide = hub_layer(&store, &layer, 26).unwrap();
+        assert_eq!(joined(&store, &wide), tar);
+        let records = std::fs::read_dir(dir.path().join("zstd")).unwrap().count();
+        assert_eq!(records, 2, "one record per window");
+        assert_eq!(hub_layer(&store, &layer, 24).unwrap(), l);
         let cfg = Descriptor::new(media::OCI_CONFIG, layer.digest.clone(), layer.size);
-        let e = hub_layer(&store, &cfg).unwrap_err().to_string();
+        let e = hub_layer(&store, &cfg, 24).unwrap_err().to_string();
         assert!(e.contains(&layer.digest.to_string()), "{e}");
+    }
+
+    #[test]
+    fn the_window_is_what_the_robots_take_and_no_more_than_a_part_needs() {
+        assert_eq!(window_for(24, 64 << 20), 24, "a 1 GB Pi's 16 MiB");
+        assert_eq!(window_for(27, 64 << 20), 26, "a part's 64 MiB");
+        assert_eq!(window_for(31, 1 << 30), 27, "never past 128 MiB");
+        assert_eq!(window_for(27, 4 << 20), 22);
+        assert_eq!(window_for(27, (4 << 20) + 1), 23);
+        assert_eq!(
+            window_for(12, 4 << 20),
+            20,
+            "never below the wire's smallest"
+        );
     }
 
     #[test]
@@ -556,7 +601,7 @@ mod tests {
             "layers": [big, small],
         });
         let md = store.put_blob(&serde_json::to_vec(&m).unwrap()).unwrap();
-        let h = split(&store, &opener(&big_tar), 16 << 10).unwrap();
+        let h = split(&store, &opener(&big_tar), 16 << 10, 24).unwrap();
         let n = h.parts.len();
         let converted: HashMap<Digest, HubLayer> = [(big.digest.clone(), h.clone())].into();
         let hub = hub_manifest(&store, &md, &converted).unwrap();

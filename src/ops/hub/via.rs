@@ -73,8 +73,9 @@ impl std::fmt::Debug for Via {
 
 #[derive(Default)]
 struct State {
-    /// Laptop layer blob → its way onto the hub.
-    blobs: HashMap<Digest, watch::Receiver<Stage>>,
+    /// (Laptop layer blob, zstd window) → its way onto the hub. Robots that decode smaller
+    /// windows than the others of a rollout get a conversion of their own.
+    blobs: HashMap<(Digest, u32), watch::Receiver<Stage>>,
     /// The images robots asked layers of: manifest digest → (hub repository, layers).
     images: BTreeMap<Digest, (String, Vec<Descriptor>)>,
     /// Manifests pushed by [`Via::finish`].
@@ -88,6 +89,7 @@ struct Job {
     layer: Descriptor,
     diff_id: Digest,
     repository: String,
+    window_log: u32,
     stage: watch::Sender<Stage>,
 }
 
@@ -135,7 +137,8 @@ impl Via {
         if !wanted.is_empty() && !l.conn.hello().fetches() {
             log.event(Event::note(older_robot_note(l.conn.hello())));
         } else if !wanted.is_empty() {
-            for rx in self.request(store, &plan, &wanted) {
+            let window = convert::window_log(l.conn.hello().window_log_max);
+            for rx in self.request(store, &plan, &wanted, window) {
                 if matches!(*rx.borrow(), Stage::Converting) {
                     log.event(Event::note(
                         "waiting for the laptop to prepare a layer for the hub",
@@ -191,13 +194,14 @@ impl Via {
     }
 
     /// Asks the pipeline for `wanted` (layers of `plan`): returns a receiver per layer, in the
-    /// order the pipeline serves them (smallest first). A layer another robot asked for
-    /// already is not queued again.
+    /// order the pipeline serves them (smallest first), made with zstd window `window_log`.
+    /// A layer another robot asked for already (with that window) is not queued again.
     fn request(
         &self,
         store: &Store,
         plan: &TransferPlan,
         wanted: &[&PlannedLayer],
+        window_log: u32,
     ) -> Vec<watch::Receiver<Stage>> {
         let mut st = self.state.lock().expect("hub state lock");
         let repository_of = |name: &str| {
@@ -216,7 +220,8 @@ impl Via {
         order.sort_by_key(|p| p.blob.size);
         let mut out = Vec::with_capacity(order.len());
         for p in order {
-            if let Some(rx) = st.blobs.get(&p.blob.digest) {
+            let key = (p.blob.digest.clone(), window_log);
+            if let Some(rx) = st.blobs.get(&key) {
                 out.push(rx.clone());
                 continue;
             }
@@ -225,6 +230,7 @@ impl Via {
                 layer: p.blob.clone(),
                 diff_id: p.diff_id.clone(),
                 repository: repository_of(&p.image),
+                window_log,
                 stage,
             };
             let queue = st
@@ -235,7 +241,7 @@ impl Via {
                     .stage
                     .send(Stage::Failed("the push to the hub stopped".into()));
             }
-            st.blobs.insert(p.blob.digest.clone(), rx.clone());
+            st.blobs.insert(key, rx.clone());
             out.push(rx);
         }
         out
@@ -250,9 +256,9 @@ impl Via {
         let root = store_root.clone();
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
-                let (root, layer) = (root.clone(), job.layer.clone());
+                let (root, layer, window) = (root.clone(), job.layer.clone(), job.window_log);
                 let made = tokio::task::spawn_blocking(move || {
-                    convert::hub_layer(&Store::open(&root)?, &layer)
+                    convert::hub_layer(&Store::open(&root)?, &layer, window)
                 })
                 .await
                 .map_err(anyhow::Error::from)
@@ -304,11 +310,14 @@ impl Via {
     pub async fn finish(&self, store: &Store, log: &dyn Reporter) -> Vec<String> {
         let (images, blobs) = {
             let st = self.state.lock().expect("hub state lock");
-            let blobs: HashMap<Digest, Stage> = st
-                .blobs
-                .iter()
-                .map(|(d, rx)| (d.clone(), rx.borrow().clone()))
-                .collect();
+            // A layer converted with two windows: either pushed form will do.
+            let mut blobs: HashMap<Digest, Stage> = HashMap::new();
+            for ((d, _), rx) in &st.blobs {
+                let stage = rx.borrow().clone();
+                if matches!(stage, Stage::Pushed(..)) || !blobs.contains_key(d) {
+                    blobs.insert(d.clone(), stage);
+                }
+            }
             let images: Vec<_> = st
                 .images
                 .iter()
