@@ -63,7 +63,13 @@ pub fn store_runtime_warnings(store: &AgentStore) -> Vec<String> {
 pub fn runtime_warnings(runtime: Option<&crate::runtime::Runtime>) -> Vec<String> {
     runtime
         .and_then(|r| {
-            crate::runtime::advisory::cve_2024_21626(r.command(), std::path::Path::new("/"))
+            // Beside the runtime's state directory (`runtime/runc` → `runtime/advisory.json`).
+            let cache = r.root().with_file_name("advisory.json");
+            crate::runtime::advisory::cve_2024_21626_cached(
+                r.command(),
+                std::path::Path::new("/"),
+                &cache,
+            )
         })
         .into_iter()
         .collect()

@@ -34,6 +34,55 @@ pub fn cve_2024_21626(command: &Path, system_root: &Path) -> Option<String> {
     warning_for(command, &text, system_root)
 }
 
+/// [`cve_2024_21626`], remembered in the file `cache` for as long as the runtime's binary and
+/// dpkg's database are the ones it was decided for. Every session's hello carries the
+/// warning, and deciding it costs a `runc --version` (a Go program's start) and a read of
+/// every dpkg file list on the robot: on a Pi, tens of milliseconds of each deploy. A cache
+/// that cannot be written (a read-only root) only means asking again next time.
+pub fn cve_2024_21626_cached(command: &Path, system_root: &Path, cache: &Path) -> Option<String> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Remembered {
+        key: String,
+        warning: Option<String>,
+    }
+    let Some(key) = cache_key(command, system_root) else {
+        return cve_2024_21626(command, system_root);
+    };
+    if let Some(r) = std::fs::read(cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Remembered>(&b).ok())
+        .filter(|r| r.key == key)
+    {
+        return r.warning;
+    }
+    let warning = cve_2024_21626(command, system_root);
+    let r = Remembered {
+        key,
+        warning: warning.clone(),
+    };
+    let _ = crate::util::fs::atomic_write(cache, &serde_json::to_vec(&r).expect("serialisable"));
+    warning
+}
+
+/// What the decision depends on: the runtime binary (path, inode, size, mtime) and dpkg's
+/// database (an upgrade that brings a changelog rewrites `status`).
+fn cache_key(command: &Path, system_root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let real = std::fs::canonicalize(command).ok()?;
+    let bin = std::fs::metadata(&real).ok()?;
+    let stamp = |m: &std::fs::Metadata| format!("{}:{}.{}", m.size(), m.mtime(), m.mtime_nsec());
+    let dpkg = std::fs::metadata(system_root.join("var/lib/dpkg/status"))
+        .map(|m| stamp(&m))
+        .unwrap_or_default();
+    Some(format!(
+        "{}:{}:{}:{}|dpkg:{dpkg}",
+        real.display(),
+        bin.dev(),
+        bin.ino(),
+        stamp(&bin)
+    ))
+}
+
 /// [`cve_2024_21626`] for the `--version` output `text`.
 pub fn warning_for(command: &Path, text: &str, system_root: &Path) -> Option<String> {
     let version = text
@@ -163,6 +212,32 @@ mod tests {
         let old = tempfile::tempdir().unwrap();
         debian(old.path(), "runc (1.1.5+ds1-1) unstable; urgency=medium\n");
         assert!(warning_for(runc, DEBIAN, old.path()).is_some());
+    }
+
+    #[test]
+    fn the_decision_is_remembered_until_the_runtime_changes() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let runc = tmp.path().join("runc");
+        let fake = |version: &str| {
+            std::fs::write(&runc, format!("#!/bin/sh\necho 'runc version {version}'\n")).unwrap();
+            std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        fake("1.1.11");
+        let cache = tmp.path().join("advisory.json");
+        let w = cve_2024_21626_cached(&runc, tmp.path(), &cache).unwrap();
+        assert!(w.contains("1.1.11"), "{w}");
+        // Remembered: what the file says is what is answered (the binary is not asked).
+        let text = std::fs::read_to_string(&cache).unwrap();
+        std::fs::write(&cache, text.replace("1.1.11", "1.1.10")).unwrap();
+        let w = cve_2024_21626_cached(&runc, tmp.path(), &cache).unwrap();
+        assert!(w.contains("1.1.10"), "from the cache: {w}");
+        // An upgraded binary (another size) is asked again.
+        fake("1.1.12-new");
+        assert_eq!(cve_2024_21626_cached(&runc, tmp.path(), &cache), None);
+        // A cache that cannot be written only means asking each time.
+        let nowhere = tmp.path().join("missing/advisory.json");
+        assert_eq!(cve_2024_21626_cached(&runc, tmp.path(), &nowhere), None);
     }
 
     #[test]
