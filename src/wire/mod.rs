@@ -49,6 +49,8 @@
 #[cfg(feature = "workstation")]
 pub mod client;
 pub mod frame;
+#[cfg(feature = "workstation")]
+mod memo;
 pub mod serve;
 #[cfg(feature = "workstation")]
 pub mod split;

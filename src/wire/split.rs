@@ -14,11 +14,13 @@ use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::WireError;
+use super::memo::Shared;
 use crate::api::ObjectSpec;
 use crate::layer::{EntryKind, ReadLimits, TarEntry, TarReader, WHITEOUT_PREFIX};
 use crate::oci::{Compression, Descriptor, Digest};
@@ -255,6 +257,22 @@ fn cache_dir(cache: &Path, diff_id: &Digest) -> PathBuf {
 
 /// The layer's info from `cache`, if cached and intact.
 pub fn cached(cache: &Path, diff_id: &Digest) -> Option<LayerInfo> {
+    let key = (cache.to_path_buf(), diff_id.clone());
+    if let Some(info) = INFOS.get(&key) {
+        return Some(LayerInfo::clone(&info));
+    }
+    let info = read_cached(cache, diff_id)?;
+    // An index entry is a path and an object spec: ~200 bytes in memory.
+    let weight = info.split.len() + info.files.len() * 200;
+    INFOS.insert(key, Arc::new(info.clone()), weight);
+    Some(info)
+}
+
+/// Layer infos read from caches this process (see [`super::memo`]): each is read,
+/// decompressed and checked once, not once per robot of a rollout.
+static INFOS: Shared<(PathBuf, Digest), LayerInfo> = Shared::new(256 << 20);
+
+fn read_cached(cache: &Path, diff_id: &Digest) -> Option<LayerInfo> {
     let dir = cache_dir(cache, diff_id);
     let index = std::fs::read(dir.join("files.json.zst")).ok()?;
     let index = zstd::decode_all(&index[..]).ok()?;
@@ -291,6 +309,13 @@ pub fn save(cache: &Path, info: &LayerInfo) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Contents [`read_contents`] found, by (layer, content): a rollout's robots want the same
+/// changed files of the same layer, which is otherwise decompressed (and every file before
+/// them hashed) once per robot.
+static CONTENTS: Shared<(Digest, Digest), (ObjectSpec, Vec<u8>)> = Shared::new(64 << 20);
+/// Contents larger than this are read again when wanted again.
+const MEMO_CONTENT_MAX: usize = 4 << 20;
+
 /// Reads the layer once and hands each wanted content (first file with it) to `on_file`.
 pub fn read_contents(
     store: &Store,
@@ -304,6 +329,16 @@ pub fn read_contents(
         reason,
     };
     let mut left: HashSet<Digest> = wanted.clone();
+    // Contents read out of this layer before (for another robot of the rollout).
+    for d in wanted {
+        if let Some(c) = CONTENTS.get(&(diff_id.clone(), d.clone())) {
+            left.remove(d);
+            on_file(c.0.clone(), c.1.clone())?;
+        }
+    }
+    if left.is_empty() {
+        return Ok(());
+    }
     let mut tr = TarReader::new(open_layer(store, desc)?, ReadLimits::default());
     while !left.is_empty() {
         let Some(e) = tr.next_entry().map_err(|e| bad(e.to_string()))? else {
@@ -318,7 +353,13 @@ pub fn read_contents(
             .map_err(|e| bad(e.to_string()))?;
         let digest = Digest::of(&bytes);
         if left.remove(&digest) {
-            on_file(spec_of(&e, digest), bytes)?;
+            let spec = spec_of(&e, digest);
+            if bytes.len() <= MEMO_CONTENT_MAX {
+                let key = (diff_id.clone(), spec.digest.clone());
+                let weight = bytes.len() + 256;
+                CONTENTS.insert(key, Arc::new((spec.clone(), bytes.clone())), weight);
+            }
+            on_file(spec, bytes)?;
         }
     }
     if !left.is_empty() {

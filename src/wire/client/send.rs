@@ -7,11 +7,13 @@
 //! Bytes are counted on the channel (after compression).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::super::frame::{DATA_CHUNK, Frame, data_frames};
+use super::super::memo::Shared;
 use super::super::split::{self, LayerInfo};
 use super::super::stream::{Compressor, Job, Out, compress};
 use super::super::{FromRobot, ToRobot, WireError};
@@ -21,6 +23,10 @@ use crate::api::ObjectSpec;
 use crate::oci::{Descriptor, Digest};
 use crate::progress::{Event, Reporter};
 use crate::store::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Store};
+
+/// Tar-splits compressed for the wire, by (split, base split, robot's window): every robot of
+/// a rollout with the same base gets the same bytes (see [`super::super::memo`]).
+static SPLIT_DELTAS: Shared<(Digest, Option<Digest>, u32), Vec<u8>> = Shared::new(64 << 20);
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     /// Sends what `plan` (made by [`Connection::plan_transfer`] in this session) says the
@@ -324,9 +330,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         base: Option<&LayerInfo>,
         report: &mut TransferReport,
     ) -> Result<(), WireError> {
-        let prefix: &[u8] = base.map(|b| &b.split[..]).unwrap_or(&[]);
-        let z = compress(&info.split, prefix, META_LEVEL, self.hello.window_log_max)
-            .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
+        // The same delta goes to every robot of a rollout that has the same base.
+        let key = (
+            info.split_digest.clone(),
+            base.map(|b| b.split_digest.clone()),
+            self.hello.window_log_max,
+        );
+        let z = match SPLIT_DELTAS.get(&key) {
+            Some(z) => z,
+            None => {
+                let prefix: &[u8] = base.map(|b| &b.split[..]).unwrap_or(&[]);
+                let z = compress(&info.split, prefix, META_LEVEL, self.hello.window_log_max)
+                    .map_err(|e| WireError::Protocol(format!("compressing a tar-split: {e}")))?;
+                let z = Arc::new(z);
+                SPLIT_DELTAS.insert(key, z.clone(), z.len());
+                z
+            }
+        };
         let mut frames = vec![Frame::control(&ToRobot::Layer {
             diff_id: info.diff_id.clone(),
             split_digest: info.split_digest.clone(),
