@@ -428,11 +428,11 @@ pub fn hub_manifest(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A tar of `files` (name, content), with a pax header on the long names.
-    fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    pub(in crate::ops::hub) fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in files {
             let mut h = tar::Header::new_ustar();
@@ -451,7 +451,7 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn gzip(store: &Store, tar: &[u8]) -> Descriptor {
+    pub(in crate::ops::hub) fn gzip(store: &Store, tar: &[u8]) -> Descriptor {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(tar).unwrap();
         let gz = gz.finish().unwrap();
@@ -459,7 +459,7 @@ mod tests {
         Descriptor::new(media::DOCKER_LAYER_GZIP, d, gz.len() as u64)
     }
 
-    fn files(n: usize) -> Vec<(String, Vec<u8>)> {
+    pub(in crate::ops::hub) fn files(n: usize) -> Vec<(String, Vec<u8>)> {
         (0..n)
             .map(|i| {
                 let name = if i % 7 == 3 {
@@ -478,6 +478,28 @@ mod tests {
     /// `split`'s way to read `tar` again.
     fn opener<'a>(tar: &'a [u8]) -> impl Fn() -> Result<Box<dyn Read + 'a>> + Sync + 'a {
         move || Ok(Box::new(tar) as Box<dyn Read>)
+    }
+
+    /// `layer` (a blob of `store` holding `tar`) cut into parts of about `part_bytes` of tar
+    /// with window `window_log`, remembered where [`hub_layer`] looks first: a test's small
+    /// layer goes in parts without `DTS_HUB_PART_MIB`, which the whole test process would see.
+    pub(in crate::ops::hub) fn remember_in_parts(
+        store: &Store,
+        layer: &Descriptor,
+        tar: &[u8],
+        window_log: u32,
+        part_bytes: u64,
+    ) -> HubLayer {
+        let l = split(store, &opener(tar), part_bytes, window_log).unwrap();
+        let record = record_path(store, &layer.digest, window_log, super::part_bytes());
+        std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+        atomic_write(&record, &serde_json::to_vec(&l).unwrap()).unwrap();
+        assert_eq!(
+            hub_layer(store, layer, window_log).unwrap(),
+            l,
+            "remembered"
+        );
+        l
     }
 
     /// What the robot does with the parts (agent/fetch.rs): their tars joined, every closing

@@ -477,3 +477,298 @@ async fn failed(mut rx: watch::Receiver<Stage>) -> String {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::time::Duration;
+
+    use futures_util::FutureExt as _;
+
+    use super::convert::tests::{files, gzip, remember_in_parts, tar_of};
+    use super::*;
+    use crate::oci::media;
+    use crate::wire::client::{LayerHow, Objects};
+
+    /// The zstd window of the tests' conversions (a 1 GB robot's).
+    const WINDOW: u32 = 24;
+    /// How long a test waits for the pipeline: far more than it needs, even on a loaded machine.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// How a test hub answers a request (method, path): a status and a body.
+    type Answer = dyn Fn(&str, &str) -> (u16, Vec<u8>) + Send + Sync;
+
+    /// A hub on 127.0.0.1 answering each request with `answer(method, path)` (a status and a
+    /// body; the request's own body is read and dropped), one answer per request on a
+    /// kept-alive connection. Returns its `host:port` and the requests it got
+    /// (`METHOD path`).
+    fn hub(
+        answer: impl Fn(&str, &str) -> (u16, Vec<u8>) + Send + Sync + 'static,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (log, answer): (_, Arc<Answer>) = (seen.clone(), Arc::new(answer));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (log, answer) = (log.clone(), answer.clone());
+                std::thread::spawn(move || serve(conn, &log, &*answer));
+            }
+        });
+        (host, seen)
+    }
+
+    /// One connection of [`hub`].
+    fn serve(mut conn: std::net::TcpStream, log: &Mutex<Vec<String>>, answer: &Answer) {
+        let (mut pending, mut buf) = (Vec::new(), [0u8; 8192]);
+        loop {
+            let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            while pending.len() < end + 4 + length {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.extend_from_slice(&buf[..n]),
+                }
+            }
+            pending.drain(..end + 4 + length);
+            let mut words = head.split(' ');
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            log.lock().unwrap().push(format!("{method} {path}"));
+            let (status, body) = answer(method, path);
+            let head = format!(
+                "HTTP/1.1 {status} Test\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let body = if method == "HEAD" { &[][..] } else { &body[..] };
+            if conn.write_all(&[head.as_bytes(), body].concat()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn via(host: &str) -> Via {
+        Via::new(HubArgs {
+            hub: host.into(),
+            insecure: true,
+            robot_user: None,
+        })
+        .unwrap()
+    }
+
+    /// `n` bytes that do not compress: a layer blob as large as its files.
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A robot fetching a layer's parts while the laptop uploads them waits on the push: when
+    /// the hub refuses the upload, the wait ends with the hub's answer (the request names the
+    /// hub), and a robot asking later is told at once. A robot left fetching parts that will
+    /// never come would wait the 30 minutes a part is given.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_that_fails_while_a_robot_fetches_ends_its_wait_naming_the_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tar = tar_of(&files(60));
+        let layer = gzip(&store, &tar);
+        let h = remember_in_parts(&store, &layer, &tar, WINDOW, 16 << 10);
+        assert!(h.parts.len() > 1, "{} parts", h.parts.len());
+        // The upload is held until the robot fetches, then refused.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Mutex::new(held);
+        let (host, seen) = hub(move |method, path| match method {
+            "POST" if path.ends_with("/blobs/uploads/") => {
+                let _ = held.lock().unwrap().recv_timeout(PATIENCE);
+                (500, b"the hub's disk is full".to_vec())
+            }
+            _ => (404, Vec::new()),
+        });
+        let via = via(&host);
+        let wanted = PlannedLayer {
+            diff_id: Digest::of(&tar),
+            blob: layer.clone(),
+            image: "lab/x:1".into(),
+            position: 0,
+            of: 1,
+            how: LayerHow::Whole,
+            objects: Objects::Streamed,
+        };
+        let mut rxs = via.request(&store, &TransferPlan::default(), &[&wanted], WINDOW);
+        let rx = rxs.pop().unwrap();
+
+        let blob = tokio::time::timeout(PATIENCE, ready(rx.clone()))
+            .await
+            .expect("the parts are known before the upload ends")
+            .expect("robots may fetch parts while they are pushed");
+        assert_eq!(blob.parts.len(), h.parts.len());
+        let mut waiting = Box::pin(failed(rx.clone()));
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "nothing failed yet"
+        );
+        release.send(()).unwrap();
+        let why = tokio::time::timeout(PATIENCE, waiting)
+            .await
+            .expect("the refused upload ends the robot's wait");
+        assert!(why.contains(&layer.digest.to_string()), "{why}");
+        assert!(why.contains(&host) && why.contains("500"), "{why}");
+        assert!(why.contains("disk is full"), "{why}");
+        assert_eq!(ready(rx).await.unwrap_err(), why);
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.starts_with("POST /v2/lab/x/blobs/uploads/")),
+            "{seen:?}"
+        );
+    }
+
+    /// What a robot's wait listens to: a layer's parts becoming known lets it start, its push
+    /// failing stops it; a push that succeeds, or a pipeline that is gone once the layer is
+    /// up, must not end a fetch under way.
+    #[test]
+    fn only_a_failed_push_ends_a_robots_wait() {
+        let blob = HubBlob {
+            repository: "lab/x".into(),
+            digest: Digest::of(b"layer"),
+            media_type: media::OCI_LAYER.into(),
+            size: 3072,
+            diff_id: Digest::of(b"layer"),
+            parts: Vec::new(),
+        };
+        let h = HubLayer {
+            tar_size: 3072,
+            parts: Vec::new(),
+        };
+        let (tx, rx) = watch::channel(Stage::Converting);
+        assert!(ready(rx.clone()).now_or_never().is_none());
+        assert!(failed(rx.clone()).now_or_never().is_none());
+        tx.send(Stage::Pushing(blob.clone())).unwrap();
+        assert_eq!(ready(rx.clone()).now_or_never(), Some(Ok(blob.clone())));
+        assert!(failed(rx.clone()).now_or_never().is_none());
+        tx.send(Stage::Pushed(blob.clone(), h)).unwrap();
+        assert!(failed(rx.clone()).now_or_never().is_none());
+        drop(tx);
+        assert!(failed(rx).now_or_never().is_none(), "the pipeline ended");
+
+        let (tx, rx) = watch::channel(Stage::Converting);
+        tx.send(Stage::Pushing(blob)).unwrap();
+        let waiting = failed(rx.clone());
+        tx.send(Stage::Failed("pushing layer x: answered 500".into()))
+            .unwrap();
+        let why = waiting.now_or_never();
+        assert_eq!(why.as_deref(), Some("pushing layer x: answered 500"));
+        assert_eq!(ready(rx).now_or_never(), Some(Err(why.unwrap())));
+
+        // A pipeline that stopped before the layer got anywhere: robots are told.
+        let (tx, rx) = watch::channel(Stage::Converting);
+        drop(tx);
+        let e = ready(rx).now_or_never().unwrap().unwrap_err();
+        assert!(e.contains("stopped"), "{e}");
+    }
+
+    /// The manifest comes after the rollout: the robots have their layers and their releases
+    /// are as reported, so a hub that refuses it gets a warning naming the hub and the
+    /// repository, not an error. Nothing is recorded as finished: a later `finish` (here, once
+    /// the hub takes manifests) pushes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manifest_the_hub_refuses_is_a_warning_naming_the_hub_and_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tar = tar_of(&[("noise".into(), noise(HUB_MIN_DIRECT as usize + 4096))]);
+        let layer = gzip(&store, &tar);
+        assert!(
+            layer.size >= HUB_MIN_DIRECT,
+            "a layer that goes via the hub"
+        );
+        let h = convert::hub_layer(&store, &layer, WINDOW).unwrap();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "arm64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&tar)]},
+        }))
+        .unwrap();
+        let config = Descriptor::new(
+            media::OCI_CONFIG,
+            store.put_blob(&config).unwrap(),
+            config.len() as u64,
+        );
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": config, "layers": [layer],
+        }))
+        .unwrap();
+        let manifest = store.put_blob(&manifest).unwrap();
+
+        // The hub holds every blob (the pipeline pushed the layer) and refuses manifests.
+        let takes_manifests = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let takes = takes_manifests.clone();
+        let (host, seen) = hub(move |method, path| match method {
+            "HEAD" if path.contains("/blobs/") => (200, Vec::new()),
+            "PUT" if path.contains("/manifests/") => {
+                if takes.load(std::sync::atomic::Ordering::Relaxed) {
+                    (201, Vec::new())
+                } else {
+                    (500, b"the hub's disk is full".to_vec())
+                }
+            }
+            _ => (404, Vec::new()),
+        });
+        let via = via(&host);
+        {
+            let mut st = via.state.lock().unwrap();
+            let job = Job {
+                layer: layer.clone(),
+                diff_id: Digest::of(&tar),
+                repository: "lab/x".into(),
+                window_log: WINDOW,
+                stage: watch::channel(Stage::Converting).0,
+            };
+            let pushed = Stage::Pushed(hub_blob(&job, &h), h.clone());
+            st.blobs
+                .insert((layer.digest.clone(), WINDOW), watch::channel(pushed).1);
+            st.images
+                .insert(manifest.clone(), ("lab/x".into(), vec![layer.clone()]));
+        }
+
+        let warnings = via.finish(&store, &Silent).await;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert!(w.contains(&format!("the lab hub {host}")), "{w}");
+        assert!(w.contains("lab/x") && w.contains("500"), "{w}");
+        let put_manifest = |seen: &Mutex<Vec<String>>| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.starts_with("PUT /v2/lab/x/manifests/"))
+                .count()
+        };
+        assert_eq!(put_manifest(&seen), 1, "the manifest was what failed");
+        assert!(via.state.lock().unwrap().finished.is_empty());
+
+        takes_manifests.store(true, std::sync::atomic::Ordering::Relaxed);
+        let warnings = via.finish(&store, &Silent).await;
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(put_manifest(&seen), 2);
+        assert_eq!(via.state.lock().unwrap().finished.len(), 1);
+    }
+}
