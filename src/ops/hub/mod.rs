@@ -226,9 +226,15 @@ pub fn down(data: &Path) -> Result<Option<u32>> {
 
 /// `docker-registry` on `$PATH` or in /usr/bin, else an error with the install line.
 fn find_registry() -> Result<PathBuf> {
-    let dirs = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&dirs)
-        .chain([PathBuf::from("/usr/bin")])
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    find_registry_in(std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]))
+}
+
+/// [`REGISTRY_BIN`] in the first of `dirs` that has it, else an error with the install line
+/// (the search path apart, so tests need not change the process's `PATH` or the host's
+/// packages).
+fn find_registry_in(dirs: impl IntoIterator<Item = PathBuf>) -> Result<PathBuf> {
+    dirs.into_iter()
         .map(|d| d.join(REGISTRY_BIN))
         .find(|p| p.is_file())
         .ok_or_else(|| {
@@ -336,6 +342,33 @@ mod tests {
             let e = hub_host(bad, false).unwrap_err().to_string();
             assert!(e.contains("--via"), "{bad}: {e}");
         }
+    }
+
+    /// `fleet hub up` on a machine without Debian's registry says which package to install;
+    /// the first directory that has the binary is the one used.
+    #[test]
+    fn a_missing_registry_names_the_package_to_install() {
+        let t = tempfile::tempdir().unwrap();
+        let (empty, decoy, with) = (t.path().join("a"), t.path().join("b"), t.path().join("c"));
+        for d in [&empty, &decoy, &with] {
+            std::fs::create_dir(d).unwrap();
+        }
+        // A directory of that name is not the binary.
+        std::fs::create_dir(decoy.join(REGISTRY_BIN)).unwrap();
+        let e = find_registry_in([empty.clone(), decoy.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`docker-registry`") && e.contains("not installed"),
+            "{e}"
+        );
+        assert!(e.contains("apt-get install docker-registry"), "{e}");
+
+        let bin = with.join(REGISTRY_BIN);
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(find_registry_in([empty, decoy, with]).unwrap(), bin);
     }
 
     #[test]
