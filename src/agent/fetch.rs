@@ -88,6 +88,7 @@ impl FetchError {
 pub fn fetch(
     store: &AgentStore,
     hub: &HubFetch,
+    window_log: u32,
     progress: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Fetched, FetchError> {
     let base = hub.url.trim_end_matches('/').to_string();
@@ -141,7 +142,7 @@ pub fn fetch(
             failed: failed.clone(),
             cancel: Arc::default(),
         };
-        let r = ingest(store, blob, &mut body);
+        let r = ingest(store, blob, &mut body, window_log);
         let read = body.read;
         body.finish();
         drop(body);
@@ -167,15 +168,21 @@ pub fn fetch(
 }
 
 /// Commits `blob`, read from `body`: the blob as it is, or its parts' tar.
-fn ingest(store: &AgentStore, blob: &HubBlob, body: &mut Body) -> Result<bool, AgentStoreError> {
+/// `window_log`: the largest zstd window this robot's hello announced (a part asking for more
+/// is refused, not allocated).
+fn ingest(
+    store: &AgentStore,
+    blob: &HubBlob,
+    body: &mut Body,
+    window_log: u32,
+) -> Result<bool, AgentStoreError> {
     if blob.parts.is_empty() {
         return store.import_layer_blob(&blob.digest, blob.size, &blob.diff_id, body, &Silent);
     }
     let mut frames = zstd::stream::read::Decoder::new(body)
         .map_err(|e| AgentStoreError::bad_archive(format!("a zstd decoder: {e}")))?;
-    // The window the laptop was told (hello): a part asking for more is refused, not allocated.
     frames
-        .window_log_max(crate::wire::serve::window_log_max())
+        .window_log_max(window_log)
         .map_err(|e| AgentStoreError::bad_archive(format!("a zstd decoder: {e}")))?;
     let mut tar = DropTarEnds::new(frames, blob.parts.iter().map(|p| p.tar_size).collect());
     store.import_layer_blob(&blob.diff_id, blob.size, &blob.diff_id, &mut tar, &Silent)
@@ -696,7 +703,7 @@ mod tests {
             blobs: vec![blob.clone()],
             wait_ms,
         };
-        fetch(store, &hub, &mut |_| true)
+        fetch(store, &hub, 27, &mut |_| true)
     }
 
     /// Another robot's bytes, a proxy's or a disk's: a part that decodes fine but is not the
@@ -816,7 +823,7 @@ mod tests {
         };
         let started = Instant::now();
         let mut calls = 0;
-        let e = fetch(&store, &hub, &mut |_| {
+        let e = fetch(&store, &hub, 27, &mut |_| {
             calls += 1;
             false
         })

@@ -240,7 +240,7 @@ fn serve_inner(
             ToRobot::Resolve { images } => send(output, &resolve_answer(&store, &images)?)?,
             ToRobot::Fetch { hub } => {
                 let mut sent: Result<(), WireError> = Ok(());
-                let fetched = crate::agent::fetch::fetch(&store, &hub, &mut |bytes| {
+                let fetched = crate::agent::fetch::fetch(&store, &hub, window_log, &mut |bytes| {
                     if sent.is_ok() {
                         sent = send(output, &FromRobot::FetchProgress { bytes });
                     }
