@@ -38,4 +38,4 @@ pub use release::{
     DeployOutcome, HealthSpec, ReleaseRecord, ReleaseSpec, ReleaseState, ServiceAction,
     ServiceOutcome, ServiceSpec,
 };
-pub use transfer::{BuiltImage, Fetched, HubBlob, HubFetch, HubPart, ObjectSpec};
+pub use transfer::{BuiltImage, Fetched, FreshCredential, HubBlob, HubFetch, HubPart, ObjectSpec};

@@ -67,6 +67,32 @@ pub struct HubFetch {
     /// pushed while robots fetch them (2.8; 0: never ask again).
     #[serde(default)]
     pub wait_ms: u64,
+    /// The laptop answers the robot's `need_credential` during this fetch with a fresh
+    /// credential ([`FreshCredential`]): a hub that refuses the one given (a pull token that
+    /// expired during a long layer) is asked again with it (2.9; false: it fails the fetch).
+    #[serde(default)]
+    pub refresh: bool,
+}
+
+/// A fresh credential for a fetch under way (wire 2.9, the answer to `need_credential`); kept
+/// in memory for the request only and never printed, like [`HubFetch::authorization`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreshCredential {
+    /// The `Authorization` header value, or none (the laptop has none to give).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for FreshCredential {
+    /// Never prints the credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshCredential")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for HubFetch {
@@ -81,6 +107,7 @@ impl std::fmt::Debug for HubFetch {
             .field("insecure", &self.insecure)
             .field("blobs", &self.blobs)
             .field("wait_ms", &self.wait_ms)
+            .field("refresh", &self.refresh)
             .finish()
     }
 }

@@ -60,8 +60,8 @@ mod stream;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    BuiltImage, Fetched, HeldImage, HubFetch, LogLine, ObjectSpec, RemoteError, Request,
-    ResolveQuery,
+    BuiltImage, Fetched, FreshCredential, HeldImage, HubFetch, LogLine, ObjectSpec, RemoteError,
+    Request, ResolveQuery,
 };
 use crate::oci::{Digest, Platform};
 
@@ -84,7 +84,10 @@ pub const MAJOR: u16 = 2;
 /// [`RobotHello::fetches`]; `deploy --via`); an older robot is sent everything directly.
 /// 8: a fetched layer may come in parts pushed while the robot fetches them
 /// ([`crate::api::HubBlob::parts`], `wait_ms`); the laptop uses the hub only with 2.8 robots.
-pub const MINOR: u16 = 8;
+/// 9: during a `fetch` whose `refresh` is set, a robot whose hub refuses the credential asks
+/// for a fresh one ([`FromRobot::NeedCredential`], [`ToRobot::Credential`]); a 2.8 robot fails
+/// that fetch instead.
+pub const MINOR: u16 = 9;
 /// Changed files at least this large travel as zstd patches against the base's version.
 pub const PATCH_MIN: u64 = 64 * 1024;
 /// Hex digits of a content digest in a [`ToRobot::Contents`] query.
@@ -130,6 +133,9 @@ pub enum WireError {
     /// The other end sent something out of step.
     #[error("wire protocol error: {0}")]
     Protocol(String),
+    /// The laptop could not make a fresh lab hub credential the robot asked for (2.9).
+    #[error("a fresh credential for the lab hub: {0}")]
+    Credential(String),
     /// The robot refused or failed; its message names the thing.
     #[error("the robot: {message}")]
     Robot {
@@ -404,6 +410,9 @@ pub enum ToRobot {
         /// The hub, its credential and the blobs.
         hub: HubFetch,
     },
+    /// The answer to [`FromRobot::NeedCredential`] (2.9): the credential for the rest of the
+    /// fetch under way.
+    Credential(FreshCredential),
     /// A request for `dt-agent daemon`, relayed over its socket.
     Daemon {
         /// The request.
@@ -452,6 +461,10 @@ pub enum FromRobot {
     },
     /// The answer to [`ToRobot::Fetch`].
     Fetched(Fetched),
+    /// During a `fetch` whose `refresh` is set: the hub refused the credential (`401`/`403`;
+    /// a pull token can expire during a long layer), send a fresh one (2.9). Answered by
+    /// [`ToRobot::Credential`].
+    NeedCredential,
     /// A daemon request's answer.
     DaemonOk {
         /// The value.

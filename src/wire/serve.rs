@@ -108,6 +108,52 @@ pub fn serve(root: &Path, input: &mut dyn Read, output: &mut dyn Write) -> Resul
     result
 }
 
+/// The laptop of a `fetch`, over this session: progress goes out as `fetch_progress`, a fresh
+/// credential is asked with `need_credential` and read from the next message. The first
+/// failure of the session is kept (and ends the fetch: the laptop counts as gone).
+struct FetchLaptop<'a> {
+    input: &'a mut dyn Read,
+    output: &'a mut dyn Write,
+    broken: Result<(), WireError>,
+}
+
+impl crate::agent::fetch::Laptop for FetchLaptop<'_> {
+    fn progress(&mut self, bytes: u64) -> bool {
+        if self.broken.is_ok() {
+            self.broken = send(self.output, &FromRobot::FetchProgress { bytes });
+        }
+        self.broken.is_ok()
+    }
+
+    fn credential(&mut self) -> Option<Option<String>> {
+        if self.broken.is_ok() {
+            self.broken = send(self.output, &FromRobot::NeedCredential);
+        }
+        self.broken.as_ref().ok()?;
+        match read_message(self.input) {
+            Ok(Some(ToRobot::Credential(c))) => Some(c.authorization),
+            Ok(Some(other)) => {
+                let op = serde_json::to_value(&other)
+                    .ok()
+                    .and_then(|v| v["op"].as_str().map(String::from))
+                    .unwrap_or_default();
+                self.broken = Err(WireError::Protocol(format!(
+                    "expected `credential` during a fetch, got `{op}`"
+                )));
+                None
+            }
+            Ok(None) => {
+                self.broken = Err(WireError::Closed);
+                None
+            }
+            Err(e) => {
+                self.broken = Err(e);
+                None
+            }
+        }
+    }
+}
+
 fn send(output: &mut dyn Write, msg: &FromRobot) -> Result<(), WireError> {
     write_frame(output, &Frame::control(msg))?;
     output.flush().map_err(WireError::Io)
@@ -238,15 +284,20 @@ fn serve_inner(
                 send(output, &FromRobot::Image(built))?;
             }
             ToRobot::Resolve { images } => send(output, &resolve_answer(&store, &images)?)?,
+            ToRobot::Credential(_) => {
+                return Err(WireError::Protocol(
+                    "a `credential` the robot did not ask for (none outside a fetch)".into(),
+                )
+                .into());
+            }
             ToRobot::Fetch { hub } => {
-                let mut sent: Result<(), WireError> = Ok(());
-                let fetched = crate::agent::fetch::fetch(&store, &hub, window_log, &mut |bytes| {
-                    if sent.is_ok() {
-                        sent = send(output, &FromRobot::FetchProgress { bytes });
-                    }
-                    sent.is_ok()
-                });
-                sent?;
+                let mut laptop = FetchLaptop {
+                    input: &mut *input,
+                    output: &mut *output,
+                    broken: Ok(()),
+                };
+                let fetched = crate::agent::fetch::fetch(&store, &hub, window_log, &mut laptop);
+                laptop.broken?;
                 send(output, &FromRobot::Fetched(fetched?))?;
             }
             ToRobot::Daemon { request } => relay(root, &request, output)?,

@@ -58,5 +58,6 @@ mod stock_direct;
 mod stock_provision;
 mod stock_robot;
 mod wire;
+mod wire_hub;
 
 mod support;

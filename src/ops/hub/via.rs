@@ -31,6 +31,7 @@ use crate::ops::robot::{RobotLink, guarded};
 use crate::progress::{Event, Reporter, Silent};
 use crate::registry::Client;
 use crate::store::Store;
+use crate::wire::WireError;
 use crate::wire::client::{
     Detail, HUB_MIN_DIRECT, PlannedLayer, TransferPlan, TransferReport, direct_estimate,
     older_robot_note, via_hub,
@@ -147,27 +148,28 @@ impl Via {
                 let blob = ready(rx.clone())
                     .await
                     .map_err(|e| anyhow!("the lab hub {}: {e}", self.host))?;
-                let authorization = self
-                    .client
-                    .robot_authorization(
-                        &self.host,
-                        std::slice::from_ref(&blob.repository),
-                        self.robot_user(),
-                    )
-                    .await
-                    .with_context(|| {
-                        format!("getting the robot a read-only credential for {}", self.host)
-                    })?;
+                let repository = blob.repository.clone();
+                let authorization = self.robot_credential(&repository).await?;
                 let hub = HubFetch {
                     url: self.url(),
                     authorization,
                     insecure: self.insecure,
                     blobs: vec![blob],
                     wait_ms: PART_WAIT.as_millis() as u64,
+                    refresh: true,
+                };
+                // A pull token may expire during a long layer: the robot asks for another.
+                let fresh = || {
+                    let repository = repository.clone();
+                    async move {
+                        self.robot_credential(&repository)
+                            .await
+                            .map_err(|e| WireError::Credential(crate::util::error_chain(&*e)))
+                    }
                 };
                 // A push that fails while the robot waits for its parts ends the wait here.
                 let f = tokio::select! {
-                    f = guarded(&l.session, l.conn.fetch_from_hub(hub, log)) => f?,
+                    f = guarded(&l.session, l.conn.fetch_from_hub(hub, log, fresh)) => f?,
                     e = failed(rx) => return Err(anyhow!("the lab hub {}: {e}", self.host)),
                 };
                 fetched.layers += f.layers;
@@ -184,6 +186,18 @@ impl Via {
         report.hub_bytes = fetched.bytes;
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// A read-only credential for `repository` on the hub, made for one robot's fetch.
+    async fn robot_credential(&self, repository: &str) -> Result<Option<String>> {
+        self.client
+            .robot_authorization(
+                &self.host,
+                std::slice::from_ref(&repository.to_string()),
+                self.robot_user(),
+            )
+            .await
+            .with_context(|| format!("getting the robot a read-only credential for {}", self.host))
     }
 
     fn robot_user(&self) -> Option<(&str, &str)> {

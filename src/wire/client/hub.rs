@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::super::{FromRobot, ToRobot, WireError};
 use super::plan::{Objects, PlannedLayer};
 use super::{Connection, unexpected};
-use crate::api::{Fetched, HubFetch};
+use crate::api::{Fetched, FreshCredential, HubFetch};
 use crate::progress::{Event, Reporter};
 
 /// Direct bytes below which a layer never goes via the hub.
@@ -63,11 +63,18 @@ pub fn older_robot_note(hello: &super::RobotHello) -> String {
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     /// Asks the robot to fetch `hub`'s blobs and waits for it, reporting its progress. The
     /// robot failing to use the hub ends the session with its error, which names the hub.
-    pub async fn fetch_from_hub(
+    /// With `hub.refresh` set, a robot whose hub refused the credential asks for another
+    /// (2.9), which `fresh` makes; its failure ends the session.
+    pub async fn fetch_from_hub<F, Fut>(
         &mut self,
         hub: HubFetch,
         reporter: &dyn Reporter,
-    ) -> Result<Fetched, WireError> {
+        mut fresh: F,
+    ) -> Result<Fetched, WireError>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = Result<Option<String>, WireError>> + Send,
+    {
         let total: u64 = hub.blobs.iter().map(|b| b.size).sum();
         let id = match hub.blobs.as_slice() {
             [one] => format!("hub {}", one.digest.short()),
@@ -96,6 +103,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                         format!("{} layer(s), {} bytes from the hub", f.layers, f.bytes),
                     ));
                     return Ok(f);
+                }
+                FromRobot::NeedCredential => {
+                    let authorization = fresh().await?;
+                    let answer = ToRobot::Credential(FreshCredential { authorization });
+                    next = self.call(&answer).await?;
+                    continue;
                 }
                 other => return Err(unexpected(&other)),
             }
