@@ -236,7 +236,12 @@ fn find_registry() -> Result<PathBuf> {
 fn find_registry_in(dirs: impl IntoIterator<Item = PathBuf>) -> Result<PathBuf> {
     dirs.into_iter()
         .map(|d| d.join(REGISTRY_BIN))
-        .find(|p| p.is_file())
+        // As a shell's search: a file someone may execute (a copy without its mode bits would
+        // otherwise be "found" and fail to start with a less helpful error).
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "`{REGISTRY_BIN}` (CNCF distribution, the OCI registry) is not installed: \
@@ -363,6 +368,12 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("apt-get install docker-registry"), "{e}");
+
+        // Not executable: not the registry either.
+        let plain = decoy.join("sub");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::write(plain.join(REGISTRY_BIN), "#!/bin/sh\n").unwrap();
+        assert!(find_registry_in([plain]).is_err());
 
         let bin = with.join(REGISTRY_BIN);
         std::fs::write(&bin, "#!/bin/sh\n").unwrap();
