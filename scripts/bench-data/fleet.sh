@@ -218,6 +218,59 @@ fleet_registry_pull() { # REF
     return "$rc"
 }
 
+# Each robot's current release (`fleet status --json`), one line.
+fleet_releases() {
+    laptop "$DTS" fleet status "${FLEET_SIMS[@]}" --json 2>>"$LOG" | jq -c '[.robots[].release]'
+}
+
+# (e) The issue's canary: v1 again, with a health check that fails, `--canary 1`: the first
+# robot rolls back, the others are never started, every release is as it was.
+fleet_canary() {
+    local before after out=$TMP/out/fleet-hub_canary expect=0
+    sed 's|"/bin/busybox", "true"|"/bin/busybox", "false"|' "$STACK" >"$TMP/stack-bad.yaml"
+    before=$(fleet_releases)
+    "$DTS" image tag "$IMAGE:v1" "$IMAGE:current" >>"$LOG" 2>&1
+    STACK=$TMP/stack-bad.yaml fleet_measured hub_canary \
+        fleet_deploy --via "$HUB_ADDR:$HUB_PORT" --insecure --canary 1
+    after=$(fleet_releases)
+    fleet_states hub_canary
+    if jq -e --argjson n "${#FLEET_SIMS[@]}" '.robots[0].state == "rolled-back"
+        and (.robots[0].error | type == "string")
+        and ([.robots[1:][] | select(.state == "skipped")] | length) == $n - 1' "$out" >/dev/null 2>&1 &&
+        [[ $before == "$after" && $before != *null* ]]; then
+        expect=1
+    else
+        log "hub_canary: not as expected (releases $before → $after; see $out)"
+    fi
+    record fleet hub_canary expect "$expect"
+}
+
+# (f) A robot that goes away mid-rollout: a cold rollout through the hub (robots reset) whose
+# last robot's link goes down 10 s in. The others commit; that robot fails, saying why.
+fleet_away() {
+    local out=$TMP/out/fleet-hub_away expect=0 gone=${FLEET_IFACES[-1]} cutter
+    fleet_reset "${#FLEET_SIMS[@]}" "$FLEET_RATE"
+    fleet_hub_start
+    gone=${FLEET_IFACES[-1]}
+    "$DTS" image tag "$IMAGE:v1" "$IMAGE:current" >>"$LOG" 2>&1
+    (sleep 10 && ip link set "$gone" down) &
+    cutter=$!
+    fleet_measured hub_away fleet_deploy --via "$HUB_ADDR:$HUB_PORT" --insecure
+    wait "$cutter" || true
+    ip link set "$gone" up || true
+    fleet_states hub_away
+    if jq -e --argjson n "${#FLEET_SIMS[@]}" '
+        ([.robots[:-1][] | select(.state == "committed")] | length) == $n - 1
+        and .robots[-1].state != "committed"
+        and (.robots[-1].error | type == "string" and length > 0)' "$out" >/dev/null 2>&1; then
+        expect=1
+        log "hub_away: $(jq -r '.robots[-1] | "\(.robot): \(.state): \(.error)"' "$out")"
+    else
+        log "hub_away: not as expected (see $out)"
+    fi
+    record fleet hub_away expect "$expect"
+}
+
 fleet_has_via() { # (grep -q on the pipe could end dts with SIGPIPE: pipefail)
     local help
     help=$("$DTS" fleet deploy --help 2>/dev/null) || return 1
@@ -237,6 +290,7 @@ bench_fleet() {
         esac
         shift
     done
+    FLEET_RATE=$rate
     [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= 200)) || die "--robots $n: expected 1…200"
     rate_bits "$rate" >/dev/null
     local s
@@ -349,6 +403,8 @@ EOF
         "$DTS" image tag "$IMAGE:v2" "$IMAGE:current" >>"$LOG" 2>&1
         fleet_measured hub_v2 fleet_deploy --via "$HUB_ADDR:$HUB_PORT" --insecure
         fleet_states hub_v2
+        fleet_canary
+        fleet_away
     else
         log "this dts has no \`fleet deploy --via\`: no hub scenario"
     fi
