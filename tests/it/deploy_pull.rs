@@ -9,7 +9,7 @@
 //! local registry fixture (token auth) standing in for Docker Hub through `registry-mirrors`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -22,7 +22,7 @@ use dts::progress::Silent;
 use dts::store::Store;
 use dts::wire::client::{Connection, Detail};
 
-type Io = tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>;
+use crate::wire::Io;
 
 fn agent(root: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_dt-agent"))
@@ -40,16 +40,7 @@ fn agent(root: &Path, args: &[&str]) -> String {
 }
 
 async fn open(root: &Path, cache: &Path) -> (tokio::process::Child, Connection<Io>) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dt-agent"))
-        .args(["serve", "--stdio"])
-        .env("DT_AGENT_ROOT", root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dt-agent serve");
-    let io = tokio::io::join(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let (child, io) = crate::wire::serve(root);
     let (mut conn, hello) = Connection::open(io).await.expect("hello");
     assert!(hello.resolves(), "a 2.3 robot: {}", hello.protocol);
     conn.set_cache_dir(cache.to_path_buf());

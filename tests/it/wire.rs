@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const NAME: &str = "example.com/duckietown/wire-test:dev";
 
-type Io = tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>;
+/// A `dt-agent serve --stdio` child's stdout and stdin as one channel.
+pub(crate) type Io = tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>;
 
 fn agent_cmd(root: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dt-agent"));
@@ -49,7 +50,8 @@ fn agent_json(root: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn serve(root: &Path) -> (tokio::process::Child, Io) {
+/// A `dt-agent serve --stdio` child with its own `DT_AGENT_ROOT`, and its channel.
+pub(crate) fn serve(root: &Path) -> (tokio::process::Child, Io) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dt-agent"))
         .args(["serve", "--stdio"])
         .env("DT_AGENT_ROOT", root)

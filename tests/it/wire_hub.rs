@@ -4,7 +4,6 @@
 //! cannot make a fresh one ends the fetch with its own error, the robot's store untouched.
 
 use std::io::{Read, Write};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -14,21 +13,7 @@ use dts::progress::Silent;
 use dts::wire::WireError;
 use dts::wire::client::Connection;
 
-type Io = tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>;
-
-fn serve(root: &std::path::Path) -> (tokio::process::Child, Io) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dt-agent"))
-        .args(["serve", "--stdio"])
-        .env("DT_AGENT_ROOT", root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dt-agent serve");
-    let io = tokio::io::join(child.stdout.take().unwrap(), child.stdin.take().unwrap());
-    (child, io)
-}
+use crate::wire::serve;
 
 /// A layer of two files cut into two parts as the laptop cuts them (each the tar of one
 /// file with its zero blocks, zstd): the parts' bytes and the blob a fetch asks for.
