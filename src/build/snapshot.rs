@@ -4,6 +4,7 @@
 //! ```text
 //! $DTS_HOME/build/snapshots/
 //!   layers/<diff_id hex>/   one layer in overlay form (its whiteouts are 0:0 devices)
+//!   layers/<diff_id hex>.whiteouts   marker: this layer has OCI whiteouts, use flat/
 //!   flat/<chain_id hex>/    a whole chain flattened, for chains whose layers carry OCI
 //!                           whiteouts (those only mean something applied onto what is below)
 //!   tmp/<unique>/           being unpacked, or a RUN's upper and work dirs
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::BuildError;
 use super::exec::LayerRef;
-use crate::layer::{self, DevicePolicy, UnpackOptions};
+use crate::layer::{self, DevicePolicy, UnpackOptions, UnpackStats};
 use crate::oci::digest::chain_id;
 use crate::oci::{Compression, Digest};
 use crate::runtime::overlay::{unescape_mountinfo, unmount};
@@ -85,15 +86,32 @@ impl Snapshots {
                 out.push(dir);
                 continue;
             }
-            if has_whiteouts(store, l)? {
+            // A layer with whiteouts is seen as such while it is unpacked (a base's layers
+            // almost never have any, so it is read once, not once to look and once to unpack)
+            // and remembered by a marker beside the snapshots, so that it is not unpacked
+            // again to find out.
+            let marker = self
+                .root
+                .join("layers")
+                .join(format!("{}.whiteouts", l.diff_id.hex()));
+            if marker.exists() {
                 out = vec![self.flat(store, &layers[..=i])?];
                 continue;
             }
             let tmp = self.root.join("tmp").join(temp_name("layer-"));
             create_dir_all(&tmp)?;
-            if let Err(e) = unpack_into(store, l, &tmp) {
+            let stats = match unpack_into(store, l, &tmp) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+            };
+            if stats.whiteouts + stats.opaques > 0 {
                 let _ = fs::remove_dir_all(&tmp);
-                return Err(e);
+                fs::write(&marker, b"").at("write", &marker)?;
+                out = vec![self.flat(store, &layers[..=i])?];
+                continue;
             }
             if fs::rename(&tmp, &dir).is_err() {
                 let _ = fs::remove_dir_all(&tmp);
@@ -176,35 +194,95 @@ fn open_layer(store: &Store, l: &LayerRef) -> Result<Box<dyn std::io::Read>, Bui
     Ok(c.decoder(BufReader::new(f)).at("decompress", &path)?)
 }
 
-fn has_whiteouts(store: &Store, l: &LayerRef) -> Result<bool, BuildError> {
-    let path = store.blob_path(&l.descriptor.digest);
-    let mut ar = tar::Archive::new(open_layer(store, l)?);
-    for e in ar.entries().at("read layer", &path)? {
-        let e = e.at("read layer", &path)?;
-        let p = e.path().at("read layer", &path)?;
-        if p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(layer::WHITEOUT_PREFIX))
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-fn unpack_into(store: &Store, l: &LayerRef, dir: &Path) -> Result<(), BuildError> {
+fn unpack_into(store: &Store, l: &LayerRef, dir: &Path) -> Result<UnpackStats, BuildError> {
     let opts = UnpackOptions {
         same_owner: rustix::process::geteuid().is_root(),
         devices: DevicePolicy::Create,
         expect_diff_id: Some(l.diff_id.clone()),
         ..Default::default()
     };
-    layer::unpack(open_layer(store, l)?, dir, &opts)?;
-    Ok(())
+    Ok(layer::unpack(open_layer(store, l)?, dir, &opts)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::{Descriptor, media};
+
+    /// An uncompressed layer of `(path, content)` files, stored; `None` content is a directory.
+    fn stored_layer(store: &Store, files: &[(&str, Option<&str>)]) -> LayerRef {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, content) in files {
+            let mut h = tar::Header::new_ustar();
+            let data = content.unwrap_or("").as_bytes();
+            h.set_entry_type(if content.is_some() {
+                tar::EntryType::Regular
+            } else {
+                tar::EntryType::Directory
+            });
+            h.set_mode(if content.is_some() { 0o644 } else { 0o755 });
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let digest = store.put_blob(&tar).unwrap();
+        LayerRef {
+            descriptor: Descriptor::new(media::OCI_LAYER, digest.clone(), tar.len() as u64),
+            diff_id: digest,
+        }
+    }
+
+    #[test]
+    fn a_layer_with_whiteouts_is_flattened_once_and_remembered() {
+        if !rustix::process::geteuid().is_root() {
+            return crate::util::skip_test("snapshots keep the layers' owners: needs root");
+        }
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let snaps = Snapshots::new(&t.path().join("snapshots")).unwrap();
+        let base = stored_layer(
+            &store,
+            &[("a", None), ("a/x", Some("x")), ("a/y", Some("y"))],
+        );
+        let top = stored_layer(
+            &store,
+            &[("a", None), ("a/.wh.x", Some("")), ("a/z", Some("z"))],
+        );
+
+        let lowers = snaps
+            .lowerdirs(&store, &[base.clone(), top.clone()])
+            .unwrap();
+        assert_eq!(lowers.len(), 1, "{lowers:?}");
+        let flat = &lowers[0];
+        assert!(flat.starts_with(t.path().join("snapshots/flat")));
+        assert!(!flat.join("a/x").exists(), "the whiteout applied");
+        assert_eq!(fs::read(flat.join("a/y")).unwrap(), b"y");
+        assert_eq!(fs::read(flat.join("a/z")).unwrap(), b"z");
+        let layers = t.path().join("snapshots/layers");
+        assert!(
+            layers.join(base.diff_id.hex()).is_dir(),
+            "the base alone is a snapshot"
+        );
+        assert!(
+            !layers.join(top.diff_id.hex()).exists(),
+            "no snapshot of the top alone"
+        );
+        assert!(
+            layers
+                .join(format!("{}.whiteouts", top.diff_id.hex()))
+                .is_file()
+        );
+        assert!(
+            fs::read_dir(t.path().join("snapshots/tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+
+        // Next time the marker and the flat directory answer: the top layer is not read again.
+        fs::remove_file(store.blob_path(&top.descriptor.digest)).unwrap();
+        assert_eq!(snaps.lowerdirs(&store, &[base, top]).unwrap(), lowers);
+    }
 
     #[test]
     fn tmp_entries_of_dead_processes_go_at_the_next_start() {
