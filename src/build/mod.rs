@@ -240,6 +240,7 @@ pub fn build(
     let snapshots = snapshot::Snapshots::new(&opts.state_dir.join("snapshots"))?;
     let runtime = OnceLock::new();
     let locks = KeyLocks::default();
+    let views = view::ViewCache::default();
     let dt = duckietown::Project::detect(&opts.context);
     let total_steps = count_steps(&df, target);
 
@@ -248,8 +249,8 @@ pub fn build(
             let handles: Vec<_> = platforms
                 .iter()
                 .map(|p| {
-                    let (df, ctx, snapshots, runtime, dt, locks) =
-                        (&df, &ctx, &snapshots, &runtime, &dt, &locks);
+                    let (df, ctx, snapshots, runtime, dt, locks, views) =
+                        (&df, &ctx, &snapshots, &runtime, &dt, &locks, &views);
                     scope.spawn(move || {
                         let mut args = dt.as_ref().map(|d| d.build_args(p)).unwrap_or_default();
                         args.extend(opts.build_args.clone());
@@ -267,6 +268,7 @@ pub fn build(
                             cache_dir: opts.state_dir.join("cache"),
                             locks,
                             snapshots,
+                            views,
                             resolver,
                             reporter,
                             runtime,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::oci::Compression;
 
@@ -116,13 +117,66 @@ fn is_under(path: &str, dir: &str) -> bool {
         || path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
 }
 
+/// How many views a [`ViewCache`] keeps: a stage's latest for each platform and a few stages
+/// (`COPY --from`) — a Debian base's view is some megabytes.
+const CACHED_VIEWS: usize = 8;
+
+/// The views one build has made, by their layers, so that the steps of a stage — each of which
+/// looks at the stage's tree (RUN to tell new files from changed ones, COPY for owners and
+/// existing directories, WORKDIR, `COPY --from`) — read a layer once instead of decompressing
+/// the whole stack again at every step (a Debian base: hundreds of MB of tar each time). A
+/// view is extended from the longest chain it has cached. Shared by the platforms' threads.
+#[derive(Default)]
+pub struct ViewCache {
+    /// Oldest first.
+    views: Mutex<Vec<Arc<FsView>>>,
+}
+
+impl ViewCache {
+    /// The view of `layers` (base first).
+    pub fn view(&self, layers: Vec<LayerSource>) -> Result<Arc<FsView>, ViewError> {
+        let same = |a: &[LayerSource], b: &[LayerSource]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path)
+        };
+        let start = {
+            let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            let best = (views.iter().enumerate())
+                .filter(|(_, v)| v.layers.len() <= layers.len())
+                .filter(|(_, v)| same(&v.layers, &layers[..v.layers.len()]))
+                .max_by_key(|(_, v)| v.layers.len())
+                .map(|(i, _)| i);
+            // The one used goes to the end: the oldest unused is dropped first.
+            best.map(|i| {
+                let v = views.remove(i);
+                views.push(Arc::clone(&v));
+                v
+            })
+        };
+        if let Some(v) = &start
+            && v.layers.len() == layers.len()
+        {
+            return Ok(Arc::clone(v));
+        }
+        // Built without the lock: another platform's thread may be reading its own layers.
+        let mut view = start.map(|v| FsView::clone(&v)).unwrap_or_default();
+        for (i, l) in layers.iter().enumerate().skip(view.layers.len()) {
+            view.apply(i, l)?;
+        }
+        view.layers = layers;
+        let view = Arc::new(view);
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.push(Arc::clone(&view));
+        if views.len() > CACHED_VIEWS {
+            views.remove(0);
+        }
+        Ok(view)
+    }
+}
+
 impl FsView {
     /// Reads `layers` (base first) into a view.
     pub fn from_layers(layers: Vec<LayerSource>) -> Result<FsView, ViewError> {
-        let mut view = FsView {
-            layers: Vec::new(),
-            nodes: BTreeMap::new(),
-        };
+        let mut view = FsView::default();
         for (i, l) in layers.iter().enumerate() {
             view.apply(i, l)?;
         }
@@ -459,5 +513,41 @@ mod tests {
         assert!(matches!(v.resolve("loop", true), Err(ViewError::Loop(_))));
         assert_eq!(v.resolve("../../etc/./passwd", true).unwrap(), "etc/passwd");
         assert_eq!(v.subtree("usr").len(), 3);
+    }
+
+    #[test]
+    fn the_cache_extends_a_cached_chain_and_reads_no_layer_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let l0 = layer(d.path(), "0", |b| {
+            file(b, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644);
+            file(b, "gone", b"x", 0o644);
+        });
+        let l1 = layer(d.path(), "1", |b| {
+            file(b, ".wh.gone", b"", 0o644);
+            file(b, "app/main.py", b"print()", 0o644);
+        });
+        let l2 = layer(d.path(), "2", |b| file(b, "app/more.py", b"", 0o600));
+        let cache = ViewCache::default();
+        let first = cache.view(vec![l0.clone()]).unwrap();
+        assert!(first.exists("gone"));
+        // The base is read once: gone from disk, it still comes from the cache.
+        std::fs::remove_file(&l0.path).unwrap();
+        let again = cache.view(vec![l0.clone()]).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let two = cache.view(vec![l0.clone(), l1.clone()]).unwrap();
+        assert!(!two.exists("gone") && two.exists("app/main.py"));
+        assert!(
+            two.read("etc/passwd").is_err(),
+            "reading a file still needs its layer"
+        );
+        assert_eq!(two.read("app/main.py").unwrap(), b"print()");
+        let three = cache.view(vec![l0.clone(), l1, l2]).unwrap();
+        assert_eq!(three.get("app/more.py").unwrap().mode, 0o600);
+        assert!(three.exists("app/main.py") && !three.exists("gone"));
+        // Another chain on the same base starts from the base's view.
+        let other = layer(d.path(), "3", |b| file(b, "other", b"", 0o644));
+        let v = cache.view(vec![l0, other]).unwrap();
+        assert!(v.exists("gone") && v.exists("other") && !v.exists("app"));
+        assert!(cache.views.lock().unwrap().len() <= CACHED_VIEWS);
     }
 }

@@ -464,7 +464,7 @@ pub(super) struct InlineFile {
 pub(super) enum CopySources {
     Context(Vec<Source>),
     View {
-        view: FsView,
+        view: std::sync::Arc<FsView>,
         paths: Vec<String>,
         key: String,
         /// `--exclude`.

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -23,7 +24,7 @@ use super::dockerfile::{
 use super::dockerignore::DockerIgnore;
 use super::run::{self, Network, RunSpec, Runtime};
 use super::snapshot::Snapshots;
-use super::view::{FsView, Kind, LayerSource, clean};
+use super::view::{FsView, Kind, LayerSource, ViewCache, clean};
 use super::{BuildError, Location};
 use crate::layer::{self, EntryMeta, LayerBuilder, WriteOptions, canonical_cmp};
 use crate::oci::config::{ContainerConfig, Healthcheck as OciHealthcheck, History, RootFs};
@@ -113,6 +114,8 @@ pub struct Executor<'a> {
     /// stage's) runs once and the other thread takes the result from the cache.
     pub(super) locks: &'a KeyLocks,
     pub(super) snapshots: &'a Snapshots,
+    /// The stages' file trees, read once per layer for every step that looks at them.
+    pub(super) views: &'a ViewCache,
     pub(super) resolver: &'a dyn BaseResolver,
     pub(super) reporter: &'a dyn Reporter,
     pub(super) runtime: &'a std::sync::OnceLock<Result<Runtime, String>>,
@@ -445,7 +448,7 @@ impl<'a> Executor<'a> {
     }
 
     /// A view of a state's file system (for USER and --chown names, WORKDIR, COPY targets).
-    fn view(&self, s: &StageState) -> Result<FsView, BuildError> {
+    fn view(&self, s: &StageState) -> Result<Arc<FsView>, BuildError> {
         let layers = s
             .layers
             .iter()
@@ -455,7 +458,7 @@ impl<'a> Executor<'a> {
                     .unwrap_or(Compression::Gzip),
             })
             .collect();
-        Ok(FsView::from_layers(layers)?)
+        Ok(self.views.view(layers)?)
     }
 
     fn new_layer(
