@@ -27,6 +27,7 @@ use crate::oci::{Compression, Digest};
 use crate::runtime::overlay::{unescape_mountinfo, unmount};
 use crate::store::Store;
 use crate::util::fs::{PathContext, create_dir_all, pid_alive, temp_name, temp_owner};
+use crate::util::locks::KeyLocks;
 
 /// overlayfs takes its lower dirs in one mount option of at most a page; past this many layers
 /// the chain is flattened instead.
@@ -35,6 +36,8 @@ const MAX_LOWERS: usize = 32;
 /// The snapshot directories of one `DTS_HOME`.
 pub struct Snapshots {
     root: PathBuf,
+    /// Snapshots being unpacked by one of this build's threads.
+    busy: KeyLocks,
 }
 
 impl Snapshots {
@@ -46,6 +49,7 @@ impl Snapshots {
         clean_stale_tmp(&root.join("tmp"))?;
         Ok(Snapshots {
             root: root.to_path_buf(),
+            busy: KeyLocks::default(),
         })
     }
 
@@ -81,50 +85,60 @@ impl Snapshots {
         }
         let mut out = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            let dir = self.root.join("layers").join(l.diff_id.hex());
-            if dir.is_dir() {
-                out.push(dir);
-                continue;
+            match self.alone(store, l)? {
+                Some(dir) => out.push(dir),
+                None => out = vec![self.flat(store, &layers[..=i])?],
             }
-            // A layer with whiteouts is seen as such while it is unpacked (a base's layers
-            // almost never have any, so it is read once, not once to look and once to unpack)
-            // and remembered by a marker beside the snapshots, so that it is not unpacked
-            // again to find out.
-            let marker = self
-                .root
-                .join("layers")
-                .join(format!("{}.whiteouts", l.diff_id.hex()));
-            if marker.exists() {
-                out = vec![self.flat(store, &layers[..=i])?];
-                continue;
-            }
-            let tmp = self.root.join("tmp").join(temp_name("layer-"));
-            create_dir_all(&tmp)?;
-            let stats = match unpack_into(store, l, &tmp) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(e);
-                }
-            };
-            if stats.whiteouts + stats.opaques > 0 {
-                let _ = fs::remove_dir_all(&tmp);
-                fs::write(&marker, b"").at("write", &marker)?;
-                out = vec![self.flat(store, &layers[..=i])?];
-                continue;
-            }
-            if fs::rename(&tmp, &dir).is_err() {
-                let _ = fs::remove_dir_all(&tmp);
-            }
-            out.push(dir);
         }
         Ok(out)
+    }
+
+    /// The snapshot of layer `l` on its own, unpacked if it is not there yet; `None` for a
+    /// layer with whiteouts, which only mean something flattened onto the layers below.
+    fn alone(&self, store: &Store, l: &LayerRef) -> Result<Option<PathBuf>, BuildError> {
+        let hex = l.diff_id.hex();
+        let dir = self.root.join("layers").join(&hex);
+        // Both targets' threads may need the same layer at once (a native stage's base, the
+        // largest there is: compilers): one unpacks it, the other waits and finds it.
+        let lock = self.busy.of(&hex);
+        let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if dir.is_dir() {
+            return Ok(Some(dir));
+        }
+        // A layer with whiteouts is seen as such while it is unpacked (a base's layers almost
+        // never have any, so it is read once, not once to look and once to unpack) and
+        // remembered by a marker, so that it is not unpacked again to find out.
+        let marker = self.root.join("layers").join(format!("{hex}.whiteouts"));
+        if marker.exists() {
+            return Ok(None);
+        }
+        let tmp = self.root.join("tmp").join(temp_name("layer-"));
+        create_dir_all(&tmp)?;
+        let stats = match unpack_into(store, l, &tmp) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        if stats.whiteouts + stats.opaques > 0 {
+            let _ = fs::remove_dir_all(&tmp);
+            fs::write(&marker, b"").at("write", &marker)?;
+            return Ok(None);
+        }
+        if fs::rename(&tmp, &dir).is_err() {
+            // Another build (another process) unpacked it first.
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        Ok(Some(dir))
     }
 
     fn flat(&self, store: &Store, layers: &[LayerRef]) -> Result<PathBuf, BuildError> {
         let ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let chain = chain_id(&ids).expect("a chain has at least one layer");
         let dir = self.root.join("flat").join(chain.hex());
+        let lock = self.busy.of(&format!("flat-{}", chain.hex()));
+        let _flattening = lock.lock().unwrap_or_else(|e| e.into_inner());
         if dir.is_dir() {
             return Ok(dir);
         }

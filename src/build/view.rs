@@ -130,11 +130,20 @@ const CACHED_VIEWS: usize = 8;
 pub struct ViewCache {
     /// Oldest first.
     views: Mutex<Vec<Arc<FsView>>>,
+    /// Chains being read: a second thread wanting the same one (two targets' native stage)
+    /// waits for the first's view instead of reading the layers again.
+    busy: crate::util::locks::KeyLocks,
 }
 
 impl ViewCache {
     /// The view of `layers` (base first).
     pub fn view(&self, layers: Vec<LayerSource>) -> Result<Arc<FsView>, ViewError> {
+        let chain: Vec<String> = layers
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        let lock = self.busy.of(&chain.join("\n"));
+        let _reading = lock.lock().unwrap_or_else(|p| p.into_inner());
         let same = |a: &[LayerSource], b: &[LayerSource]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path)
         };
@@ -157,7 +166,7 @@ impl ViewCache {
         {
             return Ok(Arc::clone(v));
         }
-        // Built without the lock: another platform's thread may be reading its own layers.
+        // Built without the cache's lock: another thread may be reading another chain.
         let mut view = start.map(|v| FsView::clone(&v)).unwrap_or_default();
         for (i, l) in layers.iter().enumerate().skip(view.layers.len()) {
             view.apply(i, l)?;

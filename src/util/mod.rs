@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod fs;
 pub mod glob;
+pub mod locks;
 pub mod par;
 pub mod time;
 pub mod tty;

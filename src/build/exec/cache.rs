@@ -6,28 +6,12 @@
 //! `FROM --platform=$BUILDPLATFORM` whose inputs do not depend on the target) is made by the
 //! first while the second waits on the key's lock ([`KeyLocks`]), then read from the cache.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use super::*;
 
 /// A cached layer-producing step.
 #[derive(Serialize, Deserialize)]
 struct CacheRecord {
     layer: Option<LayerRef>,
-}
-
-/// One lock per cache key being worked on, shared by the threads of one build.
-#[derive(Default)]
-pub struct KeyLocks {
-    keys: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-}
-
-impl KeyLocks {
-    fn of(&self, key: &str) -> Arc<Mutex<()>> {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.entry(key.to_string()).or_default().clone()
-    }
 }
 
 impl Executor<'_> {

@@ -42,7 +42,7 @@ mod fetch;
 mod git;
 pub mod mounts;
 
-pub use cache::KeyLocks;
+pub use crate::util::locks::KeyLocks;
 
 use config::history_text;
 use copy::{add_parents, resolve_owner, write_entries};
