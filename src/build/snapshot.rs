@@ -97,10 +97,10 @@ impl Snapshots {
     /// layer with whiteouts, which only mean something flattened onto the layers below.
     fn alone(&self, store: &Store, l: &LayerRef) -> Result<Option<PathBuf>, BuildError> {
         let hex = l.diff_id.hex();
-        let dir = self.root.join("layers").join(&hex);
+        let dir = self.root.join("layers").join(hex);
         // Both targets' threads may need the same layer at once (a native stage's base, the
         // largest there is: compilers): one unpacks it, the other waits and finds it.
-        let lock = self.busy.of(&hex);
+        let lock = self.busy.of(hex);
         let _unpacking = lock.lock().unwrap_or_else(|e| e.into_inner());
         if dir.is_dir() {
             return Ok(Some(dir));
