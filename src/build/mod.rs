@@ -240,7 +240,7 @@ pub fn build(
     let snapshots = snapshot::Snapshots::new(&opts.state_dir.join("snapshots"))?;
     let runtime = OnceLock::new();
     let locks = KeyLocks::default();
-    let views = view::ViewCache::default();
+    let views = view::ViewCache::on_disk(&opts.state_dir.join("views"));
     let dt = duckietown::Project::detect(&opts.context);
     let total_steps = count_steps(&df, target);
 

@@ -24,6 +24,9 @@ pub struct LayerSource {
     pub path: PathBuf,
     /// Its compression.
     pub compression: Compression,
+    /// The blob's digest, under which a [`ViewCache`] keeps its listing on disk (none: not
+    /// kept).
+    pub digest: Option<crate::oci::Digest>,
 }
 
 /// What kind of entry a node is.
@@ -126,8 +129,14 @@ const CACHED_VIEWS: usize = 8;
 /// existing directories, WORKDIR, `COPY --from`) — read a layer once instead of decompressing
 /// the whole stack again at every step (a Debian base: hundreds of MB of tar each time). A
 /// view is extended from the longest chain it has cached. Shared by the platforms' threads.
+///
+/// With a directory, each layer's listing is also kept there (`<blob hex>.json.zst`, some
+/// hundred kB for a Debian base), so that the next build's views read no layer they have
+/// read before: a rebuild that changes one step of a stage on a large base (a C++ package on
+/// an image with the compilers) otherwise decompresses the whole base to look at it.
 #[derive(Default)]
 pub struct ViewCache {
+    dir: Option<PathBuf>,
     /// Oldest first.
     views: Mutex<Vec<Arc<FsView>>>,
     /// Chains being read: a second thread wanting the same one (two targets' native stage)
@@ -136,6 +145,41 @@ pub struct ViewCache {
 }
 
 impl ViewCache {
+    /// A cache that keeps layers' listings in `dir` (made when first written).
+    pub fn on_disk(dir: &std::path::Path) -> ViewCache {
+        ViewCache {
+            dir: Some(dir.to_path_buf()),
+            ..ViewCache::default()
+        }
+    }
+
+    /// The listing of `layer`: from the directory if it has it, else read from the tar and
+    /// kept there (best effort: a listing that cannot be written is read again next time).
+    fn listing(&self, layer: &LayerSource) -> Result<Vec<Listed>, ViewError> {
+        let Some(file) = (self.dir.as_ref())
+            .zip(layer.digest.as_ref())
+            .map(|(dir, d)| dir.join(format!("{}.json.zst", d.hex())))
+        else {
+            return listing(layer);
+        };
+        if let Some(l) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| zstd::decode_all(&b[..]).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            return Ok(l);
+        }
+        let l = listing(layer)?;
+        if let Ok(json) = serde_json::to_vec(&l)
+            && let Ok(z) = zstd::encode_all(&json[..], 3)
+            && crate::util::fs::create_dir_all(file.parent().expect("a file in a directory"))
+                .is_ok()
+        {
+            let _ = crate::util::fs::atomic_write(&file, &z);
+        }
+        Ok(l)
+    }
+
     /// The view of `layers` (base first).
     pub fn view(&self, layers: Vec<LayerSource>) -> Result<Arc<FsView>, ViewError> {
         let chain: Vec<String> = layers
@@ -169,7 +213,7 @@ impl ViewCache {
         // Built without the cache's lock: another thread may be reading another chain.
         let mut view = start.map(|v| FsView::clone(&v)).unwrap_or_default();
         for (i, l) in layers.iter().enumerate().skip(view.layers.len()) {
-            view.apply(i, l)?;
+            view.apply(i, &self.listing(l)?);
         }
         view.layers = layers;
         let view = Arc::new(view);
@@ -182,103 +226,168 @@ impl ViewCache {
     }
 }
 
+/// One tar entry of a layer, as much as a view needs of it: a layer's listing is all of it a
+/// view reads, so it can be kept on disk and the view built without decompressing the layer.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Listed {
+    /// The entry's number in the tar (where a file's content is).
+    n: usize,
+    /// Cleaned path; for a whiteout, the path it hides; for an opaque marker, its directory.
+    path: String,
+    kind: ListedKind,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    size: u64,
+    device: (u32, u32),
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum ListedKind {
+    Opaque,
+    Whiteout,
+    Dir,
+    File,
+    Symlink(String),
+    /// A hard link to this (cleaned) path.
+    Link(String),
+    Special(u8),
+}
+
+/// Reads a layer's tar into its listing.
+fn listing(layer: &LayerSource) -> Result<Vec<Listed>, ViewError> {
+    let err = |source| ViewError::Layer {
+        path: layer.path.clone(),
+        source,
+    };
+    let f = File::open(&layer.path).map_err(err)?;
+    let r = layer.compression.decoder(BufReader::new(f)).map_err(err)?;
+    let mut ar = tar::Archive::new(r);
+    let mut out = Vec::new();
+    for (n, entry) in ar.entries().map_err(err)?.enumerate() {
+        let mut entry = entry.map_err(err)?;
+        let raw = entry.path().map_err(err)?.to_string_lossy().into_owned();
+        let path = clean(&raw);
+        if path.is_empty() {
+            continue;
+        }
+        let (dir, name) = path
+            .rsplit_once('/')
+            .map_or(("", path.as_str()), |(d, n)| (d, n));
+        let h = entry.header();
+        let mut e = Listed {
+            n,
+            path: path.clone(),
+            kind: ListedKind::Dir,
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            // Some writers leave numeric fields blank; treat that as 0 as GNU tar does.
+            uid: h.uid().unwrap_or(0),
+            gid: h.gid().unwrap_or(0),
+            mtime: h.mtime().unwrap_or(0),
+            size: h.size().map_err(err)?,
+            device: (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            ),
+            xattrs: Vec::new(),
+        };
+        if name == ".wh..wh..opq" {
+            e.path = dir.to_string();
+            e.kind = ListedKind::Opaque;
+            out.push(e);
+            continue;
+        }
+        if let Some(victim) = name.strip_prefix(".wh.") {
+            e.path = if dir.is_empty() {
+                victim.to_string()
+            } else {
+                format!("{dir}/{victim}")
+            };
+            e.kind = ListedKind::Whiteout;
+            out.push(e);
+            continue;
+        }
+        e.kind = match h.entry_type() {
+            tar::EntryType::Directory => ListedKind::Dir,
+            tar::EntryType::Symlink => ListedKind::Symlink(
+                entry
+                    .link_name()
+                    .map_err(err)?
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            tar::EntryType::Link => ListedKind::Link(
+                entry
+                    .link_name()
+                    .map_err(err)?
+                    .map(|l| clean(&l.to_string_lossy()))
+                    .unwrap_or_default(),
+            ),
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                ListedKind::Special(h.entry_type().as_byte())
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => ListedKind::File,
+            _ => continue,
+        };
+        if let Some(exts) = entry.pax_extensions().map_err(err)? {
+            for ext in exts.flatten() {
+                if let Ok(key) = ext.key()
+                    && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+                {
+                    e.xattrs
+                        .push((name.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
 impl FsView {
     /// Reads `layers` (base first) into a view.
     pub fn from_layers(layers: Vec<LayerSource>) -> Result<FsView, ViewError> {
         let mut view = FsView::default();
         for (i, l) in layers.iter().enumerate() {
-            view.apply(i, l)?;
+            view.apply(i, &listing(l)?);
         }
         view.layers = layers;
         Ok(view)
     }
 
-    fn apply(&mut self, index: usize, layer: &LayerSource) -> Result<(), ViewError> {
-        let err = |source| ViewError::Layer {
-            path: layer.path.clone(),
-            source,
-        };
-        let f = File::open(&layer.path).map_err(err)?;
-        let r = layer.compression.decoder(BufReader::new(f)).map_err(err)?;
-        let mut ar = tar::Archive::new(r);
-        for (n, entry) in ar.entries().map_err(err)?.enumerate() {
-            let mut entry = entry.map_err(err)?;
-            let raw = entry.path().map_err(err)?.to_string_lossy().into_owned();
-            let path = clean(&raw);
-            if path.is_empty() {
-                continue;
-            }
-            let (dir, name) = path
-                .rsplit_once('/')
-                .map_or(("", path.as_str()), |(d, n)| (d, n));
-            if name == ".wh..wh..opq" {
-                let dir = dir.to_string();
-                self.nodes
-                    .retain(|p, node| !(is_under(p, &dir) && node.layer < index));
-                continue;
-            }
-            if let Some(victim) = name.strip_prefix(".wh.") {
-                let victim = if dir.is_empty() {
-                    victim.to_string()
-                } else {
-                    format!("{dir}/{victim}")
-                };
-                self.remove_tree(&victim);
-                continue;
-            }
-            let h = entry.header();
-            let mode = h.mode().unwrap_or(0o644) & 0o7777;
-            // Some writers leave numeric fields blank; treat that as 0 as GNU tar does.
-            let uid = h.uid().unwrap_or(0);
-            let gid = h.gid().unwrap_or(0);
-            let mtime = h.mtime().unwrap_or(0);
-            let size = h.size().map_err(err)?;
-            let device = (
-                h.device_major().ok().flatten().unwrap_or(0),
-                h.device_minor().ok().flatten().unwrap_or(0),
-            );
-            let kind = match h.entry_type() {
-                tar::EntryType::Directory => Kind::Dir,
-                tar::EntryType::Symlink => Kind::Symlink(
-                    entry
-                        .link_name()
-                        .map_err(err)?
-                        .map(|l| l.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                ),
-                tar::EntryType::Link => {
-                    let target = entry
-                        .link_name()
-                        .map_err(err)?
-                        .map(|l| clean(&l.to_string_lossy()))
-                        .unwrap_or_default();
+    /// Applies layer `index`'s listing to the view (whiteouts as the image spec says).
+    fn apply(&mut self, index: usize, listing: &[Listed]) {
+        for e in listing {
+            let path = e.path.clone();
+            let kind = match &e.kind {
+                ListedKind::Opaque => {
+                    self.nodes
+                        .retain(|p, node| !(is_under(p, &path) && node.layer < index));
+                    continue;
+                }
+                ListedKind::Whiteout => {
+                    self.remove_tree(&path);
+                    continue;
+                }
+                ListedKind::Link(target) => {
                     // A hardlink shares its target's content and metadata.
-                    if let Some(t) = self.nodes.get(&target).cloned() {
+                    if let Some(t) = self.nodes.get(target).cloned() {
                         self.insert(path, Node { layer: index, ..t });
                     }
                     continue;
                 }
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                    Kind::Special(h.entry_type().as_byte())
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File {
+                ListedKind::Dir => Kind::Dir,
+                ListedKind::Symlink(target) => Kind::Symlink(target.clone()),
+                ListedKind::Special(b) => Kind::Special(*b),
+                ListedKind::File => Kind::File {
                     layer: index,
-                    entry: n,
+                    entry: e.n,
                 },
-                _ => continue,
             };
-            let mut xattrs = Vec::new();
-            if let Some(exts) = entry.pax_extensions().map_err(err)? {
-                for ext in exts.flatten() {
-                    if let Ok(key) = ext.key()
-                        && let Some(name) = key.strip_prefix("SCHILY.xattr.")
-                    {
-                        xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
-                    }
-                }
-            }
             let size = if matches!(kind, Kind::File { .. }) {
-                size
+                e.size
             } else {
                 0
             };
@@ -291,18 +400,17 @@ impl FsView {
                 path,
                 Node {
                     kind,
-                    mode,
-                    uid,
-                    gid,
-                    mtime,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    mtime: e.mtime,
                     size,
-                    device,
-                    xattrs,
+                    device: e.device,
+                    xattrs: e.xattrs.clone(),
                     layer: index,
                 },
             );
         }
-        Ok(())
     }
 
     fn insert(&mut self, path: String, node: Node) {
@@ -473,9 +581,11 @@ mod tests {
             .unwrap()
             .write_all(&b.into_inner().unwrap())
             .unwrap();
+        let digest = crate::oci::Digest::of(&std::fs::read(&path).unwrap());
         LayerSource {
             path,
             compression: Compression::None,
+            digest: Some(digest),
         }
     }
 
@@ -558,5 +668,45 @@ mod tests {
         let v = cache.view(vec![l0, other]).unwrap();
         assert!(v.exists("gone") && v.exists("other") && !v.exists("app"));
         assert!(cache.views.lock().unwrap().len() <= CACHED_VIEWS);
+    }
+
+    #[test]
+    fn listings_kept_on_disk_serve_the_next_builds_views() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("views");
+        let l0 = layer(d.path(), "0", |b| {
+            file(b, "usr/lib/a.so", b"A", 0o644);
+            file(b, "opq/old", b"old", 0o600);
+            symlink(b, "lib", "/usr/lib");
+        });
+        let l1 = layer(d.path(), "1", |b| {
+            file(b, "usr/lib/.wh.a.so", b"", 0o644);
+            file(b, "opq/.wh..wh..opq", b"", 0o644);
+            file(b, "opq/new", b"new", 0o4755);
+        });
+        let layers = vec![l0.clone(), l1.clone()];
+        let direct = FsView::from_layers(layers.clone()).unwrap();
+        let first = ViewCache::on_disk(&dir).view(layers.clone()).unwrap();
+        assert_eq!(first.nodes, direct.nodes);
+        for l in [&l0, &l1] {
+            let hex = l.digest.as_ref().unwrap().hex().to_string();
+            assert!(dir.join(format!("{hex}.json.zst")).is_file());
+        }
+        // A new process (a new cache) builds the same view from the listings alone; reading a
+        // file's content still goes to its layer.
+        let moved = d.path().join("1.moved");
+        std::fs::rename(&l1.path, &moved).unwrap();
+        let again = ViewCache::on_disk(&dir).view(layers.clone()).unwrap();
+        assert_eq!(again.nodes, direct.nodes);
+        assert!(again.read("opq/new").is_err());
+        std::fs::rename(&moved, &l1.path).unwrap();
+        assert_eq!(again.read("opq/new").unwrap(), b"new");
+        // A damaged listing is read from the layer again, and written anew.
+        let hex = l1.digest.as_ref().unwrap().hex().to_string();
+        std::fs::write(dir.join(format!("{hex}.json.zst")), b"not zstd").unwrap();
+        let fixed = ViewCache::on_disk(&dir).view(layers).unwrap();
+        assert_eq!(fixed.nodes, direct.nodes);
+        let kept = std::fs::read(dir.join(format!("{hex}.json.zst"))).unwrap();
+        assert!(zstd::decode_all(&kept[..]).is_ok());
     }
 }

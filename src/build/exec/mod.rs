@@ -454,6 +454,7 @@ impl<'a> Executor<'a> {
             .iter()
             .map(|l| LayerSource {
                 path: self.store.blob_path(&l.descriptor.digest),
+                digest: Some(l.descriptor.digest.clone()),
                 compression: Compression::of_media_type(&l.descriptor.media_type)
                     .unwrap_or(Compression::Gzip),
             })
