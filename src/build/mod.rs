@@ -5,8 +5,8 @@
 //! ```text
 //! Dockerfile ─parse─► stages ─┬─ platform A ─► Executor ─► config + layers ─► manifest ─┐
 //!                             └─ platform B ─► Executor ─► config + layers ─► manifest ─┴► index
-//!   (one thread per platform)        │ cache: $DTS_HOME/build/cache/<key>.json
-//!                                    │ RUN:   $DTS_HOME/build/snapshots (overlay lowers)
+//!   (a thread per platform, and one  │ cache: $DTS_HOME/build/cache/<key>.json
+//!    per stage a target reads from)  │ RUN:   $DTS_HOME/build/snapshots (overlay lowers)
 //!                                    │ COPY/ADD sources' file hashes:
 //!                                    │        $DTS_HOME/build/context-hashes (hashcache.rs)
 //!                                    │ RUN --mount=type=cache:
@@ -32,10 +32,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use context::Context;
-use dockerfile::{Command, Dockerfile, DockerfileError};
+use dockerfile::{Dockerfile, DockerfileError};
 pub use exec::mounts::cache_dir::CacheMountInfo;
 pub use exec::mounts::{MountInputs, SecretSource, prune_cache_mounts};
-use exec::{BaseResolver, Executor, KeyLocks, StepCounts};
+use exec::{BaseResolver, Executor, KeyLocks, Stages, StepCounts, count_steps};
 
 use crate::oci::json::canonical;
 use crate::oci::{Descriptor, Digest, Index, Manifest, Platform, Reference, media};
@@ -107,6 +107,10 @@ pub enum BuildError {
         /// Its last lines of output.
         tail: Vec<String>,
     },
+    /// Stopped because another stage of the platform's build failed (that error is the
+    /// one reported).
+    #[error("stopped: another stage of the build failed")]
+    Cancelled,
     /// `--target` names no stage.
     #[error("target stage `{0}` is not in the Dockerfile")]
     NoTarget(String),
@@ -255,7 +259,8 @@ pub fn build(
                         let mut args = dt.as_ref().map(|d| d.build_args(p)).unwrap_or_default();
                         args.extend(opts.build_args.clone());
                         let guessed = dt.as_ref().map(|d| d.guessed_args(p)).unwrap_or_default();
-                        let mut ex = Executor {
+                        let stages = Stages::default();
+                        let ex = Executor {
                             store,
                             df,
                             ctx,
@@ -276,11 +281,9 @@ pub fn build(
                             mount_inputs: &opts.mounts,
                             label: p.duckietown_arch().unwrap_or("?").to_string(),
                             total_steps,
-                            step: 0,
-                            counts: StepCounts::default(),
-                            stages: BTreeMap::new(),
+                            stages: &stages,
                         };
-                        let mut state = ex.build_stage(target)?;
+                        let mut state = ex.build_target(target)?;
                         // BuildKit: an image built for platforms the user named is for the
                         // target even from a `FROM --platform` stage; with none named it keeps
                         // its base's platform.
@@ -296,7 +299,7 @@ pub fn build(
                         }
                         state.config.created = Some(exec::rfc3339(epoch));
                         let desc = write_manifest(store, &state)?;
-                        Ok((p.clone(), desc, ex.counts))
+                        Ok((p.clone(), desc, stages.counts()))
                     })
                 })
                 .collect();
@@ -353,52 +356,6 @@ pub fn build(
 }
 
 /// Steps of the target stage and the stages it needs, counted as progress shows them.
-fn count_steps(df: &Dockerfile, target: usize) -> usize {
-    let mut needed = vec![false; df.stages.len()];
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if needed[i] {
-            continue;
-        }
-        needed[i] = true;
-        let s = &df.stages[i];
-        let mut deps: Vec<&str> = vec![s.base.value.as_str()];
-        let mut mount_froms: Vec<String> = Vec::new();
-        for ins in &s.instructions {
-            if let Command::Copy(c) = &ins.command
-                && let Some(f) = &c.from
-            {
-                deps.push(f.value.as_str());
-            }
-            if let Command::Run(r) = &ins.command {
-                mount_froms.extend(
-                    r.mounts
-                        .iter()
-                        .filter_map(|m| dockerfile::parse_mount(&m.value, "/", 0).ok()?.from),
-                );
-            }
-        }
-        for d in deps
-            .into_iter()
-            .chain(mount_froms.iter().map(String::as_str))
-        {
-            if let Some((j, _)) = df.stage(d).filter(|(j, _)| *j < i) {
-                todo.push(j);
-            } else if let Ok(j) = d.parse::<usize>()
-                && j < i
-            {
-                todo.push(j);
-            }
-        }
-    }
-    df.stages
-        .iter()
-        .zip(needed)
-        .filter(|(_, n)| *n)
-        .map(|(s, _)| 1 + s.instructions.len())
-        .sum()
-}
-
 fn write_manifest(store: &Store, state: &exec::StageState) -> Result<Descriptor, BuildError> {
     let config = state.config.to_canonical_json();
     let cdigest = store.put_blob(&config)?;

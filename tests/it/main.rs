@@ -23,6 +23,7 @@ mod bench_adopt;
 mod build;
 mod build_buildah;
 mod build_duckietown;
+mod build_graph;
 mod build_mounts;
 mod build_native;
 mod build_sources;

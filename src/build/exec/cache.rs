@@ -34,11 +34,11 @@ impl Executor<'_> {
                 .as_ref()
                 .is_none_or(|l| self.store.has_blob(&l.descriptor.digest))
         {
-            self.counts.cached += 1;
+            self.stages.count(true);
             return Ok((rec.layer, true));
         }
         let layer = make(self)?;
-        self.counts.run += 1;
+        self.stages.count(false);
         create_dir_all(&self.cache_dir)?;
         let rec = CacheRecord {
             layer: layer.clone(),

@@ -41,8 +41,10 @@ mod copy;
 mod fetch;
 mod git;
 pub mod mounts;
+mod stages;
 
 pub use crate::util::locks::KeyLocks;
+pub use stages::{Stages, count_steps};
 
 use config::history_text;
 use copy::{add_parents, resolve_owner, write_entries};
@@ -96,7 +98,8 @@ pub trait BaseResolver: Sync {
     fn ensure(&self, reference: &Reference, platform: &Platform) -> anyhow::Result<Descriptor>;
 }
 
-/// Everything one platform's build needs.
+/// Everything one platform's build needs (cloned for each thread building a stage of it).
+#[derive(Clone)]
 pub struct Executor<'a> {
     pub(super) store: &'a Store,
     pub(super) df: &'a Dockerfile,
@@ -124,10 +127,8 @@ pub struct Executor<'a> {
     pub(super) mount_inputs: &'a mounts::MountInputs,
     pub(super) label: String,
     pub(super) total_steps: usize,
-    pub(super) step: usize,
-    pub(super) counts: StepCounts,
-    /// Built stages, by index.
-    pub(super) stages: BTreeMap<usize, StageState>,
+    /// The platform's stages, step numbers and counts, shared by its threads.
+    pub(super) stages: &'a Stages,
 }
 
 fn sha(parts: &[&[u8]]) -> String {
@@ -219,11 +220,8 @@ impl<'a> Executor<'a> {
             .0)
     }
 
-    /// Builds stage `index` (and, first, what it depends on) and returns its state.
-    pub fn build_stage(&mut self, index: usize) -> Result<StageState, BuildError> {
-        if let Some(s) = self.stages.get(&index) {
-            return Ok(s.clone());
-        }
+    /// Builds stage `index`, which this thread has claimed ([`Executor::build_stage`]).
+    fn build_stage_steps(&mut self, index: usize) -> Result<StageState, BuildError> {
         let df = self.df;
         let stage = &df.stages[index];
         let meta = self.meta_env()?;
@@ -249,9 +247,9 @@ impl<'a> Executor<'a> {
             state = self.instruction(state, &ins, index)?;
         }
         for ins in &stage.instructions {
+            self.stages.check()?;
             state = self.instruction(state, ins, index)?;
         }
-        self.stages.insert(index, state.clone());
         Ok(state)
     }
 
@@ -305,12 +303,12 @@ impl<'a> Executor<'a> {
     }
 
     fn progress_step(&mut self, text: &str, cached: Option<bool>) -> String {
-        self.step += 1;
-        let id = format!("{}-{}", self.label, self.step);
+        let step = self.stages.next_step();
+        let id = format!("{}-{}", self.label, step);
         let label = format!(
             "[{} {}/{}] {}",
             self.label,
-            self.step,
+            step,
             self.total_steps,
             text.lines().next().unwrap_or("")
         );

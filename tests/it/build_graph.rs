@@ -1,0 +1,113 @@
+//! Stages a target reads from (`COPY --from`, `RUN --mount from=`) run alongside it, as
+//! BuildKit's graph solver runs them, and a failure in one stops the build with its own error.
+//!
+//! Both Dockerfiles build for this machine (no emulator): a `side` stage and the target's own
+//! RUN leave the kernel's uptime in files, so the image shows whether they overlapped.
+
+use std::path::Path;
+
+use crate::build::{busybox_context, can_run, dts, file_content, json, p, write};
+
+/// The busybox stage both others start from.
+const TOOLS: &str = r#"FROM scratch AS tools
+ARG TARGETARCH
+COPY busybox/${TARGETARCH}/busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV PATH=/bin
+"#;
+
+fn uptime(bytes: &[u8]) -> f64 {
+    let text = String::from_utf8_lossy(bytes);
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn context(dir: &Path, stages: &str) -> bool {
+    if !can_run() {
+        return false;
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        crate::support::skip("the stage-graph fixture builds for amd64, this build machine's");
+        return false;
+    }
+    if !busybox_context(dir) {
+        return false;
+    }
+    write(dir, &[("Dockerfile", &format!("{TOOLS}{stages}"))]);
+    true
+}
+
+fn build(home: &Path, ctx: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "devel",
+        "build",
+        "-C",
+        p(ctx),
+        "-t",
+        "demo/graph:1",
+        "--arch",
+        "amd64",
+    ];
+    args.extend(extra);
+    dts(home, &args)
+}
+
+#[test]
+fn a_stage_read_with_copy_from_runs_while_the_target_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let (home, ctx) = (t.path().join("home"), t.path().join("ctx"));
+    if !context(
+        &ctx,
+        "FROM tools AS side\n\
+         RUN cat /proc/uptime > /side-ran\n\
+         FROM tools\n\
+         RUN cat /proc/uptime > /main-started && sleep 3 && cat /proc/uptime > /main-ended\n\
+         COPY --from=side /side-ran /\n",
+    ) {
+        return;
+    }
+    let report = json(&build(&home, &ctx, &["--json"]));
+    // tools: COPY + RUN; side: RUN; target: RUN + COPY. Each once, whoever got there first.
+    assert_eq!(
+        (
+            report["steps_run"].as_u64(),
+            report["steps_cached"].as_u64()
+        ),
+        (Some(5), Some(0)),
+        "{report}"
+    );
+    let read = |f: &str| uptime(&file_content(&home, "demo/graph:1", "linux/amd64", f));
+    let (side, started, ended) = (read("side-ran"), read("main-started"), read("main-ended"));
+    assert!(
+        side < ended,
+        "the side stage ran at {side}, after the target's 3 s RUN ({started}..{ended})"
+    );
+}
+
+#[test]
+fn a_failing_side_stage_stops_the_build_with_its_own_error() {
+    let t = tempfile::tempdir().unwrap();
+    let (home, ctx) = (t.path().join("home"), t.path().join("ctx"));
+    if !context(
+        &ctx,
+        "FROM tools AS side\n\
+         RUN echo compiling; exit 3\n\
+         FROM tools\n\
+         RUN sleep 2\n\
+         RUN echo the step after > /after\n\
+         COPY --from=side /etc /etc\n",
+    ) {
+        return;
+    }
+    let out = build(&home, &ctx, &["--progress", "plain"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Dockerfile:7:1") && err.contains("exit code 3") && err.contains("compiling"),
+        "the side stage's RUN is the error: {err}"
+    );
+    assert!(!err.contains("stopped"), "not the cancellation: {err}");
+    assert!(
+        !err.contains("RUN echo the step after"),
+        "the target stopped at its next step: {err}"
+    );
+}
