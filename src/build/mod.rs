@@ -22,6 +22,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod exec;
 pub mod hashcache;
+mod prune;
 pub mod run;
 pub mod snapshot;
 pub mod view;
@@ -36,6 +37,7 @@ use dockerfile::{Dockerfile, DockerfileError};
 pub use exec::mounts::cache_dir::CacheMountInfo;
 pub use exec::mounts::{MountInputs, SecretSource, prune_cache_mounts};
 use exec::{BaseResolver, Executor, KeyLocks, Stages, StepCounts, count_steps};
+pub use prune::{BuildPruneReport, prune as prune_state};
 
 use crate::oci::json::canonical;
 use crate::oci::{Descriptor, Digest, Index, Manifest, Platform, Reference, media};

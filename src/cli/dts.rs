@@ -364,27 +364,14 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
             for r in removed {
                 p.info(&format!("Untagged: {}", r.familiar()));
             }
-            p.info(&format!(
-                "Deleted {} blobs ({})",
-                pruned.blobs,
-                human_size(pruned.bytes)
-            ));
+            print_pruned(&pruned, false, p);
         }
         ImageCmd::Tag { src, dst } => {
             let dst = ops::image::tag(&store, src, dst)?;
             p.info(&format!("Tagged {}", dst.familiar()));
         }
         ImageCmd::Prune { json } => {
-            let r = store.prune()?;
-            if *json {
-                p.json(&serde_json::json!({"blobs": r.blobs, "bytes": r.bytes}));
-            } else {
-                p.info(&format!(
-                    "Deleted {} blobs, freed {}",
-                    r.blobs,
-                    human_size(r.bytes)
-                ));
-            }
+            print_pruned(&ops::image::prune(&store)?, *json, p);
         }
         ImageCmd::Save {
             names,
@@ -441,6 +428,25 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
 }
 
 /// What `dts image load` prints: the loaded names, or with `--json` the whole report.
+/// `Deleted 3 blobs, freed 120 MB; removed 2 unpacked layer(s) builds kept (1.1 GB)`.
+fn print_pruned(r: &ops::image::Pruned, json: bool, p: &Printer) {
+    if json {
+        return p.json(r);
+    }
+    if let Some(w) = &r.warning {
+        p.info(&format!("warning: {w}"));
+    }
+    let mut text = format!("Deleted {} blobs, freed {}", r.blobs, human_size(r.bytes));
+    if r.build.snapshots > 0 {
+        text += &format!(
+            "; removed {} unpacked layer(s) builds kept ({})",
+            r.build.snapshots,
+            human_size(r.build.snapshot_bytes)
+        );
+    }
+    p.info(&text);
+}
+
 fn print_load(r: &crate::archive::LoadReport, json: bool, p: &Printer) {
     if json {
         let images: Vec<_> = r

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::archive::{self, LoadReport, SaveFormat, SaveReport};
+use crate::build::BuildPruneReport;
 use crate::oci::{Digest, Platform, Reference};
 use crate::progress::Reporter;
 use crate::store::{ImageRecord, PruneReport, Store};
@@ -70,8 +71,46 @@ pub fn tag(store: &Store, src: &str, dst: &str) -> Result<Reference> {
     Ok(dst)
 }
 
-/// Removes names, then the blobs nothing references any more.
-pub fn remove(store: &Store, names: &[String]) -> Result<(Vec<Reference>, PruneReport)> {
+/// What a prune removed: blobs from the store, and what builds kept of their layers.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pruned {
+    /// Blobs removed.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The builder's unpacked copies of removed layers, their listings and cache records.
+    pub build: BuildPruneReport,
+    /// Why some of the builder's copies could not be removed (the blobs were): they stay
+    /// until the next prune that can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// Removes the blobs no name reaches and what builds kept of them (their unpacked layers,
+/// listings, cache records): no build of this `DTS_HOME` runs meanwhile (the store's lock).
+pub fn prune(store: &Store) -> Result<Pruned> {
+    let state = super::dts_home().join("build");
+    let (r, build): (PruneReport, _) = store.prune_and(|s| crate::build::prune_state(&state, s))?;
+    let (build, warning) = match build {
+        Ok(b) => (b, None),
+        Err(e) => (
+            BuildPruneReport::default(),
+            Some(format!(
+                "the builds' copies of removed layers under {} stay: {e}",
+                state.display()
+            )),
+        ),
+    };
+    Ok(Pruned {
+        blobs: r.blobs,
+        bytes: r.bytes,
+        build,
+        warning,
+    })
+}
+
+/// Removes names, then the blobs nothing references any more (as [`prune`]).
+pub fn remove(store: &Store, names: &[String]) -> Result<(Vec<Reference>, Pruned)> {
     let mut refs = Vec::new();
     for n in names {
         let r = Reference::parse(n)?;
@@ -81,7 +120,7 @@ pub fn remove(store: &Store, names: &[String]) -> Result<(Vec<Reference>, PruneR
     for r in &refs {
         store.remove_name(r)?;
     }
-    Ok((refs, store.prune()?))
+    Ok((refs, prune(store)?))
 }
 
 /// Loads an archive or layout directory.

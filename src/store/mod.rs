@@ -469,11 +469,20 @@ impl Store {
     /// Removes every blob no name reaches, and abandoned temp files. Waits for other dts
     /// processes to close the store first, so nothing they are writing is collected.
     pub fn prune(&self) -> Result<PruneReport, StoreError> {
+        Ok(self.prune_and(|_| ())?.0)
+    }
+
+    /// [`Store::prune`], then `also` while no other dts process has the store open still: for
+    /// what others keep of the blobs just removed (a build's unpacked layers).
+    pub fn prune_and<T>(
+        &self,
+        also: impl FnOnce(&Store) -> T,
+    ) -> Result<(PruneReport, T), StoreError> {
         let lock_path = self.root.join("lock");
         flock(&self.lock, FlockOperation::LockExclusive)
             .map_err(io::Error::from)
             .at("lock", &lock_path)?;
-        let result = self.prune_locked();
+        let result = self.prune_locked().map(|r| (r, also(self)));
         flock(&self.lock, FlockOperation::LockShared)
             .map_err(io::Error::from)
             .at("lock", &lock_path)?;

@@ -26,6 +26,7 @@ mod build_duckietown;
 mod build_graph;
 mod build_mounts;
 mod build_native;
+mod build_prune;
 mod build_sources;
 mod compose;
 mod contract;
