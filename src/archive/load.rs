@@ -418,39 +418,52 @@ fn stage_tar(store: &Store, input: &Path, reader: impl Read) -> Result<Files, Ar
 }
 
 fn stage_dir(store: &Store, root: &Path, dir: &Path) -> Result<Files, ArchiveError> {
-    let mut files = Files {
-        entries: BTreeMap::new(),
-    };
+    let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).at("list", &d)? {
             let entry = entry.at("list", &d)?;
             let p = entry.path();
             let ft = entry.file_type().at("stat", &p)?;
-            let rel = p
-                .strip_prefix(root)
-                .expect("walked below root")
-                .to_string_lossy()
-                .into_owned();
             if ft.is_dir() {
                 stack.push(p);
             } else if ft.is_file() {
-                let mut w = store.writer()?;
-                let dest = w.temp_path().to_path_buf();
-                let mut f = File::open(&p).at("open", &p)?;
-                copy_checked(&mut f, &mut w, dest).map_err(|e| match e {
-                    CopyError::Read(e) => ArchiveError::Io(crate::util::fs::PathError {
-                        action: "read",
-                        path: p.clone(),
-                        source: e,
-                    }),
-                    CopyError::Write(e) => ArchiveError::Io(e),
-                })?;
-                files.entries.insert(rel, Staged::File(w.finish()?));
+                found.push(p);
             }
         }
     }
+    // Each file is read, hashed, written and fsynced on one of the cores: a layout's few large
+    // layers took their turns on one thread before (the Duckietown bases: 1.3 GB in 1.9 s,
+    // most of it the largest file's copy and fsync while the others waited).
+    let staged = crate::util::par::map(&found, crate::util::par::cores(), |p| stage_file(store, p));
+    let mut files = Files {
+        entries: BTreeMap::new(),
+    };
+    for (p, blob) in found.iter().zip(staged) {
+        let rel = p
+            .strip_prefix(root)
+            .expect("walked below root")
+            .to_string_lossy()
+            .into_owned();
+        files.entries.insert(rel, Staged::File(blob?));
+    }
     Ok(files)
+}
+
+/// One file of a layout directory, copied into the store's staging area.
+fn stage_file(store: &Store, p: &Path) -> Result<StagedBlob, ArchiveError> {
+    let mut w = store.writer()?;
+    let dest = w.temp_path().to_path_buf();
+    let mut f = File::open(p).at("open", p)?;
+    copy_checked(&mut f, &mut w, dest).map_err(|e| match e {
+        CopyError::Read(e) => ArchiveError::Io(crate::util::fs::PathError {
+            action: "read",
+            path: p.to_path_buf(),
+            source: e,
+        }),
+        CopyError::Write(e) => ArchiveError::Io(e),
+    })?;
+    Ok(w.finish()?)
 }
 
 enum CopyError {
