@@ -5,8 +5,8 @@
 //! ```text
 //! Dockerfile ─parse─► stages ─┬─ platform A ─► Executor ─► config + layers ─► manifest ─┐
 //!                             └─ platform B ─► Executor ─► config + layers ─► manifest ─┴► index
-//!   (a thread per platform, and one  │ cache: $DTS_HOME/build/cache/<key>.json
-//!    per stage a target reads from)  │ RUN:   $DTS_HOME/build/snapshots (overlay lowers)
+//!   (a thread per platform, and      │ cache: $DTS_HOME/build/cache/<key>.json
+//!    threads for stages it reads)    │ RUN:   $DTS_HOME/build/snapshots (overlay lowers)
 //!                                    │ COPY/ADD sources' file hashes:
 //!                                    │        $DTS_HOME/build/context-hashes (hashcache.rs)
 //!                                    │ RUN --mount=type=cache:

@@ -38,19 +38,18 @@ fn removing_an_image_removes_the_layers_builds_unpacked_for_it() {
         )],
     );
     let build = |tag: &str| {
-        ok(&dts(
-            &home,
-            &[
-                "devel",
-                "build",
-                "-C",
-                p(&ctx),
-                "-t",
-                tag,
-                "--arch",
-                "arm64v8",
-            ],
-        ))
+        let args = [
+            "devel",
+            "build",
+            "-C",
+            p(&ctx),
+            "-t",
+            tag,
+            "--arch",
+            "arm64v8",
+            "--json",
+        ];
+        json(&dts(&home, &args))
     };
     build("demo/prune:1");
     // COPY's layer (the first RUN's lower) and each RUN's (its upper, kept as the snapshot).
@@ -74,20 +73,7 @@ fn removing_an_image_removes_the_layers_builds_unpacked_for_it() {
     assert_eq!(views, 0, "the layers' listings went too");
 
     // Built again: the cache records of removed layers are gone, so everything runs.
-    let again = json(&dts(
-        &home,
-        &[
-            "devel",
-            "build",
-            "-C",
-            p(&ctx),
-            "-t",
-            "demo/prune:3",
-            "--arch",
-            "arm64v8",
-            "--json",
-        ],
-    ));
+    let again = build("demo/prune:3");
     assert_eq!(again["steps_cached"].as_u64(), Some(0), "{again}");
     let pruned = json(&dts(&home, &["image", "prune", "--json"]));
     assert_eq!(pruned["blobs"].as_u64(), Some(0), "{pruned}");

@@ -5,8 +5,9 @@
 //! the Duckietown project the native C++ stage (unpacking the build machine's 900 MB compiler
 //! image, then compiling) started only after the emulated apt and pip steps, on the build's
 //! critical path, while those steps left cores idle waiting on the mirror. Each platform's
-//! thread now starts one thread per such stage; the stages of a platform are claimed in
-//! [`Stages`], so a stage two threads reach is built once and the other waits for it.
+//! thread now builds such stages on up to a thread per core beside it; the stages of a
+//! platform are claimed in [`Stages`], so a stage two threads reach is built once and the
+//! other waits for it.
 //!
 //! A failure anywhere stops the platform's other threads at their next step (a step already
 //! running finishes): they return [`BuildError::Cancelled`], and the platform reports the
@@ -112,24 +113,24 @@ impl Executor<'_> {
         r
     }
 
-    /// Builds `target` with the stages it reads from started at once on threads of their
-    /// own. The error reported is the one that stopped the build, not a thread's
+    /// Builds `target` with the stages it reads from started at once on other threads (up to
+    /// one per core). The error reported is the one that stopped the build, not a thread's
     /// cancellation.
     pub fn build_target(&self, target: usize) -> Result<StageState, BuildError> {
         let side = side_stages(self.df, target);
         std::thread::scope(|scope| {
-            let threads: Vec<_> = side
-                .into_iter()
-                .map(|i| {
-                    let mut ex = self.clone();
-                    scope.spawn(move || ex.build_stage(i).map(drop))
+            // At most a thread per core takes the side stages in order (a stage's own
+            // dependencies come first, built by whichever thread needs them first): a
+            // Dockerfile of many stages does not start all their RUNs at once.
+            let sides = scope.spawn(|| {
+                crate::util::par::map(&side, crate::util::par::cores(), |&i| {
+                    self.clone().build_stage(i).map(drop)
                 })
-                .collect();
+            });
             let main = self.clone().build_stage(target);
-            let others: Vec<_> = threads
-                .into_iter()
-                .map(|t| t.join().expect("a stage's thread panicked"))
-                .collect();
+            let others = sides
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
             match main {
                 // A stage it read from failed: report why. A side stage the target did not
                 // reach in the end (its failure stopped nothing) does not fail the build.
