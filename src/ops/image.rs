@@ -6,10 +6,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::archive::{self, LoadReport, SaveFormat, SaveReport};
+#[cfg(feature = "workstation")]
 use crate::build::BuildPruneReport;
 use crate::oci::{Digest, Platform, Reference};
 use crate::progress::Reporter;
-use crate::store::{ImageRecord, PruneReport, Store};
+use crate::store::{ImageRecord, Store};
 
 /// Opens the laptop store.
 pub fn open_store() -> Result<Store> {
@@ -72,6 +73,7 @@ pub fn tag(store: &Store, src: &str, dst: &str) -> Result<Reference> {
 }
 
 /// What a prune removed: blobs from the store, and what builds kept of their layers.
+#[cfg(feature = "workstation")]
 #[derive(Clone, Debug, Serialize)]
 pub struct Pruned {
     /// Blobs removed.
@@ -88,9 +90,11 @@ pub struct Pruned {
 
 /// Removes the blobs no name reaches and what builds kept of them (their unpacked layers,
 /// listings, cache records): no build of this `DTS_HOME` runs meanwhile (the store's lock).
+#[cfg(feature = "workstation")]
 pub fn prune(store: &Store) -> Result<Pruned> {
     let state = super::dts_home().join("build");
-    let (r, build): (PruneReport, _) = store.prune_and(|s| crate::build::prune_state(&state, s))?;
+    let (r, build): (crate::store::PruneReport, _) =
+        store.prune_and(|s| crate::build::prune_state(&state, s))?;
     let (build, warning) = match build {
         Ok(b) => (b, None),
         Err(e) => (
@@ -110,6 +114,7 @@ pub fn prune(store: &Store) -> Result<Pruned> {
 }
 
 /// Removes names, then the blobs nothing references any more (as [`prune`]).
+#[cfg(feature = "workstation")]
 pub fn remove(store: &Store, names: &[String]) -> Result<(Vec<Reference>, Pruned)> {
     let mut refs = Vec::new();
     for n in names {
