@@ -357,7 +357,6 @@ pub fn build(
     })
 }
 
-/// Steps of the target stage and the stages it needs, counted as progress shows them.
 fn write_manifest(store: &Store, state: &exec::StageState) -> Result<Descriptor, BuildError> {
     let config = state.config.to_canonical_json();
     let cdigest = store.put_blob(&config)?;

@@ -15,10 +15,13 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::BuildError;
+use super::exec::record_layer;
+use super::snapshot::WHITEOUTS_MARKER;
+use super::view::listing_blob;
 use crate::oci::digest::chain_id;
-use crate::oci::{Digest, ImageConfig, media};
+use crate::oci::{ImageConfig, media};
 use crate::store::Store;
-use crate::util::fs::{PathContext, read_limited};
+use crate::util::fs::PathContext;
 
 /// Config blobs are small; this bounds a damaged one.
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
@@ -70,7 +73,7 @@ pub fn prune(state_dir: &Path, store: &Store) -> Result<BuildPruneReport, BuildE
     for (dir, live) in [("layers", &layers), ("flat", &chains)] {
         let dir = snapshots.join(dir);
         for (name, path) in entries(&dir)? {
-            let hex = name.strip_suffix(".whiteouts").unwrap_or(&name);
+            let hex = name.strip_suffix(WHITEOUTS_MARKER).unwrap_or(&name);
             if live.contains(hex) || !is_hex_digest(hex) {
                 continue;
             }
@@ -85,10 +88,7 @@ pub fn prune(state_dir: &Path, store: &Store) -> Result<BuildPruneReport, BuildE
     }
     let views = state_dir.join("views");
     for (name, path) in entries(&views)? {
-        let gone = name
-            .strip_suffix(".json.zst")
-            .and_then(|hex| Digest::from_hex(hex).ok())
-            .is_some_and(|d| !store.has_blob(&d));
+        let gone = listing_blob(&name).is_some_and(|d| !store.has_blob(&d));
         if gone {
             fs::remove_file(&path).at("remove", &path)?;
             report.records += 1;
@@ -106,17 +106,7 @@ pub fn prune(state_dir: &Path, store: &Store) -> Result<BuildPruneReport, BuildE
 
 /// A build cache record whose layer blob is gone (a miss for every build from now on).
 fn record_layer_gone(store: &Store, path: &Path) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Record {
-        layer: Option<super::exec::LayerRef>,
-    }
-    let Ok(bytes) = read_limited(path, 1 << 20) else {
-        return false;
-    };
-    serde_json::from_slice::<Record>(&bytes)
-        .ok()
-        .and_then(|r| r.layer)
-        .is_some_and(|l| !store.has_blob(&l.descriptor.digest))
+    record_layer(path).is_some_and(|l| !store.has_blob(&l.descriptor.digest))
 }
 
 fn is_hex_digest(s: &str) -> bool {
@@ -162,7 +152,7 @@ fn apparent_size(dir: &Path) -> u64 {
 mod tests {
     use super::*;
     use crate::oci::config::RootFs;
-    use crate::oci::{Descriptor, Manifest, Reference};
+    use crate::oci::{Descriptor, Digest, Manifest, Reference};
 
     /// An image named `name` of uncompressed layers `layers` (their diff_ids are their digests).
     fn image(store: &Store, name: &str, layers: &[&[u8]]) -> Vec<Digest> {
@@ -272,5 +262,16 @@ mod tests {
         let store = Store::open(&t.path().join("store")).unwrap();
         let r = prune(&t.path().join("build"), &store).unwrap();
         assert_eq!(r, BuildPruneReport::default());
+    }
+
+    #[test]
+    fn a_state_directory_that_cannot_be_read_is_an_error_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let state = t.path().join("build");
+        fs::create_dir_all(state.join("snapshots")).unwrap();
+        fs::write(state.join("snapshots/layers"), b"not a directory").unwrap();
+        let e = prune(&state, &store).unwrap_err().to_string();
+        assert!(e.contains("snapshots/layers"), "{e}");
     }
 }

@@ -29,6 +29,9 @@ use crate::store::Store;
 use crate::util::fs::{PathContext, create_dir_all, pid_alive, temp_name, temp_owner};
 use crate::util::locks::KeyLocks;
 
+/// The suffix of `layers/<hex>.whiteouts`, the marker of a layer that has whiteouts.
+pub(super) const WHITEOUTS_MARKER: &str = ".whiteouts";
+
 /// overlayfs takes its lower dirs in one mount option of at most a page; past this many layers
 /// the chain is flattened instead.
 const MAX_LOWERS: usize = 32;
@@ -108,7 +111,10 @@ impl Snapshots {
         // A layer with whiteouts is seen as such while it is unpacked (a base's layers almost
         // never have any, so it is read once, not once to look and once to unpack) and
         // remembered by a marker, so that it is not unpacked again to find out.
-        let marker = self.root.join("layers").join(format!("{hex}.whiteouts"));
+        let marker = self
+            .root
+            .join("layers")
+            .join(format!("{hex}{WHITEOUTS_MARKER}"));
         if marker.exists() {
             return Ok(None);
         }

@@ -144,6 +144,15 @@ pub struct ViewCache {
     busy: crate::util::locks::KeyLocks,
 }
 
+/// A kept listing is `<blob hex>` and this.
+const LISTING_SUFFIX: &str = ".json.zst";
+
+/// The blob whose listing a file of a [`ViewCache`]'s directory is (`None`: not a listing).
+pub(super) fn listing_blob(file_name: &str) -> Option<crate::oci::Digest> {
+    let hex = file_name.strip_suffix(LISTING_SUFFIX)?;
+    crate::oci::Digest::from_hex(hex).ok()
+}
+
 impl ViewCache {
     /// A cache that keeps layers' listings in `dir` (made when first written).
     pub fn on_disk(dir: &std::path::Path) -> ViewCache {
@@ -158,7 +167,7 @@ impl ViewCache {
     fn listing(&self, layer: &LayerSource) -> Result<Vec<Listed>, ViewError> {
         let Some(file) = (self.dir.as_ref())
             .zip(layer.digest.as_ref())
-            .map(|(dir, d)| dir.join(format!("{}.json.zst", d.hex())))
+            .map(|(dir, d)| dir.join(format!("{}{LISTING_SUFFIX}", d.hex())))
         else {
             return listing(layer);
         };

@@ -427,7 +427,6 @@ fn image(cmd: &ImageCmd, g: &GlobalArgs, p: &Printer) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// What `dts image load` prints: the loaded names, or with `--json` the whole report.
 /// `Deleted 3 blobs, freed 120 MB; removed 2 unpacked layer(s) builds kept (1.1 GB)`.
 fn print_pruned(r: &ops::image::Pruned, json: bool, p: &Printer) {
     if json {
@@ -447,6 +446,7 @@ fn print_pruned(r: &ops::image::Pruned, json: bool, p: &Printer) {
     p.info(&text);
 }
 
+/// What `dts image load` prints: the loaded names, or with `--json` the whole report.
 fn print_load(r: &crate::archive::LoadReport, json: bool, p: &Printer) {
     if json {
         let images: Vec<_> = r

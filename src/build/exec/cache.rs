@@ -14,6 +14,12 @@ struct CacheRecord {
     layer: Option<LayerRef>,
 }
 
+/// The layer a cache record names, if the file is a record that names one.
+pub(in crate::build) fn record_layer(path: &Path) -> Option<LayerRef> {
+    let bytes = read_limited(path, 1 << 20).ok()?;
+    serde_json::from_slice::<CacheRecord>(&bytes).ok()?.layer
+}
+
 impl Executor<'_> {
     /// Serves a layer-producing step from the cache, or runs `make` and records it. While
     /// `make` runs no other platform's thread works on the same key: it waits, then finds the

@@ -35,6 +35,7 @@ use crate::util::fs::{PathContext, atomic_write, create_dir_all, read_limited};
 
 mod add;
 mod cache;
+pub(super) use cache::record_layer;
 mod chmod;
 mod config;
 mod copy;
