@@ -80,3 +80,38 @@ fn removing_an_image_removes_the_layers_builds_unpacked_for_it() {
     assert_eq!(pruned["build"]["snapshots"].as_u64(), Some(0), "{pruned}");
     assert_eq!(snapshot_layers(&home).len(), 3);
 }
+
+/// A build state prune cannot finish is a warning: the blobs are removed all the same, and
+/// the command succeeds.
+#[test]
+fn build_state_that_cannot_be_pruned_is_a_warning_not_a_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let layout = t.path().join("layout");
+    crate::support::images::multi_arch_layout(&layout, "demo/warn:1");
+    ok(&dts(&home, &["image", "load", "-i", p(&layout)]));
+    std::fs::create_dir_all(home.join("build/snapshots")).unwrap();
+    std::fs::write(home.join("build/snapshots/layers"), b"not a directory").unwrap();
+    let out = dts(&home, &["image", "rm", "demo/warn:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("build/snapshots/layers"),
+        "{err}"
+    );
+    let pruned = json(&dts(&home, &["image", "prune", "--json"]));
+    assert_eq!(
+        pruned["blobs"].as_u64(),
+        Some(0),
+        "rm removed them: {pruned}"
+    );
+    assert!(
+        pruned["warning"]
+            .as_str()
+            .unwrap()
+            .contains("build/snapshots/layers"),
+        "{pruned}"
+    );
+    let ls = ok(&dts(&home, &["image", "ls", "--json"]));
+    assert!(!ls.contains("demo/warn"), "{ls}");
+}
