@@ -30,7 +30,8 @@ pub mod view;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 use context::Context;
 use dockerfile::{Dockerfile, DockerfileError};
@@ -109,8 +110,8 @@ pub enum BuildError {
         /// Its last lines of output.
         tail: Vec<String>,
     },
-    /// Stopped because another stage of the platform's build failed (that error is the
-    /// one reported).
+    /// Stopped because another stage of the build failed, on this platform or another (that
+    /// error is the one reported).
     #[error("stopped: another stage of the build failed")]
     Cancelled,
     /// `--target` names no stage.
@@ -249,6 +250,8 @@ pub fn build(
     let views = view::ViewCache::on_disk(&opts.state_dir.join("views"));
     let dt = duckietown::Project::detect(&opts.context);
     let total_steps = count_steps(&df, target);
+    // One failure flag for all platforms: a step failing on one stops the others.
+    let failed = Arc::new(AtomicBool::new(false));
 
     let results: Vec<Result<(Platform, Descriptor, StepCounts), BuildError>> =
         std::thread::scope(|scope| {
@@ -257,11 +260,12 @@ pub fn build(
                 .map(|p| {
                     let (df, ctx, snapshots, runtime, dt, locks, views) =
                         (&df, &ctx, &snapshots, &runtime, &dt, &locks, &views);
+                    let failed = Arc::clone(&failed);
                     scope.spawn(move || {
                         let mut args = dt.as_ref().map(|d| d.build_args(p)).unwrap_or_default();
                         args.extend(opts.build_args.clone());
                         let guessed = dt.as_ref().map(|d| d.guessed_args(p)).unwrap_or_default();
-                        let stages = Stages::default();
+                        let stages = Stages::sharing(failed);
                         let ex = Executor {
                             store,
                             df,
@@ -313,14 +317,7 @@ pub fn build(
     // Saved whether or not the build succeeded: every stored hash was computed from its file.
     // A cache that cannot be written costs the next build time, not this one its result.
     let _ = ctx.save_hashes();
-    let mut per_platform = Vec::new();
-    let mut counts = StepCounts::default();
-    for r in results {
-        let (p, d, c) = r?;
-        counts.run += c.run;
-        counts.cached += c.cached;
-        per_platform.push((p, d));
-    }
+    let (per_platform, counts) = gather(results)?;
     let descriptor = if per_platform.len() == 1 {
         per_platform[0].1.clone()
     } else {
@@ -355,6 +352,40 @@ pub fn build(
         steps_run: counts.run,
         steps_cached: counts.cached,
     })
+}
+
+/// Each platform's manifest, and the steps run and cached on all of them.
+type Built = (Vec<(Platform, Descriptor)>, StepCounts);
+
+/// What the platforms' threads built, or the error that stopped the build (not another
+/// platform's cancellation it caused).
+fn gather(
+    results: Vec<Result<(Platform, Descriptor, StepCounts), BuildError>>,
+) -> Result<Built, BuildError> {
+    let mut per_platform = Vec::new();
+    let mut counts = StepCounts::default();
+    let mut error: Option<BuildError> = None;
+    for r in results {
+        match r {
+            Ok((p, d, c)) => {
+                counts.run += c.run;
+                counts.cached += c.cached;
+                per_platform.push((p, d));
+            }
+            Err(e)
+                if error
+                    .as_ref()
+                    .is_none_or(|f| matches!(f, BuildError::Cancelled)) =>
+            {
+                error = Some(e);
+            }
+            Err(_) => {}
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok((per_platform, counts)),
+    }
 }
 
 fn write_manifest(store: &Store, state: &exec::StageState) -> Result<Descriptor, BuildError> {

@@ -79,8 +79,10 @@ impl Runtime {
     /// Runs the bundle's container in the foreground (`run --bundle BUNDLE ID`) and waits for
     /// it. Its stdout and stderr are merged into one pipe; each line goes to `output` as it
     /// arrives (`\r` ends a line too, so progress bars show), and the last lines are kept.
-    /// After `timeout` the container is killed and [`RuntimeError::Timeout`] returned. The container
-    /// is deleted before this returns, whatever happened.
+    /// After `timeout` the container is killed and [`RuntimeError::Timeout`] returned; once
+    /// `cancelled` answers true (it is asked every 100 ms) it is killed and
+    /// [`RuntimeError::Cancelled`] returned. The container is deleted before this returns,
+    /// whatever happened.
     ///
     /// A non-zero exit is returned as `Ok`: it is the command's. When the runtime itself failed
     /// (bad spec, command not found), its log (`BUNDLE/runtime.log`) tells, and that is
@@ -90,6 +92,7 @@ impl Runtime {
         bundle: &Path,
         id: &str,
         timeout: Option<Duration>,
+        cancelled: &dyn Fn() -> bool,
         output: &mut dyn FnMut(&str),
     ) -> Result<RunExit, RuntimeError> {
         crate::util::fs::create_dir_all(&self.root)?;
@@ -138,8 +141,8 @@ impl Runtime {
         };
 
         let deadline = timeout.map(|t| Instant::now() + t);
-        let watched = self.watch(id, &mut child, &rx, deadline, output);
-        let (tail, killed_at, abandoned) = (watched.tail, watched.killed_at, watched.abandoned);
+        let watched = self.watch(id, &mut child, &rx, deadline, cancelled, output);
+        let (tail, killed, abandoned) = (watched.tail, watched.killed, watched.abandoned);
         let status = child.wait().map_err(|source| RuntimeError::Spawn {
             command: line.clone(),
             source,
@@ -156,11 +159,14 @@ impl Runtime {
             }
             .into());
         }
-        if killed_at.is_some() {
-            let err = RuntimeError::Timeout {
-                command: line,
-                after: timeout.unwrap_or_default(),
-                output: output_tail,
+        if let Some(why) = killed {
+            let err = match why {
+                Kill::Deadline => RuntimeError::Timeout {
+                    command: line,
+                    after: timeout.unwrap_or_default(),
+                    output: output_tail,
+                },
+                Kill::Cancelled => RuntimeError::Cancelled { command: line },
             };
             return Err(match deleted {
                 Err(cleanup) => RuntimeError::Cleanup {
@@ -189,35 +195,51 @@ impl Runtime {
     }
 
     /// Passes the container's output lines on as they come, keeping the last [`TAIL_LINES`],
-    /// until the output ends; past `deadline` kills the container, then the runtime, and at
-    /// last gives up on a pipe something still holds.
+    /// until the output ends; past `deadline`, or once `cancelled`, kills the container, then
+    /// the runtime, and at last gives up on a pipe something still holds.
     fn watch(
         &self,
         id: &str,
         child: &mut std::process::Child,
         rx: &mpsc::Receiver<String>,
         deadline: Option<Instant>,
+        cancelled: &dyn Fn() -> bool,
         output: &mut dyn FnMut(&str),
     ) -> Watched {
         let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
+        let mut killed: Option<Kill> = None;
         let mut killed_at: Option<Instant> = None;
         let mut abandoned = false;
+        const POLL: Duration = Duration::from_millis(100);
+        let mut checked = Instant::now();
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            match rx.recv_timeout(POLL) {
                 Ok(l) => {
                     output(&l);
                     if tail.len() == TAIL_LINES {
                         tail.pop_front();
                     }
                     tail.push_back(l);
-                    continue;
+                    // A command that never stops talking is still timed and stopped.
+                    if checked.elapsed() < POLL {
+                        continue;
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
+            checked = now;
+            let why = if deadline.is_some_and(|d| now >= d) {
+                Some(Kill::Deadline)
+            } else if cancelled() {
+                Some(Kill::Cancelled)
+            } else {
+                None
+            };
             match killed_at {
-                None if deadline.is_some_and(|d| now >= d) => {
+                None if why.is_some() => {
+                    killed = why;
                     killed_at = Some(now);
                     // May fail when the container is not created yet or already gone; the
                     // `delete --force` below is what has to succeed.
@@ -240,7 +262,7 @@ impl Runtime {
         }
         Watched {
             tail,
-            killed_at,
+            killed,
             abandoned,
         }
     }
@@ -249,10 +271,19 @@ impl Runtime {
 /// What [`Runtime::watch`] saw.
 struct Watched {
     tail: VecDeque<String>,
-    /// When the container was killed for running past its deadline.
-    killed_at: Option<Instant>,
+    /// Why the container was killed, if it was.
+    killed: Option<Kill>,
     /// The output pipe was given up on.
     abandoned: bool,
+}
+
+/// Why [`Runtime::watch`] killed a container.
+#[derive(Clone, Copy)]
+enum Kill {
+    /// It ran past its deadline.
+    Deadline,
+    /// The caller asked it to stop.
+    Cancelled,
 }
 
 /// Spawns `cmd` with stdout and stderr on one pipe, returning its read end.

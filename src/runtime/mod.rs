@@ -132,6 +132,13 @@ pub enum RuntimeError {
         /// The last lines of output.
         output: Vec<String>,
     },
+    /// The caller stopped the command (a RUN beside a step of the build that failed) and it
+    /// was killed.
+    #[error("`{command}` was stopped and killed: another part of the build failed")]
+    Cancelled {
+        /// The command line.
+        command: String,
+    },
     /// A mount failed.
     #[error("mount {fstype} at `{}` (options `{options}`): {source}{hint}", target.display())]
     Mount {

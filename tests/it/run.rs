@@ -95,11 +95,29 @@ impl Ctx {
         work: &Path,
         spec: &RunSpec,
     ) -> (Result<RunOutcome, RunError>, Vec<String>) {
+        self.execute_until(lowers, upper, work, spec, &|| false)
+    }
+
+    /// [`Ctx::execute`], stopped once `cancelled` says so.
+    fn execute_until(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        spec: &RunSpec,
+        cancelled: &dyn Fn() -> bool,
+    ) -> (Result<RunOutcome, RunError>, Vec<String>) {
         let mut lines = Vec::new();
         let before = our_mounts();
-        let r = run::execute(&self.runtime, lowers, upper, work, spec, &mut |l| {
-            lines.push(l.to_string())
-        });
+        let r = run::execute(
+            &self.runtime,
+            lowers,
+            upper,
+            work,
+            spec,
+            cancelled,
+            &mut |l| lines.push(l.to_string()),
+        );
         assert_clean(&self.runtime, &before);
         (r, lines)
     }
@@ -474,6 +492,47 @@ fn failures_and_timeouts_leave_nothing_behind() {
     assert!(err.to_string().contains("started"), "{err}");
     assert_eq!(lines, ["started"]);
 
+    // Stopped by the caller (the builder, when another step failed): killed, cleaned up, and
+    // told apart from a timeout.
+    let (upper, work) = ctx.upper_work("cancelled");
+    let spec = RunSpec::new(["/bin/sh", "-c", "echo started; sleep 60"]);
+    let started = std::time::Instant::now();
+    let after_a_second = || started.elapsed() > Duration::from_secs(1);
+    let (r, lines) = ctx.execute_until(
+        std::slice::from_ref(&lower),
+        &upper,
+        &work,
+        &spec,
+        &after_a_second,
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let err = r.unwrap_err();
+    assert!(matches!(err, RunError::Cancelled { .. }), "{err}");
+    assert_eq!(lines, ["started"]);
+
+    // A command that prints a line every 10 ms is timed out and stopped all the same.
+    let chatty = "while :; do echo tick; sleep 0.01; done";
+    let (upper, work) = ctx.upper_work("chatty");
+    let mut spec = RunSpec::new(["/bin/sh", "-c", chatty]);
+    spec.timeout = Some(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let (r, _) = ctx.execute(std::slice::from_ref(&lower), &upper, &work, &spec);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(matches!(r, Err(RunError::Timeout { .. })), "{r:?}");
+    let (upper, work) = ctx.upper_work("chatty-cancelled");
+    let spec = RunSpec::new(["/bin/sh", "-c", chatty]);
+    let started = std::time::Instant::now();
+    let after_a_second = || started.elapsed() > Duration::from_secs(1);
+    let (r, _) = ctx.execute_until(
+        std::slice::from_ref(&lower),
+        &upper,
+        &work,
+        &spec,
+        &after_a_second,
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(matches!(r, Err(RunError::Cancelled { .. })), "{r:?}");
+
     // Not a directory.
     let (r, _) = ctx.execute(
         &[lower.join("etc/passwd")],
@@ -505,6 +564,7 @@ fn failures_and_timeouts_leave_nothing_behind() {
             &upper,
             &work,
             &spec,
+            &|| false,
             &mut |_| panic!("callback panicked"),
         )
     }));

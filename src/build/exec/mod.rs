@@ -409,13 +409,25 @@ impl<'a> Executor<'a> {
                 let key = plan.as_ref().map_or(key.clone(), |p| p.key(&key));
                 let id = self.progress_step(&ins.source, None);
                 let started = std::time::Instant::now();
-                let (layer, cached) = match (&ins.command, &plan) {
+                let done = match (&ins.command, &plan) {
                     (Command::Run(r), Some(plan)) => {
-                        self.cached_layer(&key, |me| me.run(&s, &ins, r, plan).map(Some))?
+                        self.cached_layer(&key, |me| me.run(&s, &ins, r, plan).map(Some))
                     }
-                    (Command::Copy(c), _) => self.copy_step(&s, &ins, &key, c, stage)?,
-                    (Command::Add(a), _) => self.add_step(&s, &ins, &key, a)?,
+                    (Command::Copy(c), _) => self.copy_step(&s, &ins, &key, c, stage),
+                    (Command::Add(a), _) => self.add_step(&s, &ins, &key, a),
                     _ => unreachable!("matched above"),
+                };
+                let (layer, cached) = match done {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // BuildKit's words: the step that failed, and those stopped for it.
+                        let outcome = match e {
+                            BuildError::Cancelled => "CANCELED",
+                            _ => "ERROR",
+                        };
+                        self.reporter.event(Event::finish(&id, outcome));
+                        return Err(e);
+                    }
                 };
                 self.finish_progress(&id, cached, started);
                 s.layers.extend(layer);
@@ -589,16 +601,29 @@ impl<'a> Executor<'a> {
         let label = self.label.clone();
         let reporter = self.reporter;
         let mut out = |line: &str| reporter.event(Event::note(format!("[{label}] {line}")));
-        let outcome = run::execute(runtime, &lowers, &upper, &work, &spec, &mut out)?;
-        if outcome.status != 0 {
-            let _ = fs::remove_dir_all(upper.parent().unwrap_or(&upper));
-            return Err(BuildError::RunFailed {
-                at: self.loc(ins.span.start),
-                command: ins.source.clone(),
-                status: outcome.status,
-                tail: outcome.output_tail,
-            });
-        }
+        // A failure elsewhere in the build while this waited for a cache mount's lock: do not
+        // start what would be killed at once.
+        self.stages.check()?;
+        // A failure elsewhere while it runs kills it, as BuildKit cancels a solve's other
+        // steps: a long compile beside a broken stage does not hold up the error.
+        let cancelled = || self.stages.check().is_err();
+        let outcome =
+            match run::execute(runtime, &lowers, &upper, &work, &spec, &cancelled, &mut out) {
+                Ok(o) if o.status == 0 => o,
+                other => {
+                    let _ = fs::remove_dir_all(upper.parent().unwrap_or(&upper));
+                    return Err(match other {
+                        Ok(o) => BuildError::RunFailed {
+                            at: self.loc(ins.span.start),
+                            command: ins.source.clone(),
+                            status: o.status,
+                            tail: o.output_tail,
+                        },
+                        Err(run::RunError::Cancelled { .. }) => BuildError::Cancelled,
+                        Err(e) => e.into(),
+                    });
+                }
+            };
         let view = self.view(s)?;
         let existed = |p: &Path| view.exists(&p.to_string_lossy());
         let diff = layer::DiffOptions {

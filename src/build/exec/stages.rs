@@ -9,13 +9,13 @@
 //! platform are claimed in [`Stages`], so a stage two threads reach is built once and the
 //! other waits for it.
 //!
-//! A failure anywhere stops the platform's other threads at their next step (a step already
-//! running finishes): they return [`BuildError::Cancelled`], and the platform reports the
-//! error that caused it.
+//! A failure anywhere stops the build's other threads, on every platform (the flag in
+//! [`Stages::sharing`]): at their next step, and a RUN in progress is killed. They return
+//! [`BuildError::Cancelled`], and the build reports the error that caused it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Executor, StageState, StepCounts};
 use crate::build::BuildError;
@@ -34,13 +34,24 @@ enum Slot {
 pub struct Stages {
     slots: Mutex<BTreeMap<usize, Slot>>,
     settled: Condvar,
-    failed: AtomicBool,
+    /// Set when a stage fails; shared by the build's platforms.
+    failed: Arc<AtomicBool>,
     step: AtomicUsize,
     run: AtomicUsize,
     cached: AtomicUsize,
 }
 
 impl Stages {
+    /// A platform's stages whose failure flag is `failed`: one flag for all the platforms of
+    /// a build, so a failure on one stops the others, as BuildKit fails a multi-platform
+    /// build as a whole.
+    pub fn sharing(failed: Arc<AtomicBool>) -> Stages {
+        Stages {
+            failed,
+            ..Stages::default()
+        }
+    }
+
     /// The built state of stage `index`, waiting while another thread builds it; `None`: the
     /// caller is to build it (and then [`Stages::settle`] it).
     fn claim(&self, index: usize) -> Result<Option<StageState>, BuildError> {
@@ -73,7 +84,7 @@ impl Stages {
         self.settled.notify_all();
     }
 
-    /// `Cancelled` once any stage of the platform has failed.
+    /// `Cancelled` once any stage of the build has failed.
     pub(super) fn check(&self) -> Result<(), BuildError> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(BuildError::Cancelled);

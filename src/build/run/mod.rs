@@ -599,14 +599,16 @@ fn hosts_file(hostname: &str) -> String {
 /// Steps: check QEMU for a foreign platform ([`binfmt::ensure`]); resolve the user in the
 /// image; make the missing mount points as a separate top lower layer; mount
 /// `overlay(stubs:top:…:bottom, upper)`; write the bundle (runtime spec, hosts, resolv.conf);
-/// run it with `runtime`. The container is deleted and everything unmounted and removed before
-/// this returns, also on error, timeout or panic.
+/// run it with `runtime`, killing it once `cancelled` answers true ([`RunError::Cancelled`]).
+/// The container is deleted and everything unmounted and removed before this returns, also on
+/// error, timeout, cancellation or panic.
 pub fn execute(
     runtime: &Runtime,
     lowerdirs: &[PathBuf],
     upper: &Path,
     work: &Path,
     spec: &RunSpec,
+    cancelled: &dyn Fn() -> bool,
     output: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, RunError> {
     if spec.args.is_empty() {
@@ -626,7 +628,15 @@ pub fn execute(
         }
     }
     let mut session = Session::create(runtime)?;
-    let result = run_in(&mut session, lowerdirs, upper, work, spec, output);
+    let result = run_in(
+        &mut session,
+        lowerdirs,
+        upper,
+        work,
+        spec,
+        cancelled,
+        output,
+    );
     let cleaned = session.cleanup();
     match (result, cleaned) {
         (Ok(outcome), Ok(())) => Ok(outcome),
@@ -645,6 +655,7 @@ fn run_in(
     upper: &Path,
     work: &Path,
     spec: &RunSpec,
+    cancelled: &dyn Fn() -> bool,
     output: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, RunError> {
     // 1. The image as the container will see it, without our stubs.
@@ -716,7 +727,7 @@ fn run_in(
     session.container = true;
     let exit = session
         .runtime
-        .run(&bundle, &session.id, spec.timeout, output)?;
+        .run(&bundle, &session.id, spec.timeout, cancelled, output)?;
     session.container = session.runtime.exists(&session.id);
     Ok(RunOutcome {
         status: exit.code(),
