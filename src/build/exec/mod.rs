@@ -595,15 +595,15 @@ impl<'a> Executor<'a> {
         };
         // Held until the RUN is over: cache locks, mounts, secret files, agent proxies.
         let _mounts = self.prepare_mounts(plan, &mut spec)?;
+        // A failure elsewhere in the build while this waited for a cache mount's lock: do not
+        // start what would be killed at once.
+        self.stages.check()?;
         let runtime = self.runtime()?;
         let lowers = self.snapshots.lowerdirs(self.store, &s.layers)?;
         let (upper, work) = self.snapshots.scratch()?;
         let label = self.label.clone();
         let reporter = self.reporter;
         let mut out = |line: &str| reporter.event(Event::note(format!("[{label}] {line}")));
-        // A failure elsewhere in the build while this waited for a cache mount's lock: do not
-        // start what would be killed at once.
-        self.stages.check()?;
         // A failure elsewhere while it runs kills it, as BuildKit cancels a solve's other
         // steps: a long compile beside a broken stage does not hold up the error.
         let cancelled = || self.stages.check().is_err();
