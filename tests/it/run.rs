@@ -74,6 +74,15 @@ fn setup() -> Option<Ctx> {
     })
 }
 
+/// How [`Ctx::stopped`] stops a command.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Its RUN's timeout.
+    Timeout,
+    /// The caller's `cancelled`.
+    Caller,
+}
+
 impl Ctx {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -120,6 +129,31 @@ impl Ctx {
         );
         assert_clean(&self.runtime, &before);
         (r, lines)
+    }
+
+    /// Runs `sh -c script` in `lower`, stopped after a second by `how`; it must not run on.
+    fn stopped(
+        &self,
+        lower: &Path,
+        script: &str,
+        how: Stop,
+    ) -> (Result<RunOutcome, RunError>, Vec<String>) {
+        let name = format!("stopped{}", self.dir.path().read_dir().unwrap().count());
+        let (upper, work) = self.upper_work(&name);
+        let mut spec = RunSpec::new(["/bin/sh", "-c", script]);
+        if matches!(how, Stop::Timeout) {
+            spec.timeout = Some(Duration::from_secs(1));
+        }
+        let started = std::time::Instant::now();
+        let cancelled =
+            || matches!(how, Stop::Caller) && started.elapsed() > Duration::from_secs(1);
+        let lowers = [lower.to_path_buf()];
+        let r = self.execute_until(&lowers, &upper, &work, &spec, &cancelled);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "`{script}` ran on"
+        );
+        r
     }
 
     /// Runs `sh -c script` and returns (status, output lines).
@@ -481,12 +515,7 @@ fn failures_and_timeouts_leave_nothing_behind() {
     assert_eq!(status, 1);
 
     // Too slow: killed, and still cleaned up.
-    let (upper, work) = ctx.upper_work("slow");
-    let mut spec = RunSpec::new(["/bin/sh", "-c", "echo started; sleep 60"]);
-    spec.timeout = Some(Duration::from_secs(1));
-    let started = std::time::Instant::now();
-    let (r, lines) = ctx.execute(std::slice::from_ref(&lower), &upper, &work, &spec);
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let (r, lines) = ctx.stopped(&lower, "echo started; sleep 60", Stop::Timeout);
     let err = r.unwrap_err();
     assert!(matches!(err, RunError::Timeout { .. }), "{err}");
     assert!(err.to_string().contains("started"), "{err}");
@@ -494,46 +523,20 @@ fn failures_and_timeouts_leave_nothing_behind() {
 
     // Stopped by the caller (the builder, when another step failed): killed, cleaned up, and
     // told apart from a timeout.
-    let (upper, work) = ctx.upper_work("cancelled");
-    let spec = RunSpec::new(["/bin/sh", "-c", "echo started; sleep 60"]);
-    let started = std::time::Instant::now();
-    let after_a_second = || started.elapsed() > Duration::from_secs(1);
-    let (r, lines) = ctx.execute_until(
-        std::slice::from_ref(&lower),
-        &upper,
-        &work,
-        &spec,
-        &after_a_second,
-    );
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let (r, lines) = ctx.stopped(&lower, "echo started; sleep 60", Stop::Caller);
     let err = r.unwrap_err();
     assert!(matches!(err, RunError::Cancelled { .. }), "{err}");
     assert_eq!(lines, ["started"]);
 
     // A command that prints a line every 10 ms is timed out and stopped all the same.
     let chatty = "while :; do echo tick; sleep 0.01; done";
-    let (upper, work) = ctx.upper_work("chatty");
-    let mut spec = RunSpec::new(["/bin/sh", "-c", chatty]);
-    spec.timeout = Some(Duration::from_secs(1));
-    let started = std::time::Instant::now();
-    let (r, _) = ctx.execute(std::slice::from_ref(&lower), &upper, &work, &spec);
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let (r, _) = ctx.stopped(&lower, chatty, Stop::Timeout);
     assert!(matches!(r, Err(RunError::Timeout { .. })), "{r:?}");
-    let (upper, work) = ctx.upper_work("chatty-cancelled");
-    let spec = RunSpec::new(["/bin/sh", "-c", chatty]);
-    let started = std::time::Instant::now();
-    let after_a_second = || started.elapsed() > Duration::from_secs(1);
-    let (r, _) = ctx.execute_until(
-        std::slice::from_ref(&lower),
-        &upper,
-        &work,
-        &spec,
-        &after_a_second,
-    );
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let (r, _) = ctx.stopped(&lower, chatty, Stop::Caller);
     assert!(matches!(r, Err(RunError::Cancelled { .. })), "{r:?}");
 
     // Not a directory.
+    let (upper, work) = ctx.upper_work("not-a-directory");
     let (r, _) = ctx.execute(
         &[lower.join("etc/passwd")],
         &upper,
